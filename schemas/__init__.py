@@ -1,0 +1,1 @@
+"""Wire contract of the scheduler: subjects, streams, request bodies and events."""

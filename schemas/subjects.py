@@ -1,0 +1,179 @@
+"""Every subject, stream and durable consumer name, defined once.
+
+Requests are core NATS request-reply subjects served as NATS micro endpoints.
+Events live in JetStream streams whose subjects are listed explicitly (no
+``job.>`` wildcards), so no stream can capture a request subject: a ``nats req``
+would otherwise get the stream's publish ack instead of the service's answer.
+"""
+
+from __future__ import annotations
+
+import msgspec
+
+# --- requests (core request-reply, NATS micro endpoints) -------------------
+JOB_SUBMIT = "job.submit"
+PLACEMENT_REQUEST = "placement.request"
+JOB_CANCEL = "job.cancel"
+JOB_COMPLETE = "job.complete"
+JOB_GET = "job.get"
+JOB_LIST = "job.list"
+JOB_EVENTS = "job.events"
+NODE_LIST = "node.list"
+
+REQUEST_SUBJECTS: tuple[str, ...] = (
+    JOB_SUBMIT,
+    PLACEMENT_REQUEST,
+    JOB_CANCEL,
+    JOB_COMPLETE,
+    JOB_GET,
+    JOB_LIST,
+    JOB_EVENTS,
+    NODE_LIST,
+)
+
+# --- events (JetStream) -----------------------------------------------------
+JOB_SUBMITTED = "job.submitted"
+JOB_ACCEPTED = "job.accepted"
+JOB_REJECTED = "job.rejected"
+JOB_CANCEL_REQUESTED = "job.cancel_requested"
+JOB_COMPLETED = "job.completed"
+JOB_EXPIRED = "job.expired"
+
+PLACEMENT_DECIDED = "placement.decided"
+PLACEMENT_FAILED = "placement.failed"
+PLACEMENT_RELEASED = "placement.released"
+
+CLUSTER_PROVISIONING = "cluster.provisioning"
+CLUSTER_PROVISIONED = "cluster.provisioned"
+CLUSTER_PROVISION_FAILED = "cluster.provision_failed"
+CLUSTER_TEARDOWN_REQUESTED = "cluster.teardown_requested"
+CLUSTER_TORN_DOWN = "cluster.torn_down"
+
+NODE_STATUS = "node.status"
+"""The event type of node status; its subject is ``node.status.<node_id>``."""
+NODE_STATUS_ALL = NODE_STATUS + ".*"
+
+DEADLETTER = "deadletter"
+"""The event type of dead letters; the subject is ``deadletter.<service>``."""
+DEADLETTER_ALL = DEADLETTER + ".*"
+
+
+def node_status_subject(node_id: str) -> str:
+    return f"{NODE_STATUS}.{node_id}"
+
+
+def deadletter_subject(service: str) -> str:
+    return f"{DEADLETTER}.{service}"
+
+
+# --- headers ----------------------------------------------------------------
+MSG_ID_HEADER = "Nats-Msg-Id"
+ERROR_HEADER = "Nats-Service-Error"
+ERROR_CODE_HEADER = "Nats-Service-Error-Code"
+
+
+# --- streams ----------------------------------------------------------------
+class StreamSpec(msgspec.Struct, frozen=True, kw_only=True):
+    name: str
+    subjects: tuple[str, ...]
+    description: str
+    max_msgs_per_subject: int = -1
+    duplicate_window_s: float = 120.0
+    max_age_s: float = 0.0
+    """0 keeps messages until the stream's other limits apply."""
+
+
+JOBS = StreamSpec(
+    name="JOBS",
+    subjects=(JOB_SUBMITTED, JOB_ACCEPTED, JOB_REJECTED, JOB_CANCEL_REQUESTED, JOB_COMPLETED, JOB_EXPIRED),
+    description="Job lifecycle events; the duplicate window is the idempotency window of job.submit.",
+    duplicate_window_s=24 * 3600.0,
+)
+PLACEMENTS = StreamSpec(
+    name="PLACEMENTS",
+    subjects=(PLACEMENT_DECIDED, PLACEMENT_FAILED, PLACEMENT_RELEASED),
+    description="Placement decisions and releases; the capacity ledger is rebuilt from it.",
+)
+CLUSTERS = StreamSpec(
+    name="CLUSTERS",
+    subjects=(
+        CLUSTER_PROVISIONING,
+        CLUSTER_PROVISIONED,
+        CLUSTER_PROVISION_FAILED,
+        CLUSTER_TEARDOWN_REQUESTED,
+        CLUSTER_TORN_DOWN,
+    ),
+    description="Dedicated clusters of cloud instances: provisioning and teardown.",
+)
+NODES = StreamSpec(
+    name="NODES",
+    subjects=(NODE_STATUS_ALL,),
+    description="Last status of each node (one message kept per subject).",
+    max_msgs_per_subject=1,
+)
+DEADLETTERS = StreamSpec(
+    name="DEADLETTER",
+    subjects=(DEADLETTER_ALL,),
+    description="Events a service gave up on, with the reason.",
+    max_age_s=30 * 24 * 3600.0,
+)
+
+STREAMS: tuple[StreamSpec, ...] = (JOBS, PLACEMENTS, CLUSTERS, NODES, DEADLETTERS)
+
+
+# --- durable consumers ------------------------------------------------------
+class ConsumerSpec(msgspec.Struct, frozen=True, kw_only=True):
+    stream: str
+    durable: str
+    filter_subjects: tuple[str, ...]
+    description: str
+    max_deliver: int = 10
+    ack_wait_s: float = 30.0
+    max_ack_pending: int = 20_000
+    backoff_s: tuple[float, ...] = ()
+    """Redelivery delays after an ack timeout (len must be < max_deliver)."""
+
+
+INTAKE_JOBS = ConsumerSpec(
+    stream=JOBS.name,
+    durable="intake",
+    filter_subjects=(JOB_SUBMITTED,),
+    description="intake: validates submitted jobs against policy",
+)
+PLACEMENT_JOBS = ConsumerSpec(
+    stream=JOBS.name,
+    durable="placement",
+    filter_subjects=(JOB_ACCEPTED,),
+    description="placement: accepted jobs waiting for a decision (pending jobs stay unacked here)",
+    # A pending job is held unacked (with in-progress pings) until it is placed or its
+    # deadline passes; after a crash it is redelivered once ack_wait has run out.
+    ack_wait_s=15.0,
+    max_deliver=-1,
+    max_ack_pending=50_000,
+)
+
+
+def matches(pattern: str, subject: str) -> bool:
+    """NATS wildcard matching: ``*`` is one token, a trailing ``>`` one or more."""
+    p, t = pattern.split("."), subject.split(".")
+    for i, tok in enumerate(p):
+        if tok == ">":
+            return len(t) > i
+        if i >= len(t) or (tok != "*" and tok != t[i]):
+            return False
+    return len(p) == len(t)
+
+
+def overlaps(a: str, b: str) -> bool:
+    """Whether two subject patterns can match a common subject."""
+    pa, pb = a.split("."), b.split(".")
+    for i in range(max(len(pa), len(pb))):
+        x = pa[i] if i < len(pa) else None
+        y = pb[i] if i < len(pb) else None
+        if x == ">" or y == ">":
+            return (x is not None) and (y is not None)
+        if x is None or y is None:
+            return False
+        if x != y and "*" not in (x, y):
+            return False
+    return True

@@ -1,0 +1,45 @@
+"""Reusable constrained types (msgspec ``Meta`` aliases) shared by requests and events."""
+
+from __future__ import annotations
+
+from typing import Annotated, Literal
+
+from msgspec import Meta
+
+JobId = Annotated[str, Meta(min_length=1, max_length=64, pattern=r"^[A-Za-z0-9][A-Za-z0-9._-]*$")]
+NodeId = Annotated[str, Meta(min_length=1, max_length=128, pattern=r"^[A-Za-z0-9][A-Za-z0-9_-]*$")]
+"""Node ids are one NATS subject token (``node.status.<node_id>``): no dots, spaces or wildcards."""
+Name = Annotated[str, Meta(min_length=1, max_length=128, pattern=r"^[A-Za-z0-9][A-Za-z0-9._-]*$")]
+Technology = Annotated[str, Meta(min_length=1, max_length=64, pattern=r"^[a-z0-9][a-z0-9._-]*$")]
+LabelKey = Annotated[str, Meta(min_length=1, max_length=128, pattern=r"^[A-Za-z0-9][A-Za-z0-9./_-]*$")]
+LabelValue = Annotated[str, Meta(max_length=256)]
+Cpu = Annotated[float, Meta(gt=0, le=4096)]
+"""Cores per replica; fractions allowed."""
+MemoryMb = Annotated[int, Meta(gt=0, le=64 * 1024 * 1024)]
+Gpu = Annotated[int, Meta(ge=0, le=64)]
+Replicas = Annotated[int, Meta(ge=1, le=1000)]
+RuntimeS = Annotated[int, Meta(ge=1, le=365 * 24 * 3600)]
+Priority = Annotated[int, Meta(ge=0, le=1000)]
+RequestId = Annotated[str, Meta(min_length=1, max_length=128)]
+ShortText = Annotated[str, Meta(max_length=4096)]
+
+Cluster = Literal["shared", "dedicated"]
+Strategy = Literal["best_fit", "spread", "first_fit", "pack"]
+Outcome = Literal["succeeded", "failed"]
+NodeState = Literal["active", "draining", "down"]
+
+JobState = Literal[
+    "submitted",
+    "accepted",
+    "rejected",
+    "pending",
+    "placed",
+    "provisioning",
+    "running",
+    "cancelling",
+    "cancelled",
+    "succeeded",
+    "failed",
+    "expired",
+]
+TERMINAL_STATES: frozenset[str] = frozenset({"rejected", "failed", "cancelled", "succeeded", "expired"})

@@ -1,0 +1,1 @@
+"""The scheduler's services; each runs as ``python -m services.<name>``."""

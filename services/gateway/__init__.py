@@ -1,0 +1,1 @@
+"""gateway: the request-reply front door (``job.submit``, ``placement.request``)."""

@@ -1,0 +1,126 @@
+"""Gateway request handlers: decode, validate, publish ``job.submitted``, answer.
+
+Each handler is a plain async function of the request; its dependencies (the
+publisher, the configuration, the decision waiter) come from :class:`Gateway`.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import uuid
+
+import msgspec
+import structlog
+from nats.aio.msg import Msg
+
+from schemas import events as ev
+from schemas import subjects as s
+from schemas.jobs import decode_job_request, normalise
+from schemas.replies import SubmitReply
+from services.runtime.bus import Publisher
+from services.runtime.config import Config
+from services.runtime.micro import RequestError
+
+log = structlog.get_logger()
+
+MAX_BODY = 256 * 1024
+_JOB_NS = uuid.UUID("6f1c0b0e-4e0b-4c6f-9d55-0b9e8a1f2c11")
+_reply_enc = msgspec.json.Encoder()
+
+
+def job_id_for(key: str | None) -> str:
+    """The same idempotency key always names the same job."""
+    return (uuid.uuid5(_JOB_NS, key) if key else uuid.uuid4()).hex
+
+
+def idempotency_key(msg: Msg, request_id: str | None) -> str | None:
+    """Header ``Nats-Msg-Id`` wins over the body's ``request_id``."""
+    header = (msg.headers or {}).get(s.MSG_ID_HEADER)
+    return header or request_id
+
+
+class Decisions:
+    """Routes decision events (decided / failed / rejected) to waiting requests by job id.
+
+    One core subscription per gateway instance serves every ``placement.request``;
+    a waiter registers before the job is published, so no answer is missed.
+    """
+
+    SUBJECTS = (s.PLACEMENT_DECIDED, s.PLACEMENT_FAILED, s.JOB_REJECTED)
+
+    def __init__(self) -> None:
+        self._waiters: dict[str, asyncio.Future[bytes]] = {}
+
+    def expect(self, job_id: str) -> asyncio.Future[bytes]:
+        fut = self._waiters.get(job_id)
+        if fut is None or fut.done():
+            fut = asyncio.get_running_loop().create_future()
+            self._waiters[job_id] = fut
+        return fut
+
+    def forget(self, job_id: str) -> None:
+        self._waiters.pop(job_id, None)
+
+    async def on_event(self, msg: Msg) -> None:
+        if not self._waiters:
+            return
+        try:
+            ref = _job_ref_decoder.decode(msg.data)
+        except msgspec.DecodeError:
+            return
+        fut = self._waiters.pop(ref.job_id, None)
+        if fut is not None and not fut.done():
+            fut.set_result(msg.data)
+
+
+class _JobRef(msgspec.Struct):
+    job_id: str
+
+
+_job_ref_decoder = msgspec.json.Decoder(_JobRef)
+
+
+class Gateway:
+    def __init__(self, publisher: Publisher, config: Config, decisions: Decisions) -> None:
+        self.publisher = publisher
+        self.config = config
+        self.decisions = decisions
+
+    async def _submit(self, msg: Msg) -> ev.JobSubmitted:
+        req = decode_job_request(msg.data)
+        key = idempotency_key(msg, req.request_id)
+        job_id = job_id_for(key)
+        spec = normalise(req, self.config.defaults)
+        event = ev.JobSubmitted(
+            event_id=ev.event_id_for(job_id, s.JOB_SUBMITTED), job_id=job_id, spec=spec, idempotency_key=key
+        )
+        return event
+
+    async def submit(self, msg: Msg) -> bytes:
+        event = await self._submit(msg)
+        await self._publish(event)
+        return _reply_enc.encode(SubmitReply(job_id=event.job_id, state="submitted"))
+
+    async def placement_request(self, msg: Msg) -> bytes:
+        event = await self._submit(msg)
+        waiter = self.decisions.expect(event.job_id)
+        try:
+            await self._publish(event)
+            timeout = self.config.timeouts.placement_request_timeout_s
+            try:
+                return await asyncio.wait_for(asyncio.shield(waiter), timeout)
+            except TimeoutError:
+                raise RequestError(
+                    504, f"no decision within {timeout:g} s; the job stays pending", job_id=event.job_id
+                ) from None
+        finally:
+            self.decisions.forget(event.job_id)
+
+    async def _publish(self, event: ev.JobSubmitted) -> None:
+        try:
+            await self.publisher.publish(event)
+        except Exception as e:
+            log.warning("publish job.submitted failed", job_id=event.job_id, error=repr(e))
+            raise RequestError(
+                503, "the job store (JetStream) is unavailable; retry with the same request_id", job_id=event.job_id
+            ) from e

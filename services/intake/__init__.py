@@ -1,0 +1,1 @@
+"""intake: applies policy to submitted jobs (``job.accepted`` / ``job.rejected``)."""

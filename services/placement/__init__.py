@@ -1,0 +1,1 @@
+"""placement: decides where a job's replicas run."""

@@ -1,0 +1,98 @@
+"""Process lifecycle shared by every service: config, logging, NATS, signals, drain.
+
+``run(name, main)`` builds a :class:`Runtime` (the composition root's raw parts),
+calls ``main(rt)``, which registers its micro service and consumers and returns once
+``rt.stop`` is set (SIGTERM/SIGINT). Then in-flight work is finished and the NATS
+connection drained, in reverse order of start-up.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import signal
+import sys
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass, field
+
+import structlog
+from nats.aio.client import Client
+from nats.js import JetStreamContext
+
+from services.runtime.bus import ensure_streams
+from services.runtime.config import Config, Settings, load_config, load_settings
+from services.runtime.log import configure
+
+VERSION = "0.1.0"
+
+
+@dataclass
+class Runtime:
+    name: str
+    settings: Settings
+    config: Config
+    nc: Client
+    js: JetStreamContext
+    log: structlog.stdlib.BoundLogger
+    stop: asyncio.Event = field(default_factory=asyncio.Event)
+
+    def metadata(self, **extra: str) -> dict[str, str]:
+        """Micro-service metadata: always an object of strings."""
+        return {"instance_id": self.settings.instance_id, **extra}
+
+
+Main = Callable[[Runtime], Awaitable[None]]
+
+
+async def start_runtime(name: str, settings: Settings | None = None, config: Config | None = None) -> Runtime:
+
+    settings = settings or load_settings()
+    config = config or load_config()
+    log = configure(name, settings.log_format, settings.log_level)
+    log.info("starting", nats=settings.nats_url, instance_id=settings.instance_id)
+    nc = await _connect_with_retry(settings, name, log)
+    js = nc.jetstream(timeout=10)
+    await ensure_streams(js, replicas=settings.stream_replicas, duplicate_window_s=config.timeouts.idempotency_window_s)
+    return Runtime(name=name, settings=settings, config=config, nc=nc, js=js, log=log)
+
+
+async def _connect_with_retry(settings: Settings, name: str, log: structlog.stdlib.BoundLogger) -> Client:
+    from services.runtime.bus import connect
+
+    delay = 0.2
+    for attempt in range(1, 61):
+        try:
+            return await connect(settings, name)
+        except Exception as e:
+            log.warning("nats not reachable yet", attempt=attempt, error=repr(e))
+            await asyncio.sleep(delay)
+            delay = min(2.0, delay * 1.5)
+    raise SystemExit(f"{name}: cannot reach NATS at {settings.nats_url}")
+
+
+async def serve(name: str, main: Main) -> None:
+    rt = await start_runtime(name)
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(sig, rt.stop.set)
+    try:
+        await main(rt)
+    finally:
+        rt.log.info("shutting down")
+        with contextlib.suppress(Exception):
+            await asyncio.wait_for(rt.nc.drain(), 10)
+        rt.log.info("stopped")
+
+
+def run(name: str, main: Main) -> None:
+    """Entry point of ``python -m services.<name>``; uses uvloop when available."""
+    try:
+        import uvloop
+
+        runner: Callable[..., object] = uvloop.run
+    except ImportError:  # pragma: no cover
+        runner = asyncio.run
+    try:
+        runner(serve(name, main))
+    except KeyboardInterrupt:  # pragma: no cover
+        sys.exit(130)

@@ -1,0 +1,106 @@
+"""Typed configuration: one TOML file for policy, environment variables for endpoints.
+
+The TOML file (``SCHEDULER_CONFIG``, else the packaged ``defaults.toml``) is decoded
+straight into Structs with unknown fields forbidden, so a typo stops startup.
+Endpoints and secrets come from the environment, with local-friendly defaults.
+"""
+
+from __future__ import annotations
+
+import os
+import socket
+import tomllib
+import uuid
+from pathlib import Path
+from typing import Annotated, Literal
+
+import msgspec
+from msgspec import Meta
+
+from schemas.jobs import Defaults
+from schemas.types import Technology
+
+_DEFAULTS_TOML = Path(__file__).with_name("defaults.toml")
+
+PositiveS = Annotated[float, Meta(gt=0)]
+
+
+class Limits(msgspec.Struct, kw_only=True, frozen=True, forbid_unknown_fields=True):
+    max_replicas: int = 1000
+    max_cpu: float = 256.0
+    max_memory_mb: int = 2 * 1024 * 1024
+    max_gpu: int = 16
+
+
+class Timeouts(msgspec.Struct, kw_only=True, frozen=True, forbid_unknown_fields=True):
+    node_ttl_s: PositiveS = 15.0
+    """A node whose last status is older than this is inactive."""
+    placement_deadline_s: PositiveS = 30.0
+    """A job that does not fit waits this long (from acceptance) before placement.failed."""
+    placement_request_timeout_s: PositiveS = 5.0
+    """How long ``placement.request`` waits for the decision before answering 504."""
+    idempotency_window_s: PositiveS = 86400.0
+    """The JOBS stream's duplicate window: how long a ``Nats-Msg-Id``/request_id is remembered."""
+
+
+class PlacementConf(msgspec.Struct, kw_only=True, frozen=True, forbid_unknown_fields=True):
+    top_candidates: Annotated[int, Meta(ge=1, le=1000)] = 10
+
+
+class InstanceType(msgspec.Struct, kw_only=True, frozen=True, forbid_unknown_fields=True):
+    name: str
+    vcpu: Annotated[float, Meta(gt=0)]
+    memory_mb: Annotated[int, Meta(gt=0)]
+    gpu: Annotated[int, Meta(ge=0)] = 0
+    price_hourly: Annotated[float, Meta(ge=0)]
+
+
+class Config(msgspec.Struct, kw_only=True, frozen=True, forbid_unknown_fields=True):
+    technologies: list[Technology]
+    defaults: Defaults = Defaults()
+    limits: Limits = Limits()
+    timeouts: Timeouts = Timeouts()
+    placement: PlacementConf = PlacementConf()
+    instance_types: list[InstanceType] = []
+
+    def __post_init__(self) -> None:
+        if self.defaults.technology not in self.technologies:
+            raise ValueError(f"defaults.technology {self.defaults.technology!r} is not in technologies")
+
+
+def load_config(path: str | Path | None = None) -> Config:
+    """Read the TOML config; raises ``msgspec.ValidationError`` naming the bad key."""
+    path = Path(path or os.environ.get("SCHEDULER_CONFIG") or _DEFAULTS_TOML)
+    with path.open("rb") as f:
+        return msgspec.convert(tomllib.load(f), Config)
+
+
+class Settings(msgspec.Struct, kw_only=True, frozen=True):
+    """Endpoints, secrets and process settings, read from the environment."""
+
+    nats_url: str = "nats://127.0.0.1:4222"
+    nats_user: str | None = None
+    nats_password: str | None = None
+    database_url: str | None = None
+    aws_endpoint_url: str | None = None
+    aws_region: str = "eu-central-1"
+    log_format: Literal["json", "console"] = "json"
+    log_level: str = "info"
+    stream_replicas: int = 1
+    instance_id: str = ""
+
+
+def load_settings(env: dict[str, str] | None = None) -> Settings:
+    e = os.environ if env is None else env
+    return Settings(
+        nats_url=e.get("NATS_URL", "nats://127.0.0.1:4222"),
+        nats_user=e.get("NATS_USER") or None,
+        nats_password=e.get("NATS_PASSWORD") or None,
+        database_url=e.get("DATABASE_URL") or None,
+        aws_endpoint_url=e.get("AWS_ENDPOINT_URL") or None,
+        aws_region=e.get("AWS_DEFAULT_REGION", "eu-central-1"),
+        log_format="console" if e.get("LOG_FORMAT") == "console" else "json",
+        log_level=e.get("LOG_LEVEL", "info").lower(),
+        stream_replicas=int(e.get("STREAM_REPLICAS", "1")),
+        instance_id=e.get("INSTANCE_ID") or f"{socket.gethostname()}-{os.getpid()}-{uuid.uuid4().hex[:6]}",
+    )

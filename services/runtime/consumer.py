@@ -1,0 +1,189 @@
+"""Durable pull-consumer loop with an explicit outcome for every message.
+
+The loop fetches in batches and runs the batch's handlers concurrently (started in
+delivery order, so any synchronous work before a handler's first ``await`` happens in
+order). Outcomes:
+
+- handler returns: ack (its effects are durable by then: it awaited its publishes);
+- handler called ``delivery.hold()``: the handler owns the message and acks it later;
+- the payload does not decode, or the handler raises :class:`Poison`: ``term`` and a
+  ``deadletter.<service>`` event with the reason, once;
+- any other exception: ``nak`` with an exponential delay; once ``max_deliver`` is
+  reached the message is terminated and dead-lettered instead of retried forever.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Awaitable, Callable
+from typing import Generic, TypeVar
+
+import msgspec
+import nats.errors
+import structlog
+from nats.aio.msg import Msg
+from nats.js import JetStreamContext
+
+from schemas import events as ev
+from schemas import subjects as s
+from services.runtime.bus import Publisher, ensure_consumer
+
+log = structlog.get_logger()
+
+T = TypeVar("T")
+
+
+class Poison(Exception):
+    """A message that will never succeed: dead-letter it instead of retrying."""
+
+
+class Delivery:
+    """One delivered message; guards against double acks."""
+
+    __slots__ = ("_done", "_held", "msg")
+
+    def __init__(self, msg: Msg) -> None:
+        self.msg = msg
+        self._done = False
+        self._held = False
+
+    @property
+    def num_delivered(self) -> int:
+        return int(self.msg.metadata.num_delivered or 1)
+
+    def hold(self) -> None:
+        """Take over acking: the loop will not ack this message when the handler returns."""
+        self._held = True
+
+    @property
+    def done(self) -> bool:
+        return self._done
+
+    async def ack(self) -> None:
+        if not self._done:
+            self._done = True
+            await self.msg.ack()
+
+    async def nak(self, delay: float | None = None) -> None:
+        if not self._done:
+            self._done = True
+            await self.msg.nak(delay=delay)
+
+    async def term(self) -> None:
+        if not self._done:
+            self._done = True
+            await self.msg.term()
+
+    async def in_progress(self) -> None:
+        if not self._done:
+            await self.msg.in_progress()
+
+
+Handler = Callable[[T, Delivery], Awaitable[None]]
+
+
+def retry_delay(num_delivered: int, base: float = 0.5, cap: float = 30.0) -> float:
+    return float(min(cap, base * 2 ** max(0, num_delivered - 1)))
+
+
+class Consumer(Generic[T]):
+    """Runs ``handler`` for each message of a durable pull consumer until ``stop``."""
+
+    def __init__(
+        self,
+        js: JetStreamContext,
+        spec: s.ConsumerSpec,
+        decoder: msgspec.json.Decoder[T],
+        handler: Handler[T],
+        *,
+        service: str,
+        batch: int = 256,
+        fetch_timeout: float = 1.0,
+    ) -> None:
+        self._js = js
+        self.spec = spec
+        self._decoder = decoder
+        self._handler = handler
+        self._service = service
+        self._batch = batch
+        self._fetch_timeout = fetch_timeout
+        self._publisher = Publisher(js)
+        self._log = log.bind(consumer=spec.durable, stream=spec.stream)
+
+    async def run(self, stop: asyncio.Event) -> None:
+        await ensure_consumer(self._js, self.spec)
+        psub = await self._js.pull_subscribe_bind(durable=self.spec.durable, stream=self.spec.stream)
+        self._log.info("consuming", filter=list(self.spec.filter_subjects))
+        failures = 0
+        while not stop.is_set():
+            try:
+                msgs = await psub.fetch(self._batch, timeout=self._fetch_timeout)
+            except (nats.errors.TimeoutError, TimeoutError):
+                continue
+            except Exception as e:  # disconnected, server restarting, consumer gone...
+                failures += 1
+                self._log.warning("fetch failed", error=repr(e), failures=failures)
+                await asyncio.sleep(min(5.0, 0.2 * failures))
+                if failures % 10 == 0:
+                    await self._recreate()
+                continue
+            failures = 0
+            await asyncio.gather(*(self._process(m) for m in msgs))
+        await psub.unsubscribe()
+        self._log.info("stopped consuming")
+
+    async def _recreate(self) -> None:
+        try:
+            await ensure_consumer(self._js, self.spec)
+        except Exception as e:
+            self._log.warning("consumer re-declare failed", error=repr(e))
+
+    async def _process(self, msg: Msg) -> None:
+        d = Delivery(msg)
+        try:
+            try:
+                event = self._decoder.decode(msg.data)
+            except msgspec.DecodeError as e:
+                raise Poison(f"undecodable {msg.subject} payload: {e}") from None
+            await self._handler(event, d)
+            if not d._held:
+                await d.ack()
+        except Poison as e:
+            await self._dead_letter(d, str(e))
+        except Exception as e:
+            n = d.num_delivered
+            if self.spec.max_deliver > 0 and n >= self.spec.max_deliver:
+                self._log.error("giving up", subject=msg.subject, deliveries=n, exc_info=True)
+                await self._dead_letter(d, f"gave up after {n} deliveries: {e!r}")
+            else:
+                delay = retry_delay(n)
+                self._log.warning(
+                    "handler failed; will retry", subject=msg.subject, deliveries=n, delay_s=delay, error=repr(e)
+                )
+                await d.nak(delay=delay)
+
+    async def _dead_letter(self, d: Delivery, reason: str) -> None:
+        md = d.msg.metadata
+        seq = md.sequence.stream if md.sequence else None
+        letter = ev.DeadLetter(
+            event_id=f"{self._service}:{md.stream}:{seq}",
+            service=self._service,
+            subject=d.msg.subject,
+            stream=md.stream,
+            stream_seq=seq,
+            num_delivered=d.num_delivered,
+            reason=reason,
+            data=d.msg.data[:16384].decode("utf-8", "replace"),
+        )
+        self._log.error("dead-lettered", subject=d.msg.subject, seq=seq, reason=reason)
+        try:
+            await self._js.publish(
+                s.deadletter_subject(self._service),
+                ev.encode(letter),
+                headers={s.MSG_ID_HEADER: letter.event_id},
+            )
+        except Exception as e:  # keep the message: it will come back and be tried again
+            self._log.warning("dead-letter publish failed; leaving message for redelivery", error=repr(e))
+            await d.nak(delay=retry_delay(d.num_delivered))
+            return
+        await d.term()

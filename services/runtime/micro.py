@@ -1,0 +1,165 @@
+"""NATS micro service with concurrent endpoints and contract-shaped error replies.
+
+nats-py's ``nats.micro`` answers PING/INFO/STATS; we add endpoints to it, but:
+
+- requests are handled concurrently (nats-py runs one subscription's callbacks one
+  after another, so a handler waiting on JetStream would serialise every request);
+  in-flight requests are bounded and finished on stop;
+- handlers return the reply body or raise :class:`RequestError`; one wrapper turns
+  errors into ``Nats-Service-Error``/``-Code`` headers plus a JSON error body, maps
+  ``msgspec`` decode/validation errors to 400 naming the field, and answers unknown
+  exceptions with a generic 500 while logging the traceback;
+- error replies are counted in ``$SRV.STATS`` (nats-py counts only raised exceptions);
+- endpoint metadata is always an object, never null, for clients in other languages.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import re
+import time
+from collections.abc import Awaitable, Callable, Mapping
+
+import msgspec
+import structlog
+from nats.aio.client import Client
+from nats.aio.msg import Msg
+from nats.micro.request import Request
+from nats.micro.service import EndpointConfig, Service, ServiceConfig
+
+from schemas import subjects as s
+from schemas.replies import ErrorBody, ErrorDetail
+
+log = structlog.get_logger()
+
+_enc = msgspec.json.Encoder()
+_FIELD_RE = re.compile(r"at `\$\.?([^`]*)`")
+_UNKNOWN_RE = re.compile(r"unknown field `([^`]*)`")
+
+
+class RequestError(Exception):
+    """An error reply: HTTP-like code, message, and optionally the offending field."""
+
+    def __init__(self, code: int, message: str, *, field: str | None = None, job_id: str | None = None):
+        super().__init__(message)
+        self.code = code
+        self.message = message
+        self.field = field
+        self.job_id = job_id
+
+
+def from_decode_error(e: msgspec.DecodeError) -> RequestError:
+    """400 naming the problem and the field (``resources.cpu``) where msgspec says."""
+    text = str(e)
+    m = _FIELD_RE.search(text)
+    field = m.group(1).replace("[", ".").replace("]", "") if m else None
+    unknown = _UNKNOWN_RE.search(text)
+    if unknown:
+        field = f"{field}.{unknown.group(1)}" if field else unknown.group(1)
+    if not isinstance(e, msgspec.ValidationError):
+        text = f"malformed JSON: {text}"
+    return RequestError(400, text, field=field or None)
+
+
+def error_reply(err: RequestError) -> tuple[bytes, dict[str, str]]:
+    body = _enc.encode(
+        ErrorBody(error=ErrorDetail(code=err.code, message=err.message, field=err.field, job_id=err.job_id))
+    )
+    # header values must be one line
+    headers = {
+        s.ERROR_HEADER: err.message.replace("\r", " ").replace("\n", " ")[:1024],
+        s.ERROR_CODE_HEADER: str(err.code),
+    }
+    return body, headers
+
+
+Handler = Callable[[Msg], Awaitable[bytes]]
+
+
+class MicroService:
+    """One NATS micro service per process, with concurrent, counted endpoints."""
+
+    def __init__(
+        self,
+        nc: Client,
+        *,
+        name: str,
+        version: str,
+        description: str,
+        metadata: Mapping[str, str] | None = None,
+        max_in_flight: int = 4096,
+    ) -> None:
+        self._nc = nc
+        self._svc = Service(
+            nc, ServiceConfig(name=name, version=version, description=description, metadata=dict(metadata or {}))
+        )
+        self._sem = asyncio.Semaphore(max_in_flight)
+        self._tasks: set[asyncio.Task[None]] = set()
+        self._log = log.bind(micro=name)
+
+    @property
+    def id(self) -> str:
+        return self._svc.id
+
+    async def start(self) -> None:
+        await self._svc.start()
+
+    async def add_endpoint(
+        self,
+        name: str,
+        subject: str,
+        handler: Handler,
+        *,
+        max_body: int | None = None,
+        metadata: Mapping[str, str] | None = None,
+    ) -> None:
+        endpoint_ref: list[object] = []
+
+        async def dispatch(req: Request) -> None:
+            await self._sem.acquire()
+            task = asyncio.create_task(self._serve(req._msg, handler, max_body, endpoint_ref[0]))
+            self._tasks.add(task)
+            task.add_done_callback(self._done)
+
+        await self._svc.add_endpoint(
+            EndpointConfig(name=name, subject=subject, handler=dispatch, metadata=dict(metadata or {}))
+        )
+        endpoint_ref.append(self._svc._endpoints[-1])
+
+    def _done(self, task: asyncio.Task[None]) -> None:
+        self._tasks.discard(task)
+        self._sem.release()
+
+    async def _serve(self, msg: Msg, handler: Handler, max_body: int | None, endpoint: object) -> None:
+        started = time.perf_counter_ns()
+        headers: dict[str, str] | None = None
+        try:
+            if max_body is not None and len(msg.data) > max_body:
+                raise RequestError(413, f"body of {len(msg.data)} bytes exceeds the limit of {max_body} bytes")
+            body = await handler(msg)
+        except RequestError as e:
+            body, headers = error_reply(e)
+        except msgspec.DecodeError as e:
+            body, headers = error_reply(from_decode_error(e))
+        except Exception:
+            self._log.exception("request failed", subject=msg.subject)
+            body, headers = error_reply(RequestError(500, "internal error"))
+        if headers is not None:
+            # counted like nats-py counts raised errors, so `nats micro stats` shows them
+            endpoint._num_errors += 1  # type: ignore[attr-defined]
+            endpoint._last_error = f"{headers[s.ERROR_CODE_HEADER]}:{headers[s.ERROR_HEADER]}"  # type: ignore[attr-defined]
+        elapsed = time.perf_counter_ns() - started
+        endpoint._processing_time += elapsed  # type: ignore[attr-defined]
+        n = max(1, endpoint._num_requests)  # type: ignore[attr-defined]
+        endpoint._average_processing_time = endpoint._processing_time // n  # type: ignore[attr-defined]
+        if msg.reply:
+            try:
+                await self._nc.publish(msg.reply, body, headers=headers)
+            except Exception as e:
+                self._log.warning("reply failed", subject=msg.subject, error=repr(e))
+
+    async def stop(self) -> None:
+        """Stop taking requests, then finish the ones in flight."""
+        await self._svc.stop()
+        if self._tasks:
+            await asyncio.wait(list(self._tasks), timeout=10)

@@ -1,0 +1,1 @@
+"""simnodes: a simulated fleet publishing ``node.status.<node_id>`` like real node agents."""

@@ -1,0 +1,48 @@
+"""``python -m services.simnodes [--count N] [--interval S]``: publish a simulated fleet's status."""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import os
+import signal
+
+from schemas import events as ev
+from services.runtime.bus import connect
+from services.runtime.config import load_settings
+from services.runtime.log import configure
+from services.simnodes.fleet import Fleet
+
+
+async def publish_forever(count: int, interval: float, seed: int) -> None:
+    settings = load_settings()
+    log = configure("simnodes", settings.log_format, settings.log_level)
+    nc = await connect(settings, "simnodes")
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(sig, stop.set)
+    fleet = Fleet(count, seed)
+    log.info("publishing node status", nodes=count, interval_s=interval)
+    while not stop.is_set():
+        for status in fleet.tick():
+            await nc.publish(ev.subject_of(status), ev.encode(status))
+        await nc.flush()
+        try:
+            await asyncio.wait_for(stop.wait(), interval)
+        except TimeoutError:
+            pass
+    await nc.drain()
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__)
+    parser.add_argument("--count", type=int, default=int(os.environ.get("SIM_NODES", "50")))
+    parser.add_argument("--interval", type=float, default=float(os.environ.get("SIM_INTERVAL_S", "3")))
+    parser.add_argument("--seed", type=int, default=42)
+    a = parser.parse_args()
+    asyncio.run(publish_forever(a.count, a.interval, a.seed))
+
+
+if __name__ == "__main__":
+    main()
