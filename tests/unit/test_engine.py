@@ -19,8 +19,15 @@ def spec(raw: str) -> JobSpec:
 def world(*nodes: tuple[str, str, tuple[str, ...], float, int], stale: tuple[str, ...] = ()) -> World:
     w = World()
     for node_id, state, techs, cpu_free, mem_free in nodes:
-        st = NodeStatus(node_id=node_id, state=state, technologies=list(techs), cpu_cores=cpu_free,  # type: ignore[arg-type]
-                        cpu_free=cpu_free, memory_mb=mem_free, memory_free_mb=mem_free)
+        st = NodeStatus(
+            node_id=node_id,
+            state=state,
+            technologies=list(techs),
+            cpu_cores=cpu_free,  # type: ignore[arg-type]
+            cpu_free=cpu_free,
+            memory_mb=mem_free,
+            memory_free_mb=mem_free,
+        )
         w.update_node(st, NOW - (TTL + 1 if node_id in stale else 1))
     return w
 
@@ -38,8 +45,9 @@ FLEET = world(
 
 
 def test_best_fit_ranks_most_free_cpu_then_memory() -> None:
-    r = place(spec('{"name": "j", "replicas": 2, "resources": {"cpu": 1, "memory_mb": 1000}}'),
-              FLEET.nodes.values(), NOW, TTL)
+    r = place(
+        spec('{"name": "j", "replicas": 2, "resources": {"cpu": 1, "memory_mb": 1000}}'), FLEET.nodes.values(), NOW, TTL
+    )
     assert isinstance(r, Placed)
     assert [c.node_id for c in r.candidates] == ["c", "b", "a"]
     # replica 0 on c (8 cpu, 9000); then c has 7 cpu left, b has 8: replica 1 on b
@@ -87,8 +95,10 @@ def test_job_is_placed_whole_or_not_at_all() -> None:
 
 def test_dedicated_ranks_cheapest_instance_type_that_fits() -> None:
     catalogue = load_config().instance_types
-    r = place_dedicated(spec('{"name": "j", "cluster": "dedicated", "replicas": 2, '
-                             '"resources": {"cpu": 3, "memory_mb": 8000}}'), catalogue)
+    r = place_dedicated(
+        spec('{"name": "j", "cluster": "dedicated", "replicas": 2, "resources": {"cpu": 3, "memory_mb": 8000}}'),
+        catalogue,
+    )
     assert isinstance(r, Placed)
     assert [a.instance_type for a in r.assignments] == ["c5.xlarge", "c5.xlarge"]
     assert r.candidates[0].instance_type == "c5.xlarge"

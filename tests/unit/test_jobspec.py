@@ -54,7 +54,7 @@ BAD = [
     (body(technology="Docker!"), "technology", "matching regex"),
     (b'{"name": "x", "replicas": 1e400}', "replicas", None),
     (b'{"name": "x", "resources": {"cpu": NaN}}', None, "malformed"),
-    (b"{\"name\": " + b"[" * 5000 + b"]" * 5000 + b"}", "name", None),
+    (b'{"name": ' + b"[" * 5000 + b"]" * 5000 + b"}", "name", None),
 ]
 
 

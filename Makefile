@@ -1,0 +1,39 @@
+# natsched: the two commands are `make run` and `make test`; both create .venv themselves.
+PYTHON ?= python3
+VENV   ?= .venv
+PY     := $(VENV)/bin/python
+STAMP  := $(VENV)/.installed-$(shell $(PYTHON) -c 'import hashlib,sys;print(hashlib.sha1(open("pyproject.toml","rb").read()).hexdigest()[:12])' 2>/dev/null)
+
+.PHONY: run test lint unit integration bench chaos cluster venv clean
+
+venv: $(STAMP)
+
+$(STAMP): pyproject.toml
+	@$(PYTHON) -c 'import sys; sys.exit(0 if sys.version_info >= (3, 11) else "Python 3.11+ is required")'
+	$(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install -q --upgrade pip
+	$(PY) -m pip install -q -e '.[dev]'
+	@rm -f $(VENV)/.installed-* && touch $@
+
+run: venv            ## the whole system: nats-server, PostgreSQL, moto, every service, simulated nodes
+	$(PY) -m services.devstack
+
+lint: venv
+	$(VENV)/bin/ruff check services schemas tests
+	$(VENV)/bin/ruff format --check services schemas tests
+	$(VENV)/bin/mypy
+
+unit: venv
+	$(VENV)/bin/pytest -q tests/unit
+
+integration: venv
+	$(VENV)/bin/pytest -q tests/integration
+
+test: lint           ## ruff, mypy, then every unit and integration test against real servers
+	$(VENV)/bin/pytest -q -p no:cacheprovider tests
+
+bench: venv          ## benchmarks; results in bench-results/ (JSON, markdown, PNG)
+	$(PY) -m tests.bench
+
+clean:
+	rm -rf $(VENV) .data .mypy_cache .ruff_cache .pytest_cache
