@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import uuid
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
 from pathlib import Path
 from typing import Any
@@ -12,7 +13,7 @@ import nats
 import pytest
 from nats.aio.client import Client
 
-from services.devstack import NatsServer, ServiceProcess, spawn_service
+from services.devstack import Moto, NatsServer, Postgres, ServiceProcess, database_url_from_env, spawn_service
 
 REPO = Path(__file__).resolve().parent.parent
 
@@ -26,6 +27,58 @@ def nats_server(tmp_path: Path) -> Iterator[NatsServer]:
         yield server
     finally:
         server.stop()
+
+
+@pytest.fixture(scope="session")
+def postgres_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
+    """A real PostgreSQL for the session (or ``DATABASE_URL``); tests get their own database."""
+    url = database_url_from_env()
+    if url:
+        yield url
+        return
+    server = Postgres(tmp_path_factory.mktemp("pg") / "data")
+    server.start()
+    try:
+        yield server.dsn
+    finally:
+        server.stop()
+
+
+@pytest.fixture
+async def database_url(postgres_server: str) -> AsyncIterator[str]:
+    """A fresh, empty database on the session's PostgreSQL, dropped afterwards."""
+    import asyncpg
+
+    name = f"t_{uuid.uuid4().hex[:12]}"
+    admin = await asyncpg.connect(postgres_server)
+    try:
+        await admin.execute(f'CREATE DATABASE "{name}"')
+    finally:
+        await admin.close()
+    base, _, _ = postgres_server.rpartition("/")
+    yield f"{base}/{name}"
+    admin = await asyncpg.connect(postgres_server)
+    try:
+        await admin.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+    finally:
+        await admin.close()
+
+
+@pytest.fixture(scope="session")
+def moto_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Moto]:
+    """A real moto server speaking the EC2 HTTP API (reset before each test that uses ``ec2_endpoint``)."""
+    server = Moto(log_dir=tmp_path_factory.mktemp("moto"))
+    server.start()
+    try:
+        yield server
+    finally:
+        server.stop()
+
+
+@pytest.fixture
+def ec2_endpoint(moto_server: Moto) -> str:
+    moto_server.reset()
+    return moto_server.endpoint_url
 
 
 @pytest.fixture
