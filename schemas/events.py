@@ -144,6 +144,8 @@ class ClusterTeardownRequested(JobEvent, tag=s.CLUSTER_TEARDOWN_REQUESTED, kw_on
 
 class ClusterTornDown(JobEvent, tag=s.CLUSTER_TORN_DOWN, kw_only=True):
     instance_ids: list[str] = []
+    reason: str | None = None
+    """Why: the job's end state (``cancelled``, ``succeeded``, ...) or ``orphan: ...`` from the reaper."""
 
 
 # --- NODES ------------------------------------------------------------------

@@ -152,6 +152,39 @@ PLACEMENT_JOBS = ConsumerSpec(
     max_ack_pending=50_000,
 )
 
+PROVISIONER_DECISIONS = ConsumerSpec(
+    stream=PLACEMENTS.name,
+    durable="provisioner",
+    filter_subjects=(PLACEMENT_DECIDED,),
+    description="provisioner: launches a dedicated cluster per decided dedicated job",
+    # Launching waits for the instances to run (bounded); in-progress pings keep the
+    # message ours meanwhile, and a crash hands it back after ack_wait.
+    ack_wait_s=30.0,
+    max_deliver=8,
+)
+TEARDOWN_JOBS = ConsumerSpec(
+    stream=JOBS.name,
+    durable="teardown-jobs",
+    filter_subjects=(JOB_ACCEPTED, JOB_CANCEL_REQUESTED, JOB_COMPLETED, JOB_EXPIRED),
+    description="teardown: job facts and end triggers (cancel, completion, expiry)",
+)
+TEARDOWN_PLACEMENTS = ConsumerSpec(
+    stream=PLACEMENTS.name,
+    durable="teardown-placements",
+    filter_subjects=(PLACEMENT_DECIDED, PLACEMENT_FAILED),
+    description="teardown: decisions (start of a shared job's runtime) and failures",
+)
+TEARDOWN_CLUSTERS = ConsumerSpec(
+    stream=CLUSTERS.name,
+    durable="teardown-clusters",
+    filter_subjects=(CLUSTER_PROVISIONING, CLUSTER_PROVISIONED, CLUSTER_PROVISION_FAILED),
+    description="teardown: launched instances (tracked for teardown) and failed provisioning",
+)
+
+# --- key-value buckets ------------------------------------------------------
+JOB_LIFECYCLE_BUCKET = "JOB_LIFECYCLE"
+"""Per-job lifecycle record kept by teardown (end state, release flag, deadline, instances)."""
+
 
 def matches(pattern: str, subject: str) -> bool:
     """NATS wildcard matching: ``*`` is one token, a trailing ``>`` one or more."""

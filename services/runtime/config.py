@@ -55,6 +55,41 @@ class InstanceType(msgspec.Struct, kw_only=True, frozen=True, forbid_unknown_fie
     price_hourly: Annotated[float, Meta(ge=0)]
 
 
+class AwsConf(msgspec.Struct, kw_only=True, frozen=True, forbid_unknown_fields=True):
+    """EC2 launch settings of dedicated clusters (credentials and endpoint come from the environment)."""
+
+    region: str | None = None
+    """EC2 region; None uses ``AWS_DEFAULT_REGION`` (default eu-central-1)."""
+    image_id: str = "ami-12c6146b"
+    subnet_id: str | None = None
+    security_group_ids: list[str] = []
+    key_name: str | None = None
+    instance_profile: str | None = None
+    """IAM instance profile name (or ARN when it starts with ``arn:``)."""
+    project: str = "natsched"
+    """Value of the project tag on everything we launch; the orphan reaper lists by it."""
+    tag_prefix: str = "natsched"
+    """Tag keys are ``<prefix>:project``, ``<prefix>:job-id``, ``<prefix>:replica``."""
+    running_timeout_s: PositiveS = 300.0
+    """How long a launch may take to reach ``running`` before provisioning fails."""
+    ack_wait_s: PositiveS = 30.0
+    """Ack wait of the provisioner's consumer: a crashed launch is retried after this."""
+    max_attempts: Annotated[int, Meta(ge=1, le=10)] = 3
+    """botocore attempts per call (standard retry mode) before an error reaches us."""
+
+
+class LifecycleConf(msgspec.Struct, kw_only=True, frozen=True, forbid_unknown_fields=True):
+    """Teardown, expiry and the orphan reaper."""
+
+    expiry_check_s: PositiveS = 1.0
+    """How often due deadlines (``max_runtime_s``) are looked for."""
+    reaper_interval_s: PositiveS = 60.0
+    """How often instances carrying the project tag are listed."""
+    orphan_grace_s: PositiveS = 300.0
+    """An instance whose job is unknown (since launch) or ended this long ago is terminated."""
+    state_sync_timeout_s: PositiveS = 3.0
+    """How long the gateway waits for its job-state view to catch up with the streams."""
+
 class Config(msgspec.Struct, kw_only=True, frozen=True, forbid_unknown_fields=True):
     technologies: list[Technology]
     defaults: Defaults = Defaults()
@@ -62,6 +97,8 @@ class Config(msgspec.Struct, kw_only=True, frozen=True, forbid_unknown_fields=Tr
     timeouts: Timeouts = Timeouts()
     placement: PlacementConf = PlacementConf()
     instance_types: list[InstanceType] = []
+    aws: AwsConf = AwsConf()
+    lifecycle: LifecycleConf = LifecycleConf()
 
     def __post_init__(self) -> None:
         if self.defaults.technology not in self.technologies:

@@ -1,0 +1,43 @@
+"""The per-job lifecycle record kept by teardown in the ``JOB_LIFECYCLE`` KV bucket.
+
+Key: the job id. Written only by teardown (compare-and-set on the key's revision),
+read by the provisioner (to skip jobs that ended before their cluster was launched)
+and by the orphan reaper. Unknown fields are tolerated, so the record can grow.
+"""
+
+from __future__ import annotations
+
+from datetime import datetime
+
+import msgspec
+
+
+class JobLifecycle(msgspec.Struct, kw_only=True):
+    job_id: str
+    cluster: str | None = None
+    """``shared`` or ``dedicated``, once known (from ``job.accepted`` or ``placement.decided``)."""
+    max_runtime_s: int | None = None
+    started_at: datetime | None = None
+    """When the job started running: shared at ``placement.decided``, dedicated at ``cluster.provisioned``."""
+    deadline: datetime | None = None
+    """``started_at + max_runtime_s`` while the job has not ended."""
+    end: str | None = None
+    """The end state, first trigger wins: cancelled, succeeded, failed or expired."""
+    end_reason: str | None = None
+    ended_at: datetime | None = None
+    released: bool = False
+    """True once ``cluster.torn_down`` (dedicated) and ``placement.released`` are stored."""
+    instance_ids: list[str] = []
+    """Instances the provisioner reported for this job."""
+
+
+_enc = msgspec.json.Encoder()
+_dec = msgspec.json.Decoder(JobLifecycle)
+
+
+def encode_record(rec: JobLifecycle) -> bytes:
+    return _enc.encode(rec)
+
+
+def decode_record(data: bytes) -> JobLifecycle:
+    return _dec.decode(data)

@@ -1,0 +1,200 @@
+"""The provisioner's handler: one ``placement.decided`` (dedicated) in, a running cluster out.
+
+Steps, each safe to repeat after a crash or redelivery:
+
+1. skip the job if teardown already recorded its end (cancelled before launch);
+2. look the job's instances up *by tag* (moto ignores ``ClientToken``; real EC2 honours it,
+   so both guard against a second cluster) and launch only the missing replicas, falling
+   back along the ranked instance types on insufficient capacity;
+3. publish ``cluster.provisioning`` with the instance ids, poll ``DescribeInstances`` with
+   backoff (bounded by ``aws.running_timeout_s``), then ``cluster.provisioned``.
+
+A permanent EC2 error (or running out of ranked types, or of retries) ends in
+``cluster.provision_failed`` with the error code; teardown then terminates whatever was
+launched and releases the job. Transient errors raise, so the consumer naks with backoff.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections.abc import Awaitable, Callable, Sequence
+from typing import Protocol
+
+import structlog
+
+from schemas import events as ev
+from schemas import subjects as s
+from services.provisioner.domain import (
+    ErrorKind,
+    InstanceInfo,
+    Progress,
+    backoff,
+    client_token,
+    launch_progress,
+    next_type,
+    plan_launch,
+    ranked_types,
+)
+from services.provisioner.ec2 import AwsError
+from services.runtime.config import AwsConf
+
+log = structlog.get_logger()
+
+
+class Ec2Port(Protocol):
+    async def launch(self, job_id: str, replica: int, instance_type: str, token: str) -> InstanceInfo: ...
+    async def job_instances(self, job_id: str) -> list[InstanceInfo]: ...
+    async def describe(self, instance_ids: Sequence[str]) -> list[InstanceInfo]: ...
+    async def terminate(self, instance_ids: Sequence[str]) -> list[str]: ...
+
+
+class PublisherPort(Protocol):
+    async def publish(self, event: ev.Event) -> object: ...
+
+
+class DeliveryPort(Protocol):
+    @property
+    def num_delivered(self) -> int: ...
+    async def in_progress(self) -> None: ...
+
+
+JobEnded = Callable[[str], Awaitable[bool]]
+Sleep = Callable[[float], Awaitable[None]]
+
+
+def _instance(i: InstanceInfo) -> ev.Instance:
+    return ev.Instance(
+        instance_id=i.instance_id,
+        instance_type=i.instance_type,
+        replica=i.replica if i.replica is not None else -1,
+        state=i.state,
+        private_ip=i.private_ip,
+    )
+
+
+class Provisioner:
+    def __init__(
+        self,
+        ec2: Ec2Port,
+        publisher: PublisherPort,
+        job_ended: JobEnded,
+        conf: AwsConf,
+        *,
+        max_deliver: int,
+        sleep: Sleep = asyncio.sleep,
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
+        self.ec2 = ec2
+        self.publisher = publisher
+        self.job_ended = job_ended
+        self.conf = conf
+        self.max_deliver = max_deliver
+        self._sleep = sleep
+        self._clock = clock
+
+    async def on_decided(self, event: ev.PlacementDecided, d: DeliveryPort) -> None:
+        if event.cluster != "dedicated":
+            return
+        blog = log.bind(job_id=event.job_id, event_id=event.event_id)
+        if await self.job_ended(event.job_id):
+            blog.info("job ended before its cluster was launched; not launching")
+            return
+        try:
+            launched = await self._launch(event, d, blog)
+            await self.publisher.publish(
+                ev.ClusterProvisioning(
+                    event_id=ev.event_id_for(event.job_id, s.CLUSTER_PROVISIONING),
+                    job_id=event.job_id,
+                    instances=[_instance(i) for i in launched],
+                )
+            )
+            running = await self._wait_running(event.job_id, [i.instance_id for i in launched], d, blog)
+        except AwsError as e:
+            last_try = self.max_deliver > 0 and d.num_delivered >= self.max_deliver
+            if e.kind is ErrorKind.TRANSIENT and not last_try:
+                blog.warning("transient EC2 error; will retry", code=e.code, error=e.message)
+                raise
+            blog.error("provisioning failed", code=e.code, error=e.message, kind=e.kind.value)
+            await self.publisher.publish(
+                ev.ClusterProvisionFailed(
+                    event_id=ev.event_id_for(event.job_id, s.CLUSTER_PROVISION_FAILED),
+                    job_id=event.job_id,
+                    error_code=e.code,
+                    message=e.message[:2048],
+                )
+            )
+            return
+        await self.publisher.publish(
+            ev.ClusterProvisioned(
+                event_id=ev.event_id_for(event.job_id, s.CLUSTER_PROVISIONED),
+                job_id=event.job_id,
+                instances=[_instance(i) for i in running],
+            )
+        )
+        blog.info("cluster provisioned", instances=[i.instance_id for i in running])
+
+    async def _launch(
+        self, event: ev.PlacementDecided, d: DeliveryPort, blog: structlog.stdlib.BoundLogger
+    ) -> list[InstanceInfo]:
+        plan = plan_launch(event.assignments, await self.ec2.job_instances(event.job_id))
+        if plan.keep:
+            blog.info("found instances of an earlier attempt", replicas=sorted(plan.keep))
+        if plan.extra:
+            blog.warning("terminating surplus instances", instances=[i.instance_id for i in plan.extra])
+            await self.ec2.terminate([i.instance_id for i in plan.extra])
+        ranked = ranked_types(event.assignments, event.candidates)
+        exhausted: set[str] = set()
+        launched = dict(plan.keep)
+        for a in plan.missing:
+            while True:
+                itype = next_type(ranked, a.instance_type, exhausted)
+                if itype is None:
+                    raise AwsError(
+                        "InsufficientInstanceCapacity",
+                        f"no capacity for any ranked instance type ({', '.join(ranked)})",
+                    )
+                try:
+                    inst = await self.ec2.launch(
+                        event.job_id, a.replica, itype, client_token(event.job_id, a.replica, itype)
+                    )
+                except AwsError as e:
+                    if e.kind is not ErrorKind.CAPACITY:
+                        raise
+                    blog.warning("no capacity for instance type; trying the next", instance_type=itype, code=e.code)
+                    exhausted.add(itype)
+                    continue
+                launched[a.replica] = inst
+                blog.info("launched", replica=a.replica, instance_id=inst.instance_id, instance_type=itype)
+                break
+            await d.in_progress()
+        return [launched[r] for r in sorted(launched)]
+
+    async def _wait_running(
+        self, job_id: str, ids: list[str], d: DeliveryPort, blog: structlog.stdlib.BoundLogger
+    ) -> list[InstanceInfo]:
+        deadline = self._clock() + self.conf.running_timeout_s
+        attempt = 0
+        while True:
+            try:
+                found = await self.ec2.describe(ids)
+            except AwsError as e:  # real EC2 is eventually consistent right after RunInstances
+                if not e.code.startswith("InvalidInstanceID"):
+                    raise
+                found = []
+            match launch_progress(found, len(ids)):
+                case Progress.RUNNING:
+                    return sorted(found, key=lambda i: (i.replica if i.replica is not None else -1, i.instance_id))
+                case Progress.LOST:
+                    lost = [f"{i.instance_id}={i.state}" for i in found if i.state != "running"]
+                    raise AwsError("InstanceTerminated", f"instances stopped before running: {', '.join(lost)}")
+                case Progress.WAITING:
+                    pass
+            if self._clock() >= deadline:
+                raise AwsError("RunningTimeout", f"instances not running after {self.conf.running_timeout_s:g} s")
+            await d.in_progress()
+            await self._sleep(backoff(attempt))
+            attempt += 1
+
+
+__all__ = ["Provisioner"]
