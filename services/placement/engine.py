@@ -1,4 +1,4 @@
-"""The placement algorithm: filter, rank, assign. Pure functions, no I/O.
+"""The placement algorithm: filter, rank, assign. Pure functions over the node table, no I/O.
 
 1. Filter (each exclusion counted under the first filter a node fails): active,
    technology, cpu, memory, gpu, labels, ``constraints.nodes``.
@@ -6,20 +6,44 @@
 3. Assign replicas one at a time, subtracting each from the chosen node before the
    next; ``constraints.spread`` never puts two replicas on one node. A job is placed
    whole or not at all.
+
+Fast path: the node table keeps, per technology, the active nodes sorted by free
+resources and by id (:class:`~services.placement.state.Bucket`). A decision walks a
+bucket in the strategy's order from the right end and stops after the first
+``max(top_n, replicas)`` nodes that pass every filter: those are the candidates, and
+they are enough to assign every replica, because a node untouched by this job keeps
+its rank, so the best untouched node for replica ``i`` is among the first ``i + 1``.
+Nodes the job already uses are re-ranked with their reduced free resources in a
+small heap. The per-filter counts of the explanation need every node, so they are
+computed by a full scan only when a job does not fit and an explanation is wanted.
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterable
+import heapq
+from collections.abc import Callable, Iterator
+from itertools import islice
 
 import msgspec
+from sortedcontainers import SortedList  # type: ignore[import-untyped]
 
 from schemas.events import Assignment, Candidate, Excluded
 from schemas.jobs import JobSpec
-from services.placement.state import Node
+from services.placement.state import Node, World
 from services.runtime.config import InstanceType
 
 FILTER_ORDER = ("inactive", "technology", "cpu", "memory", "gpu", "labels", "nodes", "spread")
+
+_WHAT = {
+    "inactive": "inactive",
+    "technology": "lack technology {tech}",
+    "cpu": "insufficient cpu",
+    "memory": "insufficient memory",
+    "gpu": "insufficient gpu",
+    "labels": "labels do not match",
+    "nodes": "not in constraints.nodes",
+    "spread": "already hold a replica (spread)",
+}
 
 
 class Placed(msgspec.Struct, frozen=True):
@@ -33,18 +57,30 @@ class NotPlaced(msgspec.Struct, frozen=True):
     excluded: Excluded
 
 
-def _first_failed(node: Node, spec: JobSpec, now: float, ttl: float, allowed: frozenset[str] | None) -> str | None:
+SortKey = Callable[[str, float, int, int], tuple[float | int | str, ...]]
+"""(node_id, cpu_free, memory_free_mb, replicas_of_this_job_on_node) -> sort key, smallest first."""
+
+KEYS: dict[str, SortKey] = {
+    "best_fit": lambda nid, cpu, mem, n: (-cpu, -mem, nid),
+    "spread": lambda nid, cpu, mem, n: (n, -cpu, -mem, nid),
+    "first_fit": lambda nid, cpu, mem, n: (nid,),
+    "pack": lambda nid, cpu, mem, n: (cpu, mem, nid),
+}
+
+
+def first_failed(node: Node, spec: JobSpec, now: float, ttl: float, allowed: frozenset[str] | None) -> str | None:
+    """The first filter ``node`` fails for ``spec`` (a key of :class:`Excluded`), or None."""
     st = node.status
     r = spec.resources
     if not node.active(now, ttl):
         return "inactive"
     if spec.technology not in st.technologies:
         return "technology"
-    if node.cpu_free() < r.cpu:
+    if node.cpu < r.cpu:
         return "cpu"
-    if node.memory_free_mb() < r.memory_mb:
+    if node.memory < r.memory_mb:
         return "memory"
-    if node.gpu_free() < r.gpu:
+    if node.gpu < r.gpu:
         return "gpu"
     labels = spec.constraints.labels
     if labels and any(st.labels.get(k) != v for k, v in labels.items()):
@@ -54,87 +90,145 @@ def _first_failed(node: Node, spec: JobSpec, now: float, ttl: float, allowed: fr
     return None
 
 
-SortKey = Callable[[str, float, int, int], tuple[float | int | str, ...]]
-"""(node_id, cpu_free, memory_free_mb, replicas_of_this_job_on_node) -> sort key."""
-
-_KEYS: dict[str, SortKey] = {
-    "best_fit": lambda nid, cpu, mem, n: (-cpu, -mem, nid),
-    "spread": lambda nid, cpu, mem, n: (n, -cpu, -mem, nid),
-    "first_fit": lambda nid, cpu, mem, n: (nid,),
-    "pack": lambda nid, cpu, mem, n: (cpu, mem, nid),
-}
-
-
 def explain(excluded: Excluded, total: int, spec: JobSpec) -> str:
-    parts = []
-    for name in FILTER_ORDER:
-        n = getattr(excluded, name)
-        if not n:
-            continue
-        what = {
-            "inactive": "inactive",
-            "technology": f"lack technology {spec.technology}",
-            "cpu": "insufficient cpu",
-            "memory": "insufficient memory",
-            "gpu": "insufficient gpu",
-            "labels": "labels do not match",
-            "nodes": "not in constraints.nodes",
-            "spread": "already hold a replica (spread)",
-        }[name]
-        parts.append(f"{n} {what}")
+    """kube-scheduler style: ``0/50 nodes available: 30 lack technology unikernel, 12 insufficient cpu``."""
+    parts = [
+        f"{n} {_WHAT[name].format(tech=spec.technology)}" for name in FILTER_ORDER if (n := getattr(excluded, name))
+    ]
     head = f"0/{total} nodes available"
     return f"{head}: {', '.join(parts)}" if parts else head
 
 
-def place(spec: JobSpec, nodes: Iterable[Node], now: float, ttl: float, top_n: int = 10) -> Placed | NotPlaced:
-    """Decide where each replica of a shared job runs, or explain why it cannot."""
+def census(spec: JobSpec, world: World, now: float, ttl: float) -> tuple[Excluded, int]:
+    """Count every node under the first filter it fails (a full scan); returns (excluded, qualified)."""
     allowed = frozenset(spec.constraints.nodes) if spec.constraints.nodes else None
-    excluded = Excluded()
-    qualified: list[Node] = []
-    total = 0
-    for node in nodes:
-        total += 1
-        failed = _first_failed(node, spec, now, ttl, allowed)
+    counts = dict.fromkeys(FILTER_ORDER, 0)
+    qualified = 0
+    for node in world.nodes.values():
+        failed = first_failed(node, spec, now, ttl, allowed)
         if failed is None:
-            qualified.append(node)
+            qualified += 1
         else:
-            setattr(excluded, failed, getattr(excluded, failed) + 1)
-    key = _KEYS[spec.strategy]
-    free = {n.node_id: (n.cpu_free(), n.memory_free_mb(), n.gpu_free()) for n in qualified}
-    ranked = sorted(qualified, key=lambda n: key(n.node_id, free[n.node_id][0], free[n.node_id][1], 0))
-    candidates = [
-        Candidate(node_id=n.node_id, cpu_free=free[n.node_id][0], memory_free_mb=free[n.node_id][1])
-        for n in ranked[:top_n]
-    ]
+            counts[failed] += 1
+    return Excluded(**counts), qualified
+
+
+# --- the fast path: qualified nodes in strategy order ----------------------------------
+def _most_free_first(sl: SortedList, min_cpu: float) -> Iterator[tuple[float, int, str]]:
+    """Keys of ``by_free`` by cpu desc, memory desc, node_id asc, while cpu >= ``min_cpu``."""
+    end = len(sl)
+    while end:
+        cpu, mem, _ = sl[end - 1]
+        if cpu < min_cpu:
+            return
+        start = sl.bisect_left((cpu, mem))  # first key of this (cpu, mem) run
+        yield from sl.islice(start, end)
+        end = start
+
+
+def _has(node: Node, labels: dict[str, str]) -> bool:
+    return not labels or all(node.status.labels.get(k) == v for k, v in labels.items())
+
+
+def _ranked(spec: JobSpec, world: World, now: float, ttl: float) -> Iterator[Node]:
+    """Nodes passing every filter, best first for ``spec.strategy`` (spread: as best_fit)."""
     r = spec.resources
-    counts: dict[str, int] = {}
+    nodes = world.nodes
+    labels = spec.constraints.labels
+    if spec.constraints.nodes:  # a short list named by the job: rank just those
+        allowed = frozenset(spec.constraints.nodes)
+        key = KEYS[spec.strategy]
+        ok = [
+            nodes[nid] for nid in allowed if nid in nodes and first_failed(nodes[nid], spec, now, ttl, allowed) is None
+        ]
+        yield from sorted(ok, key=lambda n: key(n.node_id, n.cpu, n.memory, 0))
+        return
+    bucket = world.bucket(spec.technology, r.gpu > 0)
+    if bucket is None:
+        return
+    cpu, mem, gpu = r.cpu, r.memory_mb, r.gpu
+    if spec.strategy == "first_fit":
+        for nid in bucket.by_id:
+            node = nodes[nid]
+            if (
+                node.cpu >= cpu
+                and node.memory >= mem
+                and node.gpu >= gpu
+                and now - node.seen < ttl
+                and _has(node, labels)
+            ):
+                yield node
+        return
+    keys = bucket.by_free.irange(minimum=(cpu,)) if spec.strategy == "pack" else _most_free_first(bucket.by_free, cpu)
+    for _, m, nid in keys:
+        if m < mem:
+            continue
+        node = nodes[nid]
+        if node.gpu >= gpu and now - node.seen < ttl and _has(node, labels):
+            yield node
+
+
+def place(
+    spec: JobSpec, world: World, now: float, ttl: float, top_n: int = 10, *, explain_failure: bool = True
+) -> Placed | NotPlaced:
+    """Decide where each replica of a shared job runs, or explain why it cannot.
+
+    Does not reserve: the caller applies the decision to ``world`` once it is taken.
+    With ``explain_failure=False`` a job that does not fit costs no full scan, and the
+    ``NotPlaced`` carries no counts (used for retries before the deadline).
+    """
+    world.expire(now, ttl)
+    r = spec.resources
+    head = list(islice(_ranked(spec, world, now, ttl), max(top_n, spec.replicas)))
+    key = KEYS[spec.strategy]
+    exclusive = spec.constraints.spread
+    # nodes this job already uses: a heap of (key, node_id) with their reduced free resources
+    used: dict[str, tuple[float, int, int, int]] = {}
+    heap: list[tuple[tuple[float | int | str, ...], str]] = []
+    nxt = 0  # head[:nxt] are used, head[nxt] is the best untouched node
     assignments: list[Assignment] = []
     for replica in range(spec.replicas):
-        best: tuple[tuple[float | int | str, ...], str] | None = None
-        for nid, (cpu, mem, gpu) in free.items():
-            n = counts.get(nid, 0)
-            if cpu < r.cpu or mem < r.memory_mb or gpu < r.gpu or (spec.constraints.spread and n):
-                continue
-            k = key(nid, cpu, mem, n)
-            if best is None or k < best[0]:
-                best = (k, nid)
-        if best is None:
-            if not qualified:
-                return NotPlaced(explain(excluded, total, spec), total, excluded)
-            excluded = msgspec.structs.replace(excluded)
-            reason = (
-                f"0/{total} nodes can hold all {spec.replicas} replicas: "
-                f"{len(qualified)} qualify for one, only {replica} replicas fit"
-            )
-            if spec.constraints.spread:
-                excluded.spread = len(qualified)
-            return NotPlaced(reason, total, excluded)
-        nid = best[1]
-        cpu, mem, gpu = free[nid]
-        free[nid] = (cpu - r.cpu, mem - r.memory_mb, gpu - r.gpu)
-        counts[nid] = counts.get(nid, 0) + 1
-        assignments.append(Assignment(replica=replica, node_id=nid))
+        while heap:  # drop outdated entries and used nodes that no longer fit (they never will again)
+            k, nid = heap[0]
+            c, m, g, n = used[nid]
+            if k == key(nid, c, m, n) and c >= r.cpu and m >= r.memory_mb and g >= r.gpu:
+                break
+            heapq.heappop(heap)
+        choice: str | None = None
+        if nxt < len(head):
+            node = head[nxt]
+            if not heap or key(node.node_id, node.cpu, node.memory, 0) < heap[0][0]:
+                choice = node.node_id
+                used[choice] = (node.cpu, node.memory, node.gpu, 0)
+                nxt += 1
+        if choice is None and heap:
+            choice = heap[0][1]
+        if choice is None:
+            return _not_placed(spec, world, now, ttl, replica, explain_failure)
+        c, m, g, n = used[choice]
+        c, m, g, n = round(c - r.cpu, 6), m - r.memory_mb, g - r.gpu, n + 1
+        used[choice] = (c, m, g, n)
+        if not exclusive:
+            heapq.heappush(heap, (key(choice, c, m, n), choice))
+        assignments.append(Assignment(replica=replica, node_id=choice))
+    candidates = [Candidate(node_id=n.node_id, cpu_free=n.cpu, memory_free_mb=n.memory) for n in head[:top_n]]
     return Placed(assignments, candidates)
+
+
+def _not_placed(spec: JobSpec, world: World, now: float, ttl: float, fitted: int, full: bool) -> NotPlaced:
+    total = len(world.nodes)
+    if not full:
+        return NotPlaced(f"0/{total} nodes available", total, Excluded())
+    excluded, qualified = census(spec, world, now, ttl)
+    if not qualified:
+        return NotPlaced(explain(excluded, total, spec), total, excluded)
+    if spec.constraints.spread:
+        excluded.spread = qualified
+    reason = (
+        f"{explain(excluded, total, spec)}; {qualified} qualify for one replica "
+        f"but only {fitted} of {spec.replicas} replicas fit"
+    )
+    return NotPlaced(reason, total, excluded)
 
 
 def place_dedicated(spec: JobSpec, catalogue: list[InstanceType], top_n: int = 10) -> Placed | NotPlaced:
