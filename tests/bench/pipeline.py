@@ -1,0 +1,297 @@
+"""End-to-end placement benchmark: ``job.submit`` in, ``placement.decided`` out, at 10,000 nodes.
+
+Latency is measured per job from sending the request (for the open loop: from the
+moment it was *due*, so a stalled sender cannot hide queueing) to receiving that job's
+decision on a core subscription, exactly as a client would see it.
+
+Knobs (environment): BENCH_NODES (10000), BENCH_CLOSED_S (10), BENCH_OPEN_S (20),
+BENCH_RATES ("500,1000,2000,4000"), BENCH_CLIENTS ("1,16,256").
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import time
+import uuid
+from typing import Any
+
+import msgspec
+from nats.aio.client import Client
+from nats.aio.msg import Msg
+
+from schemas import subjects as s
+from services.gateway.handlers import job_id_for
+from tests.bench._system import system
+
+NODES = int(os.environ.get("BENCH_NODES", "10000"))
+CLOSED_S = float(os.environ.get("BENCH_CLOSED_S", "10"))
+OPEN_S = float(os.environ.get("BENCH_OPEN_S", "20"))
+RATES = [int(r) for r in os.environ.get("BENCH_RATES", "500,1000,2000,4000").split(",")]
+CLIENTS = [int(c) for c in os.environ.get("BENCH_CLIENTS", "1,16,256").split(",")]
+SERVICES = os.environ.get("BENCH_SERVICES", "gateway,intake,placement,metadata,provisioner,teardown").split(",")
+_enc = msgspec.json.Encoder()
+
+
+class _Ref(msgspec.Struct):
+    job_id: str
+
+
+_ref = msgspec.json.Decoder(_Ref)
+
+
+def body(key: str) -> bytes:
+    return _enc.encode({"name": "bench", "replicas": 1, "resources": {"cpu": 0.1, "memory_mb": 64}, "request_id": key})
+
+
+def percentiles(xs: list[float]) -> dict[str, float]:
+    if not xs:
+        return {"p50_ms": 0.0, "p90_ms": 0.0, "p99_ms": 0.0, "max_ms": 0.0}
+    xs = sorted(xs)
+
+    def q(p: float) -> float:
+        return round(xs[min(len(xs) - 1, int(p * len(xs)))] * 1000, 2)
+
+    return {"p50_ms": q(0.5), "p90_ms": q(0.9), "p99_ms": q(0.99), "max_ms": round(xs[-1] * 1000, 2)}
+
+
+class Collector:
+    """Decisions by job id, with their arrival time."""
+
+    def __init__(self) -> None:
+        self.start: dict[str, float] = {}
+        self.latency: dict[str, float] = {}
+        self.failed: set[str] = set()
+        self.waiters: dict[str, asyncio.Future[None]] = {}
+
+    async def on(self, msg: Msg) -> None:
+        now = time.perf_counter()
+        jid = _ref.decode(msg.data).job_id
+        t0 = self.start.get(jid)
+        if t0 is None or jid in self.latency:
+            return
+        self.latency[jid] = now - t0
+        if msg.subject != s.PLACEMENT_DECIDED:
+            self.failed.add(jid)
+        fut = self.waiters.pop(jid, None)
+        if fut is not None and not fut.done():
+            fut.set_result(None)
+
+
+async def closed_loop(nc: Client, col: Collector, clients: int, duration: float) -> dict[str, Any]:
+    lat: list[float] = []
+    errors = 0
+    stop_at = time.perf_counter() + duration
+
+    async def worker() -> None:
+        nonlocal errors
+        loop = asyncio.get_running_loop()
+        while time.perf_counter() < stop_at:
+            key = uuid.uuid4().hex
+            jid = job_id_for(key)
+            fut = loop.create_future()
+            col.waiters[jid] = fut
+            t0 = col.start[jid] = time.perf_counter()
+            try:
+                reply = await nc.request(s.JOB_SUBMIT, body(key), timeout=10)
+                if reply.headers and s.ERROR_CODE_HEADER in reply.headers:
+                    errors += 1
+                    continue
+                await asyncio.wait_for(fut, 10)
+                lat.append(col.latency[jid])
+                _ = t0
+            except Exception:
+                errors += 1
+
+    t = time.perf_counter()
+    await asyncio.gather(*(worker() for _ in range(clients)))
+    elapsed = time.perf_counter() - t
+    return {
+        "mode": "closed",
+        "clients": clients,
+        "jobs": len(lat),
+        "jobs_per_s": round(len(lat) / elapsed, 1),
+        "errors": errors,
+        **percentiles(lat),
+    }
+
+
+async def open_loop(nc: Client, col: Collector, rate: int, duration: float) -> dict[str, Any]:
+    errors = 0
+    sent: list[str] = []
+    tasks: set[asyncio.Task[None]] = set()
+
+    async def one(key: str, jid: str) -> None:
+        nonlocal errors
+        try:
+            reply = await nc.request(s.JOB_SUBMIT, body(key), timeout=10)
+            if reply.headers and s.ERROR_CODE_HEADER in reply.headers:
+                errors += 1
+        except Exception:
+            errors += 1
+
+    tick = 0.005
+    t_start = time.perf_counter()
+    n_due = 0
+    while True:
+        now = time.perf_counter()
+        if now - t_start >= duration:
+            break
+        due = int((now - t_start) * rate)
+        while n_due < due:
+            key = uuid.uuid4().hex
+            jid = job_id_for(key)
+            col.start[jid] = t_start + n_due / rate  # when it was due, not when it was sent
+            sent.append(jid)
+            task = asyncio.create_task(one(key, jid))
+            tasks.add(task)
+            task.add_done_callback(tasks.discard)
+            n_due += 1
+        await asyncio.sleep(tick)
+    if tasks:
+        await asyncio.wait(tasks, timeout=15)
+    # wait (bounded) for the decisions still in flight
+    deadline = time.perf_counter() + 15
+    while time.perf_counter() < deadline and any(j not in col.latency for j in sent[-200:]):  # noqa: ASYNC110
+        await asyncio.sleep(0.05)
+    end = max((col.start[j] + col.latency[j] for j in sent if j in col.latency), default=t_start + duration)
+    lat = [col.latency[j] for j in sent if j in col.latency]
+    missing = sum(1 for j in sent if j not in col.latency)
+    return {
+        "mode": "open",
+        "offered_per_s": rate,
+        "jobs": len(lat),
+        "jobs_per_s": round(len(lat) / max(duration, end - t_start), 1),
+        "errors": errors + missing,
+        **percentiles(lat),
+        "_lat": lat,
+    }
+
+
+async def warm_up(nc: Client, col: Collector) -> None:
+    """Wait until placement has the fleet: a probe job gets decided."""
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + 60
+    while loop.time() < deadline:
+        key = uuid.uuid4().hex
+        jid = job_id_for(key)
+        fut = loop.create_future()
+        col.waiters[jid] = fut
+        col.start[jid] = time.perf_counter()
+        await nc.request(s.JOB_SUBMIT, body(key), timeout=10)
+        try:
+            await asyncio.wait_for(fut, 5)
+        except TimeoutError:
+            continue
+        if jid not in col.failed:
+            return
+        await asyncio.sleep(0.5)
+    raise TimeoutError("placement never decided a probe job")
+
+
+async def gateway_alone(duration: float) -> dict[str, Any]:
+    async with system(["gateway"]) as (_, nc):
+        done = 0
+        errors = 0
+        stop_at = time.perf_counter() + duration
+
+        async def worker() -> None:
+            nonlocal done, errors
+            while time.perf_counter() < stop_at:
+                try:
+                    r = await nc.request(s.JOB_SUBMIT, body(uuid.uuid4().hex), timeout=10)
+                    if r.headers and s.ERROR_CODE_HEADER in r.headers:
+                        errors += 1
+                    else:
+                        done += 1
+                except Exception:
+                    errors += 1
+
+        t = time.perf_counter()
+        await asyncio.gather(*(worker() for _ in range(256)))
+        return {"requests_per_s": round(done / (time.perf_counter() - t), 1), "errors": errors, "clients": 256}
+
+
+def plot(runs: list[dict[str, Any]], path: str) -> str | None:
+    try:
+        import matplotlib
+
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
+    except ImportError:
+        return None
+    fig, ax = plt.subplots(figsize=(7, 4.5))
+    for r in runs:
+        lat = sorted(r["_lat"])
+        if not lat:
+            continue
+        ys = [i / len(lat) for i in range(len(lat))]
+        ax.plot([x * 1000 for x in lat], ys, label=f"{r['offered_per_s']} jobs/s offered")
+    ax.set_xscale("log")
+    ax.set_xlabel("submit → placement.decided latency (ms, log)")
+    ax.set_ylabel("fraction of jobs")
+    ax.set_title(f"End-to-end latency CDF, {NODES} nodes, open loop")
+    ax.grid(True, which="both", alpha=0.3)
+    ax.legend()
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    return path
+
+
+async def run() -> dict[str, Any]:
+    result: dict[str, Any] = {"nodes": NODES, "closed": [], "open": []}
+    async with system(SERVICES, sim_nodes=NODES, sim_interval=5.0) as (sysm, nc):
+        col = Collector()
+        for subject in (s.PLACEMENT_DECIDED, s.PLACEMENT_FAILED, s.JOB_REJECTED):
+            await nc.subscribe(subject, cb=col.on)
+        await warm_up(nc, col)
+        usage0 = sysm.usage()
+        for c in CLIENTS:
+            result["closed"].append(await closed_loop(nc, col, c, CLOSED_S))
+        for rate in RATES:
+            result["open"].append(await open_loop(nc, col, rate, OPEN_S))
+        result["footprint"] = _delta(usage0, sysm.usage())
+        result["services"] = sorted(sysm.procs)
+    result["cdf_png"] = plot(result["open"], "bench-results/pipeline-latency-cdf.png")
+    for r in result["open"]:
+        r.pop("_lat", None)
+    result["gateway_alone"] = await gateway_alone(CLOSED_S)
+    return result
+
+
+def _delta(a: dict[str, dict[str, float]], b: dict[str, dict[str, float]]) -> dict[str, dict[str, float]]:
+    return {
+        k: {"cpu_s": round(v["cpu_s"] - a.get(k, {}).get("cpu_s", 0.0), 2), "peak_rss_mb": v["peak_rss_mb"]}
+        for k, v in b.items()
+    }
+
+
+def markdown(r: dict[str, Any]) -> str:
+    lines = [
+        f"### End-to-end placement ({r['nodes']} nodes; services: {', '.join(r.get('services', []))})",
+        "",
+        "| load | jobs/s | p50 ms | p90 ms | p99 ms | max ms | errors |",
+        "|---|---|---|---|---|---|---|",
+    ]
+    for x in r["closed"]:
+        lines.append(
+            f"| closed, {x['clients']} clients | {x['jobs_per_s']} | {x['p50_ms']} | {x['p90_ms']} | "
+            f"{x['p99_ms']} | {x['max_ms']} | {x['errors']} |"
+        )
+    for x in r["open"]:
+        lines.append(
+            f"| open, {x['offered_per_s']}/s offered | {x['jobs_per_s']} | {x['p50_ms']} | {x['p90_ms']} | "
+            f"{x['p99_ms']} | {x['max_ms']} | {x['errors']} |"
+        )
+    g = r["gateway_alone"]
+    lines += [
+        "",
+        f"Gateway alone (`job.submit` until the JetStream ack, 256 clients): **{g['requests_per_s']} req/s**, "
+        f"{g['errors']} errors",
+        "",
+        "| process | CPU s (whole run) | peak RSS MiB |",
+        "|---|---|---|",
+    ]
+    for k, v in sorted(r.get("footprint", {}).items()):
+        lines.append(f"| {k} | {v['cpu_s']} | {v['peak_rss_mb']} |")
+    return "\n".join(lines)
