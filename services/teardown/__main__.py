@@ -1,0 +1,43 @@
+"""``python -m services.teardown``: releases ended jobs exactly once, expires jobs, reaps orphans."""
+
+from __future__ import annotations
+
+import asyncio
+
+from schemas import subjects as s
+from services.provisioner.ec2 import Ec2
+from services.provisioner.jobs import lifecycle_bucket
+from services.runtime.app import VERSION, Runtime, run
+from services.runtime.bus import Publisher
+from services.runtime.consumer import Consumer
+from services.runtime.micro import MicroService
+from services.teardown.service import Teardown, decoder
+from services.teardown.store import LifecycleStore
+
+SPECS = (s.TEARDOWN_JOBS, s.TEARDOWN_PLACEMENTS, s.TEARDOWN_CLUSTERS)
+
+
+async def main(rt: Runtime) -> None:
+    store = LifecycleStore(await lifecycle_bucket(rt.js, rt.settings.stream_replicas))
+    svc = MicroService(
+        rt.nc,
+        name="teardown",
+        version=VERSION,
+        description="Ends jobs exactly once: terminates instances, releases reservations, expiry, orphan reaper",
+        metadata=rt.metadata(consumers=",".join(f"{c.stream}/{c.durable}" for c in SPECS)),
+    )
+    async with Ec2.open(rt.settings, rt.config.aws) as ec2:
+        td = Teardown(store, ec2, Publisher(rt.js), rt.config.lifecycle)
+        await svc.start()
+        # JOBS one at a time, so a job's accepted is recorded before its end trigger.
+        consumers = [
+            Consumer(rt.js, spec, decoder, td.on_event, service="teardown", batch=1 if spec is s.TEARDOWN_JOBS else 64)
+            for spec in SPECS
+        ]
+        rt.log.info("started", endpoint=rt.settings.aws_endpoint_url or "aws")
+        await asyncio.gather(*(c.run(rt.stop) for c in consumers), td.expiry_loop(rt.stop), td.reaper_loop(rt.stop))
+        await svc.stop()
+
+
+if __name__ == "__main__":
+    run("teardown", main)

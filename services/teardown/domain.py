@@ -1,0 +1,141 @@
+"""Pure teardown logic: the per-job lifecycle state machine, due deadlines, orphan verdicts.
+
+``apply(record, event, now)`` folds one event into the job's :class:`JobLifecycle`
+record and says which effect (if any) is owed. The first end trigger wins; a record
+that has ended but is not yet ``released`` owes a :class:`Release` on every event
+(so a crash between the effects and marking the record is healed by any redelivery);
+instances reported after the release owe a :class:`TerminateLate`.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass
+from datetime import datetime, timedelta
+
+import msgspec
+
+from schemas import events as ev
+from schemas.lifecycle import JobLifecycle
+from services.provisioner.domain import InstanceInfo
+
+TeardownEvent = (
+    ev.JobAccepted
+    | ev.JobCancelRequested
+    | ev.JobCompleted
+    | ev.JobExpired
+    | ev.PlacementDecided
+    | ev.PlacementFailed
+    | ev.ClusterProvisioning
+    | ev.ClusterProvisioned
+    | ev.ClusterProvisionFailed
+)
+
+
+@dataclass(frozen=True, slots=True)
+class Release:
+    """End the job: terminate its instances (by id, and by tag when ``sweep``), then publish
+    ``cluster.torn_down`` (when ``dedicated``) and ``placement.released``; then mark it released."""
+
+    end: str
+    reason: str | None
+    dedicated: bool
+    sweep: bool
+    instance_ids: tuple[str, ...]
+
+
+@dataclass(frozen=True, slots=True)
+class TerminateLate:
+    """Instances reported after the job was already released: terminate them, no new events."""
+
+    instance_ids: tuple[str, ...]
+
+
+Effect = Release | TerminateLate | None
+
+
+def _end_of(event: TeardownEvent) -> tuple[str, str | None] | None:
+    match event:
+        case ev.JobCancelRequested():
+            return "cancelled", event.reason or "cancel requested"
+        case ev.JobCompleted():
+            return event.outcome, event.message
+        case ev.JobExpired():
+            n = event.max_runtime_s
+            return "expired", f"max_runtime_s {n} exceeded" if n else "max runtime exceeded"
+        case ev.ClusterProvisionFailed():
+            return "failed", f"provisioning failed: {event.error_code}: {event.message}"
+        case ev.PlacementFailed():
+            return "failed", event.reason
+    return None
+
+
+def _deadline(rec: JobLifecycle) -> datetime | None:
+    if rec.end is not None or rec.started_at is None or not rec.max_runtime_s:
+        return None
+    return rec.started_at + timedelta(seconds=rec.max_runtime_s)
+
+
+def apply(rec: JobLifecycle | None, event: TeardownEvent, now: datetime) -> tuple[JobLifecycle, Effect]:
+    """Fold ``event`` into the job's record; return the new record and the effect owed."""
+    r = msgspec.structs.replace(rec) if rec is not None else JobLifecycle(job_id=event.job_id)
+    r.instance_ids = list(r.instance_ids)
+    new_ids: list[str] = []
+    match event:
+        case ev.JobAccepted():
+            r.cluster = r.cluster or event.spec.cluster
+            r.max_runtime_s = event.spec.max_runtime_s
+        case ev.PlacementDecided():
+            r.cluster = event.cluster
+            if event.cluster == "shared" and r.started_at is None:
+                r.started_at = event.at
+        case ev.ClusterProvisioning() | ev.ClusterProvisioned():
+            r.cluster = r.cluster or "dedicated"
+            new_ids = [i.instance_id for i in event.instances if i.instance_id not in r.instance_ids]
+            r.instance_ids.extend(new_ids)
+            if isinstance(event, ev.ClusterProvisioned) and r.started_at is None:
+                r.started_at = event.at
+        case _:
+            pass
+    end = _end_of(event)
+    if end is not None and r.end is None:
+        r.end, r.end_reason = end
+        r.ended_at = now
+        if isinstance(event, ev.PlacementFailed):
+            r.released = True  # nothing was reserved or launched
+    r.deadline = _deadline(r)
+    if r.end is not None and not r.released:
+        return r, Release(
+            end=r.end,
+            reason=r.end_reason,
+            dedicated=r.cluster == "dedicated" or bool(r.instance_ids),
+            sweep=r.cluster != "shared",
+            instance_ids=tuple(r.instance_ids),
+        )
+    if r.released and new_ids:
+        return r, TerminateLate(tuple(new_ids))
+    return r, None
+
+
+def mark_released(rec: JobLifecycle | None, job_id: str) -> JobLifecycle:
+    r = msgspec.structs.replace(rec) if rec is not None else JobLifecycle(job_id=job_id)
+    r.released = True
+    r.deadline = None
+    return r
+
+
+def due(deadlines: Mapping[str, datetime], now: datetime) -> list[str]:
+    """Jobs whose deadline has passed, earliest first."""
+    return [j for j, d in sorted(deadlines.items(), key=lambda kv: (kv[1], kv[0])) if d <= now]
+
+
+def orphan_reason(inst: InstanceInfo, rec: JobLifecycle | None, now: datetime, grace_s: float) -> str | None:
+    """Why a live project-tagged instance must go, or None while it may belong to a live job."""
+    grace = timedelta(seconds=grace_s)
+    if rec is None:
+        if inst.launch_time is None or now - inst.launch_time >= grace:
+            return f"job {inst.job_id or '(no job tag)'} unknown"
+        return None
+    if rec.end is not None and (rec.ended_at is None or now - rec.ended_at >= grace):
+        return f"job {rec.end}"
+    return None

@@ -1,0 +1,178 @@
+"""Teardown wiring: three durable consumers feeding one state machine, the expiry timer, the reaper.
+
+- ``teardown-jobs`` (JOBS: accepted, cancel_requested, completed, expired),
+  ``teardown-placements`` (PLACEMENTS: decided, failed) and ``teardown-clusters``
+  (CLUSTERS: provisioning, provisioned, provision_failed) all go through
+  :func:`services.teardown.domain.apply` on the job's KV record (compare-and-set).
+- A release terminates the job's instances (by id and by tag), publishes
+  ``cluster.torn_down`` (dedicated jobs) and ``placement.released`` with deterministic
+  event ids, then marks the record released: a second trigger is a no-op, a crash in
+  between is healed by the redelivery, and a re-publish is dropped by the stream.
+- Expiry: deadlines live in the KV records (they survive restarts of every service); a
+  KV watcher keeps them in memory and ``job.expired`` is published when one passes.
+- Reaper: lists live instances carrying the project tag; one whose job is unknown (since
+  launch) or ended more than ``orphan_grace_s`` ago is terminated and reported with a
+  ``cluster.torn_down`` whose ``reason`` starts with ``orphan:``.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+from collections.abc import Callable
+from datetime import UTC, datetime
+
+import msgspec
+import structlog
+from nats.js.kv import KV_DEL, KV_PURGE, KeyValue
+
+from schemas import events as ev
+from schemas import subjects as s
+from schemas.lifecycle import JobLifecycle, decode_record
+from services.provisioner.ec2 import Ec2
+from services.runtime.bus import Publisher
+from services.runtime.config import LifecycleConf
+from services.runtime.consumer import Delivery
+from services.teardown import domain
+from services.teardown.store import LifecycleStore
+
+log = structlog.get_logger()
+
+decoder: msgspec.json.Decoder[domain.TeardownEvent] = msgspec.json.Decoder(domain.TeardownEvent)
+
+
+def _utcnow() -> datetime:
+    return datetime.now(UTC)
+
+
+class Teardown:
+    def __init__(
+        self,
+        store: LifecycleStore,
+        ec2: Ec2,
+        publisher: Publisher,
+        conf: LifecycleConf,
+        *,
+        now: Callable[[], datetime] = _utcnow,
+    ) -> None:
+        self.store = store
+        self.ec2 = ec2
+        self.publisher = publisher
+        self.conf = conf
+        self.now = now
+
+    # --- events -------------------------------------------------------------
+    async def on_event(self, event: domain.TeardownEvent, _: Delivery | None = None) -> None:
+        now = self.now()
+        rec, effect = await self.store.mutate(event.job_id, lambda r: domain.apply(r, event, now))
+        blog = log.bind(job_id=event.job_id, event_id=event.event_id, type=ev.subject_of(event))
+        match effect:
+            case domain.Release():
+                await self._release(rec, effect, blog)
+            case domain.TerminateLate():
+                blog.warning("instances reported after the job was released; terminating", ids=effect.instance_ids)
+                await self.ec2.terminate(effect.instance_ids)
+            case None:
+                blog.debug("recorded", end=rec.end, released=rec.released)
+
+    async def _release(self, rec: JobLifecycle, r: domain.Release, blog: structlog.stdlib.BoundLogger) -> None:
+        job_id = rec.job_id
+        ids = set(r.instance_ids)
+        if r.sweep:
+            ids |= {i.instance_id for i in await self.ec2.job_instances(job_id)}
+        terminated = await self.ec2.terminate(ids)
+        if r.dedicated or terminated:
+            await self.publisher.publish(
+                ev.ClusterTornDown(
+                    event_id=ev.event_id_for(job_id, s.CLUSTER_TORN_DOWN),
+                    job_id=job_id,
+                    instance_ids=terminated,
+                    reason=r.end,
+                )
+            )
+        await self.publisher.publish(
+            ev.PlacementReleased(event_id=ev.event_id_for(job_id, s.PLACEMENT_RELEASED), job_id=job_id, reason=r.end)
+        )
+        await self.store.mutate(job_id, lambda cur: (domain.mark_released(cur, job_id), None))
+        blog.info("released", end=r.end, reason=r.reason, instances=terminated)
+
+    # --- expiry ---------------------------------------------------------------
+    async def expiry_loop(self, stop: asyncio.Event) -> None:
+        deadlines: dict[str, datetime] = {}
+        watcher = await self.store.kv.watchall()
+        follower = asyncio.create_task(self._follow_deadlines(watcher, deadlines))
+        try:
+            while not stop.is_set():
+                with contextlib.suppress(TimeoutError):
+                    await asyncio.wait_for(stop.wait(), self.conf.expiry_check_s)
+                for job_id in domain.due(deadlines, self.now()):
+                    await self._expire(job_id, deadlines)
+        finally:
+            follower.cancel()
+            with contextlib.suppress(Exception):
+                await watcher.stop()  # type: ignore[no-untyped-call]
+
+    async def _follow_deadlines(self, watcher: KeyValue.KeyWatcher, deadlines: dict[str, datetime]) -> None:
+        async for entry in watcher:
+            if entry is None:
+                continue  # "caught up" marker
+            if entry.operation in (KV_DEL, KV_PURGE) or not entry.value:
+                deadlines.pop(entry.key, None)
+                continue
+            try:
+                rec = decode_record(entry.value)
+            except msgspec.DecodeError:
+                log.warning("undecodable lifecycle record", key=entry.key)
+                continue
+            if rec.deadline is not None and rec.end is None:
+                deadlines[entry.key] = rec.deadline
+            else:
+                deadlines.pop(entry.key, None)
+
+    async def _expire(self, job_id: str, deadlines: dict[str, datetime]) -> None:
+        rec, _ = await self.store.get(job_id)
+        if rec is None or rec.end is not None or rec.deadline is None:
+            deadlines.pop(job_id, None)
+            return
+        try:
+            await self.publisher.publish(
+                ev.JobExpired(
+                    event_id=ev.event_id_for(job_id, s.JOB_EXPIRED), job_id=job_id, max_runtime_s=rec.max_runtime_s
+                )
+            )
+        except Exception as e:  # stays in `deadlines`: tried again at the next tick
+            log.warning("publishing job.expired failed; will retry", job_id=job_id, error=repr(e))
+            return
+        deadlines.pop(job_id, None)
+        log.info("expired", job_id=job_id, max_runtime_s=rec.max_runtime_s)
+
+    # --- orphan reaper --------------------------------------------------------
+    async def reaper_loop(self, stop: asyncio.Event) -> None:
+        while not stop.is_set():
+            try:
+                await self.reap_once()
+            except Exception as e:
+                log.warning("reaper pass failed", error=repr(e))
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(stop.wait(), self.conf.reaper_interval_s)
+
+    async def reap_once(self) -> list[str]:
+        reaped: list[str] = []
+        for inst in await self.ec2.project_instances():
+            rec = (await self.store.get(inst.job_id))[0] if inst.job_id else None
+            why = domain.orphan_reason(inst, rec, self.now(), self.conf.orphan_grace_s)
+            if why is None:
+                continue
+            await self.ec2.terminate([inst.instance_id])
+            reaped.append(inst.instance_id)
+            job_id = inst.job_id or ""
+            log.warning("orphan instance terminated", job_id=job_id, instance_id=inst.instance_id, why=why)
+            await self.publisher.publish(
+                ev.ClusterTornDown(
+                    event_id=f"{job_id}:reaped:{inst.instance_id}",
+                    job_id=job_id,
+                    instance_ids=[inst.instance_id],
+                    reason=f"orphan: {why}",
+                )
+            )
+        return reaped
