@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import os
 import uuid
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
 from pathlib import Path
@@ -14,8 +15,20 @@ import pytest
 from nats.aio.client import Client
 
 from services.devstack import Moto, NatsServer, Postgres, ServiceProcess, database_url_from_env, spawn_service
+from services.devstack.credentials import Role, apply_server_defaults, client_environ, password
 
 REPO = Path(__file__).resolve().parent.parent
+
+# nats.conf reads every user's password from the environment: nats-servers started by the tests inherit
+# the development defaults (unless set), and service processes spawned directly connect as `services`.
+apply_server_defaults()
+for _name, _value in client_environ("services").items():
+    os.environ.setdefault(_name, _value)
+
+
+def nats_auth(role: Role = "admin") -> dict[str, str]:
+    """``nats.connect(url, **nats_auth("manager"))``: the credentials of a role of nats.conf."""
+    return {"user": role, "password": password(role)}
 
 
 @pytest.fixture
@@ -83,7 +96,9 @@ def ec2_endpoint(moto_server: Moto) -> str:
 
 @pytest.fixture
 async def nc(nats_server: NatsServer) -> AsyncIterator[Client]:
-    client = await nats.connect(nats_server.url, max_reconnect_attempts=-1, reconnect_time_wait=0.2)
+    client = await nats.connect(
+        nats_server.url, max_reconnect_attempts=-1, reconnect_time_wait=0.2, **nats_auth("admin")
+    )
     try:
         yield client
     finally:
@@ -118,7 +133,13 @@ async def services(nats_server: NatsServer, nc: Client, tmp_path: Path) -> Async
     started: list[ServiceProcess] = []
 
     async def spawn(*names: str, env: dict[str, str] | None = None, wait: bool = True) -> list[ServiceProcess]:
-        base = {"NATS_URL": nats_server.url, "LOG_FORMAT": "json", "LOG_LEVEL": "info", **(env or {})}
+        base = {
+            "NATS_URL": nats_server.url,
+            "LOG_FORMAT": "json",
+            "LOG_LEVEL": "info",
+            **client_environ("services"),
+            **(env or {}),
+        }
         procs = [spawn_service(n, base, log_path=tmp_path / f"{n}-{len(started) + i}.log") for i, n in enumerate(names)]
         started.extend(procs)
         if wait:

@@ -2,7 +2,8 @@
 
 Environment: NATS_PORT (4222), NATS_MONITOR_PORT (8222), PG_PORT (55432), MOTO_PORT (5055),
 DATA_DIR (.data), SIM_NODES (50), DATABASE_URL (use it instead of starting PostgreSQL),
-AWS_ENDPOINT_URL (use it instead of starting moto).
+AWS_ENDPOINT_URL (use it instead of starting moto), NATS_<ROLE>_PASSWORD (the passwords nats.conf
+reads; development defaults from services/devstack/credentials.py). The services connect as `services`.
 
 Output of every process is printed line by line with a label (`gateway    | ...`). A service that exits
 on its own is restarted with exponential backoff. Ctrl-C / SIGTERM stops the services (SIGTERM, 10 s,
@@ -21,7 +22,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Protocol
 
-from services.devstack import _util
+from services.devstack import _util, credentials
 from services.devstack.moto import Moto
 from services.devstack.nats import NatsServer
 from services.devstack.postgres import Postgres
@@ -184,6 +185,7 @@ class Child:
 class Supervisor:
     def __init__(self, settings: Settings) -> None:
         self.settings = settings
+        credentials.apply_server_defaults()  # nats-server (a child) reads its users' passwords from the env
         self.services = [name for name in SERVICES if has_main(name)]
         self.simnodes = settings.sim_nodes > 0 and has_main("simnodes")
         self.console = Console([*self.services, "simnodes", *INFRA_LABELS])
@@ -267,6 +269,7 @@ class Supervisor:
                 "NATS_URL": self.nats.url,
                 "DATABASE_URL": self.database_url,
                 "AWS_ENDPOINT_URL": self.aws_endpoint_url,
+                **credentials.client_environ("services"),
             }
         )
         defaults = {
@@ -289,6 +292,7 @@ class Supervisor:
         for line in (
             "dev stack is up",
             f"  NATS        {self.nats.url}   monitor {self.nats.monitor_url}",
+            "              users services, manager, node, monitor, admin (passwords: docs/OPERATIONS.md)",
             f"  PostgreSQL  {self.database_url}",
             f"  EC2 (moto)  {self.aws_endpoint_url}   region eu-central-1",
             f"  services    {services}",

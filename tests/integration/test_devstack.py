@@ -13,6 +13,7 @@ from nats.aio.msg import Msg
 
 from services.devstack import Moto, NatsServer, Postgres, free_port, spawn_service
 from services.devstack._util import alive
+from tests.conftest import nats_auth
 
 pytestmark = pytest.mark.integration
 
@@ -24,7 +25,7 @@ async def test_nats_server_start_request_stop(tmp_path: Path) -> None:
     with server:
         pid = server.pid
         assert pid is not None
-        nc = await nats.connect(server.url)
+        nc = await nats.connect(server.url, **nats_auth())
         try:
 
             async def echo(msg: Msg) -> None:
