@@ -2,7 +2,7 @@
 
 - Node status: an ordered consumer on NODES delivering the last status per node and
   then every update. A status whose ``at`` is already older than the TTL is ignored.
-- Ledger: an ordered consumer replays PLACEMENTS (decided, released) from the start
+- Ledger: ordered consumers replay PLACEMENTS (decided, failed, released) from the start
   and keeps following it; jobs are not consumed until the replay has caught up.
 - Jobs: the durable ``placement`` consumer on ``job.accepted``. A job that fits is
   decided and acked once the decision is stored. One that does not is *held*
@@ -35,8 +35,20 @@ from services.runtime.consumer import Consumer, Delivery
 log = structlog.get_logger()
 
 _node_decoder = msgspec.json.Decoder(ev.NodeStatus)
-_ledger_decoder = msgspec.json.Decoder(ev.PlacementDecided | ev.PlacementReleased)
+_ledger_decoder = msgspec.json.Decoder(ev.PlacementDecided | ev.PlacementFailed | ev.PlacementReleased)
 _accepted_decoder = msgspec.json.Decoder(ev.JobAccepted)
+
+
+def absorb(world: World, data: bytes, wall: datetime, now: float, ttl: float) -> bool:
+    """Apply one encoded node status to the table unless it is stale on arrival (``at``
+    older than ``ttl`` on the wall clock ``wall``); ``now`` is the monotonic clock.
+    Returns whether it was applied; raises ``msgspec.DecodeError`` on a bad payload."""
+    status = _node_decoder.decode(data)
+    at = status.at if status.at.tzinfo else status.at.replace(tzinfo=UTC)
+    if (wall - at).total_seconds() > ttl:
+        return False
+    world.update_node(status, now)
+    return True
 
 
 @dataclass
@@ -54,7 +66,6 @@ class Placement:
         self.publisher = Publisher(rt.js)
         self.pending: dict[str, Pending] = {}
         self.decided: set[str] = set()
-        self._order = 0
         self._capacity_changed = asyncio.Event()
         t = rt.config.timeouts
         self.ttl = t.node_ttl_s
@@ -63,15 +74,12 @@ class Placement:
     # --- inputs -------------------------------------------------------------
     async def on_node(self, msg: Msg) -> None:
         try:
-            status = _node_decoder.decode(msg.data)
+            applied = absorb(self.world, msg.data, datetime.now(UTC), time.monotonic(), self.ttl)
         except msgspec.DecodeError as e:
             log.warning("bad node status ignored", subject=msg.subject, error=str(e))
             return
-        at = status.at if status.at.tzinfo else status.at.replace(tzinfo=UTC)
-        if (datetime.now(UTC) - at).total_seconds() > self.ttl:
-            return  # stale on arrival
-        self.world.update_node(status, time.monotonic())
-        self._capacity_changed.set()
+        if applied:
+            self._capacity_changed.set()
 
     async def on_ledger(self, msg: Msg) -> None:
         try:
@@ -82,6 +90,8 @@ class Placement:
             case ev.PlacementDecided():
                 self.decided.add(event.job_id)
                 self.world.apply_decided(event)
+            case ev.PlacementFailed():
+                self.decided.add(event.job_id)
             case ev.PlacementReleased():
                 if self.world.release(event.job_id):
                     self._capacity_changed.set()
@@ -91,10 +101,15 @@ class Placement:
         if event.job_id in self.decided:
             bound.debug("already decided; acking redelivery")
             return
+        held = self.pending.get(event.job_id)
+        if held is not None:  # redelivered to us while we hold it (a ping came late)
+            held.delivery = d
+            d.hold()
+            return
         submitted = event.submitted_at or event.at
         age = (datetime.now(UTC) - submitted).total_seconds()
-        p = Pending(event, d, time.monotonic() + self.deadline_s - max(0.0, age), self._order)
-        self._order += 1
+        order = d.msg.metadata.sequence.stream  # submission order, also after a restart
+        p = Pending(event, d, time.monotonic() + self.deadline_s - max(0.0, age), order)
         if await self._try(p):
             return
         d.hold()
@@ -110,7 +125,7 @@ class Placement:
         if spec.cluster == "dedicated":
             result = place_dedicated(spec, self.rt.config.instance_types, top)
         else:
-            result = place(spec, self.world.nodes.values(), time.monotonic(), self.ttl, top)
+            result = place(spec, self.world, time.monotonic(), self.ttl, top, explain_failure=final)
         out: ev.PlacementDecided | ev.PlacementFailed
         if isinstance(result, Placed):
             out = ev.PlacementDecided(
@@ -174,7 +189,7 @@ class Placement:
                 if done:
                     del self.pending[p.event.job_id]
                     await p.delivery.ack()
-            if now - last_ping > 5.0:
+            if now - last_ping > s.PLACEMENT_JOBS.ack_wait_s / 3:
                 last_ping = now
                 for p in list(self.pending.values()):
                     await p.delivery.in_progress()
@@ -185,7 +200,7 @@ class Placement:
     async def replay_ledger(self) -> list[object]:
         js = self.rt.js
         subs: list[object] = []
-        for subject in (s.PLACEMENT_DECIDED, s.PLACEMENT_RELEASED):
+        for subject in (s.PLACEMENT_DECIDED, s.PLACEMENT_FAILED, s.PLACEMENT_RELEASED):
             caught_up = asyncio.Event()
 
             def make_cb(done: asyncio.Event) -> object:
