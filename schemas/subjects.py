@@ -146,11 +146,13 @@ PLACEMENT_JOBS = ConsumerSpec(
     filter_subjects=(JOB_ACCEPTED,),
     description="placement: accepted jobs waiting for a decision (pending jobs stay unacked here)",
     # A pending job is held unacked (with in-progress pings) until it is placed or its
-    # deadline passes; after a crash it is redelivered once ack_wait has run out.
-    ack_wait_s=15.0,
+    # deadline passes; after a crash it is redelivered once ack_wait has run out
+    # (placement pings every ack_wait / 3, so a live instance keeps it).
+    ack_wait_s=9.0,
     max_deliver=-1,
     max_ack_pending=50_000,
 )
+
 
 PROVISIONER_DECISIONS = ConsumerSpec(
     stream=PLACEMENTS.name,
