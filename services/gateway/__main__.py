@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from schemas import subjects as s
 from services.gateway.handlers import MAX_BODY, Decisions, Gateway
+from services.gateway.lifecycle import JobStates, Lifecycle
 from services.runtime.app import VERSION, Runtime, run
 from services.runtime.bus import Publisher
 from services.runtime.micro import MicroService
@@ -13,6 +14,9 @@ async def main(rt: Runtime) -> None:
     decisions = Decisions()
     gw = Gateway(Publisher(rt.js), rt.config, decisions)
     subs = [await rt.nc.subscribe(subject, cb=decisions.on_event) for subject in Decisions.SUBJECTS]
+    states = JobStates()
+    await states.start(rt.js)
+    lifecycle = Lifecycle(rt.js, Publisher(rt.js), states, rt.config.lifecycle.state_sync_timeout_s)
     svc = MicroService(
         rt.nc,
         name="gateway",
@@ -35,11 +39,26 @@ async def main(rt: Runtime) -> None:
         max_body=MAX_BODY,
         metadata={"request": "JobSpec", "reply": "placement.decided | placement.failed | job.rejected event"},
     )
+    await svc.add_endpoint(
+        "cancel",
+        s.JOB_CANCEL,
+        lifecycle.cancel,
+        max_body=MAX_BODY,
+        metadata={"request": "{job_id}", "reply": "{job_id, state}"},
+    )
+    await svc.add_endpoint(
+        "complete",
+        s.JOB_COMPLETE,
+        lifecycle.complete,
+        max_body=MAX_BODY,
+        metadata={"request": "{job_id, outcome, message?}", "reply": "{job_id, state}"},
+    )
     rt.log.info("started")
     await rt.stop.wait()
     await svc.stop()
     for sub in subs:
         await sub.unsubscribe()
+    await states.stop()
 
 
 if __name__ == "__main__":

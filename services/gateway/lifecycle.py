@@ -1,0 +1,220 @@
+"""``job.cancel`` and ``job.complete``: end a job on a client's or the Cluster Manager's word.
+
+The gateway has no database, so it keeps its own view of every job's state, folded from
+the JOBS, PLACEMENTS and CLUSTERS streams by one ordered consumer per stream (replayed
+from the start when the gateway starts). It does not depend on the metadata service.
+
+Read-your-writes: before answering, :meth:`JobStates.sync` reads each stream's last
+sequence and waits until the view has applied at least that far (bounded by
+``lifecycle.state_sync_timeout_s``, else 503). So a job whose ``job.submit`` was answered
+is known to every gateway instance, and a cancel right after a submit never gets a 404.
+
+Answers (``{"job_id", "state"}``):
+
+- ``job.cancel``: publishes ``job.cancel_requested`` and answers ``cancelling``; a repeat
+  answers the current ``cancelling``/``cancelled`` without publishing again; 404 for an
+  unknown job; 409 when it already ended otherwise (or completion was reported).
+- ``job.complete``: publishes ``job.completed`` and answers the outcome; a repeat with the
+  same outcome answers it again; 409 when the job ended otherwise or is being cancelled.
+
+The state becomes ``cancelled`` (and, authoritatively, any end state) when teardown's
+``placement.released`` arrives, whose ``reason`` is the end state it recorded.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Iterable
+
+import msgspec
+import structlog
+from nats.aio.msg import Msg
+from nats.js import JetStreamContext
+from nats.js import api as js_api
+
+from schemas import events as ev
+from schemas import subjects as s
+from schemas.replies import CompleteRequest, JobRef, SubmitReply
+from schemas.types import TERMINAL_STATES
+from services.runtime.bus import Publisher
+from services.runtime.micro import RequestError
+
+log = structlog.get_logger()
+
+_ORDER = {"submitted": 0, "accepted": 1, "placed": 2, "provisioning": 3, "running": 4, "cancelling": 5}
+_STATE_OF = {
+    s.JOB_SUBMITTED: "submitted",
+    s.JOB_ACCEPTED: "accepted",
+    s.JOB_REJECTED: "rejected",
+    s.PLACEMENT_DECIDED: "placed",
+    s.PLACEMENT_FAILED: "failed",
+    s.CLUSTER_PROVISIONING: "provisioning",
+    s.CLUSTER_PROVISIONED: "running",
+    s.CLUSTER_PROVISION_FAILED: "failed",
+    s.JOB_CANCEL_REQUESTED: "cancelling",
+    s.JOB_EXPIRED: "expired",
+}
+VIEW_STREAMS: tuple[s.StreamSpec, ...] = (s.JOBS, s.PLACEMENTS, s.CLUSTERS)
+
+
+class _Fact(msgspec.Struct):
+    type: str
+    job_id: str = ""
+    outcome: str | None = None
+    reason: str | None = None
+
+
+_fact_decoder = msgspec.json.Decoder(_Fact)
+_ref_decoder = msgspec.json.Decoder(JobRef)
+_complete_decoder = msgspec.json.Decoder(CompleteRequest)
+_enc = msgspec.json.Encoder()
+
+
+def next_state(
+    current: str | None, event_type: str, *, outcome: str | None = None, reason: str | None = None
+) -> str | None:
+    """Fold one event into a job's state (pure). Never moves backwards; once an end is requested
+    (``cancelling``) or reached, only teardown's ``placement.released`` (its recorded end) moves it."""
+    if event_type == s.PLACEMENT_RELEASED:
+        return reason if reason in TERMINAL_STATES else current
+    new = outcome if event_type == s.JOB_COMPLETED else _STATE_OF.get(event_type)
+    if new is None:
+        return current
+    if current is None:
+        return new
+    if current in TERMINAL_STATES or current == "cancelling":
+        return current
+    if new in TERMINAL_STATES or _ORDER.get(new, -1) > _ORDER.get(current, -1):
+        return new
+    return current
+
+
+class JobStates:
+    """Every job's state, folded from the streams; ``sync`` waits until it is current."""
+
+    def __init__(self) -> None:
+        self.states: dict[str, str] = {}
+        self.applied: dict[str, int] = {spec.name: 0 for spec in VIEW_STREAMS}
+        self._changed = asyncio.Condition()
+        self._subs: list[object] = []
+
+    def apply(self, data: bytes) -> None:
+        try:
+            f = _fact_decoder.decode(data)
+        except msgspec.DecodeError:
+            return
+        if not f.job_id:
+            return
+        new = next_state(self.states.get(f.job_id), f.type, outcome=f.outcome, reason=f.reason)
+        if new is not None:
+            self.states[f.job_id] = new
+
+    def note(self, job_id: str, event_type: str, *, outcome: str | None = None) -> None:
+        """Apply our own publish at once (the stream will deliver it again; folding is idempotent)."""
+        new = next_state(self.states.get(job_id), event_type, outcome=outcome)
+        if new is not None:
+            self.states[job_id] = new
+
+    async def _on_msg(self, msg: Msg) -> None:
+        self.apply(msg.data)
+        md = msg.metadata
+        async with self._changed:
+            self.applied[md.stream] = max(self.applied.get(md.stream, 0), md.sequence.stream)
+            self._changed.notify_all()
+
+    async def start(self, js: JetStreamContext, streams: Iterable[s.StreamSpec] = VIEW_STREAMS) -> None:
+        for spec in streams:
+            sub = await js.subscribe(
+                spec.subjects[0],
+                stream=spec.name,
+                ordered_consumer=True,
+                cb=self._on_msg,
+                deliver_policy=js_api.DeliverPolicy.ALL,
+                config=js_api.ConsumerConfig(filter_subjects=list(spec.subjects)),
+            )
+            self._subs.append(sub)
+
+    async def stop(self) -> None:
+        for sub in self._subs:
+            try:
+                await sub.unsubscribe()  # type: ignore[attr-defined]
+            except Exception as e:
+                log.debug("unsubscribe failed", error=repr(e))
+
+    async def sync(self, js: JetStreamContext, timeout: float) -> None:
+        """Wait until every event stored before this call has been folded in."""
+        targets = {name: (await js.stream_info(name)).state.last_seq for name in self.applied}
+        async with self._changed:
+            await asyncio.wait_for(
+                self._changed.wait_for(lambda: all(self.applied[n] >= t for n, t in targets.items())), timeout
+            )
+
+
+class Lifecycle:
+    def __init__(self, js: JetStreamContext, publisher: Publisher, states: JobStates, sync_timeout_s: float) -> None:
+        self.js = js
+        self.publisher = publisher
+        self.states = states
+        self.sync_timeout_s = sync_timeout_s
+
+    async def _state(self, job_id: str) -> str:
+        try:
+            await self.states.sync(self.js, self.sync_timeout_s)
+        except Exception as e:
+            log.warning("job state view not current", job_id=job_id, error=repr(e))
+            raise RequestError(503, "job state is not available right now; retry", job_id=job_id) from e
+        state = self.states.states.get(job_id)
+        if state is None:
+            raise RequestError(404, f"unknown job {job_id}", job_id=job_id)
+        return state
+
+    async def _publish(self, event: ev.JobEvent) -> None:
+        try:
+            await self.publisher.publish(event)
+        except Exception as e:
+            log.warning("publish failed", job_id=event.job_id, type=ev.subject_of(event), error=repr(e))
+            raise RequestError(503, "the job store (JetStream) is unavailable; retry", job_id=event.job_id) from e
+
+    async def cancel(self, msg: Msg) -> bytes:
+        req = _ref_decoder.decode(msg.data)
+        state = await self._state(req.job_id)
+        if state in ("cancelling", "cancelled"):
+            return _reply(req.job_id, state)
+        if state in TERMINAL_STATES:
+            raise RequestError(409, f"job {req.job_id} already ended: {state}", job_id=req.job_id)
+        await self._publish(
+            ev.JobCancelRequested(
+                event_id=ev.event_id_for(req.job_id, s.JOB_CANCEL_REQUESTED),
+                job_id=req.job_id,
+                reason="cancel requested",
+            )
+        )
+        self.states.note(req.job_id, s.JOB_CANCEL_REQUESTED)
+        log.info("cancel requested", job_id=req.job_id, was=state)
+        return _reply(req.job_id, "cancelling")
+
+    async def complete(self, msg: Msg) -> bytes:
+        req = _complete_decoder.decode(msg.data)
+        state = await self._state(req.job_id)
+        if state == req.outcome:
+            return _reply(req.job_id, state)
+        if state in TERMINAL_STATES or state == "cancelling":
+            raise RequestError(409, f"job {req.job_id} already ended: {state}", job_id=req.job_id)
+        await self._publish(
+            ev.JobCompleted(
+                event_id=ev.event_id_for(req.job_id, s.JOB_COMPLETED),
+                job_id=req.job_id,
+                outcome=req.outcome,
+                message=req.message,
+            )
+        )
+        self.states.note(req.job_id, s.JOB_COMPLETED, outcome=req.outcome)
+        log.info("completion reported", job_id=req.job_id, outcome=req.outcome, was=state)
+        return _reply(req.job_id, req.outcome)
+
+
+def _reply(job_id: str, state: str) -> bytes:
+    return _enc.encode(SubmitReply(job_id=job_id, state=state))  # type: ignore[arg-type]
+
+
+__all__ = ["JobStates", "Lifecycle", "next_state"]
