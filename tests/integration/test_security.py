@@ -1,0 +1,234 @@
+"""Users and permissions of the repo's nats.conf, checked on a real nats-server.
+
+A denied publish or subscribe is dropped by the server, which sends the client an
+asynchronous ``-ERR 'Permissions Violation ...'``. The server answers a connection's
+protocol in order, so after an operation the test publishes to a sentinel subject no
+role may publish to, and waits for the sentinel's own violation: every violation the
+operation caused has arrived before it. "Allowed" is decided without a timeout.
+(``flush()`` would not do: nats-py writes its PING ahead of commands still buffered.)
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+from collections.abc import AsyncIterator, Awaitable, Callable
+
+import nats
+import nats.errors
+import pytest
+from nats.aio.client import Client
+
+from schemas import events as ev
+from schemas import subjects as s
+from services.devstack import NatsServer
+from services.devstack.credentials import Role
+from tests.conftest import Spawn, nats_auth
+
+pytestmark = pytest.mark.integration
+
+PROBE = "probe"
+SENTINEL = "sentinel.no-role-may-publish-here"
+
+
+def concrete(subject: str) -> str:
+    """A subject a pattern of schemas/subjects.py matches (``node.status.*`` -> ``node.status.probe``)."""
+    return subject.replace("*", PROBE)
+
+
+REQUESTS = set(s.REQUEST_SUBJECTS)
+EVENTS = {concrete(subject) for stream in s.STREAMS for subject in stream.subjects}
+MANAGER_READS = {
+    concrete(subject) for stream in (s.JOBS, s.PLACEMENTS, s.CLUSTERS, s.NODES) for subject in stream.subjects
+}
+NODE_STATUS = concrete(s.NODE_STATUS_ALL)
+
+# JetStream API and discovery subjects (published without a reply, so nothing happens when allowed)
+JS_READ = {"$JS.API.INFO", "$JS.API.STREAM.LIST", f"$JS.API.STREAM.INFO.{s.JOBS.name}", "$SRV.PING"}
+JS_WRITE = {
+    f"$JS.API.STREAM.DELETE.{s.JOBS.name}",
+    f"$JS.API.STREAM.PURGE.{s.JOBS.name}",
+    f"$JS.API.STREAM.UPDATE.{s.JOBS.name}",
+    f"$JS.API.CONSUMER.DELETE.{s.JOBS.name}.{s.INTAKE_JOBS.durable}",
+}
+EVERYTHING = REQUESTS | EVENTS | JS_READ | JS_WRITE
+
+# what each role may publish / subscribe to, among EVERYTHING
+PUBLISH: dict[Role, set[str]] = {
+    "services": REQUESTS | EVENTS | JS_READ | (JS_WRITE - {f"$JS.API.STREAM.DELETE.{s.JOBS.name}"}),
+    "manager": REQUESTS | JS_READ,
+    "node": {NODE_STATUS},
+    "monitor": JS_READ,
+}
+SUBSCRIBE: dict[Role, set[str]] = {
+    "services": REQUESTS | EVENTS | {"$SRV.PING"},
+    "manager": MANAGER_READS,
+    "node": set(),
+    "monitor": set(),
+}
+
+
+class Violations:
+    """Collects the server's permission violations reported to a client."""
+
+    def __init__(self) -> None:
+        self.queue: asyncio.Queue[str] = asyncio.Queue()
+
+    async def cb(self, e: Exception) -> None:
+        self.queue.put_nowait(str(e))
+
+    async def next(self, timeout: float = 10.0) -> str:
+        return await asyncio.wait_for(self.queue.get(), timeout)
+
+
+Connect = Callable[[Role], Awaitable[tuple[Client, Violations]]]
+
+
+@pytest.fixture
+async def connect_as(nats_server: NatsServer) -> AsyncIterator[Connect]:
+    clients: list[Client] = []
+
+    async def connect(role: Role) -> tuple[Client, Violations]:
+        v = Violations()
+        client = await nats.connect(nats_server.url, error_cb=v.cb, allow_reconnect=False, **nats_auth(role))
+        clients.append(client)
+        return client, v
+
+    yield connect
+    for client in clients:
+        await client.close()
+
+
+def denial(subject: str) -> str:
+    """How nats-py reports (lower-cased) the server's violation for ``subject``."""
+    return f'"{subject.lower()}"'
+
+
+async def settle(client: Client, v: Violations) -> list[str]:
+    """The violations caused by what this client sent so far (see the module docstring)."""
+    await client.publish(SENTINEL, b"")
+    seen = []
+    while denial(SENTINEL) not in (e := await v.next()):
+        assert "permissions violation" in e, e
+        seen.append(e)
+    return seen
+
+
+async def allowed_publish(client: Client, v: Violations, subject: str) -> bool:
+    await client.publish(subject, b"{}")
+    return not await settle(client, v)
+
+
+async def allowed_subscribe(client: Client, v: Violations, subject: str) -> bool:
+    sub = await client.subscribe(subject)
+    seen = await settle(client, v)
+    await sub.unsubscribe()
+    return not seen
+
+
+@pytest.mark.parametrize("role", list(PUBLISH))
+async def test_each_role_publishes_exactly_its_subjects(connect_as: Connect, role: Role) -> None:
+    """Every subject of schemas/subjects.py against the role's publish permissions: they cannot drift."""
+    client, v = await connect_as(role)
+    allowed = {subject for subject in sorted(EVERYTHING) if await allowed_publish(client, v, subject)}
+    assert allowed == PUBLISH[role]
+
+
+@pytest.mark.parametrize("role", list(SUBSCRIBE))
+async def test_each_role_subscribes_exactly_to_its_subjects(connect_as: Connect, role: Role) -> None:
+    client, v = await connect_as(role)
+    allowed = {subject for subject in sorted(EVERYTHING) if await allowed_subscribe(client, v, subject)}
+    assert allowed == SUBSCRIBE[role]
+
+
+async def stored(nc: Client, stream: s.StreamSpec) -> int:
+    info = await nc.jetstream().stream_info(stream.name)
+    return int(info.state.messages)
+
+
+async def test_node_cannot_submit_nor_decide_but_reports_status(
+    nc: Client, services: Spawn, connect_as: Connect
+) -> None:
+    await services("gateway")  # would store job.submitted if the node's request got through
+    node, v = await connect_as("node")
+    await node.publish(s.JOB_SUBMIT, b'{"name": "sneaky"}', reply="_INBOX.nowhere")  # a submit, answer or not
+    assert denial(s.JOB_SUBMIT) in await v.next()
+    decided = ev.PlacementDecided(
+        event_id="forged",
+        job_id="forged",
+        cluster="shared",
+        technology="docker",
+        strategy="best_fit",
+        assignments=[],
+        candidates=[],
+    )
+    await node.publish(s.PLACEMENT_DECIDED, ev.encode(decided))
+    assert denial(s.PLACEMENT_DECIDED) in await v.next()
+    status = ev.NodeStatus(
+        node_id="n1", state="active", technologies=["docker"], cpu_cores=4, cpu_free=4, memory_mb=1, memory_free_mb=1
+    )
+    await node.publish(ev.subject_of(status), ev.encode(status))
+    assert await settle(node, v) == []
+    assert await stored(nc, s.JOBS) == 0
+    assert await stored(nc, s.PLACEMENTS) == 0
+    await _eventually(lambda: stored(nc, s.NODES), 1)
+
+
+async def _eventually(read: Callable[[], Awaitable[int]], expected: int, timeout: float = 10.0) -> None:
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + timeout
+    while (value := await read()) != expected:
+        assert loop.time() < deadline, f"still {value}, expected {expected}"
+        await asyncio.sleep(0.05)
+
+
+async def test_manager_submits_and_reads_but_cannot_delete_a_stream_or_forge_events(
+    nc: Client, services: Spawn, connect_as: Connect
+) -> None:
+    await services("gateway")
+    manager, v = await connect_as("manager")
+    decided = await manager.subscribe(s.PLACEMENT_DECIDED)
+    reply = await manager.request(s.JOB_SUBMIT, b'{"name": "demo"}', timeout=5)
+    assert json.loads(reply.data)["state"] == "submitted"
+    js = manager.jetstream(timeout=10)
+    assert (await js.stream_info(s.JOBS.name)).config.name == s.JOBS.name
+    # the delete request is dropped by the server: the violation arrives, the request gets no answer
+    delete = asyncio.create_task(js.delete_stream(s.JOBS.name))
+    assert denial(f"$JS.API.STREAM.DELETE.{s.JOBS.name}") in await v.next()
+    delete.cancel()
+    with contextlib.suppress(asyncio.CancelledError):
+        await delete
+    await manager.publish(s.JOB_ACCEPTED, b'{"job_id": "forged"}')
+    assert denial(s.JOB_ACCEPTED) in await v.next()
+    assert await settle(manager, v) == []
+    assert await stored(nc, s.JOBS) == 1  # the submitted job, nothing forged, stream still there
+    await decided.unsubscribe()
+
+
+async def test_monitor_sees_services_and_streams_but_cannot_publish(
+    services: Spawn, connect_as: Connect, nats_server: NatsServer
+) -> None:
+    await services("gateway")
+    monitor, v = await connect_as("monitor")
+    ping = json.loads((await monitor.request("$SRV.PING.gateway", b"", timeout=5)).data)
+    assert ping["name"] == "gateway"
+    names = await monitor.jetstream().streams_info()
+    assert {i.config.name for i in names} >= {spec.name for spec in s.STREAMS}
+    await monitor.publish(s.JOB_SUBMIT, b"{}")
+    assert denial(s.JOB_SUBMIT) in await v.next()
+    await monitor.publish(NODE_STATUS, b"{}")
+    assert denial(NODE_STATUS) in await v.next()
+
+
+@pytest.mark.parametrize(
+    "auth",
+    [{}, {"user": "manager", "password": "wrong"}, {"user": "nobody", "password": "dev-manager"}],
+    ids=["anonymous", "wrong-password", "unknown-user"],
+)
+async def test_unauthenticated_connections_are_refused(nats_server: NatsServer, auth: dict[str, str]) -> None:
+    async def quiet(e: Exception) -> None:
+        pass
+
+    with pytest.raises(nats.errors.Error, match="Authorization Violation"):
+        await nats.connect(nats_server.url, allow_reconnect=False, error_cb=quiet, **auth)
