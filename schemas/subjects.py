@@ -187,6 +187,45 @@ TEARDOWN_CLUSTERS = ConsumerSpec(
 JOB_LIFECYCLE_BUCKET = "JOB_LIFECYCLE"
 """Per-job lifecycle record kept by teardown (end state, release flag, deadline, instances)."""
 
+# metadata: one durable named "metadata" on each stream it projects, so `nats consumer
+# report <STREAM>` shows its lag. max_deliver=-1: a PostgreSQL outage must never make the
+# server stop redelivering; the consumer itself dead-letters poison after a bounded number
+# of deliveries, and holds (in-progress pings, no nak) while the database is down.
+METADATA_DURABLE = "metadata"
+METADATA_JOBS = ConsumerSpec(
+    stream=JOBS.name,
+    durable=METADATA_DURABLE,
+    filter_subjects=JOBS.subjects,
+    description="metadata: projects job lifecycle events into PostgreSQL",
+    max_deliver=-1,
+    max_ack_pending=50_000,
+)
+METADATA_PLACEMENTS = ConsumerSpec(
+    stream=PLACEMENTS.name,
+    durable=METADATA_DURABLE,
+    filter_subjects=PLACEMENTS.subjects,
+    description="metadata: projects placement decisions and releases into PostgreSQL",
+    max_deliver=-1,
+    max_ack_pending=50_000,
+)
+METADATA_CLUSTERS = ConsumerSpec(
+    stream=CLUSTERS.name,
+    durable=METADATA_DURABLE,
+    filter_subjects=CLUSTERS.subjects,
+    description="metadata: projects dedicated-cluster events into PostgreSQL",
+    max_deliver=-1,
+    max_ack_pending=50_000,
+)
+METADATA_NODES = ConsumerSpec(
+    stream=NODES.name,
+    durable=METADATA_DURABLE,
+    filter_subjects=NODES.subjects,
+    description="metadata: projects node status into PostgreSQL",
+    max_deliver=-1,
+    max_ack_pending=50_000,
+)
+METADATA_CONSUMERS: tuple[ConsumerSpec, ...] = (METADATA_JOBS, METADATA_PLACEMENTS, METADATA_CLUSTERS, METADATA_NODES)
+
 
 def matches(pattern: str, subject: str) -> bool:
     """NATS wildcard matching: ``*`` is one token, a trailing ``>`` one or more."""

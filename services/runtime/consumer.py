@@ -15,7 +15,7 @@ order). Outcomes:
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Sequence
 from typing import Generic, TypeVar
 
 import msgspec
@@ -128,9 +128,13 @@ class Consumer(Generic[T]):
                     await self._recreate()
                 continue
             failures = 0
-            await asyncio.gather(*(self._process(m) for m in msgs))
+            await self._dispatch(msgs, stop)
         await psub.unsubscribe()
         self._log.info("stopped consuming")
+
+    async def _dispatch(self, msgs: list[Msg], stop: asyncio.Event) -> None:
+        """Handle one fetched batch: each message's handler concurrently (overridden by BatchConsumer)."""
+        await asyncio.gather(*(self._process(m) for m in msgs))
 
     async def _recreate(self) -> None:
         try:
@@ -187,3 +191,132 @@ class Consumer(Generic[T]):
             await d.nak(delay=retry_delay(d.num_delivered))
             return
         await d.term()
+
+
+BatchHandler = Callable[[Sequence[tuple[T, Delivery]]], Awaitable[None]]
+"""Handles a whole fetched batch at once, e.g. in one database transaction."""
+
+
+def _never_transient(_: BaseException) -> bool:
+    return False
+
+
+class BatchConsumer(Consumer[T]):
+    """Like :class:`Consumer`, but hands each fetched batch to one handler and acks it as a whole.
+
+    For projections that write a batch in one transaction and ack after the commit.
+    Outcomes, per fetched batch:
+
+    - an undecodable payload is dead-lettered (``term``) at once and left out of the batch;
+    - the handler returns: every message of the batch is acked;
+    - the handler raises an error that ``transient(error)`` calls an outage (say, the
+      database is down): nothing is acked, nakked or dead-lettered. Fetching pauses and the
+      same batch is retried with exponential backoff (``retry_base_s`` .. ``retry_cap_s``),
+      with in-progress pings keeping the messages ours, until it succeeds, or until
+      ``stop`` is set (then they are nakked for prompt redelivery). An outage therefore
+      never counts toward dead-lettering, however long it lasts;
+    - any other error (or :class:`Poison`): the batch is retried one message at a time to
+      isolate the culprit. A single message that fails is nakked with a delay and
+      dead-lettered once it has been delivered ``give_up_after`` times (at once for
+      ``Poison``). Give such consumers ``max_deliver=-1`` so the server never stops
+      redelivering silently while the handler is merely waiting out an outage.
+    """
+
+    def __init__(
+        self,
+        js: JetStreamContext,
+        spec: s.ConsumerSpec,
+        decoder: msgspec.json.Decoder[T],
+        handler: BatchHandler[T],
+        *,
+        service: str,
+        batch: int = 1000,
+        fetch_timeout: float = 1.0,
+        transient: Callable[[BaseException], bool] = _never_transient,
+        give_up_after: int = 10,
+        retry_base_s: float = 0.2,
+        retry_cap_s: float = 5.0,
+    ) -> None:
+        super().__init__(js, spec, decoder, self._single, service=service, batch=batch, fetch_timeout=fetch_timeout)
+        self._batch_handler = handler
+        self._transient = transient
+        self._give_up_after = give_up_after
+        self._retry_base_s = retry_base_s
+        self._retry_cap_s = retry_cap_s
+
+    async def _single(self, event: T, d: Delivery) -> None:
+        await self._batch_handler([(event, d)])
+
+    async def _dispatch(self, msgs: list[Msg], stop: asyncio.Event) -> None:
+        items: list[tuple[T, Delivery]] = []
+        for m in msgs:
+            d = Delivery(m)
+            try:
+                items.append((self._decoder.decode(m.data), d))
+            except msgspec.DecodeError as e:
+                await self._dead_letter(d, f"undecodable {m.subject} payload: {e}")
+        if items:
+            await self._run_batch(items, stop)
+
+    async def _run_batch(self, items: Sequence[tuple[T, Delivery]], stop: asyncio.Event) -> None:
+        outage = 0
+        while True:
+            try:
+                await self._batch_handler(items)
+            except Exception as e:
+                if self._transient(e):
+                    outage += 1
+                    if stop.is_set():
+                        self._log.warning("stopping during an outage; handing the batch back", size=len(items))
+                        for _, d in items:
+                            await _quietly(d.nak())
+                        return
+                    delay = min(self._retry_cap_s, self._retry_base_s * 2 ** min(outage - 1, 30))
+                    self._log.warning(
+                        "dependency unavailable; holding the batch and retrying",
+                        size=len(items),
+                        attempt=outage,
+                        delay_s=delay,
+                        error=repr(e),
+                    )
+                    try:
+                        await asyncio.wait_for(stop.wait(), delay)
+                    except TimeoutError:
+                        pass
+                    for _, d in items:
+                        await _quietly(d.in_progress())
+                    continue
+                if len(items) > 1:
+                    self._log.warning("batch failed; retrying its messages one by one", size=len(items), error=repr(e))
+                    for item in items:
+                        await self._run_batch([item], stop)
+                    return
+                await self._failed(items[0][1], e)
+                return
+            for _, d in items:
+                await _quietly(d.ack())
+            if outage:
+                self._log.info("dependency back; batch done", size=len(items), attempts=outage + 1)
+            return
+
+    async def _failed(self, d: Delivery, e: Exception) -> None:
+        subject = d.msg.subject
+        if isinstance(e, Poison):
+            await self._dead_letter(d, str(e))
+            return
+        n = d.num_delivered
+        if n >= self._give_up_after:
+            self._log.error("giving up", subject=subject, deliveries=n, exc_info=e)
+            await self._dead_letter(d, f"gave up after {n} deliveries: {e!r}")
+            return
+        delay = retry_delay(n)
+        self._log.warning("handler failed; will retry", subject=subject, deliveries=n, delay_s=delay, error=repr(e))
+        await d.nak(delay=delay)
+
+
+async def _quietly(op: Awaitable[None]) -> None:
+    """An ack/nak/in-progress that cannot be sent (NATS reconnecting) just means a redelivery later."""
+    try:
+        await op
+    except Exception as e:
+        log.warning("ack-type reply not sent; the message will be redelivered", error=repr(e))

@@ -1,0 +1,282 @@
+"""The PostgreSQL edge (asyncpg): a thin adapter, SQL only, no projection logic.
+
+:class:`Database` owns the pool and answers queries; :meth:`Database.transaction`
+yields a :class:`Tx` whose methods are the few statements of a projection batch,
+each one round trip for the whole batch (``unnest`` of arrays). :func:`is_unavailable`
+tells an outage (retry later, answer 503) from a bug.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import AsyncIterator, Sequence
+from contextlib import asynccontextmanager
+from datetime import datetime
+from typing import Any
+
+import asyncpg
+import msgspec
+import structlog
+
+from services.metadata import migrations
+
+log = structlog.get_logger()
+
+
+class Unavailable(Exception):
+    """PostgreSQL cannot be used right now (down, restarting, or the schema is not migrated yet)."""
+
+
+_OUTAGE_ERRORS: tuple[type[BaseException], ...] = (
+    Unavailable,
+    OSError,  # refused, reset, unreachable
+    TimeoutError,
+    asyncpg.exceptions.PostgresConnectionError,  # incl. ConnectionDoesNotExistError
+    asyncpg.exceptions.OperatorInterventionError,  # admin shutdown, crash shutdown, cannot connect now
+    asyncpg.exceptions.InsufficientResourcesError,  # too many connections, disk full
+    asyncpg.exceptions.TransactionRollbackError,  # deadlock, serialization: retry the batch
+)
+
+
+def is_unavailable(e: BaseException) -> bool:
+    """Whether ``e`` is an outage of the database (worth waiting out) rather than a bug."""
+    if isinstance(e, _OUTAGE_ERRORS):
+        return True
+    return isinstance(e, asyncpg.exceptions.InterfaceError) and "closed" in str(e)
+
+
+class EventRow(msgspec.Struct, frozen=True, array_like=True):
+    event_key: str
+    type: str
+    job_id: str | None
+    node_id: str | None
+    at: datetime
+    stream: str
+    stream_seq: int
+    body: str
+
+
+class JobRow(msgspec.Struct, frozen=True, array_like=True):
+    job_id: str
+    state: str | None
+    reason: str | None
+    submitted_at: datetime | None
+    updated_at: datetime | None
+    released: bool
+    view: str
+
+
+class ReservationRow(msgspec.Struct, frozen=True, array_like=True):
+    job_id: str
+    replica: int
+    node_id: str
+    cpu: float | None
+    memory_mb: int | None
+    gpu: int | None
+
+
+class NodeRow(msgspec.Struct, frozen=True, array_like=True):
+    node_id: str
+    state: str
+    at: datetime
+    status: str
+
+
+class NodeListRow(msgspec.Struct, frozen=True):
+    status: str
+    cpu: float
+    memory_mb: int
+    gpu: int
+    replicas: int
+
+
+def _columns(rows: Sequence[msgspec.Struct], n: int) -> list[list[Any]]:
+    cols: list[list[Any]] = [[] for _ in range(n)]
+    for r in rows:
+        for i, f in enumerate(r.__struct_fields__):
+            cols[i].append(getattr(r, f))
+    return cols
+
+
+_INSERT_EVENTS = """
+INSERT INTO events (event_key, type, job_id, node_id, at, stream, stream_seq, body)
+SELECT * FROM unnest($1::text[], $2::text[], $3::text[], $4::text[], $5::timestamptz[], $6::text[],
+                     $7::bigint[], $8::json[])
+ON CONFLICT (event_key) DO NOTHING
+RETURNING event_key
+"""
+_CREATE_JOBS = """
+INSERT INTO jobs (job_id)
+SELECT j FROM unnest($1::text[]) WITH ORDINALITY AS u(j, n) ORDER BY n
+ON CONFLICT (job_id) DO NOTHING
+"""
+_LOCK_JOBS = "SELECT job_id, view FROM jobs WHERE job_id = ANY($1::text[]) ORDER BY job_id FOR UPDATE"
+_UPDATE_JOBS = """
+UPDATE jobs SET state = u.state, reason = u.reason, submitted_at = u.submitted_at, updated_at = u.updated_at,
+                released = u.released, view = u.view
+FROM unnest($1::text[], $2::text[], $3::text[], $4::timestamptz[], $5::timestamptz[], $6::boolean[], $7::json[])
+     AS u(job_id, state, reason, submitted_at, updated_at, released, view)
+WHERE jobs.job_id = u.job_id
+"""
+_UPSERT_RESERVATIONS = """
+INSERT INTO reservations (job_id, replica, node_id, cpu, memory_mb, gpu)
+SELECT * FROM unnest($1::text[], $2::integer[], $3::text[], $4::float8[], $5::bigint[], $6::integer[])
+ON CONFLICT (job_id, replica) DO UPDATE
+SET node_id = EXCLUDED.node_id, cpu = EXCLUDED.cpu, memory_mb = EXCLUDED.memory_mb, gpu = EXCLUDED.gpu
+WHERE (reservations.node_id, reservations.cpu, reservations.memory_mb, reservations.gpu)
+      IS DISTINCT FROM (EXCLUDED.node_id, EXCLUDED.cpu, EXCLUDED.memory_mb, EXCLUDED.gpu)
+"""
+_UPSERT_NODES = """
+INSERT INTO nodes (node_id, state, at, status)
+SELECT * FROM unnest($1::text[], $2::text[], $3::timestamptz[], $4::json[])
+ON CONFLICT (node_id) DO UPDATE SET state = EXCLUDED.state, at = EXCLUDED.at, status = EXCLUDED.status
+WHERE nodes.at < EXCLUDED.at
+"""
+_GET_JOB = "SELECT view FROM jobs WHERE job_id = $1"
+_LIST_ALL = "SELECT seq, view FROM jobs WHERE state IS NOT NULL AND seq < $1 ORDER BY seq DESC LIMIT $2"
+_LIST_STATE = "SELECT seq, view FROM jobs WHERE state = $3 AND seq < $1 ORDER BY seq DESC LIMIT $2"
+_JOB_EVENTS = "SELECT body FROM events WHERE job_id = $1 ORDER BY at, stream_seq, event_key"
+_NODES = """
+SELECT n.status::text AS status, COALESCE(r.cpu, 0)::float8 AS cpu, COALESCE(r.memory_mb, 0)::bigint AS memory_mb,
+       COALESCE(r.gpu, 0)::bigint AS gpu, COALESCE(r.replicas, 0)::bigint AS replicas
+FROM nodes n
+LEFT JOIN (
+    SELECT r.node_id, sum(r.cpu) AS cpu, sum(r.memory_mb) AS memory_mb, sum(r.gpu) AS gpu, count(*) AS replicas
+    FROM reservations r JOIN jobs j USING (job_id)
+    WHERE NOT j.released
+    GROUP BY r.node_id
+) r USING (node_id)
+ORDER BY n.node_id
+"""
+_MAX_SEQ = 2**63 - 1
+
+
+class Tx:
+    """The statements of one projection batch, inside one transaction."""
+
+    def __init__(self, conn: asyncpg.Connection) -> None:
+        self._conn = conn
+
+    async def insert_events(self, rows: Sequence[EventRow]) -> set[str]:
+        """Record events; returns the keys that were new (the rest were seen before)."""
+        recs = await self._conn.fetch(_INSERT_EVENTS, *_columns(rows, 8))
+        return {r[0] for r in recs}
+
+    async def lock_jobs(self, job_ids: Sequence[str]) -> dict[str, str | None]:
+        """Create missing job rows, lock all of them (in key order: no deadlocks); their views."""
+        ids = sorted(job_ids)
+        await self._conn.execute(_CREATE_JOBS, ids)
+        return {r[0]: r[1] for r in await self._conn.fetch(_LOCK_JOBS, ids)}
+
+    async def update_jobs(self, rows: Sequence[JobRow]) -> None:
+        await self._conn.execute(_UPDATE_JOBS, *_columns(rows, 7))
+
+    async def upsert_reservations(self, rows: Sequence[ReservationRow]) -> None:
+        await self._conn.execute(_UPSERT_RESERVATIONS, *_columns(rows, 6))
+
+    async def upsert_nodes(self, rows: Sequence[NodeRow]) -> None:
+        """Keep each node's newest status (by ``at``); ``rows`` has one row per node."""
+        ordered: list[NodeRow] = sorted(rows, key=lambda r: r.node_id)
+        await self._conn.execute(_UPSERT_NODES, *_columns(ordered, 4))
+
+
+class Database:
+    """The asyncpg pool, created lazily (``min_size=0``), so a database that is down at start
+    or later only makes calls fail with an outage error (see :func:`is_unavailable`)."""
+
+    def __init__(
+        self, dsn: str, *, max_size: int = 8, command_timeout: float = 30.0, query_timeout: float = 5.0
+    ) -> None:
+        self._dsn = dsn
+        self._max_size = max_size
+        self._command_timeout = command_timeout
+        self._query_timeout = query_timeout
+        self._pool: Any = None
+        self.ready = False
+        """Set once migrations are applied; queries answer Unavailable before."""
+
+    async def open(self) -> None:
+        self._pool = await asyncpg.create_pool(
+            self._dsn,
+            min_size=0,
+            max_size=self._max_size,
+            command_timeout=self._command_timeout,
+            max_inactive_connection_lifetime=60.0,
+        )
+
+    async def close(self) -> None:
+        if self._pool is not None:
+            try:
+                await asyncio.wait_for(self._pool.close(), 10)
+            except Exception:
+                self._pool.terminate()
+            self._pool = None
+
+    @asynccontextmanager
+    async def _conn(self, timeout: float | None = None) -> AsyncIterator[asyncpg.Connection]:
+        if self._pool is None:
+            raise Unavailable("database pool is not open")
+        async with self._pool.acquire(timeout=timeout or self._command_timeout) as conn:
+            yield conn
+
+    async def migrate(self) -> list[int]:
+        """Apply pending migrations (advisory lock: safe with concurrent instances)."""
+        async with self._conn() as conn:
+            applied = await migrations.migrate(conn)
+        self.ready = True
+        return applied
+
+    async def migrate_until_ready(self, stop: asyncio.Event, cap_s: float = 5.0) -> bool:
+        """Retry :meth:`migrate` through an outage; False if ``stop`` was set first."""
+        delay = 0.2
+        while not stop.is_set():
+            try:
+                await self.migrate()
+                return True
+            except Exception as e:
+                if not is_unavailable(e):
+                    raise
+                log.warning("database unavailable; migrations wait", error=repr(e), retry_in_s=delay)
+                try:
+                    await asyncio.wait_for(stop.wait(), delay)
+                except TimeoutError:
+                    pass
+                delay = min(cap_s, delay * 2)
+        return False
+
+    @asynccontextmanager
+    async def transaction(self) -> AsyncIterator[Tx]:
+        if not self.ready:
+            raise Unavailable("schema not migrated yet")
+        async with self._conn() as conn, conn.transaction():
+            yield Tx(conn)
+
+    # --- queries (each bounded by query_timeout, so a hung database answers 503 in time) ---
+    async def _query(self, sql: str, *args: Any) -> list[Any]:
+        if not self.ready:
+            raise Unavailable("schema not migrated yet")
+        async with self._conn(self._query_timeout) as conn:
+            rows: list[Any] = await conn.fetch(sql, *args, timeout=self._query_timeout)
+            return rows
+
+    async def get_job(self, job_id: str) -> str | None:
+        rows = await self._query(_GET_JOB, job_id)
+        return rows[0][0] if rows else None
+
+    async def list_jobs(self, state: str | None, before_seq: int | None, limit: int) -> list[tuple[int, str]]:
+        """Jobs newest first (by ``seq``), strictly before ``before_seq`` when given."""
+        before = _MAX_SEQ if before_seq is None else before_seq
+        if state is None:
+            rows = await self._query(_LIST_ALL, before, limit)
+        else:
+            rows = await self._query(_LIST_STATE, before, limit, state)
+        return [(r[0], r[1]) for r in rows]
+
+    async def job_events(self, job_id: str) -> list[str]:
+        return [r[0] for r in await self._query(_JOB_EVENTS, job_id)]
+
+    async def nodes(self) -> list[NodeListRow]:
+        return [
+            NodeListRow(status=r[0], cpu=r[1], memory_mb=r[2], gpu=r[3], replicas=r[4])
+            for r in await self._query(_NODES)
+        ]

@@ -1,0 +1,337 @@
+"""The projection's pure logic: a job's view as a merge of its events, no I/O.
+
+A job is projected from *facts*: one :class:`Mark` per event type seen (its time, the
+state it implies, a reason), plus placement, instances and torn-down ids. Merging an
+event into a view is commutative and idempotent (per event type the earliest mark wins,
+sets are unions, times are min/max), so every order and every duplication of the same
+events yields the same view. The state is then *derived* from the marks:
+
+- a terminal state wins over everything; of several, the earliest (a terminal state is
+  final, so whatever came later did not happen to the job);
+- otherwise the state of highest lifecycle rank (``submitted`` < ``accepted`` < ``placed``
+  < ``provisioning`` < ``running`` < ``cancelling``), not the last one to arrive;
+- ``cancelled`` is ``job.cancel_requested`` plus the release (``placement.released`` or
+  ``cluster.torn_down``), in either order.
+
+``history`` lists the states taken, in lifecycle order, each with its event time.
+"""
+
+from __future__ import annotations
+
+import base64
+import binascii
+from datetime import datetime, timedelta
+
+import msgspec
+
+from schemas import events as ev
+from schemas import subjects as s
+from schemas.jobs import JobSpec, Resources
+from schemas.replies import InstanceRecord, JobRecord, PlacementRecord, Transition
+from schemas.types import TERMINAL_STATES
+
+RANK: dict[str, int] = {
+    "submitted": 0,
+    "accepted": 1,
+    "pending": 2,
+    "placed": 3,
+    "provisioning": 4,
+    "running": 5,
+    "cancelling": 6,
+    **dict.fromkeys(TERMINAL_STATES, 7),
+}
+"""Lifecycle rank of each job state: a higher rank is later in the job's life."""
+
+_INSTANCE_RANK = {s.CLUSTER_PROVISIONING: 0, s.CLUSTER_PROVISIONED: 1}
+_RELEASES = (s.PLACEMENT_RELEASED, s.CLUSTER_TORN_DOWN)
+
+
+class Mark(msgspec.Struct, frozen=True, kw_only=True, omit_defaults=True):
+    """What one event type said about the job: when, which state it implies, why."""
+
+    at: datetime
+    state: str | None = None
+    reason: str | None = None
+
+    def key(self) -> tuple[datetime, str, str]:
+        return (self.at, self.state or "", self.reason or "")
+
+
+class InstanceMark(msgspec.Struct, frozen=True, kw_only=True, omit_defaults=True):
+    instance_id: str
+    instance_type: str
+    replica: int
+    state: str
+    private_ip: str | None = None
+    rank: int = 0
+    """0 from ``cluster.provisioning``, 1 from ``cluster.provisioned`` (which supersedes)."""
+
+    def key(self) -> tuple[int, bool, str, str]:
+        return (self.rank, self.private_ip is not None, self.state, self.private_ip or "")
+
+
+class Placed(msgspec.Struct, frozen=True, kw_only=True):
+    at: datetime
+    assignments: list[ev.Assignment]
+    candidates: list[ev.Candidate]
+    resources: Resources | None = None
+
+
+class JobView(msgspec.Struct, kw_only=True, omit_defaults=True):
+    """Everything the projection knows about one job (stored as JSON in ``jobs.view``)."""
+
+    job_id: str
+    spec: JobSpec | None = None
+    submitted_at: datetime | None = None
+    updated_at: datetime | None = None
+    marks: dict[str, Mark] = {}
+    placement: Placed | None = None
+    instances: dict[str, InstanceMark] = {}
+    torn_down: list[str] = []
+    """Instance ids reported torn down (sorted)."""
+
+    @property
+    def released(self) -> bool:
+        """Whether the job's reservation was released (``placement.released`` seen)."""
+        return s.PLACEMENT_RELEASED in self.marks
+
+
+class Derived(msgspec.Struct, frozen=True, kw_only=True):
+    state: str | None
+    reason: str | None
+    history: list[Transition]
+
+
+def mark_of(event: ev.JobEvent) -> Mark:
+    """The mark an event leaves on its job (``state`` None: no state of its own)."""
+    at = event.at
+    match event:
+        case ev.JobSubmitted():
+            return Mark(at=at, state="submitted")
+        case ev.JobAccepted():
+            return Mark(at=at, state="accepted")
+        case ev.JobRejected(reason=reason):
+            return Mark(at=at, state="rejected", reason=reason)
+        case ev.JobCancelRequested(reason=reason):
+            return Mark(at=at, state="cancelling", reason=reason)
+        case ev.JobCompleted(outcome=outcome, message=message):
+            return Mark(at=at, state=outcome, reason=message)
+        case ev.JobExpired(max_runtime_s=limit):
+            why = f"ran longer than max_runtime_s={limit}" if limit else "ran longer than its max runtime"
+            return Mark(at=at, state="expired", reason=why)
+        case ev.PlacementDecided():
+            return Mark(at=at, state="placed")
+        case ev.PlacementFailed(reason=reason):
+            return Mark(at=at, state="failed", reason=reason)
+        case ev.PlacementReleased(reason=reason):
+            return Mark(at=at, reason=reason)
+        case ev.ClusterProvisioning():
+            return Mark(at=at, state="provisioning")
+        case ev.ClusterProvisioned():
+            return Mark(at=at, state="running")
+        case ev.ClusterProvisionFailed(error_code=code, message=message):
+            return Mark(at=at, state="failed", reason=f"provisioning failed: {code}: {message}")
+        case ev.ClusterTeardownRequested(reason=reason):
+            return Mark(at=at, reason=reason)
+        case ev.ClusterTornDown():
+            return Mark(at=at, reason=getattr(event, "reason", None))
+    return Mark(at=at)  # an event type added later: recorded, no state
+
+
+def event_type(event: ev.Event) -> str:
+    tag = event.__struct_config__.tag
+    assert isinstance(tag, str)
+    return tag
+
+
+def apply(view: JobView | None, event: ev.JobEvent) -> JobView:
+    """The view after ``event``; a new object, the input is not changed.
+
+    Commutative and idempotent: ``apply(apply(v, a), b) == apply(apply(v, b), a)`` and
+    ``apply(apply(v, a), a) == apply(v, a)``.
+    """
+    if view is None:
+        view = JobView(job_id=event.job_id)
+    kind = event_type(event)
+    new = msgspec.structs.replace(view)
+    mark = mark_of(event)
+    old = view.marks.get(kind)
+    if old is None or mark.key() < old.key():
+        new.marks = dict(sorted({**view.marks, kind: mark}.items()))  # canonical: same JSON in any order
+    new.updated_at = _max(view.updated_at, event.at)
+    match event:
+        case ev.JobSubmitted(spec=spec):
+            new.spec = view.spec or spec
+            new.submitted_at = _min(view.submitted_at, event.at)
+        case ev.JobAccepted(spec=spec, submitted_at=submitted_at):
+            new.spec = view.spec or spec
+            new.submitted_at = _min(view.submitted_at, submitted_at)
+        case ev.PlacementDecided():
+            if view.placement is None or event.at < view.placement.at:
+                new.placement = Placed(
+                    at=event.at, assignments=event.assignments, candidates=event.candidates, resources=event.resources
+                )
+        case ev.ClusterProvisioning(instances=instances) | ev.ClusterProvisioned(instances=instances):
+            rank = _INSTANCE_RANK[kind]
+            merged = dict(view.instances)
+            for i in instances:
+                cand = InstanceMark(
+                    instance_id=i.instance_id,
+                    instance_type=i.instance_type,
+                    replica=i.replica,
+                    state=i.state,
+                    private_ip=i.private_ip,
+                    rank=rank,
+                )
+                cur = merged.get(i.instance_id)
+                if cur is None or cand.key() > cur.key():
+                    merged[i.instance_id] = cand
+            new.instances = dict(sorted(merged.items()))
+        case ev.ClusterTornDown(instance_ids=ids):
+            new.torn_down = sorted(set(view.torn_down) | set(ids))
+        case _:
+            pass
+    return new
+
+
+def derive(view: JobView) -> Derived:
+    """State, reason and history from the marks (see the module docstring)."""
+    taken: list[tuple[str, Mark]] = [(m.state, m) for m in view.marks.values() if m.state is not None]
+    cancel = view.marks.get(s.JOB_CANCEL_REQUESTED)
+    releases = [view.marks[k] for k in _RELEASES if k in view.marks]
+    if cancel is not None and releases:
+        done_at = max(cancel.at, min(r.at for r in releases))
+        taken.append(("cancelled", Mark(at=done_at, state="cancelled", reason=cancel.reason)))
+    if not taken:
+        return Derived(state=None, reason=None, history=[])
+    terminal = [t for t in taken if t[0] in TERMINAL_STATES]
+    if terminal:
+        final = min(terminal, key=lambda t: (t[1].key(), t[0]))
+        steps = [t for t in taken if t[0] not in TERMINAL_STATES and t[1].at <= final[1].at] + [final]
+    else:
+        final = max(taken, key=lambda t: (RANK.get(t[0], 0), t[1].key()))
+        steps = taken
+    steps.sort(key=lambda t: (RANK.get(t[0], 0), t[1].at, t[0]))
+    history: list[Transition] = []
+    for state, m in steps:
+        if not history or history[-1].state != state:
+            history.append(Transition(state=state, at=m.at))
+    state, m = final
+    reason = m.reason if (state in TERMINAL_STATES or state == "cancelling") else None
+    return Derived(state=state, reason=reason, history=history)
+
+
+def to_record(view: JobView, derived: Derived | None = None) -> JobRecord | None:
+    """The contract's job record, or None while no event has said what state the job is in."""
+    d = derived or derive(view)
+    if d.state is None:
+        return None
+    torn_all = s.CLUSTER_TORN_DOWN in view.marks and not view.torn_down
+    torn = set(view.torn_down)
+    instances = [
+        InstanceRecord(
+            instance_id=i.instance_id,
+            instance_type=i.instance_type,
+            replica=i.replica,
+            state="terminated" if torn_all or i.instance_id in torn else i.state,
+            private_ip=i.private_ip,
+        )
+        for i in sorted(view.instances.values(), key=lambda i: (i.replica, i.instance_id))
+    ]
+    p = view.placement
+    return JobRecord(
+        job_id=view.job_id,
+        state=d.state,
+        reason=d.reason,
+        spec=view.spec,
+        placement=PlacementRecord(assignments=p.assignments, candidates=p.candidates) if p else None,
+        instances=instances,
+        submitted_at=view.submitted_at,
+        updated_at=view.updated_at,
+        history=d.history,
+    )
+
+
+def reservations(view: JobView) -> list[tuple[int, str, Resources | None]]:
+    """(replica, node_id, per-replica resources) the job reserves on shared nodes."""
+    p = view.placement
+    if p is None:
+        return []
+    res = p.resources or (view.spec.resources if view.spec else None)
+    return [(a.replica, a.node_id, res) for a in p.assignments if a.node_id is not None]
+
+
+# --- nodes -----------------------------------------------------------------
+def node_event_key(status: ev.NodeStatus) -> str:
+    """Key of a node status in the events table: its ``event_id``, else node and time.
+
+    The same status re-published (same node, same ``at``) is the same key, so it is
+    recorded once; distinct statuses of a node differ in ``at``.
+    """
+    return status.event_id or f"{s.NODE_STATUS}:{status.node_id}:{status.at.isoformat()}"
+
+
+def node_active(state: str, at: datetime, now: datetime, ttl_s: float) -> bool:
+    """A node is active when it says so and its last status is younger than the TTL."""
+    return state == "active" and now - at < timedelta(seconds=ttl_s)
+
+
+# --- the job.list cursor -----------------------------------------------------
+_CURSOR_PREFIX = b"j1:"
+
+
+class BadCursor(ValueError):
+    pass
+
+
+def encode_cursor(seq: int) -> str:
+    """An opaque ``next`` cursor: the listing position of the last job returned."""
+    return base64.urlsafe_b64encode(_CURSOR_PREFIX + str(seq).encode()).decode().rstrip("=")
+
+
+def decode_cursor(cursor: str) -> int:
+    """The listing position in a cursor made by :func:`encode_cursor`; raises BadCursor."""
+    try:
+        raw = base64.urlsafe_b64decode(cursor + "=" * (-len(cursor) % 4))
+    except (binascii.Error, ValueError):
+        raise BadCursor("not a cursor returned by job.list") from None
+    if not raw.startswith(_CURSOR_PREFIX):
+        raise BadCursor("not a cursor returned by job.list")
+    digits = raw[len(_CURSOR_PREFIX) :]
+    if not digits.isdigit() or len(digits) > 19 or int(digits) >= 2**63:
+        raise BadCursor("not a cursor returned by job.list")
+    return int(digits)
+
+
+def _min(a: datetime | None, b: datetime | None) -> datetime | None:
+    if a is None:
+        return b
+    if b is None:
+        return a
+    return min(a, b)
+
+
+def _max(a: datetime | None, b: datetime | None) -> datetime | None:
+    if a is None:
+        return b
+    if b is None:
+        return a
+    return max(a, b)
+
+
+__all__ = [
+    "RANK",
+    "BadCursor",
+    "Derived",
+    "JobView",
+    "Mark",
+    "apply",
+    "decode_cursor",
+    "derive",
+    "encode_cursor",
+    "mark_of",
+    "node_active",
+    "node_event_key",
+    "reservations",
+    "to_record",
+]
