@@ -15,7 +15,15 @@ from pathlib import Path
 import nats
 from nats.aio.client import Client
 
-from services.devstack import Moto, NatsServer, Postgres, ServiceProcess, database_url_from_env, spawn_service
+from services.devstack import (
+    Moto,
+    NatsServer,
+    Postgres,
+    ServiceProcess,
+    credentials,
+    database_url_from_env,
+    spawn_service,
+)
 
 REPO = Path(__file__).resolve().parents[2]
 SERVICES = ("gateway", "intake", "placement", "metadata", "provisioner", "teardown")
@@ -91,12 +99,19 @@ async def system(
     env: Mapping[str, str] | None = None,
 ) -> AsyncIterator[tuple[System, Client]]:
     """nats-server (+ PostgreSQL + moto) and the services, each a real process; stopped on exit."""
+    credentials.apply_server_defaults()
     tmp = Path(tempfile.mkdtemp(prefix="natsched-bench-"))
     server = NatsServer(config=REPO / "nats.conf", store_dir=tmp / "js", log_dir=tmp)
     server.start()
     pg: Postgres | None = None
     moto: Moto | None = None
-    base = {"NATS_URL": server.url, "LOG_FORMAT": "json", "LOG_LEVEL": "warning", **(env or {})}
+    base = {
+        "NATS_URL": server.url,
+        "LOG_FORMAT": "json",
+        "LOG_LEVEL": "warning",
+        **credentials.client_environ("services"),
+        **(env or {}),
+    }
     names = [n for n in services if present(n)]
     try:
         if with_postgres and "metadata" in names:
@@ -129,7 +144,9 @@ async def system(
                     log_path=tmp / "simnodes.log",
                 )
             ]
-        nc = await nats.connect(server.url, pending_size=256 * 1024 * 1024)
+        nc = await nats.connect(
+            server.url, pending_size=256 * 1024 * 1024, user="admin", password=credentials.password("admin")
+        )
         try:
             await wait_up(nc, names)
             yield sysm, nc
