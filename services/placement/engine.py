@@ -9,7 +9,7 @@
 
 Fast path: the node table keeps, per technology, the active nodes sorted by free
 resources and by id (:class:`~services.placement.state.Bucket`). A decision walks a
-bucket in the strategy's order from the right end and stops after the first
+bucket in the strategy's order, starting at the right place, and stops after the first
 ``max(top_n, replicas)`` nodes that pass every filter: those are the candidates, and
 they are enough to assign every replica, because a node untouched by this job keeps
 its rank, so the best untouched node for replica ``i`` is among the first ``i + 1``.
@@ -21,11 +21,11 @@ computed by a full scan only when a job does not fit and an explanation is wante
 from __future__ import annotations
 
 import heapq
+import math
 from collections.abc import Callable, Iterator
 from itertools import islice
 
 import msgspec
-from sortedcontainers import SortedList  # type: ignore[import-untyped]
 
 from schemas.events import Assignment, Candidate, Excluded
 from schemas.jobs import JobSpec
@@ -114,16 +114,16 @@ def census(spec: JobSpec, world: World, now: float, ttl: float) -> tuple[Exclude
 
 
 # --- the fast path: qualified nodes in strategy order ----------------------------------
-def _most_free_first(sl: SortedList, min_cpu: float) -> Iterator[tuple[float, int, str]]:
-    """Keys of ``by_free`` by cpu desc, memory desc, node_id asc, while cpu >= ``min_cpu``."""
-    end = len(sl)
-    while end:
-        cpu, mem, _ = sl[end - 1]
-        if cpu < min_cpu:
-            return
-        start = sl.bisect_left((cpu, mem))  # first key of this (cpu, mem) run
-        yield from sl.islice(start, end)
-        end = start
+def _least_free_first(keys: Iterator[tuple[float, int, str]]) -> Iterator[tuple[float, int, str]]:
+    """Re-order ``by_free`` keys read backwards (least free first) so equal (cpu, memory) runs
+    come in node_id ascending order, as every tie is broken."""
+    run: list[tuple[float, int, str]] = []
+    for k in keys:
+        if run and (k[0] != run[0][0] or k[1] != run[0][1]):
+            yield from reversed(run)
+            run.clear()
+        run.append(k)
+    yield from reversed(run)
 
 
 def _has(node: Node, labels: dict[str, str]) -> bool:
@@ -159,9 +159,16 @@ def _ranked(spec: JobSpec, world: World, now: float, ttl: float) -> Iterator[Nod
             ):
                 yield node
         return
-    keys = bucket.by_free.irange(minimum=(cpu,)) if spec.strategy == "pack" else _most_free_first(bucket.by_free, cpu)
+    # by_free holds (-cpu, -memory, node_id): from the start while cpu >= request for best_fit
+    # and spread, backwards from the last node with enough cpu for pack
+    enough_cpu = (-cpu, math.inf)
+    keys = (
+        _least_free_first(bucket.by_free.irange(maximum=enough_cpu, reverse=True))
+        if spec.strategy == "pack"
+        else bucket.by_free.irange(maximum=enough_cpu)
+    )
     for _, m, nid in keys:
-        if m < mem:
+        if -m < mem:
             continue
         node = nodes[nid]
         if node.gpu >= gpu and now - node.seen < ttl and _has(node, labels):

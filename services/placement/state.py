@@ -6,8 +6,8 @@ PLACEMENTS stream on start). ``free = min(allocatable - reserved, reported free)
 
 The index (see ``README.md`` in this package): every node whose state is ``active``
 sits in one :class:`Bucket` per technology it supports (plus a second, smaller one per
-technology for nodes with gpus), where ``by_free`` keeps ``(cpu_free, memory_free_mb,
-node_id)`` sorted and ``by_id`` keeps node ids sorted. Each status, reservation or
+technology for nodes with gpus), where ``by_free`` keeps ``(-cpu_free, -memory_free_mb,
+node_id)`` sorted (best_fit order) and ``by_id`` keeps node ids sorted. Each status, reservation or
 release moves a node in O(log n); a decision reads a few entries at one end of a
 bucket instead of scanning every node. Nodes whose last status is older than the TTL
 are dropped from the index by :meth:`World.expire` (they keep their reservations).
@@ -24,7 +24,8 @@ from schemas.events import NodeStatus, PlacementDecided
 from schemas.jobs import Resources
 
 FreeKey = tuple[float, int, str]
-"""``(cpu_free, memory_free_mb, node_id)``: a node's position in ``Bucket.by_free``."""
+"""``(-cpu_free, -memory_free_mb, node_id)``: a node's position in ``Bucket.by_free``,
+which is therefore in best_fit order (most free cpu, then memory, then id)."""
 
 _DIGITS = 6
 """Free cpu is rounded to a micro-core, so adding and removing fractions leaves no dust."""
@@ -159,7 +160,7 @@ class World:
 
     def _move(self, node: Node) -> None:
         """Re-key an indexed node after its free resources changed (same buckets)."""
-        key = (node.cpu, node.memory, node.node_id)
+        key = (-node.cpu, -node.memory, node.node_id)
         old = node.key
         if key == old:
             return
@@ -175,7 +176,7 @@ class World:
                 b.by_free.remove(node.key)
                 if b not in buckets:
                     b.by_id.remove(nid)
-        key = (node.cpu, node.memory, nid) if buckets else None
+        key = (-node.cpu, -node.memory, nid) if buckets else None
         for b in buckets:
             b.by_free.add(key)
             if b not in node.buckets or node.key is None:
