@@ -35,5 +35,8 @@ test: lint           ## ruff, mypy, then every unit and integration test against
 bench: venv          ## benchmarks; results in bench-results/ (JSON, markdown, PNG)
 	$(PY) -m tests.bench
 
+chaos: venv          ## fault scenarios under load, checked by the invariant checker; table in bench-results/chaos.md
+	$(PY) -m tests.chaos
+
 clean:
 	rm -rf $(VENV) .data .mypy_cache .ruff_cache .pytest_cache

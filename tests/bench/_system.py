@@ -56,6 +56,15 @@ class System:
     env: dict[str, str]
     procs: dict[str, list[ServiceProcess]] = field(default_factory=dict)
     tmp: Path = Path()
+    pg: Postgres | None = None
+    moto: Moto | None = None
+
+    def spawn(self, name: str) -> ServiceProcess:
+        """Start one more instance of a service (e.g. to restart a killed one)."""
+        ps = self.procs.setdefault(name, [])
+        p = spawn_service(name, self.env, log_path=self.tmp / f"{name}-{len(ps)}.log")
+        ps.append(p)
+        return p
 
     def usage(self) -> dict[str, dict[str, float]]:
         out: dict[str, dict[str, float]] = {}
@@ -130,7 +139,7 @@ async def system(
                 AWS_SECRET_ACCESS_KEY="testing",
                 AWS_DEFAULT_REGION="eu-central-1",
             )
-        sysm = System(nats=server, env=base, tmp=tmp)
+        sysm = System(nats=server, env=base, tmp=tmp, pg=pg, moto=moto)
         for n in names:
             sysm.procs[n] = [
                 spawn_service(n, base, log_path=tmp / f"{n}-{i}.log") for i in range((instances or {}).get(n, 1))

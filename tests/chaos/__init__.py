@@ -1,0 +1,1 @@
+"""Long fault scenarios run by ``make chaos`` (not by ``make test``)."""

@@ -1,0 +1,190 @@
+"""``python -m tests.chaos [scenario ...]``: fault scenarios under load, each ending with the
+invariant checker; prints a table (scenario, jobs submitted, faults, lost, duplicates,
+overbooked nodes, time to recover) and writes it to bench-results/chaos.md."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import sys
+import time
+from collections.abc import Awaitable, Callable
+from pathlib import Path
+from typing import Any
+
+from nats.aio.client import Client
+
+from schemas import subjects as s
+from schemas.events import DeadLetter
+from tests.bench._system import SERVICES, System, present, system, wait_up
+from tests.chaos.load import Load
+from tests.invariants import check_live, read_stream
+
+LOAD_S = float(os.environ.get("CHAOS_LOAD_S", "20"))
+RATE = float(os.environ.get("CHAOS_RATE", "25"))
+NODES = int(os.environ.get("CHAOS_NODES", "200"))
+
+Fault = Callable[[System, Client], Awaitable[int]]
+
+
+async def _settle(load: Load, js: Any, timeout: float = 90.0) -> float:
+    """Wait until every submitted job is decided; returns how long that took."""
+    t0 = time.perf_counter()
+    want = set(load.submitted.values())
+    while time.perf_counter() - t0 < timeout:
+        if want <= load.decided:
+            break
+        decided = {
+            e.job_id
+            for st in (s.JOBS.name, s.PLACEMENTS.name)
+            for e in await read_stream(js, st)
+            if e.__struct_config__.tag in (s.PLACEMENT_DECIDED, s.PLACEMENT_FAILED, s.JOB_REJECTED)
+        }
+        load.decided |= decided
+        if want <= load.decided:
+            break
+        await asyncio.sleep(1)
+    return time.perf_counter() - t0
+
+
+async def kill9_each(sysm: System, nc: Client) -> int:
+    faults = 0
+    for name in [n for n in SERVICES if n in sysm.procs]:
+        victim = sysm.procs[name][-1]
+        victim.kill()
+        faults += 1
+        await asyncio.sleep(LOAD_S / (2 * len(sysm.procs)))
+        sysm.spawn(name)
+    return faults
+
+
+async def twins_one_killed(sysm: System, nc: Client) -> int:
+    faults = 0
+    await asyncio.sleep(LOAD_S / 3)
+    for name in ("intake", "metadata", "provisioner"):
+        if name in sysm.procs and len(sysm.procs[name]) > 1:
+            sysm.procs[name][0].kill()
+            faults += 1
+    return faults
+
+
+async def nats_restart(sysm: System, nc: Client) -> int:
+    await asyncio.sleep(LOAD_S / 3)
+    sysm.nats.kill()
+    await asyncio.sleep(2)
+    sysm.nats.start()
+    return 1
+
+
+async def postgres_restart(sysm: System, nc: Client) -> int:
+    if sysm.pg is None:
+        return 0
+    await asyncio.sleep(LOAD_S / 3)
+    sysm.pg.stop()
+    await asyncio.sleep(5)
+    sysm.pg.start()
+    return 1
+
+
+async def poison(sysm: System, nc: Client) -> int:
+    js = nc.jetstream()
+    await asyncio.sleep(LOAD_S / 4)
+    n = 0
+    for subject in (s.JOB_SUBMITTED, s.JOB_ACCEPTED, s.PLACEMENT_DECIDED, s.CLUSTER_PROVISIONED, s.JOB_COMPLETED):
+        await js.publish(subject, b"\x00not json", headers={"Nats-Msg-Id": f"poison-bytes-{subject}"})
+        await js.publish(
+            subject,
+            b'{"type": "job.expired", "event_id": "x", "job_id": "poison"}',
+            headers={"Nats-Msg-Id": f"poison-type-{subject}"},
+        )
+        n += 2
+    return n
+
+
+SCENARIOS: dict[str, tuple[Fault, dict[str, int]]] = {
+    "kill -9 each service": (kill9_each, {}),
+    "two instances, one killed": (twins_one_killed, {"intake": 2, "metadata": 2, "provisioner": 2}),
+    "nats-server killed and restarted": (nats_restart, {}),
+    "PostgreSQL stopped and restarted": (postgres_restart, {}),
+    "poison messages on every stream": (poison, {}),
+}
+
+
+async def run_scenario(name: str, fault: Fault, instances: dict[str, int]) -> dict[str, Any]:
+    async with system(SERVICES, instances=instances, sim_nodes=NODES, sim_interval=3.0, env={"LOG_LEVEL": "info"}) as (
+        sysm,
+        nc,
+    ):
+        load = Load(nc, rate=RATE)
+        await load.start()
+        t = time.perf_counter()
+        load_task = asyncio.create_task(load.run(LOAD_S))
+        faults = await fault(sysm, nc)
+        fault_done = time.perf_counter()
+        await load_task
+        await wait_up(nc, [n for n in SERVICES if present(n)], timeout=60)
+        recover = await _settle(load, nc.jetstream())
+        report = await check_live(nc.jetstream(), submitted_ids=load.submitted.values(), require_release=True)
+        letters = [e for e in await read_stream(nc.jetstream(), s.DEADLETTERS.name) if isinstance(e, DeadLetter)]
+        keys = [(d.service, d.stream, d.stream_seq) for d in letters]
+        repeated_letters = len(keys) - len(set(keys))
+        return {
+            "scenario": name,
+            "jobs": len(load.submitted),
+            "faults": faults,
+            "lost": len(report.lost) + len(report.missing_from_stream),
+            "duplicates": len(report.duplicate_keys)
+            + len(report.multiply_decided)
+            + len(report.double_released)
+            + repeated_letters,
+            "overbooked": len(report.overbooked),
+            "unreleased": len(report.unreleased),
+            "instances_left": len(report.instances_left),
+            "deadletters": len(letters),
+            "client_retries": load.retries,
+            "recover_s": round(max(0.0, time.perf_counter() - fault_done - (LOAD_S - (fault_done - t))), 1)
+            if recover
+            else 0.0,
+            "settle_s": round(recover, 1),
+            "ok": report.ok and not repeated_letters,
+            "_report": report,
+        }
+
+
+def markdown(rows: list[dict[str, Any]]) -> str:
+    out = [
+        f"Load: {RATE:g} jobs/s for {LOAD_S:g} s per scenario, {NODES} simulated nodes, every 5th placed job "
+        "cancelled.",
+        "",
+        "| scenario | jobs submitted | faults injected | jobs lost | duplicates | overbooked nodes | unreleased "
+        "| instances left | dead letters | time to settle (s) | invariants |",
+        "|---|---|---|---|---|---|---|---|---|---|---|",
+    ]
+    for r in rows:
+        out.append(
+            f"| {r['scenario']} | {r['jobs']} | {r['faults']} | {r['lost']} | {r['duplicates']} | "
+            f"{r['overbooked']} | {r['unreleased']} | {r['instances_left']} | {r['deadletters']} | "
+            f"{r['settle_s']} | {'green' if r['ok'] else 'RED'} |"
+        )
+    return "\n".join(out)
+
+
+async def main(names: list[str]) -> int:
+    rows = []
+    for name, (fault, inst) in SCENARIOS.items():
+        if names and not any(n.lower() in name.lower() for n in names):
+            continue
+        sys.stderr.write(f"== {name} ==\n")
+        row = await run_scenario(name, fault, inst)
+        if not row["ok"]:
+            sys.stderr.write(f"   violations: {row['_report']}\n")
+        rows.append(row)
+    md = markdown(rows)
+    Path("bench-results").mkdir(exist_ok=True)
+    Path("bench-results/chaos.md").write_text(md + "\n")
+    sys.stdout.write(md + "\n")
+    return 0 if all(r["ok"] for r in rows) else 1
+
+
+if __name__ == "__main__":
+    sys.exit(asyncio.run(main(sys.argv[1:])))

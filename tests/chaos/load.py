@@ -1,0 +1,100 @@
+"""Steady load for fault scenarios: jobs submitted like a careful client, some cancelled.
+
+A client that gets no answer (timeout, no responders, 503) retries with the *same*
+``request_id``, as the idempotency contract intends; a job counts as submitted once
+its ``submitted`` reply arrived. Every fifth placed shared job is cancelled.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import time
+import uuid
+from dataclasses import dataclass, field
+
+import nats.errors
+from nats.aio.client import Client
+from nats.aio.msg import Msg
+
+from schemas import subjects as s
+
+
+@dataclass
+class Load:
+    nc: Client
+    rate: float = 50.0
+    replicas: int = 1
+    cancel_every: int = 5
+    run_id: str = field(default_factory=lambda: uuid.uuid4().hex[:8])
+    submitted: dict[str, str] = field(default_factory=dict)
+    """request_id -> job_id of every job whose ``submitted`` reply arrived."""
+    decided: set[str] = field(default_factory=set)
+    cancelled: set[str] = field(default_factory=set)
+    retries: int = 0
+    _n: int = 0
+
+    async def start(self) -> None:
+        for subject in (s.PLACEMENT_DECIDED, s.PLACEMENT_FAILED, s.JOB_REJECTED):
+            await self.nc.subscribe(subject, cb=self._on_decision)
+
+    async def _on_decision(self, msg: Msg) -> None:
+        try:
+            data = json.loads(msg.data)
+        except ValueError:
+            return  # a poison message published by a scenario
+        jid = data.get("job_id", "")
+        self.decided.add(jid)
+        if msg.subject == s.PLACEMENT_DECIDED and data.get("cluster") == "shared":
+            self._n += 1
+            if self.cancel_every and self._n % self.cancel_every == 0:
+                asyncio.get_running_loop().create_task(self._cancel(jid))
+
+    async def _cancel(self, job_id: str) -> None:
+        for _ in range(20):
+            try:
+                r = await self.nc.request(s.JOB_CANCEL, json.dumps({"job_id": job_id}).encode(), timeout=3)
+            except (nats.errors.TimeoutError, nats.errors.NoRespondersError):
+                await asyncio.sleep(0.5)
+                continue
+            code = (r.headers or {}).get(s.ERROR_CODE_HEADER)
+            if code in (None, "409"):
+                self.cancelled.add(job_id)
+                return
+            await asyncio.sleep(0.5)
+
+    async def submit_one(self, i: int) -> None:
+        key = f"chaos-{self.run_id}-{i}"
+        body = json.dumps(
+            {
+                "name": f"chaos-{i}",
+                "replicas": self.replicas,
+                "resources": {"cpu": 0.5, "memory_mb": 256},
+                "request_id": key,
+            }
+        ).encode()
+        for attempt in range(60):
+            try:
+                r = await self.nc.request(s.JOB_SUBMIT, body, timeout=3)
+            except (nats.errors.TimeoutError, nats.errors.NoRespondersError, nats.errors.ConnectionClosedError):
+                self.retries += 1
+                await asyncio.sleep(min(2.0, 0.2 * (attempt + 1)))
+                continue
+            if r.headers and s.ERROR_CODE_HEADER in r.headers:
+                self.retries += 1
+                await asyncio.sleep(min(2.0, 0.2 * (attempt + 1)))
+                continue
+            self.submitted[key] = json.loads(r.data)["job_id"]
+            return
+
+    async def run(self, duration: float) -> None:
+        tasks = []
+        t0 = time.perf_counter()
+        i = 0
+        while time.perf_counter() - t0 < duration:
+            due = int((time.perf_counter() - t0) * self.rate)
+            while i < due:
+                tasks.append(asyncio.create_task(self.submit_one(i)))
+                i += 1
+            await asyncio.sleep(0.02)
+        await asyncio.gather(*tasks)
