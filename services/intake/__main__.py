@@ -1,9 +1,18 @@
-"""``python -m services.intake``: consumes ``job.submitted``, publishes the verdict."""
+"""``python -m services.intake``: consumes ``job.submitted``, publishes the verdict.
+
+A fetched batch is judged in one go, its verdicts published pipelined (every ack
+awaited), and only then are the inputs acked. If JetStream cannot store the verdicts
+the batch is held and retried (deterministic event ids make a re-publish a duplicate
+the stream drops).
+"""
 
 from __future__ import annotations
 
+from collections.abc import Sequence
+
 import msgspec
-import structlog
+import nats.errors
+import nats.js.errors
 
 from schemas import events as ev
 from schemas import subjects as s
@@ -11,7 +20,7 @@ from services.intake.policy import admit
 from services.runtime.app import VERSION, Runtime, run
 from services.runtime.bus import Publisher
 from services.runtime.config import Config
-from services.runtime.consumer import Consumer, Delivery
+from services.runtime.consumer import BatchConsumer, Delivery
 from services.runtime.micro import MicroService
 
 decoder = msgspec.json.Decoder(ev.JobSubmitted)
@@ -31,13 +40,16 @@ def verdict_event(event: ev.JobSubmitted, config: Config) -> ev.JobAccepted | ev
     )
 
 
+def is_transient(e: BaseException) -> bool:
+    """JetStream unavailable or slow: hold the batch and retry, never dead-letter it."""
+    return isinstance(e, (TimeoutError, nats.errors.Error, nats.js.errors.Error))
+
+
 async def main(rt: Runtime) -> None:
     publisher = Publisher(rt.js)
 
-    async def on_submitted(event: ev.JobSubmitted, _: Delivery) -> None:
-        out = verdict_event(event, rt.config)
-        structlog.get_logger().debug("verdict", job_id=event.job_id, type=out.__struct_config__.tag)
-        await publisher.publish(out)
+    async def on_batch(items: Sequence[tuple[ev.JobSubmitted, Delivery]]) -> None:
+        await publisher.publish_many([verdict_event(event, rt.config) for event, _ in items])
 
     svc = MicroService(
         rt.nc,
@@ -47,7 +59,9 @@ async def main(rt: Runtime) -> None:
         metadata=rt.metadata(consumers=f"{s.JOBS.name}/{s.INTAKE_JOBS.durable}"),
     )
     await svc.start()
-    consumer = Consumer(rt.js, s.INTAKE_JOBS, decoder, on_submitted, service="intake")
+    consumer = BatchConsumer(
+        rt.js, s.INTAKE_JOBS, decoder, on_batch, service="intake", batch=512, transient=is_transient
+    )
     rt.log.info("started")
     await consumer.run(rt.stop)
     await svc.stop()
