@@ -90,6 +90,7 @@ class LifecycleConf(msgspec.Struct, kw_only=True, frozen=True, forbid_unknown_fi
     state_sync_timeout_s: PositiveS = 3.0
     """How long the gateway waits for its job-state view to catch up with the streams."""
 
+
 class Config(msgspec.Struct, kw_only=True, frozen=True, forbid_unknown_fields=True):
     technologies: list[Technology]
     defaults: Defaults = Defaults()
