@@ -2,7 +2,7 @@
 
 :class:`Database` owns the pool and answers queries; :meth:`Database.transaction`
 yields a :class:`Tx` whose methods are the few statements of a projection batch,
-each one round trip for the whole batch (``unnest`` of arrays). :func:`is_unavailable`
+each one round trip for the whole batch (a JSON array unpacked by ``json_to_recordset``). :func:`is_unavailable`
 tells an outage (retry later, answer 503) from a bug.
 """
 
@@ -45,7 +45,7 @@ def is_unavailable(e: BaseException) -> bool:
     return isinstance(e, asyncpg.exceptions.InterfaceError) and "closed" in str(e)
 
 
-class EventRow(msgspec.Struct, frozen=True, array_like=True):
+class EventRow(msgspec.Struct, frozen=True):
     event_key: str
     type: str
     job_id: str | None
@@ -53,20 +53,21 @@ class EventRow(msgspec.Struct, frozen=True, array_like=True):
     at: datetime
     stream: str
     stream_seq: int
-    body: str
+    body: msgspec.Raw
+    """The event's JSON exactly as published."""
 
 
-class JobRow(msgspec.Struct, frozen=True, array_like=True):
+class JobRow(msgspec.Struct, frozen=True):
     job_id: str
     state: str | None
     reason: str | None
     submitted_at: datetime | None
     updated_at: datetime | None
     released: bool
-    view: str
+    view: msgspec.Raw
 
 
-class ReservationRow(msgspec.Struct, frozen=True, array_like=True):
+class ReservationRow(msgspec.Struct, frozen=True):
     job_id: str
     replica: int
     node_id: str
@@ -75,11 +76,11 @@ class ReservationRow(msgspec.Struct, frozen=True, array_like=True):
     gpu: int | None
 
 
-class NodeRow(msgspec.Struct, frozen=True, array_like=True):
+class NodeRow(msgspec.Struct, frozen=True):
     node_id: str
     state: str
     at: datetime
-    status: str
+    status: msgspec.Raw
 
 
 class NodeListRow(msgspec.Struct, frozen=True):
@@ -90,18 +91,22 @@ class NodeListRow(msgspec.Struct, frozen=True):
     replicas: int
 
 
-def _columns(rows: Sequence[msgspec.Struct], n: int) -> list[list[Any]]:
-    cols: list[list[Any]] = [[] for _ in range(n)]
-    for r in rows:
-        for i, f in enumerate(r.__struct_fields__):
-            cols[i].append(getattr(r, f))
-    return cols
+_rows_enc = msgspec.json.Encoder()
+
+
+def _json_rows(rows: Sequence[msgspec.Struct]) -> str:
+    """A batch as one JSON array parameter, unpacked server-side by ``json_to_recordset``.
+
+    Much cheaper than asyncpg's per-element array encoding, and the event bodies and
+    views are spliced in as raw JSON without being decoded or re-encoded.
+    """
+    return _rows_enc.encode(rows).decode()
 
 
 _INSERT_EVENTS = """
 INSERT INTO events (event_key, type, job_id, node_id, at, stream, stream_seq, body)
-SELECT * FROM unnest($1::text[], $2::text[], $3::text[], $4::text[], $5::timestamptz[], $6::text[],
-                     $7::bigint[], $8::json[])
+SELECT * FROM json_to_recordset($1::json) AS r(event_key text, type text, job_id text, node_id text,
+                                               at timestamptz, stream text, stream_seq bigint, body text)
 ON CONFLICT (event_key) DO NOTHING
 RETURNING event_key
 """
@@ -114,13 +119,14 @@ _LOCK_JOBS = "SELECT job_id, view FROM jobs WHERE job_id = ANY($1::text[]) ORDER
 _UPDATE_JOBS = """
 UPDATE jobs SET state = u.state, reason = u.reason, submitted_at = u.submitted_at, updated_at = u.updated_at,
                 released = u.released, view = u.view
-FROM unnest($1::text[], $2::text[], $3::text[], $4::timestamptz[], $5::timestamptz[], $6::boolean[], $7::json[])
-     AS u(job_id, state, reason, submitted_at, updated_at, released, view)
+FROM json_to_recordset($1::json) AS u(job_id text, state text, reason text, submitted_at timestamptz,
+                                      updated_at timestamptz, released boolean, view text)
 WHERE jobs.job_id = u.job_id
 """
 _UPSERT_RESERVATIONS = """
 INSERT INTO reservations (job_id, replica, node_id, cpu, memory_mb, gpu)
-SELECT * FROM unnest($1::text[], $2::integer[], $3::text[], $4::float8[], $5::bigint[], $6::integer[])
+SELECT * FROM json_to_recordset($1::json) AS r(job_id text, replica integer, node_id text, cpu float8,
+                                               memory_mb bigint, gpu integer)
 ON CONFLICT (job_id, replica) DO UPDATE
 SET node_id = EXCLUDED.node_id, cpu = EXCLUDED.cpu, memory_mb = EXCLUDED.memory_mb, gpu = EXCLUDED.gpu
 WHERE (reservations.node_id, reservations.cpu, reservations.memory_mb, reservations.gpu)
@@ -128,7 +134,7 @@ WHERE (reservations.node_id, reservations.cpu, reservations.memory_mb, reservati
 """
 _UPSERT_NODES = """
 INSERT INTO nodes (node_id, state, at, status)
-SELECT * FROM unnest($1::text[], $2::text[], $3::timestamptz[], $4::json[])
+SELECT * FROM json_to_recordset($1::json) AS r(node_id text, state text, at timestamptz, status text)
 ON CONFLICT (node_id) DO UPDATE SET state = EXCLUDED.state, at = EXCLUDED.at, status = EXCLUDED.status
 WHERE nodes.at < EXCLUDED.at
 """
@@ -137,7 +143,7 @@ _LIST_ALL = "SELECT seq, view FROM jobs WHERE state IS NOT NULL AND seq < $1 ORD
 _LIST_STATE = "SELECT seq, view FROM jobs WHERE state = $3 AND seq < $1 ORDER BY seq DESC LIMIT $2"
 _JOB_EVENTS = "SELECT body FROM events WHERE job_id = $1 ORDER BY at, stream_seq, event_key"
 _NODES = """
-SELECT n.status::text AS status, COALESCE(r.cpu, 0)::float8 AS cpu, COALESCE(r.memory_mb, 0)::bigint AS memory_mb,
+SELECT n.status, COALESCE(r.cpu, 0)::float8 AS cpu, COALESCE(r.memory_mb, 0)::bigint AS memory_mb,
        COALESCE(r.gpu, 0)::bigint AS gpu, COALESCE(r.replicas, 0)::bigint AS replicas
 FROM nodes n
 LEFT JOIN (
@@ -159,7 +165,7 @@ class Tx:
 
     async def insert_events(self, rows: Sequence[EventRow]) -> set[str]:
         """Record events; returns the keys that were new (the rest were seen before)."""
-        recs = await self._conn.fetch(_INSERT_EVENTS, *_columns(rows, 8))
+        recs = await self._conn.fetch(_INSERT_EVENTS, _json_rows(rows))
         return {r[0] for r in recs}
 
     async def lock_jobs(self, job_ids: Sequence[str]) -> dict[str, str | None]:
@@ -169,15 +175,15 @@ class Tx:
         return {r[0]: r[1] for r in await self._conn.fetch(_LOCK_JOBS, ids)}
 
     async def update_jobs(self, rows: Sequence[JobRow]) -> None:
-        await self._conn.execute(_UPDATE_JOBS, *_columns(rows, 7))
+        await self._conn.execute(_UPDATE_JOBS, _json_rows(rows))
 
     async def upsert_reservations(self, rows: Sequence[ReservationRow]) -> None:
-        await self._conn.execute(_UPSERT_RESERVATIONS, *_columns(rows, 6))
+        await self._conn.execute(_UPSERT_RESERVATIONS, _json_rows(rows))
 
     async def upsert_nodes(self, rows: Sequence[NodeRow]) -> None:
         """Keep each node's newest status (by ``at``); ``rows`` has one row per node."""
         ordered: list[NodeRow] = sorted(rows, key=lambda r: r.node_id)
-        await self._conn.execute(_UPSERT_NODES, *_columns(ordered, 4))
+        await self._conn.execute(_UPSERT_NODES, _json_rows(ordered))
 
 
 class Database:

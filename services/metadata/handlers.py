@@ -8,6 +8,7 @@ reservations and the node statuses back; the consumer acks after the commit.
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import Awaitable, Callable, Sequence
 from datetime import UTC, datetime
 
@@ -70,7 +71,7 @@ def event_row(event: ev.Event, d: Delivery) -> EventRow:
         at=event.at,
         stream=md.stream,
         stream_seq=seq,
-        body=d.msg.data.decode("utf-8", "replace"),
+        body=msgspec.Raw(d.msg.data),
     )
 
 
@@ -83,7 +84,7 @@ def job_row(view: domain.JobView) -> JobRow:
         submitted_at=view.submitted_at,
         updated_at=view.updated_at,
         released=view.released,
-        view=_enc.encode(view).decode(),
+        view=msgspec.Raw(_enc.encode(view)),
     )
 
 
@@ -101,13 +102,55 @@ def reservation_rows(view: domain.JobView) -> list[ReservationRow]:
     ]
 
 
+Items = Sequence[tuple[ev.Event, Delivery]]
+
+
 class Projector:
-    """The batch handler of every metadata consumer."""
+    """The batch handler of every metadata consumer.
+
+    Batches of the four consumers that are ready at the same time are written together, in
+    one transaction, by whichever caller holds the write lock (flat combining): a job's row
+    is then locked and rewritten once for its events from every stream, and consumers never
+    wait on each other's row locks. If a combined write fails with anything but an outage,
+    each batch is retried on its own so that a poison message is only ever blamed on its
+    own batch (whose consumer then isolates it).
+    """
 
     def __init__(self, db: Database) -> None:
         self._db = db
+        self._lock = asyncio.Lock()
+        self._waiting: list[tuple[Items, asyncio.Future[None]]] = []
 
-    async def project(self, items: Sequence[tuple[ev.Event, Delivery]]) -> None:
+    async def project(self, items: Items) -> None:
+        fut: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+        self._waiting.append((items, fut))
+        async with self._lock:
+            if not fut.done():
+                group, self._waiting = self._waiting, []
+                await self._write_group(group)
+        return fut.result()
+
+    async def _write_group(self, group: list[tuple[Items, asyncio.Future[None]]]) -> None:
+        try:
+            await self.write([item for items, _ in group for item in items])
+        except Exception as e:
+            if len(group) == 1 or is_unavailable(e):
+                for _, fut in group:
+                    fut.set_exception(e)
+                return
+            for items, fut in group:
+                try:
+                    await self.write(items)
+                except Exception as e2:
+                    fut.set_exception(e2)
+                else:
+                    fut.set_result(None)
+            return
+        for _, fut in group:
+            fut.set_result(None)
+
+    async def write(self, items: Items) -> None:
+        """Project ``items`` in one transaction."""
         rows: dict[str, tuple[EventRow, ev.Event]] = {}
         for event, d in items:
             row = event_row(event, d)
