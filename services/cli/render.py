@@ -1,0 +1,208 @@
+"""Text output: aligned tables, state colours on a terminal, one-line event summaries (pure, no I/O)."""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Mapping, Sequence
+from typing import Any
+
+_ANSI = re.compile(r"\033\[[0-9;]*m")
+
+GREEN, RED, YELLOW, BLUE, GREY, BOLD = "32", "31", "33", "34", "90", "1"
+STATE_COLOURS = {
+    "active": GREEN,
+    "accepted": GREEN,
+    "placed": GREEN,
+    "running": GREEN,
+    "succeeded": GREEN,
+    "submitted": BLUE,
+    "pending": YELLOW,
+    "provisioning": YELLOW,
+    "cancelling": YELLOW,
+    "draining": YELLOW,
+    "rejected": RED,
+    "failed": RED,
+    "down": RED,
+    "expired": GREY,
+    "cancelled": GREY,
+    "inactive": GREY,
+}
+
+
+class Style:
+    """ANSI colours, or none (not a terminal, ``NO_COLOR``, ``--no-color``)."""
+
+    def __init__(self, colour: bool) -> None:
+        self.colour = colour
+
+    def paint(self, text: str, code: str | None) -> str:
+        return f"\033[{code}m{text}\033[0m" if self.colour and code else text
+
+    def state(self, state: str) -> str:
+        return self.paint(state, STATE_COLOURS.get(state))
+
+    def bold(self, text: str) -> str:
+        return self.paint(text, BOLD)
+
+
+def visible_len(text: str) -> int:
+    return len(_ANSI.sub("", text))
+
+
+def table(headers: Sequence[str], rows: Sequence[Sequence[str]], style: Style) -> str:
+    """Columns padded to their widest cell (colour codes do not count); numbers right-aligned."""
+    widths = [visible_len(h) for h in headers]
+    for row in rows:
+        for i, cell in enumerate(row):
+            widths[i] = max(widths[i], visible_len(cell))
+    numeric = [all(_is_number(row[i]) for row in rows) and bool(rows) for i in range(len(headers))]
+
+    def line(cells: Sequence[str]) -> str:
+        out = []
+        for i, cell in enumerate(cells):
+            pad = " " * (widths[i] - visible_len(cell))
+            out.append(pad + cell if numeric[i] else cell + pad)
+        return "  ".join(out).rstrip()
+
+    head = line([style.bold(h) for h in headers])
+    return "\n".join([head, *(line(r) for r in rows)]) + "\n"
+
+
+def _is_number(cell: str) -> bool:
+    return bool(re.fullmatch(r"-?[0-9][0-9.,/ ]*", _ANSI.sub("", cell)))
+
+
+def num(value: Any) -> str:
+    """``6`` for 6.0, ``1.5`` for 1.5, ``-`` for nothing."""
+    if value is None:
+        return "-"
+    if isinstance(value, float) and value.is_integer():
+        return str(int(value))
+    if isinstance(value, float):
+        return f"{value:.2f}".rstrip("0").rstrip(".")
+    return str(value)
+
+
+def when(value: Any) -> str:
+    """An RFC 3339 time shortened to ``YYYY-MM-DD HH:MM:SS``."""
+    if not isinstance(value, str):
+        return "-"
+    return value.replace("T", " ")[:19]
+
+
+def jobs_table(jobs: Sequence[Mapping[str, Any]], style: Style) -> str:
+    rows = []
+    for job in jobs:
+        spec = job.get("spec") or {}
+        res = spec.get("resources") or {}
+        rows.append(
+            [
+                str(job.get("job_id", "")),
+                str(spec.get("name", "-")),
+                style.state(str(job.get("state", "?"))),
+                str(spec.get("cluster", "-")),
+                num(spec.get("replicas")),
+                num(res.get("cpu")),
+                num(res.get("memory_mb")),
+                when(job.get("submitted_at")),
+                str(job.get("reason") or ""),
+            ]
+        )
+    return table(["JOB", "NAME", "STATE", "CLUSTER", "REPLICAS", "CPU", "MEM_MB", "SUBMITTED", "REASON"], rows, style)
+
+
+def nodes_table(nodes: Sequence[Mapping[str, Any]], style: Style) -> str:
+    rows = []
+    for n in nodes:
+        reserved = n.get("reserved") or {}
+        state = str(n.get("state", "?"))
+        if n.get("active") is False and state == "active":
+            state = "inactive"  # reported active, but its last status is older than the node TTL
+        labels = n.get("labels") or {}
+        rows.append(
+            [
+                str(n.get("node_id", "")),
+                style.state(state),
+                f"{num(n.get('cpu_free'))}/{num(n.get('cpu_cores'))}",
+                num(reserved.get("cpu", 0)),
+                f"{num(n.get('memory_free_mb'))}/{num(n.get('memory_mb'))}",
+                num(reserved.get("memory_mb", 0)),
+                num(n.get("gpus", 0)),
+                num(reserved.get("replicas", 0)),
+                ",".join(n.get("technologies") or []),
+                ",".join(f"{k}={v}" for k, v in sorted(labels.items())),
+            ]
+        )
+    headers = ["NODE", "STATE", "CPU_FREE", "CPU_RSV", "MEM_FREE_MB", "MEM_RSV_MB", "GPUS", "REPLICAS", "TECH"]
+    return table([*headers, "LABELS"], rows, style)
+
+
+def job_detail(job: Mapping[str, Any], style: Style) -> str:
+    spec = job.get("spec") or {}
+    res = spec.get("resources") or {}
+    lines = [
+        f"{style.bold('job')}        {job.get('job_id')}",
+        f"{style.bold('state')}      {style.state(str(job.get('state')))}"
+        + (f"  ({job['reason']})" if job.get("reason") else ""),
+        f"{style.bold('name')}       {spec.get('name', '-')}   technology {spec.get('technology', '-')}"
+        f"   cluster {spec.get('cluster', '-')}   strategy {spec.get('strategy', '-')}",
+        f"{style.bold('resources')}  {num(spec.get('replicas'))} x (cpu {num(res.get('cpu'))},"
+        f" memory {num(res.get('memory_mb'))} MiB, gpu {num(res.get('gpu', 0))})",
+        f"{style.bold('submitted')}  {when(job.get('submitted_at'))}   updated {when(job.get('updated_at'))}",
+    ]
+    out = "\n".join(lines) + "\n"
+    placement = job.get("placement") or {}
+    assignments = placement.get("assignments") or []
+    if assignments:
+        rows = [[num(a.get("replica")), str(a.get("node_id") or a.get("instance_type") or "-")] for a in assignments]
+        out += "\n" + table(["REPLICA", "NODE/TYPE"], rows, style)
+    instances = job.get("instances") or []
+    if instances:
+        rows = [
+            [
+                num(i.get("replica")),
+                str(i.get("instance_id", "")),
+                str(i.get("instance_type", "")),
+                style.state(str(i.get("state", ""))),
+                str(i.get("private_ip") or "-"),
+            ]
+            for i in instances
+        ]
+        out += "\n" + table(["REPLICA", "INSTANCE", "TYPE", "STATE", "PRIVATE_IP"], rows, style)
+    history = job.get("history") or []
+    if history:
+        rows = [[when(h.get("at")), style.state(str(h.get("state")))] for h in history]
+        out += "\n" + table(["AT", "STATE"], rows, style)
+    return out
+
+
+def event_line(event: Mapping[str, Any], style: Style) -> str:
+    """``2026-11-28 16:08:34  placement.decided  <job>  replicas on node-7, node-3``."""
+    kind = str(event.get("type", "?"))
+    subject_id = str(event.get("job_id") or event.get("node_id") or "")
+    return f"{when(event.get('at'))}  {style.paint(f'{kind:<26}', _event_colour(kind))} {subject_id}  {summary(event)}"
+
+
+def _event_colour(kind: str) -> str | None:
+    if kind.endswith(("failed", "rejected", "expired")) or kind.startswith("deadletter"):
+        return RED
+    if kind.endswith(("decided", "accepted", "provisioned", "completed")):
+        return GREEN
+    return BLUE
+
+
+def summary(event: Mapping[str, Any]) -> str:
+    kind = event.get("type")
+    if event.get("reason"):
+        return str(event["reason"])
+    if kind == "placement.decided":
+        where = [str(a.get("node_id") or a.get("instance_type")) for a in event.get("assignments") or []]
+        return f"{len(where)} replica(s) on {', '.join(where)}"
+    if kind == "job.submitted":
+        spec = event.get("spec") or {}
+        return f"{spec.get('name', '')} ({spec.get('cluster', '')}, {num(spec.get('replicas'))} replica(s))"
+    if kind == "job.completed":
+        return str(event.get("outcome", ""))
+    if kind == "node.status":
+        return f"{event.get('state')} cpu {num(event.get('cpu_free'))}/{num(event.get('cpu_cores'))}"
+    return ""

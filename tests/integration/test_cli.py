@@ -1,0 +1,151 @@
+"""``natsched`` against real servers and service processes, run in-process as a user would type it."""
+
+from __future__ import annotations
+
+import asyncio
+import io
+import json
+from pathlib import Path
+
+import pytest
+from nats.aio.client import Client
+
+from schemas import subjects as s
+from services.cli.main import run
+from services.devstack import NatsServer
+from tests.conftest import Spawn
+
+pytestmark = pytest.mark.integration
+
+
+class Output(io.StringIO):
+    """Captures a stream and lets a test wait until some text was written."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.changed = asyncio.Event()
+
+    def write(self, text: str) -> int:
+        n = super().write(text)
+        self.changed.set()
+        return n
+
+    async def wait_for(self, text: str, timeout: float = 10.0) -> None:
+        async def until() -> None:
+            while text not in self.getvalue():
+                self.changed.clear()
+                await self.changed.wait()
+
+        await asyncio.wait_for(until(), timeout)
+
+
+async def cli(server: NatsServer, *argv: str, env: dict[str, str] | None = None) -> tuple[int, str, str]:
+    out, err = Output(), Output()
+    code = await run([*argv, "--server", server.url], out=out, err=err, env=env or {})
+    return code, out.getvalue(), err.getvalue()
+
+
+async def stored(nc: Client, stream: str, expected: int, timeout: float = 10.0) -> int:
+    """The stream's message count once it reached ``expected`` (bounded wait)."""
+    js = nc.jetstream()
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + timeout
+    while (n := (await js.stream_info(stream)).state.messages) < expected:
+        assert loop.time() < deadline, n
+        await asyncio.sleep(0.05)
+    return int(n)
+
+
+async def test_simulate_nodes_then_submit_and_wait_for_the_decision(
+    nc: Client, services: Spawn, nats_server: NatsServer
+) -> None:
+    await services("gateway", "intake", "placement")
+    code, out, _ = await cli(nats_server, "simulate-nodes", "6", "--rounds", "1", "--prefix", "sim", "--json")
+    assert code == 0 and json.loads(out) == {"round": 1, "nodes": 6}  # published as the `node` user
+    assert await stored(nc, s.NODES.name, 6) == 6  # one per node (the stream keeps the last)
+    code, out, err = await cli(
+        nats_server, "submit", "--name", "demo", "--replicas", "2", "--cpu", "0.5", "--memory-mb", "256", "--wait",
+        "--json",
+    )  # fmt: skip
+    assert code == 0, err
+    decided = json.loads(out)
+    assert decided["type"] == s.PLACEMENT_DECIDED
+    assert all(a["node_id"].startswith("sim-") for a in decided["assignments"])
+
+
+async def test_watch_follows_a_submitted_job(services: Spawn, nats_server: NatsServer) -> None:
+    await services("gateway", "intake")
+    out, err = Output(), Output()
+    watch = asyncio.create_task(
+        run(["watch", "--count", "2", "--json", "--server", nats_server.url], out=out, err=err, env={})
+    )
+    await err.wait_for("watching every job")
+    code, submitted, _ = await cli(nats_server, "submit", "--name", "watched")
+    assert code == 0
+    job_id = submitted.split()[0]
+    assert await asyncio.wait_for(watch, 10) == 0
+    events = [json.loads(line) for line in out.getvalue().splitlines()]
+    assert [(e["type"], e["job_id"]) for e in events] == [(s.JOB_SUBMITTED, job_id), (s.JOB_ACCEPTED, job_id)]
+
+
+async def test_submit_from_a_toml_file_with_flags_winning(
+    services: Spawn, nats_server: NatsServer, tmp_path: Path
+) -> None:
+    await services("gateway")
+    spec = tmp_path / "job.toml"
+    spec.write_text('name = "from-file"\nreplicas = 3\n[resources]\ncpu = 2\n')
+    code, out, err = await cli(nats_server, "submit", "-f", str(spec), "--replicas", "1", "--request-id", "r-1")
+    again = await cli(nats_server, "submit", "-f", str(spec), "--request-id", "r-1")
+    assert code == 0 and again[0] == 0, err
+    assert out.split()[0] == again[1].split()[0]  # same request id, same job
+
+
+async def test_error_reply_is_explained(services: Spawn, nats_server: NatsServer) -> None:
+    await services("gateway")
+    code, out, err = await cli(nats_server, "submit", "--name", "x", "--replicas", "0")
+    assert code == 1 and out == ""
+    assert err.startswith("natsched: error 400: ") and "(field: replicas)" in err
+    code, out, err = await cli(nats_server, "submit", "--name", "x", "--replicas", "0", "--json")
+    assert code == 1 and json.loads(out)["error"]["field"] == "replicas"
+
+
+async def test_no_responders_and_no_server_say_the_system_is_not_running(nats_server: NatsServer) -> None:
+    code, _, err = await cli(nats_server, "get", "no-such-job")
+    assert code == 3 and f"no service answers {s.JOB_GET}: is the system running?" in err
+    code, _, err = (
+        await run(["list", "--server", "nats://127.0.0.1:1"], out=Output(), err=(e := Output()), env={}),
+        "",
+        "",
+    )
+    assert code == 3 and "cannot connect to NATS at nats://127.0.0.1:1" in e.getvalue()
+
+
+async def test_wrong_credentials_are_named(nats_server: NatsServer) -> None:
+    code, _, err = await cli(nats_server, "nodes", "--user", "manager", "--password", "nope")
+    assert code == 4 and "refused user 'manager'" in err
+
+
+async def test_submit_get_list_nodes_cancel(services: Spawn, nats_server: NatsServer, database_url: str) -> None:
+    await services("gateway", "intake", "placement", "metadata", env={"DATABASE_URL": database_url})
+    assert (await cli(nats_server, "simulate-nodes", "6", "--rounds", "1"))[0] == 0
+    code, out, err = await cli(nats_server, "submit", "--name", "tour", "--wait")
+    assert code == 0 and s.PLACEMENT_DECIDED in out, err  # the one-line summary
+    code, out, err = await cli(nats_server, "submit", "--name", "tour", "--wait", "--json")
+    assert code == 0, err
+    job_id = json.loads(out)["job_id"]
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + 10
+    while (got := await cli(nats_server, "get", job_id, "--json"))[0] != 0 or json.loads(got[1])["state"] != "placed":
+        assert loop.time() < deadline, got  # the metadata projection catches up
+        await asyncio.sleep(0.1)
+    code, out, _ = await cli(nats_server, "get", job_id)
+    assert code == 0 and f"job        {job_id}" in out and "placed" in out
+    code, out, _ = await cli(nats_server, "list")
+    assert code == 0 and out.splitlines()[0].split()[:3] == ["JOB", "NAME", "STATE"] and job_id in out
+    code, out, _ = await cli(nats_server, "nodes")
+    assert code == 0 and len(out.splitlines()) == 1 + 6
+    code, out, err = await cli(nats_server, "cancel", job_id)
+    assert code == 0, err
+    assert out.split()[0] == job_id and out.split()[1] in ("cancelling", "cancelled")
+    code, _, err = await cli(nats_server, "cancel", "no-such-job")
+    assert code == 1 and "error 404" in err
