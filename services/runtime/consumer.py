@@ -10,6 +10,9 @@ order). Outcomes:
   ``deadletter.<service>`` event with the reason, once;
 - any other exception: ``nak`` with an exponential delay; once ``max_deliver`` is
   reached the message is terminated and dead-lettered instead of retried forever.
+
+:class:`BatchConsumer` instead hands each fetched batch to one handler (one database
+transaction) and acks the batch after it returns; see its docstring for its outcomes.
 """
 
 from __future__ import annotations
@@ -239,6 +242,7 @@ class BatchConsumer(Consumer[T]):
     ) -> None:
         super().__init__(js, spec, decoder, self._single, service=service, batch=batch, fetch_timeout=fetch_timeout)
         self._batch_handler = handler
+        self._prefetch: asyncio.Task[list[Msg]] | None = None
         self._transient = transient
         self._give_up_after = give_up_after
         self._retry_base_s = retry_base_s
@@ -246,6 +250,43 @@ class BatchConsumer(Consumer[T]):
 
     async def _single(self, event: T, d: Delivery) -> None:
         await self._batch_handler([(event, d)])
+
+    async def run(self, stop: asyncio.Event) -> None:
+        """Like :meth:`Consumer.run`, but the next batch is fetched while this one is handled,
+        so a handler waiting on its database overlaps with receiving the next messages."""
+        await ensure_consumer(self._js, self.spec)
+        psub = await self._js.pull_subscribe_bind(durable=self.spec.durable, stream=self.spec.stream)
+        self._log.info("consuming", filter=list(self.spec.filter_subjects), batch=self._batch)
+        failures = 0
+        fetching: asyncio.Task[list[Msg]] | None = asyncio.create_task(psub.fetch(self._batch, self._fetch_timeout))
+        while fetching is not None:
+            try:
+                msgs = await fetching
+            except (nats.errors.TimeoutError, TimeoutError):
+                msgs = []
+            except Exception as e:  # disconnected, server restarting, consumer gone...
+                failures += 1
+                self._log.warning("fetch failed", error=repr(e), failures=failures)
+                await asyncio.sleep(min(5.0, 0.2 * failures))
+                if failures % 10 == 0:
+                    await self._recreate()
+                msgs = []
+            else:
+                failures = 0
+            fetching = None if stop.is_set() else asyncio.create_task(psub.fetch(self._batch, self._fetch_timeout))
+            self._prefetch = fetching
+            if msgs:
+                await self._dispatch(msgs, stop)
+        self._prefetch = None
+        await psub.unsubscribe()
+        self._log.info("stopped consuming")
+
+    async def _ping_prefetched(self) -> None:
+        """Keep a batch fetched ahead ours while the current one waits out an outage."""
+        task = self._prefetch
+        if task is not None and task.done() and not task.cancelled() and task.exception() is None:
+            for m in task.result():
+                await _quietly(m.in_progress())
 
     async def _dispatch(self, msgs: list[Msg], stop: asyncio.Event) -> None:
         items: list[tuple[T, Delivery]] = []
@@ -285,6 +326,7 @@ class BatchConsumer(Consumer[T]):
                         pass
                     for _, d in items:
                         await _quietly(d.in_progress())
+                    await self._ping_prefetched()
                     continue
                 if len(items) > 1:
                     self._log.warning("batch failed; retrying its messages one by one", size=len(items), error=repr(e))
