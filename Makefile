@@ -18,6 +18,9 @@ $(STAMP): pyproject.toml
 run: venv            ## the whole system: nats-server, PostgreSQL, moto, every service, simulated nodes
 	$(PY) -m services.devstack
 
+cluster: venv        ## a 3-node NATS cluster (routes, replicated JetStream) on 4222-4224, until Ctrl-C
+	$(PY) -m services.devstack.cluster
+
 lint: venv
 	$(VENV)/bin/ruff check services schemas tests
 	$(VENV)/bin/ruff format --check services schemas tests
