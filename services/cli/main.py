@@ -1,8 +1,9 @@
-"""``natsched``: submit, get, list, cancel, complete, nodes, watch, simulate-nodes.
+"""``natsched``: submit, get, list, cancel, complete, nodes, watch, simulate-nodes, ping.
 
 Tables and colours on a terminal, plain JSON with ``--json``. Connects to ``NATS_URL``
 as ``NATS_USER``/``NATS_PASSWORD`` (or ``--server``/``--user``/``--password``); without
-them, as the development user ``manager`` (``node`` for ``simulate-nodes``) of nats.conf.
+them, as the development user ``manager`` (``node`` for ``simulate-nodes``, ``monitor`` for
+``ping``) of nats.conf.
 """
 
 from __future__ import annotations
@@ -232,6 +233,56 @@ async def cmd_simulate_nodes(a: argparse.Namespace, nc: Client, io: Io) -> None:
         stop.cancel()
 
 
+async def cmd_ping(a: argparse.Namespace, nc: Client, io: Io) -> None:
+    """Every instance answering ``$SRV.INFO[.NAME]`` within the timeout (a scatter-gather, like
+    ``nats micro ls``); with ``--host`` done at the first instance whose ``instance_id`` starts with
+    ``HOST-`` (a container's health check: is *this* container's service answering?)."""
+    queue: asyncio.Queue[dict[str, Any]] = asyncio.Queue()
+
+    async def on_reply(msg: Msg) -> None:
+        with contextlib.suppress(msgspec.DecodeError):
+            queue.put_nowait(_dec.decode(msg.data))
+
+    def mine(info: Mapping[str, Any]) -> bool:
+        return str((info.get("metadata") or {}).get("instance_id", "")).startswith(f"{a.host}-")
+
+    inbox = nc.new_inbox()
+    sub = await nc.subscribe(inbox, cb=on_reply)
+    await nc.publish(f"$SRV.INFO.{a.name}" if a.name else "$SRV.INFO", b"", reply=inbox)
+    found: list[dict[str, Any]] = []
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + a.timeout
+    try:
+        while (left := deadline - loop.time()) > 0:
+            try:
+                info = await asyncio.wait_for(queue.get(), left)
+            except TimeoutError:
+                break
+            if a.host is None or mine(info):
+                found.append(info)
+                if a.host is not None:
+                    break
+    finally:
+        await sub.unsubscribe()
+    if not found:
+        who = f"{a.name or 'service'}" + (f" on host {a.host}" if a.host else "")
+        raise CliError(f"no {who} answered within {a.timeout:g} s", EXIT_UNREACHABLE)
+    if io.as_json:
+        io.json(found)
+        return
+    rows = [
+        [
+            str(i.get("name")),
+            str(i.get("version")),
+            str(i.get("id")),
+            str((i.get("metadata") or {}).get("instance_id", "")),
+            ",".join(str(e.get("subject")) for e in i.get("endpoints") or []),
+        ]
+        for i in sorted(found, key=lambda i: (str(i.get("name")), str(i.get("id"))))
+    ]
+    io.text(render.table(["NAME", "VERSION", "ID", "INSTANCE", "ENDPOINTS"], rows, io.style))
+
+
 # --- parser -----------------------------------------------------------------
 COMMANDS: dict[str, tuple[Command, Role]] = {
     "submit": (cmd_submit, "manager"),
@@ -242,6 +293,7 @@ COMMANDS: dict[str, tuple[Command, Role]] = {
     "nodes": (cmd_nodes, "manager"),
     "watch": (cmd_watch, "manager"),
     "simulate-nodes": (cmd_simulate_nodes, "node"),
+    "ping": (cmd_ping, "monitor"),
 }
 
 
@@ -297,6 +349,9 @@ def parser() -> argparse.ArgumentParser:
     c.add_argument("--rounds", type=int, help="stop after this many rounds (default: until Ctrl-C)")
     c.add_argument("--seed", type=int, default=42)
     c.add_argument("--prefix", default="node", help="node ids are PREFIX-000, PREFIX-001, ...")
+    c = sub.add_parser("ping", parents=[common], help="the service instances that answer (default timeout 1 s)")
+    c.add_argument("name", nargs="?", help="gateway, intake, placement, metadata, provisioner, teardown")
+    c.add_argument("--host", help="succeed only if an instance on this host answers (container health checks)")
     return p
 
 
@@ -313,7 +368,7 @@ async def run(
     e = os.environ if env is None else env
     a = parser().parse_args(argv)
     if a.timeout is None:  # placement.request answers 504 itself after its own wait (5 s by default)
-        a.timeout = 15.0 if getattr(a, "wait", False) else 5.0
+        a.timeout = 15.0 if getattr(a, "wait", False) else 1.0 if a.command == "ping" else 5.0
     command, role = COMMANDS[a.command]
     colour = not a.no_color and not a.json and "NO_COLOR" not in e and out.isatty()
     io = Io(out, err, as_json=a.json, colour=colour)
