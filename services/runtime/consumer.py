@@ -19,10 +19,11 @@ from __future__ import annotations
 
 import asyncio
 from collections.abc import Awaitable, Callable, Sequence
-from typing import Generic, TypeVar
+from typing import Any, Generic, TypeVar
 
 import msgspec
 import nats.errors
+import nats.js.errors
 import structlog
 from nats.aio.msg import Msg
 from nats.js import JetStreamContext
@@ -196,6 +197,71 @@ class Consumer(Generic[T]):
         await d.term()
 
 
+class _Puller:
+    """Pull requests answered into one callback subscription.
+
+    nats-py's ``fetch`` waits for each message with its own task, timer and inbox id,
+    which costs more than a projection spends on the message itself. Here the server's
+    answers land in one list: a ``no_wait`` request takes what is there, and if nothing
+    is, a long poll waits for the first message (the rest of that request's messages are
+    kept for the next fetch).
+    """
+
+    def __init__(self, js: JetStreamContext, stream: str, durable: str) -> None:
+        self._nc = js._nc
+        prefix = getattr(js, "_prefix", "$JS.API")
+        self._subject = f"{prefix}.CONSUMER.MSG.NEXT.{stream}.{durable}"
+        self._inbox = self._nc.new_inbox()
+        self._buf: list[Msg] = []
+        self._want = 1
+        self._ready = asyncio.Event()
+        self._conflict: str | None = None
+        self._sub: Any = None
+
+    async def start(self) -> None:
+        self._sub = await self._nc.subscribe(self._inbox, cb=self._on_msg)
+
+    async def stop(self) -> None:
+        if self._sub is not None:
+            await self._sub.unsubscribe()
+            self._sub = None
+
+    async def _on_msg(self, msg: Msg) -> None:
+        status = JetStreamContext.is_status_msg(msg)
+        if status is None:
+            self._buf.append(msg)
+            if len(self._buf) >= self._want:
+                self._ready.set()
+        elif status != "100":  # 404 no messages, 408 request expired, 409 conflict; 100 is a heartbeat
+            if status == "409":
+                self._conflict = (msg.headers or {}).get("Description", "conflict")
+            self._ready.set()
+
+    async def _ask(self, want: int, request: dict[str, Any], timeout: float) -> None:
+        self._want = want
+        self._ready.clear()
+        await self._nc.publish(self._subject, _json.encode(request), reply=self._inbox)
+        try:
+            await asyncio.wait_for(self._ready.wait(), timeout)
+        except TimeoutError:
+            pass
+
+    async def fetch(self, batch: int, timeout: float) -> list[Msg]:
+        if len(self._buf) < batch:
+            await self._ask(batch, {"batch": batch - len(self._buf), "no_wait": True}, timeout)
+        if not self._buf:
+            await self._ask(1, {"batch": batch, "expires": int(timeout * 1e9)}, timeout + 0.5)
+            await asyncio.sleep(0)  # let the rest of a burst arrive
+        if self._conflict is not None:
+            reason, self._conflict = self._conflict, None
+            raise nats.js.errors.APIError(description=f"pull request conflict: {reason}")
+        msgs, self._buf = self._buf[:batch], self._buf[batch:]
+        return msgs
+
+
+_json = msgspec.json.Encoder()
+
+
 BatchHandler = Callable[[Sequence[tuple[T, Delivery]]], Awaitable[None]]
 """Handles a whole fetched batch at once, e.g. in one database transaction."""
 
@@ -255,7 +321,8 @@ class BatchConsumer(Consumer[T]):
         """Like :meth:`Consumer.run`, but the next batch is fetched while this one is handled,
         so a handler waiting on its database overlaps with receiving the next messages."""
         await ensure_consumer(self._js, self.spec)
-        psub = await self._js.pull_subscribe_bind(durable=self.spec.durable, stream=self.spec.stream)
+        psub = _Puller(self._js, self.spec.stream, self.spec.durable)
+        await psub.start()
         self._log.info("consuming", filter=list(self.spec.filter_subjects), batch=self._batch)
         failures = 0
         fetching: asyncio.Task[list[Msg]] | None = asyncio.create_task(psub.fetch(self._batch, self._fetch_timeout))
@@ -278,7 +345,7 @@ class BatchConsumer(Consumer[T]):
             if msgs:
                 await self._dispatch(msgs, stop)
         self._prefetch = None
-        await psub.unsubscribe()
+        await psub.stop()
         self._log.info("stopped consuming")
 
     async def _ping_prefetched(self) -> None:
