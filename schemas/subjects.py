@@ -68,6 +68,7 @@ def deadletter_subject(service: str) -> str:
 
 # --- headers ----------------------------------------------------------------
 MSG_ID_HEADER = "Nats-Msg-Id"
+EXPECTED_LAST_SEQ_HEADER = "Nats-Expected-Last-Sequence"
 ERROR_HEADER = "Nats-Service-Error"
 ERROR_CODE_HEADER = "Nats-Service-Error-Code"
 

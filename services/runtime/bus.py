@@ -9,6 +9,7 @@ import msgspec
 import nats
 import structlog
 from nats.aio.client import Client
+from nats.aio.msg import Msg
 from nats.js import JetStreamContext
 from nats.js import api as js_api
 from nats.js.errors import NotFoundError
@@ -123,16 +124,71 @@ async def ensure_consumer(js: JetStreamContext, spec: s.ConsumerSpec) -> None:
             await asyncio.sleep(0.05 * (attempt + 1))
 
 
+class Ack(msgspec.Struct):
+    """A JetStream publish ack (decoded once with msgspec, not json + dataclass)."""
+
+    stream: str = ""
+    seq: int = 0
+    duplicate: bool = False
+
+
+class _ApiError(msgspec.Struct):
+    code: int = 0
+    err_code: int = 0
+    description: str = ""
+
+
+class _AckOrError(msgspec.Struct):
+    stream: str = ""
+    seq: int = 0
+    duplicate: bool = False
+    error: _ApiError | None = None
+
+
+_ack_decoder = msgspec.json.Decoder(_AckOrError)
+_WRONG_LAST_SEQUENCE = 10071
+
+
+class PublishError(Exception):
+    """JetStream refused to store a message."""
+
+    def __init__(self, code: int, err_code: int, description: str) -> None:
+        super().__init__(f"{code}/{err_code}: {description}")
+        self.code = code
+        self.err_code = err_code
+        self.description = description
+
+
+class WrongLastSequence(PublishError):
+    """The stream moved on since the publisher last looked (optimistic concurrency)."""
+
+    @property
+    def last_seq(self) -> int:
+        tail = self.description.rsplit(":", 1)[-1].strip()
+        return int(tail) if tail.isdigit() else 0
+
+
 class Publisher:
     """Publishes events to JetStream with ``Nats-Msg-Id`` = ``event_id``.
 
-    ``publish`` waits for the stream's ack; ``publish_many`` pipelines the publishes
-    and waits for all acks, so a caller acks its input only once outputs are stored.
+    ``publish`` waits for the stream's ack. ``publish_many`` pipelines the publishes
+    and waits for every ack (raising the first error), so a caller acks its input only
+    once its outputs are stored. ``publish_chain`` pipelines them with optimistic
+    concurrency: message *i* is stored only if the stream's last sequence is then
+    ``expected_last_seq + i``; it returns each message's ack or error.
+
+    The pipelined forms use one wildcard inbox and a msgspec ack decoder rather than
+    nats-py's ``publish_async``, whose future never completes when the server answers
+    with an error (nats-py 2.16 raises inside its reply callback instead).
     """
 
     def __init__(self, js: JetStreamContext, timeout: float = 5.0) -> None:
         self._js = js
+        self._nc: Client = js._nc
         self._timeout = timeout
+        self._prefix = ""
+        self._pending: dict[str, asyncio.Future[bytes]] = {}
+        self._count = 0
 
     async def publish(self, event: ev.Event) -> js_api.PubAck:
         return await self._js.publish(
@@ -142,15 +198,60 @@ class Publisher:
             headers={s.MSG_ID_HEADER: event.event_id} if event.event_id else None,
         )
 
-    async def publish_many(self, events: Sequence[ev.Event]) -> list[js_api.PubAck]:
-        if len(events) == 1:
-            return [await self.publish(events[0])]
-        futures = [
-            await self._js.publish_async(
-                ev.subject_of(e),
-                ev.encode(e),
-                headers={s.MSG_ID_HEADER: e.event_id} if e.event_id else None,
-            )
-            for e in events
-        ]
-        return list(await asyncio.wait_for(asyncio.gather(*futures), self._timeout))
+    async def publish_many(self, events: Sequence[ev.Event]) -> list[Ack]:
+        results = await self._pipeline(events, None)
+        for r in results:
+            if isinstance(r, BaseException):
+                raise r
+        return [r for r in results if isinstance(r, Ack)]
+
+    async def publish_chain(self, events: Sequence[ev.Event], expected_last_seq: int) -> list[Ack | Exception]:
+        return await self._pipeline(events, expected_last_seq)
+
+    async def _pipeline(self, events: Sequence[ev.Event], expected: int | None) -> list[Ack | Exception]:
+        if not self._prefix:
+            self._prefix = self._nc.new_inbox() + "."
+            await self._nc.subscribe(self._prefix + "*", cb=self._on_reply)
+        loop = asyncio.get_running_loop()
+        replies: list[str] = []
+        futures: list[asyncio.Future[bytes]] = []
+        for i, e in enumerate(events):
+            self._count += 1
+            reply = f"{self._prefix}{self._count}"
+            fut: asyncio.Future[bytes] = loop.create_future()
+            self._pending[reply] = fut
+            replies.append(reply)
+            futures.append(fut)
+            headers = {s.MSG_ID_HEADER: e.event_id} if e.event_id else {}
+            if expected is not None:
+                headers[s.EXPECTED_LAST_SEQ_HEADER] = str(expected + i)
+            await self._nc.publish(ev.subject_of(e), ev.encode(e), reply=reply, headers=headers or None)
+        if futures:
+            await asyncio.wait(futures, timeout=self._timeout)
+        out: list[Ack | Exception] = []
+        for reply, fut in zip(replies, futures, strict=True):
+            self._pending.pop(reply, None)
+            if not fut.done():
+                fut.cancel()
+                out.append(TimeoutError("no JetStream ack in time"))
+                continue
+            out.append(_to_ack(fut.result()))
+        return out
+
+    async def _on_reply(self, msg: Msg) -> None:
+        fut = self._pending.pop(msg.subject, None)
+        if fut is not None and not fut.done():
+            fut.set_result(msg.data)
+
+
+def _to_ack(data: bytes) -> Ack | Exception:
+    if not data:  # a status message: no stream listens on the subject
+        return PublishError(503, 0, "no stream captures the subject (no responders)")
+    try:
+        a = _ack_decoder.decode(data)
+    except msgspec.DecodeError as e:
+        return PublishError(500, 0, f"undecodable ack: {e}")
+    if a.error is not None:
+        cls = WrongLastSequence if a.error.err_code == _WRONG_LAST_SEQUENCE else PublishError
+        return cls(a.error.code, a.error.err_code, a.error.description)
+    return Ack(stream=a.stream, seq=a.seq, duplicate=a.duplicate)
