@@ -223,8 +223,8 @@ async def test_monitor_sees_services_and_streams_but_cannot_publish(
 
 @pytest.mark.parametrize(
     "auth",
-    [{}, {"user": "manager", "password": "wrong"}, {"user": "nobody", "password": "dev-manager"}],
-    ids=["anonymous", "wrong-password", "unknown-user"],
+    [{"user": "manager", "password": "wrong"}, {"user": "nobody", "password": "dev-manager"}],
+    ids=["wrong-password", "unknown-user"],
 )
 async def test_unauthenticated_connections_are_refused(nats_server: NatsServer, auth: dict[str, str]) -> None:
     async def quiet(e: Exception) -> None:
@@ -232,3 +232,28 @@ async def test_unauthenticated_connections_are_refused(nats_server: NatsServer, 
 
     with pytest.raises(nats.errors.Error, match="Authorization Violation"):
         await nats.connect(nats_server.url, allow_reconnect=False, error_cb=quiet, **auth)
+
+
+async def test_anonymous_clients_get_the_manager_role_only(services: Spawn, nats_server: NatsServer) -> None:
+    """``no_auth_user: manager``: the stock ``nats req job.submit`` works without a context,
+    with the manager's least privilege (no forged events, no stream deletion)."""
+    await services("gateway")
+    errors: list[str] = []
+    both_denied = asyncio.Event()
+
+    async def record(e: Exception) -> None:
+        errors.append(str(e))
+        if any(s.PLACEMENT_DECIDED in x for x in errors) and any(NODE_STATUS in x for x in errors):
+            both_denied.set()
+
+    anon = await nats.connect(nats_server.url, allow_reconnect=False, error_cb=record)
+    try:
+        reply = await anon.request(s.JOB_SUBMIT, b'{"name": "anonymous"}', timeout=5)
+        assert json.loads(reply.data)["state"] == "submitted"
+        with pytest.raises((nats.errors.TimeoutError, nats.js.errors.Error)):  # denied: no answer
+            await anon.jetstream(timeout=2).delete_stream(s.JOBS.name)
+        await anon.publish(s.PLACEMENT_DECIDED, b"{}")
+        await anon.publish(NODE_STATUS, b"{}")
+        await asyncio.wait_for(both_denied.wait(), 5)  # the server's permission violations
+    finally:
+        await anon.close()
