@@ -22,10 +22,13 @@ async def main(rt: Runtime) -> None:
     await svc.start()
     await p.follow_nodes()
     await p.replay_ledger()
+    decider = asyncio.create_task(p.decider_loop())
     retry = asyncio.create_task(p.retry_loop())
     rt.log.info("started")
     await p.consumer().run(rt.stop)
     await retry
+    await decider
+    rt.log.info("placement stats", **p.stats)
     await svc.stop()
 
 

@@ -9,6 +9,15 @@
   unacked (in-progress pings keep it ours), retried whenever capacity changes, and
   failed at its deadline. After a crash the held messages are redelivered, so no
   pending job is forgotten; a redelivered job already decided is just acked.
+- Several instances (scale-out): every decision is committed to PLACEMENTS with
+  ``Nats-Expected-Last-Sequence``, i.e. only if the stream holds nothing this instance
+  has not applied to its ledger (optimistic concurrency, as in Omega, with the stream as
+  the one shared state). Decisions are group-committed: one decider task takes every
+  job waiting for a decision, decides them in priority/submission order on the local
+  ledger and publishes them pipelined as a chain (message *i* expects ``base + i``).
+  On a conflict (another instance, or a release, got in between) the refused tail of
+  the chain is undone, the ledger catches up to the stream, and those jobs are decided
+  again. So no node is ever booked on a stale ledger, whatever the number of instances.
 """
 
 from __future__ import annotations
@@ -29,7 +38,7 @@ from schemas import subjects as s
 from services.placement.engine import NotPlaced, Placed, place, place_dedicated
 from services.placement.state import World
 from services.runtime.app import Runtime
-from services.runtime.bus import Publisher
+from services.runtime.bus import Ack, Publisher, WrongLastSequence
 from services.runtime.consumer import Consumer, Delivery
 
 log = structlog.get_logger()
@@ -59,6 +68,21 @@ class Pending:
     order: int
 
 
+@dataclass
+class _Request:
+    pending: Pending
+    final: bool
+    future: asyncio.Future[str]
+
+    def resolve(self, outcome: str) -> None:
+        if not self.future.done():
+            self.future.set_result(outcome)
+
+    def fail(self, error: BaseException) -> None:
+        if not self.future.done():
+            self.future.set_exception(error)
+
+
 class Placement:
     def __init__(self, rt: Runtime) -> None:
         self.rt = rt
@@ -67,6 +91,14 @@ class Placement:
         self.pending: dict[str, Pending] = {}
         self.decided: set[str] = set()
         self._capacity_changed = asyncio.Event()
+        self._queue: list[_Request] = []
+        self._wake = asyncio.Event()
+        self._advanced = asyncio.Event()
+        self.applied_seq = 0
+        """The last PLACEMENTS sequence applied to the ledger by the follower."""
+        self.tail = 0
+        """The last PLACEMENTS sequence known to be stored (own acks run ahead of the follower)."""
+        self.stats = {"decisions": 0, "commits": 0, "conflicts": 0}
         t = rt.config.timeouts
         self.ttl = t.node_ttl_s
         self.deadline_s = t.placement_deadline_s
@@ -82,6 +114,10 @@ class Placement:
             self._capacity_changed.set()
 
     async def on_ledger(self, msg: Msg) -> None:
+        seq = msg.metadata.sequence.stream
+        if seq > self.applied_seq:
+            self.applied_seq = seq
+            self._advanced.set()
         try:
             event = _ledger_decoder.decode(msg.data)
         except msgspec.DecodeError:
@@ -110,15 +146,42 @@ class Placement:
         age = (datetime.now(UTC) - submitted).total_seconds()
         order = d.msg.metadata.sequence.stream  # submission order, also after a restart
         p = Pending(event, d, time.monotonic() + self.deadline_s - max(0.0, age), order)
-        if await self._try(p):
+        if await self.decide(p) != "pending":
             return
         d.hold()
         self.pending[event.job_id] = p
         bound.info("pending: no fit yet", pending=len(self.pending))
 
     # --- decisions ----------------------------------------------------------
-    async def _try(self, p: Pending, *, final: bool = False) -> bool:
-        """Decide ``p`` if it fits (or fail it when ``final``); True once decided."""
+    async def decide(self, p: Pending, *, final: bool = False) -> str:
+        """Queue ``p`` for the decider; returns "decided", "failed", "already" or "pending".
+
+        Raises when the decision could not be stored (the caller's delivery is then
+        nakked or, for a held job, retried on the next pass)."""
+        fut: asyncio.Future[str] = asyncio.get_running_loop().create_future()
+        self._queue.append(_Request(p, final, fut))
+        self._wake.set()
+        return await fut
+
+    async def decider_loop(self) -> None:
+        """The single writer of decisions: group-commits whatever is queued."""
+        while not (self.rt.stop.is_set() and not self._queue):
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._wake.wait(), 0.5)
+            self._wake.clear()
+            batch, self._queue = self._queue, []
+            if not batch:
+                continue
+            try:
+                await self._commit(batch)
+            except Exception as e:  # e.g. the follower is stuck: fail this batch, keep going
+                log.warning("decision batch failed", size=len(batch), error=repr(e))
+                for r in batch:
+                    if not r.future.done():
+                        r.future.set_exception(e)
+
+    def _decision(self, p: Pending, final: bool) -> ev.PlacementDecided | ev.PlacementFailed | None:
+        """Decide on the local ledger (reserving when placed); None while it should wait."""
         e = p.event
         spec = e.spec
         top = self.rt.config.placement.top_candidates
@@ -126,7 +189,6 @@ class Placement:
             result = place_dedicated(spec, self.rt.config.instance_types, top)
         else:
             result = place(spec, self.world, time.monotonic(), self.ttl, top, explain_failure=final)
-        out: ev.PlacementDecided | ev.PlacementFailed
         if isinstance(result, Placed):
             out = ev.PlacementDecided(
                 event_id=ev.event_id_for(e.job_id, s.PLACEMENT_DECIDED),
@@ -138,32 +200,79 @@ class Placement:
                 candidates=result.candidates,
                 resources=spec.resources,
             )
-            # reserve before the first await so the next decision sees it
-            self.world.apply_decided(out)
-            self.decided.add(e.job_id)
-        elif final or spec.cluster == "dedicated":
+            self.world.apply_decided(out)  # the next decision of the batch sees it
+            return out
+        if final or spec.cluster == "dedicated":
             assert isinstance(result, NotPlaced)
-            out = ev.PlacementFailed(
+            return ev.PlacementFailed(
                 event_id=ev.event_id_for(e.job_id, s.PLACEMENT_FAILED),
                 job_id=e.job_id,
                 reason=result.reason,
                 nodes_total=result.nodes_total,
                 excluded=result.excluded,
             )
-            self.decided.add(e.job_id)
-        else:
-            return False
-        try:
-            await self.publisher.publish(out)
-        except Exception:
-            # Not stored: undo, and let the job come back (held: nak; inline: raise -> nak).
-            self.decided.discard(e.job_id)
-            if isinstance(out, ev.PlacementDecided):
-                self.world.release(e.job_id)
-                self.world.released.discard(e.job_id)
-            raise
-        log.info(out.__struct_config__.tag, job_id=e.job_id)
-        return True
+        return None
+
+    def _undo(self, out: ev.PlacementDecided | ev.PlacementFailed) -> None:
+        if isinstance(out, ev.PlacementDecided):
+            self.world.release(out.job_id)
+            self.world.released.discard(out.job_id)
+
+    async def _commit(self, batch: list[_Request]) -> None:
+        todo = sorted(batch, key=lambda r: (-r.pending.event.spec.priority, r.pending.order))
+        while todo:
+            chain: list[tuple[_Request, ev.PlacementDecided | ev.PlacementFailed]] = []
+            for r in todo:
+                if r.pending.event.job_id in self.decided:
+                    r.resolve("already")
+                    continue
+                out = self._decision(r.pending, r.final)
+                if out is None:
+                    r.resolve("pending")
+                else:
+                    chain.append((r, out))
+            if not chain:
+                return
+            base = max(self.tail, self.applied_seq)
+            results = await self.publisher.publish_chain([out for _, out in chain], base)
+            self.stats["commits"] += 1
+            redo: list[_Request] = []
+            behind = 0
+            for (r, out), res in zip(chain, results, strict=True):
+                if isinstance(res, Ack) and not res.duplicate:
+                    self.tail = max(self.tail, res.seq)
+                    self.decided.add(out.job_id)
+                    self.stats["decisions"] += 1
+                    log.info(out.__struct_config__.tag, job_id=out.job_id)
+                    r.resolve("decided" if isinstance(out, ev.PlacementDecided) else "failed")
+                    continue
+                self._undo(out)
+                if isinstance(res, Ack):  # decided before (a crash, or another instance): the stream's stands
+                    behind = max(behind, res.seq)
+                    redo.append(r)
+                elif isinstance(res, WrongLastSequence):
+                    behind = max(behind, res.last_seq)
+                    redo.append(r)
+                else:
+                    r.fail(res)
+            if redo:
+                self.stats["conflicts"] += len(redo)
+                log.debug("placement conflict; catching up", jobs=len(redo), behind=behind)
+                await self._catch_up(behind)
+                self.tail = max(self.tail, self.applied_seq)
+            todo = redo
+
+    async def _catch_up(self, seq: int, timeout: float = 10.0) -> None:
+        """Wait until the follower has applied the stream up to ``seq``."""
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + timeout
+        while self.applied_seq < seq:
+            self._advanced.clear()
+            left = deadline - loop.time()
+            if left <= 0:
+                raise TimeoutError(f"ledger stuck at {self.applied_seq}, stream at {seq}")
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._advanced.wait(), left)
 
     async def retry_loop(self) -> None:
         """Retry pending jobs when capacity changes; fail them at their deadline."""
@@ -177,17 +286,14 @@ class Placement:
             changed = self._capacity_changed.is_set()
             self._capacity_changed.clear()
             now = time.monotonic()
-            for p in sorted(self.pending.values(), key=lambda p: (-p.event.spec.priority, p.order)):
-                final = now >= p.deadline
-                if not (changed or final):
-                    continue
-                try:
-                    done = await self._try(p, final=final)
-                except Exception as e:
-                    log.warning("decision not stored; will retry", job_id=p.event.job_id, error=repr(e))
-                    continue
-                if done:
-                    del self.pending[p.event.job_id]
+            due = [p for p in self.pending.values() if changed or now >= p.deadline]
+            outcomes = await asyncio.gather(
+                *(self.decide(p, final=now >= p.deadline) for p in due), return_exceptions=True
+            )
+            for p, outcome in zip(due, outcomes, strict=True):
+                if isinstance(outcome, BaseException):
+                    log.warning("decision not stored; will retry", job_id=p.event.job_id, error=repr(outcome))
+                elif outcome != "pending" and self.pending.pop(p.event.job_id, None) is not None:
                     await p.delivery.ack()
             if now - last_ping > s.PLACEMENT_JOBS.ack_wait_s / 3:
                 last_ping = now
@@ -197,33 +303,23 @@ class Placement:
                 await asyncio.sleep(0.05)  # coalesce bursts of node updates
 
     # --- start-up -----------------------------------------------------------
-    async def replay_ledger(self) -> list[object]:
+    async def replay_ledger(self) -> object:
+        """Follow PLACEMENTS from the start (one ordered consumer, so stream order is kept);
+        returns once the ledger has caught up with the stream as it was at start."""
         js = self.rt.js
-        subs: list[object] = []
-        for subject in (s.PLACEMENT_DECIDED, s.PLACEMENT_FAILED, s.PLACEMENT_RELEASED):
-            caught_up = asyncio.Event()
-
-            def make_cb(done: asyncio.Event) -> object:
-                async def cb(msg: Msg) -> None:
-                    await self.on_ledger(msg)
-                    if msg.metadata.num_pending == 0:
-                        done.set()
-
-                return cb
-
-            sub = await js.subscribe(
-                subject,
-                stream=s.PLACEMENTS.name,
-                ordered_consumer=True,
-                cb=make_cb(caught_up),  # type: ignore[arg-type]
-                deliver_policy=js_api.DeliverPolicy.ALL,
-            )
-            info = await sub.consumer_info()
-            if info.num_pending:
-                await asyncio.wait_for(caught_up.wait(), 120)
-            subs.append(sub)
-        log.info("ledger rebuilt", reservations=len(self.world.reservations), decided=len(self.decided))
-        return subs
+        last = (await js.stream_info(s.PLACEMENTS.name)).state.last_seq
+        sub = await js.subscribe(
+            "",
+            stream=s.PLACEMENTS.name,
+            ordered_consumer=True,
+            cb=self.on_ledger,
+            deliver_policy=js_api.DeliverPolicy.ALL,
+            config=js_api.ConsumerConfig(filter_subjects=list(s.PLACEMENTS.subjects)),
+        )
+        await self._catch_up(last, timeout=300)
+        self.tail = self.applied_seq
+        log.info("ledger rebuilt", reservations=len(self.world.reservations), decided=len(self.decided), seq=last)
+        return sub
 
     async def follow_nodes(self) -> object:
         return await self.rt.js.subscribe(
