@@ -361,8 +361,8 @@ class BatchConsumer(Consumer[T]):
             d = Delivery(m)
             try:
                 items.append((self._decoder.decode(m.data), d))
-            except msgspec.DecodeError as e:
-                await self._dead_letter(d, f"undecodable {m.subject} payload: {e}")
+            except (msgspec.DecodeError, RecursionError, ValueError) as e:  # decoding is deterministic: poison
+                await self._dead_letter(d, f"undecodable {m.subject} payload: {e!r}"[:2000])
         if items:
             await self._run_batch(items, stop)
 

@@ -161,6 +161,8 @@ async def test_a_failing_message_is_isolated_and_dead_lettered_the_rest_acked(nc
     js = nc.jetstream()
     await prefill(js, ["ok1", "bad", "ok2"])
     await js.publish(s.JOB_SUBMITTED, b"\x00not json", headers={s.MSG_ID_HEADER: "garbage"})
+    deep = b'{"type": "job.submitted", "x": ' + b"[" * 100_000 + b"]" * 100_000 + b"}"  # RecursionError
+    await js.publish(s.JOB_SUBMITTED, deep, headers={s.MSG_ID_HEADER: "deep"})
     done: list[str] = []
 
     async def handler(items: Sequence[tuple[ev.JobSubmitted, Delivery]]) -> None:
@@ -176,6 +178,7 @@ async def test_a_failing_message_is_isolated_and_dead_lettered_the_rest_acked(nc
     assert sorted(done) == ["ok1", "ok2"]
     letters = await dead_letters(js)
     reasons = sorted(str(letter["reason"]) for letter in letters)
-    assert len(reasons) == 2
+    assert len(reasons) == 3
     assert reasons[0].startswith("gave up after 2 deliveries") and "cannot project" in reasons[0]
-    assert reasons[1].startswith("undecodable")
+    assert reasons[1].startswith("undecodable") and reasons[2].startswith("undecodable")
+    assert any("RecursionError" in r for r in reasons)
