@@ -192,6 +192,24 @@ def _cpu_s(pid: int) -> float:
     return (int(parts[11]) + int(parts[12])) / _TICK
 
 
+def _tree_cpu_s(root: int | None) -> float:
+    """CPU seconds of a process and its direct children (the postmaster and its backends)."""
+    if root is None:
+        return 0.0
+    total = 0.0
+    for entry in os.listdir("/proc"):
+        if not entry.isdigit():
+            continue
+        try:
+            with open(f"/proc/{entry}/stat") as f:
+                parts = f.read().rsplit(")", 1)[1].split()
+        except OSError:
+            continue
+        if int(entry) == root or int(parts[1]) == root:
+            total += (int(parts[11]) + int(parts[12])) / _TICK
+    return total
+
+
 async def _wait(cond: Any, timeout: float, what: str) -> None:
     loop = asyncio.get_running_loop()
     deadline = loop.time() + timeout
@@ -202,7 +220,14 @@ async def _wait(cond: Any, timeout: float, what: str) -> None:
 
 
 async def _one_run(
-    nc: Client, js: JetStreamContext, server: NatsServer, admin_url: str, env: dict[str, str], batch: int, tmp: Path
+    nc: Client,
+    js: JetStreamContext,
+    server: NatsServer,
+    pg_pid: int | None,
+    admin_url: str,
+    env: dict[str, str],
+    batch: int,
+    tmp: Path,
 ) -> dict[str, Any]:
     for c in s.METADATA_CONSUMERS:  # replay from the start
         try:
@@ -222,11 +247,13 @@ async def _one_run(
     )
     try:
         await _wait(lambda: _queries_answer(nc), 60, "metadata up")
-        cpu0 = _cpu_s(proc.pid)
+        cpu0, pg0, nats0 = _cpu_s(proc.pid), _tree_cpu_s(pg_pid), _tree_cpu_s(server.pid)
+        load0 = os.getloadavg()[0]
         t0 = time.perf_counter()
         await _wait(lambda: _drained(js), 600, "drain")
         elapsed = time.perf_counter() - t0
         cpu = _cpu_s(proc.pid) - cpu0
+        pg_cpu, nats_cpu = _tree_cpu_s(pg_pid) - pg0, _tree_cpu_s(server.pid) - nats0
     finally:
         proc.stop()
     conn = await asyncpg.connect(url)
@@ -245,6 +272,10 @@ async def _one_run(
         "seconds": round(elapsed, 3),
         "events_per_s": round(total / elapsed),
         "metadata_cpu_s": round(cpu, 2),
+        "postgres_cpu_s": round(pg_cpu, 2),
+        "nats_cpu_s": round(nats_cpu, 2),
+        "metadata_cpu_us_per_event": round(cpu / total * 1e6),
+        "load_before": round(load0, 2),
     }
 
 
@@ -278,7 +309,8 @@ async def run() -> dict[str, Any]:
             t = time.perf_counter()
             await _prefill(js, events)
             prefill_s = time.perf_counter() - t
-            runs = [await _one_run(nc, js, server, admin_url, env, b, tmp) for b in batches]
+            pg_pid = pg.pid if pg else None
+            runs = [await _one_run(nc, js, server, pg_pid, admin_url, env, b, tmp) for b in batches]
         finally:
             await nc.close()
     finally:
@@ -302,12 +334,14 @@ def markdown(result: dict[str, Any]) -> str:
         f"Backlog of {result['stored']} stored events ({result['jobs']} jobs; {result['published']} published, "
         f"node status kept last-per-node) on {result['cores']} cores; `python -m tests.bench metadata`.",
         "",
-        "| batch | events | seconds | events/s | metadata CPU s | jobs projected |",
-        "|---:|---:|---:|---:|---:|---:|",
+        "| batch | events | seconds | events/s | CPU s: metadata / PostgreSQL / nats-server | "
+        "metadata µs/event | load avg before | jobs projected |",
+        "|---:|---:|---:|---:|---|---:|---:|---:|",
     ]
     for r in result["runs"]:
         lines.append(
             f"| {r['batch']} | {r['events']} | {r['seconds']} | **{r['events_per_s']}** | "
-            f"{r['metadata_cpu_s']} | {r['jobs']} |"
+            f"{r['metadata_cpu_s']} / {r['postgres_cpu_s']} / {r['nats_cpu_s']} | "
+            f"{r['metadata_cpu_us_per_event']} | {r['load_before']} | {r['jobs']} |"
         )
     return "\n".join(lines)
