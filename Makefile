@@ -4,7 +4,7 @@ VENV   ?= .venv
 PY     := $(VENV)/bin/python
 STAMP  := $(VENV)/.installed-$(shell $(PYTHON) -c 'import hashlib,sys;print(hashlib.sha1(open("pyproject.toml","rb").read()).hexdigest()[:12])' 2>/dev/null)
 
-.PHONY: run test lint unit integration bench chaos cluster venv clean
+.PHONY: run test lint unit integration bench chaos cluster venv clean schemas
 
 venv: $(STAMP)
 
@@ -40,6 +40,9 @@ bench: venv          ## benchmarks; results in bench-results/ (JSON, markdown, P
 
 chaos: venv          ## fault scenarios under load, checked by the invariant checker; table in bench-results/chaos.md
 	$(PY) -m tests.chaos
+
+schemas: venv        ## regenerate the JSON Schemas of the wire contract in schemas/json/ (checked by a unit test)
+	$(PY) -m schemas.jsonschema
 
 clean:
 	rm -rf $(VENV) .data .mypy_cache .ruff_cache .pytest_cache
