@@ -1,4 +1,10 @@
-"""Start the real system for a benchmark, as ``make run`` does, and measure its processes."""
+"""Start the real system for a benchmark, as ``make run`` does, and measure its processes.
+
+``system(...)`` runs one nats-server by default; ``system(..., nats_servers=3)`` runs a
+routed 3-node cluster instead (``services.devstack.cluster``, as ``make cluster`` does):
+the services get every client URL in ``NATS_URL`` and ``STREAM_REPLICAS=3``, and the
+streams are declared with 3 replicas before any service starts.
+"""
 
 from __future__ import annotations
 
@@ -24,6 +30,8 @@ from services.devstack import (
     database_url_from_env,
     spawn_service,
 )
+from services.devstack.cluster import NatsCluster
+from services.runtime.bus import ensure_streams
 
 REPO = Path(__file__).resolve().parents[2]
 SERVICES = ("gateway", "intake", "placement", "metadata", "provisioner", "teardown")
@@ -53,24 +61,42 @@ def proc_usage(pid: int) -> tuple[float, int]:
 @dataclass
 class System:
     nats: NatsServer
+    """The (first) nats-server."""
     env: dict[str, str]
     procs: dict[str, list[ServiceProcess]] = field(default_factory=dict)
     tmp: Path = Path()
     pg: Postgres | None = None
     moto: Moto | None = None
+    cluster: NatsCluster | None = None
+    """The 3-node cluster when ``system(..., nats_servers=3)``; ``nats`` is its first server."""
+    service_env: dict[str, dict[str, str]] = field(default_factory=dict)
+
+    @property
+    def servers(self) -> list[NatsServer]:
+        return list(self.cluster.servers) if self.cluster else [self.nats]
+
+    def server_named(self, name: str) -> NatsServer:
+        """The server whose ``server_name`` is ``name`` (e.g. a stream's leader from ``stream_info``)."""
+        for srv in self.servers:
+            args = srv.extra_args
+            if "--name" in args and args[args.index("--name") + 1] == name:
+                return srv
+        raise KeyError(name)
 
     def spawn(self, name: str) -> ServiceProcess:
         """Start one more instance of a service (e.g. to restart a killed one)."""
         ps = self.procs.setdefault(name, [])
-        p = spawn_service(name, self.env, log_path=self.tmp / f"{name}-{len(ps)}.log")
+        env = {**self.env, **self.service_env.get(name, {})}
+        p = spawn_service(name, env, log_path=self.tmp / f"{name}-{len(ps)}.log")
         ps.append(p)
         return p
 
     def usage(self) -> dict[str, dict[str, float]]:
         out: dict[str, dict[str, float]] = {}
         pids = {f"{n}#{i}": p.pid for n, ps in self.procs.items() for i, p in enumerate(ps)}
-        if self.nats.pid:
-            pids["nats-server"] = self.nats.pid
+        for i, srv in enumerate(self.servers):
+            if srv.pid:
+                pids["nats-server" if len(self.servers) == 1 else f"nats-server#{i + 1}"] = srv.pid
         for label, pid in pids.items():
             try:
                 cpu, rss = proc_usage(pid)
@@ -96,6 +122,25 @@ async def wait_up(nc: Client, names: Sequence[str], timeout: float = 60) -> None
             await asyncio.sleep(0.1)
 
 
+async def _declare_streams(urls: str, timeout: float = 60) -> None:
+    """Create the streams with 3 replicas once the cluster's JetStream meta leader is elected."""
+    nc = await nats.connect(urls.split(","), user="admin", password=credentials.password("admin"))
+    try:
+        js = nc.jetstream(timeout=5)
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + timeout
+        while True:
+            try:
+                await ensure_streams(js, replicas=3)
+                return
+            except (nats.errors.Error, TimeoutError) as e:  # no meta leader yet
+                if loop.time() > deadline:
+                    raise TimeoutError(f"cluster never accepted the streams: {e!r}") from e
+                await asyncio.sleep(0.5)
+    finally:
+        await nc.close()
+
+
 @asynccontextmanager
 async def system(
     services: Sequence[str] = SERVICES,
@@ -106,23 +151,42 @@ async def system(
     with_postgres: bool = True,
     with_moto: bool = True,
     env: Mapping[str, str] | None = None,
+    service_env: Mapping[str, Mapping[str, str]] | None = None,
+    nats_servers: int = 1,
 ) -> AsyncIterator[tuple[System, Client]]:
-    """nats-server (+ PostgreSQL + moto) and the services, each a real process; stopped on exit."""
+    """nats-server (+ PostgreSQL + moto) and the services, each a real process; stopped on exit.
+
+    ``nats_servers=3``: a routed 3-node NATS cluster with streams of 3 replicas instead of one
+    server. ``service_env``: extra environment for one service's instances only (e.g. a log level).
+    """
+    if nats_servers not in (1, 3):
+        raise ValueError("nats_servers must be 1 or 3")
     credentials.apply_server_defaults()
     tmp = Path(tempfile.mkdtemp(prefix="natsched-bench-"))
-    server = NatsServer(config=REPO / "nats.conf", store_dir=tmp / "js", log_dir=tmp)
-    server.start()
+    cluster: NatsCluster | None = None
+    if nats_servers == 1:
+        server = NatsServer(config=REPO / "nats.conf", store_dir=tmp / "js", log_dir=tmp)
+        server.start()
+        nats_url = server.url
+    else:
+        cluster = NatsCluster(tmp / "cluster", nats_servers, config=REPO / "nats.conf")
+        cluster.start()
+        server = cluster.servers[0]
+        nats_url = cluster.url
     pg: Postgres | None = None
     moto: Moto | None = None
     base = {
-        "NATS_URL": server.url,
+        "NATS_URL": nats_url,
         "LOG_FORMAT": "json",
         "LOG_LEVEL": "warning",
         **credentials.client_environ("services"),
+        **({"STREAM_REPLICAS": "3"} if cluster else {}),
         **(env or {}),
     }
     names = [n for n in services if present(n)]
     try:
+        if cluster:
+            await _declare_streams(nats_url)
         if with_postgres and "metadata" in names:
             url = database_url_from_env()
             if not url:
@@ -139,11 +203,18 @@ async def system(
                 AWS_SECRET_ACCESS_KEY="testing",
                 AWS_DEFAULT_REGION="eu-central-1",
             )
-        sysm = System(nats=server, env=base, tmp=tmp, pg=pg, moto=moto)
+        sysm = System(
+            nats=server,
+            env=base,
+            tmp=tmp,
+            pg=pg,
+            moto=moto,
+            cluster=cluster,
+            service_env={k: dict(v) for k, v in (service_env or {}).items()},
+        )
         for n in names:
-            sysm.procs[n] = [
-                spawn_service(n, base, log_path=tmp / f"{n}-{i}.log") for i in range((instances or {}).get(n, 1))
-            ]
+            for _ in range((instances or {}).get(n, 1)):
+                sysm.spawn(n)
         if sim_nodes:
             sysm.procs["simnodes"] = [
                 spawn_service(
@@ -154,7 +225,12 @@ async def system(
                 )
             ]
         nc = await nats.connect(
-            server.url, pending_size=256 * 1024 * 1024, user="admin", password=credentials.password("admin")
+            nats_url.split(","),
+            pending_size=256 * 1024 * 1024,
+            user="admin",
+            password=credentials.password("admin"),
+            max_reconnect_attempts=240,  # ~60 s of outage (a restarted server, a new stream leader)
+            reconnect_time_wait=0.25,
         )
         try:
             await wait_up(nc, names)
@@ -169,4 +245,7 @@ async def system(
             moto.stop()
         if pg:
             pg.stop()
-        server.stop()
+        if cluster:
+            cluster.stop()
+        else:
+            server.stop()

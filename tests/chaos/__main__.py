@@ -101,20 +101,43 @@ async def poison(sysm: System, nc: Client) -> int:
     return n
 
 
+async def cluster_leader_killed(sysm: System, nc: Client) -> int:
+    """3-node cluster, R3 streams: SIGKILL the server leading JOBS mid-load, restart it after a while."""
+    await asyncio.sleep(LOAD_S / 3)
+    info = await nc.jetstream(timeout=5).stream_info(s.JOBS.name)
+    leader = info.cluster.leader if info.cluster else None
+    victim = sysm.server_named(leader) if leader else sysm.servers[0]
+    sys.stderr.write(f"   killing {leader or 'server 1'} (JOBS leader), pid {victim.pid}\n")
+    victim.kill()
+    await asyncio.sleep(max(3.0, LOAD_S / 4))
+    victim.start()
+    sys.stderr.write("   restarted it\n")
+    return 1
+
+
+CLUSTER_SCENARIO = "3-node NATS cluster, JOBS leader killed and restarted"
+
 SCENARIOS: dict[str, tuple[Fault, dict[str, int]]] = {
     "kill -9 each service": (kill9_each, {}),
     "two instances, one killed": (twins_one_killed, {"intake": 2, "metadata": 2, "provisioner": 2}),
     "nats-server killed and restarted": (nats_restart, {}),
     "PostgreSQL stopped and restarted": (postgres_restart, {}),
     "poison messages on every stream": (poison, {}),
+    CLUSTER_SCENARIO: (cluster_leader_killed, {}),
 }
+NATS_SERVERS: dict[str, int] = {CLUSTER_SCENARIO: 3}
+"""Scenarios run against a NATS cluster of this size (streams with as many replicas)."""
 
 
 async def run_scenario(name: str, fault: Fault, instances: dict[str, int]) -> dict[str, Any]:
-    async with system(SERVICES, instances=instances, sim_nodes=NODES, sim_interval=3.0, env={"LOG_LEVEL": "info"}) as (
-        sysm,
-        nc,
-    ):
+    async with system(
+        SERVICES,
+        instances=instances,
+        sim_nodes=NODES,
+        sim_interval=3.0,
+        env={"LOG_LEVEL": "info"},
+        nats_servers=NATS_SERVERS.get(name, 1),
+    ) as (sysm, nc):
         load = Load(nc, rate=RATE)
         await load.start()
         t = time.perf_counter()
