@@ -90,6 +90,8 @@ class Placement:
         self.publisher = Publisher(rt.js)
         self.pending: dict[str, Pending] = {}
         self.decided: set[str] = set()
+        self.ended: set[str] = set()
+        """Jobs released (ended, e.g. cancelled) before any decision: never reserve for them."""
         self._capacity_changed = asyncio.Event()
         self._queue: list[_Request] = []
         self._wake = asyncio.Event()
@@ -129,6 +131,9 @@ class Placement:
             case ev.PlacementFailed():
                 self.decided.add(event.job_id)
             case ev.PlacementReleased():
+                if event.job_id not in self.decided:  # a reservation made after this would never be freed
+                    self.ended.add(event.job_id)
+                    self._capacity_changed.set()
                 if self.world.release(event.job_id):
                     self._capacity_changed.set()
 
@@ -185,6 +190,12 @@ class Placement:
         e = p.event
         spec = e.spec
         top = self.rt.config.placement.top_candidates
+        if e.job_id in self.ended:
+            return ev.PlacementFailed(
+                event_id=ev.event_id_for(e.job_id, s.PLACEMENT_FAILED),
+                job_id=e.job_id,
+                reason="job ended before it was placed",
+            )
         if spec.cluster == "dedicated":
             result = place_dedicated(spec, self.rt.config.instance_types, top)
         else:
