@@ -19,7 +19,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-BENCHES = ["placement", "pipeline", "metadata"]
+BENCHES = ["placement", "pipeline", "metadata", "scaleout"]
 OUT = Path("bench-results")
 
 
