@@ -151,8 +151,8 @@ class Consumer(Generic[T]):
         try:
             try:
                 event = self._decoder.decode(msg.data)
-            except msgspec.DecodeError as e:
-                raise Poison(f"undecodable {msg.subject} payload: {e}") from None
+            except (msgspec.DecodeError, RecursionError) as e:  # msgspec recurses on deep nesting
+                raise Poison(f"undecodable {msg.subject} payload: {e!r}") from None
             await self._handler(event, d)
             if not d._held:
                 await d.ack()
