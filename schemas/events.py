@@ -217,6 +217,11 @@ def encode(event: Event) -> bytes:
     return encoder.encode(event)
 
 
+def commit_subject_of(event: Event) -> str:
+    """The subject to publish an event on so that its stream stores it (see ``subjects.COMMIT_PREFIX``)."""
+    return s.commit_subject(subject_of(event))
+
+
 def subject_of(event: Event) -> str:
     """The subject an event is published on (its tag, or per node for node status)."""
     if isinstance(event, NodeStatus):

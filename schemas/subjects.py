@@ -82,6 +82,16 @@ class StreamSpec(msgspec.Struct, frozen=True, kw_only=True):
     duplicate_window_s: float = 120.0
     max_age_s: float = 0.0
     """0 keeps messages until the stream's other limits apply."""
+    capture: tuple[str, ...] = ()
+    """What the stream listens on, when it differs from the subjects it stores (see COMMIT_PREFIX)."""
+    transform: tuple[str, str] | None = None
+    """Subject transform (source, destination) applied to captured messages before storing."""
+    republish: tuple[str, str] | None = None
+    """(source, destination): the server re-publishes each message on core NATS once stored."""
+
+    @property
+    def listens_on(self) -> tuple[str, ...]:
+        return self.capture or self.subjects
 
 
 JOBS = StreamSpec(
@@ -90,11 +100,28 @@ JOBS = StreamSpec(
     description="Job lifecycle events; the duplicate window is the idempotency window of job.submit.",
     duplicate_window_s=24 * 3600.0,
 )
+COMMIT_PREFIX = "sched.commit"
+"""Placement events are committed to PLACEMENTS under ``sched.commit.<subject>`` and stored
+(subject transform) under their contract subject ``placement.*``; the server then re-publishes
+each *stored* message on ``placement.*`` (stream RePublish) for core subscribers. So a Cluster
+Manager listening on ``placement.decided`` sees every stored decision once and never a decision
+the stream refused (optimistic concurrency between placement instances refuses some), even if
+the publisher dies right after the commit; and nothing outside ``services`` may commit."""
 PLACEMENTS = StreamSpec(
     name="PLACEMENTS",
     subjects=(PLACEMENT_DECIDED, PLACEMENT_FAILED, PLACEMENT_RELEASED),
     description="Placement decisions and releases; the capacity ledger is rebuilt from it.",
+    capture=(f"{COMMIT_PREFIX}.placement.*",),
+    transform=(f"{COMMIT_PREFIX}.placement.*", "placement.{{wildcard(1)}}"),
+    republish=("placement.*", "placement.{{wildcard(1)}}"),
 )
+
+
+def commit_subject(subject: str) -> str:
+    """The subject to publish an event on so that it is stored (differs for PLACEMENTS)."""
+    return f"{COMMIT_PREFIX}.{subject}" if subject in PLACEMENTS.subjects else subject
+
+
 CLUSTERS = StreamSpec(
     name="CLUSTERS",
     subjects=(

@@ -53,7 +53,11 @@ def stream_config(spec: s.StreamSpec, replicas: int = 1) -> js_api.StreamConfig:
     return js_api.StreamConfig(
         name=spec.name,
         description=spec.description,
-        subjects=list(spec.subjects),
+        subjects=list(spec.listens_on),
+        subject_transform=js_api.SubjectTransform(src=spec.transform[0], dest=spec.transform[1])
+        if spec.transform
+        else None,
+        republish=js_api.RePublish(src=spec.republish[0], dest=spec.republish[1]) if spec.republish else None,
         retention=js_api.RetentionPolicy.LIMITS,
         storage=js_api.StorageType.FILE,
         max_msgs_per_subject=spec.max_msgs_per_subject,
@@ -192,7 +196,7 @@ class Publisher:
 
     async def publish(self, event: ev.Event) -> js_api.PubAck:
         return await self._js.publish(
-            ev.subject_of(event),
+            ev.commit_subject_of(event),
             ev.encode(event),
             timeout=self._timeout,
             headers={s.MSG_ID_HEADER: event.event_id} if event.event_id else None,
@@ -225,7 +229,7 @@ class Publisher:
             headers = {s.MSG_ID_HEADER: e.event_id} if e.event_id else {}
             if expected is not None:
                 headers[s.EXPECTED_LAST_SEQ_HEADER] = str(expected + i)
-            await self._nc.publish(ev.subject_of(e), ev.encode(e), reply=reply, headers=headers or None)
+            await self._nc.publish(ev.commit_subject_of(e), ev.encode(e), reply=reply, headers=headers or None)
         if futures:
             await asyncio.wait(futures, timeout=self._timeout)
         out: list[Ack | Exception] = []

@@ -156,7 +156,7 @@ async def _prefill(js: JetStreamContext, events: list[ev.Event], chunk: int = 20
     for i in range(0, len(events), chunk):
         futures = [
             await js.publish_async(
-                ev.subject_of(e), ev.encode(e), headers={s.MSG_ID_HEADER: e.event_id} if e.event_id else None
+                ev.commit_subject_of(e), ev.encode(e), headers={s.MSG_ID_HEADER: e.event_id} if e.event_id else None
             )
             for e in events[i : i + chunk]
         ]

@@ -91,9 +91,9 @@ async def poison(sysm: System, nc: Client) -> int:
     await asyncio.sleep(LOAD_S / 4)
     n = 0
     for subject in (s.JOB_SUBMITTED, s.JOB_ACCEPTED, s.PLACEMENT_DECIDED, s.CLUSTER_PROVISIONED, s.JOB_COMPLETED):
-        await js.publish(subject, b"\x00not json", headers={"Nats-Msg-Id": f"poison-bytes-{subject}"})
+        await js.publish(s.commit_subject(subject), b"\x00not json", headers={"Nats-Msg-Id": f"poison-bytes-{subject}"})
         await js.publish(
-            subject,
+            s.commit_subject(subject),
             b'{"type": "job.expired", "event_id": "x", "job_id": "poison"}',
             headers={"Nats-Msg-Id": f"poison-type-{subject}"},
         )

@@ -80,7 +80,7 @@ async def publish(js: JetStreamContext, events: Sequence[ev.Event], *, redeliver
     futures = []
     for e in events:
         msg_id = f"{e.event_id or ev.subject_of(e)}:{uuid.uuid4().hex if redeliver else ''}"
-        futures.append(await js.publish_async(ev.subject_of(e), ev.encode(e), headers={s.MSG_ID_HEADER: msg_id}))
+        futures.append(await js.publish_async(ev.commit_subject_of(e), ev.encode(e), headers={s.MSG_ID_HEADER: msg_id}))
     await asyncio.gather(*futures)
 
 

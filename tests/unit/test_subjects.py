@@ -38,12 +38,12 @@ def test_overlaps(a: str, b: str, expected: bool) -> None:
 
 @pytest.mark.parametrize(("stream", "req_subject"), list(itertools.product(s.STREAMS, s.REQUEST_SUBJECTS)))
 def test_no_stream_captures_a_request_subject(stream: s.StreamSpec, req_subject: str) -> None:
-    for pattern in stream.subjects:
+    for pattern in (*stream.subjects, *stream.listens_on):
         assert not s.overlaps(pattern, req_subject), f"{stream.name} captures {req_subject} via {pattern}"
 
 
 def test_streams_list_subjects_explicitly_and_disjointly() -> None:
-    all_subjects = [(st.name, p) for st in s.STREAMS for p in st.subjects]
+    all_subjects = [(st.name, p) for st in s.STREAMS for p in st.listens_on]
     for st in s.STREAMS:
         for p in st.subjects:
             assert ">" not in p, f"{st.name} uses a > wildcard"
@@ -58,3 +58,21 @@ def test_every_event_type_has_a_stream() -> None:
         subject = s.node_status_subject("n1") if tag == s.NODE_STATUS else tag
         subject = s.deadletter_subject("x") if tag == s.DEADLETTER else subject
         assert any(s.matches(p, subject) for st in s.STREAMS for p in st.subjects), tag
+
+
+def test_placement_events_are_committed_on_a_subject_no_client_role_watches() -> None:
+    for subject in s.PLACEMENTS.subjects:
+        commit = s.commit_subject(subject)
+        assert commit != subject
+        assert any(s.matches(p, commit) for p in s.PLACEMENTS.listens_on)
+        assert not s.matches("placement.>", commit) and not s.matches("job.>", commit)
+    assert s.commit_subject(s.JOB_SUBMITTED) == s.JOB_SUBMITTED
+
+
+def test_stored_placement_events_are_republished_on_their_contract_subjects() -> None:
+    assert s.PLACEMENTS.republish is not None
+    src, _ = s.PLACEMENTS.republish
+    for subject in s.PLACEMENTS.subjects:
+        assert s.matches(src, subject)
+        for captured in s.PLACEMENTS.listens_on:
+            assert not s.overlaps(captured, subject)  # no loop: the stream does not capture its republish
