@@ -63,6 +63,11 @@ class Teardown:
 
     # --- events -------------------------------------------------------------
     async def on_event(self, event: domain.TeardownEvent, _: Delivery | None = None) -> None:
+        if isinstance(event, ev.JobAccepted) and event.spec.cluster == "shared" and not event.spec.max_runtime_s:
+            # Nothing to remember yet: placement.decided records cluster and start. Skipping this
+            # KV read-modify-write halves teardown's work per shared job (a cancel before the
+            # decision then finds no record and also sweeps EC2 by tag, which is harmless).
+            return
         now = self.now()
         rec, effect = await self.store.mutate(event.job_id, lambda r: domain.apply(r, event, now))
         blog = log.bind(job_id=event.job_id, event_id=event.event_id, type=ev.subject_of(event))
