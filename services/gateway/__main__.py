@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
+
 from schemas import subjects as s
 from services.gateway.handlers import MAX_BODY, Decisions, Gateway
 from services.gateway.lifecycle import JobStates, Lifecycle
@@ -11,9 +14,16 @@ from services.runtime.micro import MicroService
 
 
 async def main(rt: Runtime) -> None:
-    decisions = Decisions()
+    decisions = Decisions(rt.nc)
     gw = Gateway(Publisher(rt.js), rt.config, decisions)
-    subs = [await rt.nc.subscribe(subject, cb=decisions.on_event) for subject in Decisions.SUBJECTS]
+
+    async def drop_idle_subscriptions() -> None:
+        while not rt.stop.is_set():
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(rt.stop.wait(), 10)
+            await decisions.drop_idle()
+
+    janitor = asyncio.create_task(drop_idle_subscriptions())
     states = JobStates()
     await states.start(rt.js)
     lifecycle = Lifecycle(rt.js, Publisher(rt.js), states, rt.config.lifecycle.state_sync_timeout_s)
@@ -56,8 +66,7 @@ async def main(rt: Runtime) -> None:
     rt.log.info("started")
     await rt.stop.wait()
     await svc.stop()
-    for sub in subs:
-        await sub.unsubscribe()
+    await janitor
     await states.stop()
 
 

@@ -11,7 +11,9 @@ import uuid
 
 import msgspec
 import structlog
+from nats.aio.client import Client
 from nats.aio.msg import Msg
+from nats.aio.subscription import Subscription
 
 from schemas import events as ev
 from schemas import subjects as s
@@ -42,24 +44,43 @@ def idempotency_key(msg: Msg, request_id: str | None) -> str | None:
 class Decisions:
     """Routes decision events (decided / failed / rejected) to waiting requests by job id.
 
-    One core subscription per gateway instance serves every ``placement.request``;
-    a waiter registers before the job is published, so no answer is missed.
+    One set of core subscriptions per gateway instance serves every ``placement.request``.
+    They exist only while someone waits (plus ``idle_s``), so a gateway serving plain
+    ``job.submit`` traffic is not handed every decision. A waiter registers, and the
+    subscription is sent, before the job is published on the same connection, which the
+    server processes in order: no answer is missed.
     """
 
     SUBJECTS = (s.PLACEMENT_DECIDED, s.PLACEMENT_FAILED, s.JOB_REJECTED)
 
-    def __init__(self) -> None:
+    def __init__(self, nc: Client | None = None, idle_s: float = 30.0) -> None:
+        self._nc = nc
+        self._idle_s = idle_s
         self._waiters: dict[str, asyncio.Future[bytes]] = {}
+        self._subs: list[Subscription] = []
+        self._last_used = 0.0
 
-    def expect(self, job_id: str) -> asyncio.Future[bytes]:
+    async def expect(self, job_id: str) -> asyncio.Future[bytes]:
+        loop = asyncio.get_running_loop()
+        self._last_used = loop.time()
+        if self._nc is not None and not self._subs:
+            self._subs = [await self._nc.subscribe(subject, cb=self.on_event) for subject in self.SUBJECTS]
         fut = self._waiters.get(job_id)
         if fut is None or fut.done():
-            fut = asyncio.get_running_loop().create_future()
+            fut = loop.create_future()
             self._waiters[job_id] = fut
         return fut
 
     def forget(self, job_id: str) -> None:
         self._waiters.pop(job_id, None)
+        self._last_used = asyncio.get_running_loop().time()
+
+    async def drop_idle(self) -> None:
+        """Unsubscribe once nobody has waited for ``idle_s``."""
+        if self._subs and not self._waiters and asyncio.get_running_loop().time() - self._last_used > self._idle_s:
+            subs, self._subs = self._subs, []
+            for sub in subs:
+                await sub.unsubscribe()
 
     async def on_event(self, msg: Msg) -> None:
         if not self._waiters:
@@ -103,7 +124,7 @@ class Gateway:
 
     async def placement_request(self, msg: Msg) -> bytes:
         event = await self._submit(msg)
-        waiter = self.decisions.expect(event.job_id)
+        waiter = await self.decisions.expect(event.job_id)
         try:
             await self._publish(event)
             timeout = self.config.timeouts.placement_request_timeout_s
