@@ -116,14 +116,17 @@ class Consumer(Generic[T]):
 
     async def run(self, stop: asyncio.Event) -> None:
         await ensure_consumer(self._js, self.spec)
-        psub = await self._js.pull_subscribe_bind(durable=self.spec.durable, stream=self.spec.stream)
+        # Not nats-py's fetch: once a long poll has delivered a first message it waits for
+        # the whole batch or the expiry (up to fetch_timeout of added latency per message).
+        puller = _Puller(self._js, self.spec.stream, self.spec.durable)
+        await puller.start()
         self._log.info("consuming", filter=list(self.spec.filter_subjects))
         failures = 0
         while not stop.is_set():
             try:
-                msgs = await psub.fetch(self._batch, timeout=self._fetch_timeout)
-            except (nats.errors.TimeoutError, TimeoutError):
-                continue
+                msgs = await puller.fetch(self._batch, timeout=self._fetch_timeout)
+                if not msgs:
+                    continue
             except Exception as e:  # disconnected, server restarting, consumer gone...
                 failures += 1
                 self._log.warning("fetch failed", error=repr(e), failures=failures)
@@ -133,7 +136,7 @@ class Consumer(Generic[T]):
                 continue
             failures = 0
             await self._dispatch(msgs, stop)
-        await psub.unsubscribe()
+        await puller.stop()
         self._log.info("stopped consuming")
 
     async def _dispatch(self, msgs: list[Msg], stop: asyncio.Event) -> None:
