@@ -75,6 +75,21 @@ class Decisions:
         self._waiters.pop(job_id, None)
         self._last_used = asyncio.get_running_loop().time()
 
+    async def look_up(self, job_id: str) -> bytes | None:
+        """The job's decision event if it was already made (asks the metadata service's
+        ``job.events``; None when it has none yet or does not answer)."""
+        if self._nc is None:
+            return None
+        try:
+            reply = await self._nc.request(s.JOB_EVENTS, _enc_ref.encode(_JobRef(job_id)), timeout=1.0)
+            found = _events_decoder.decode(reply.data).events
+        except Exception:  # no metadata service, 404, timeout: wait for the live event instead
+            return None
+        for e in found:
+            if e.get("type") in self.SUBJECTS:
+                return _enc_ref.encode(e)
+        return None
+
     async def drop_idle(self) -> None:
         """Unsubscribe once nobody has waited for ``idle_s``."""
         if self._subs and not self._waiters and asyncio.get_running_loop().time() - self._last_used > self._idle_s:
@@ -99,6 +114,14 @@ class _JobRef(msgspec.Struct):
 
 
 _job_ref_decoder = msgspec.json.Decoder(_JobRef)
+_enc_ref = msgspec.json.Encoder()
+
+
+class _Events(msgspec.Struct):
+    events: list[dict[str, object]] = []
+
+
+_events_decoder = msgspec.json.Decoder(_Events)
 
 
 class Gateway:
@@ -126,7 +149,10 @@ class Gateway:
         event = await self._submit(msg)
         waiter = await self.decisions.expect(event.job_id)
         try:
-            await self._publish(event)
+            if await self._publish(event):  # submitted before: its decision may be out already
+                earlier = await self.decisions.look_up(event.job_id)
+                if earlier is not None:
+                    return earlier
             timeout = self.config.timeouts.placement_request_timeout_s
             try:
                 return await asyncio.wait_for(asyncio.shield(waiter), timeout)
@@ -137,9 +163,10 @@ class Gateway:
         finally:
             self.decisions.forget(event.job_id)
 
-    async def _publish(self, event: ev.JobSubmitted) -> None:
+    async def _publish(self, event: ev.JobSubmitted) -> bool:
+        """Store ``job.submitted``; True if the stream already had it (same idempotency key)."""
         try:
-            await self.publisher.publish(event)
+            return bool((await self.publisher.publish(event)).duplicate)
         except Exception as e:
             log.warning("publish job.submitted failed", job_id=event.job_id, error=repr(e))
             raise RequestError(

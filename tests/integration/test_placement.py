@@ -3,6 +3,7 @@ pending jobs, the deadline with its explanation, and a crash between decisions."
 
 from __future__ import annotations
 
+import asyncio
 import json
 from pathlib import Path
 from typing import Any
@@ -134,3 +135,21 @@ async def test_killing_placement_between_decisions_neither_double_books_nor_forg
     assert sorted(len(v) for v in decided.by_job.values()) == [1, 1, 1, 1]  # each job decided once
     info = await nc.jetstream().stream_info(s.PLACEMENTS.name)
     assert info.state.messages == 4
+
+
+async def test_placement_request_repeated_after_the_decision_gets_the_same_decision(
+    nc: Client, services: Spawn, database_url: str
+) -> None:
+    await services("gateway", "intake", "placement", "metadata", env={"DATABASE_URL": database_url})
+    await node(nc, "r1", 8)
+    body = job("again", 1, request_id="same-key")
+    code, first = await ask(nc, body)
+    assert code == 200 and first["type"] == s.PLACEMENT_DECIDED
+    for _ in range(100):  # until metadata has projected it (bounded)
+        reply = await nc.request(s.JOB_EVENTS, json.dumps({"job_id": first["job_id"]}).encode(), timeout=5)
+        if any(e["type"] == s.PLACEMENT_DECIDED for e in json.loads(reply.data).get("events", [])):
+            break
+        await asyncio.sleep(0.05)
+    code, second = await ask(nc, body, timeout=3)
+    assert code == 200
+    assert second["job_id"] == first["job_id"] and second["assignments"] == first["assignments"]
