@@ -145,6 +145,7 @@ async def run_scenario(name: str, fault: Fault, instances: dict[str, int]) -> di
         faults = await fault(sysm, nc)
         fault_done = time.perf_counter()
         await load_task
+        await load.cancels_done()
         await wait_up(nc, [n for n in SERVICES if present(n)], timeout=60)
         recover = await _settle(load, nc.jetstream())
         report = await check_live(nc.jetstream(), submitted_ids=load.submitted.values(), require_release=True)

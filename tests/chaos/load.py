@@ -33,6 +33,7 @@ class Load:
     cancelled: set[str] = field(default_factory=set)
     retries: int = 0
     _n: int = 0
+    _cancels: set[asyncio.Task[None]] = field(default_factory=set)
 
     async def start(self) -> None:
         for subject in (s.PLACEMENT_DECIDED, s.PLACEMENT_FAILED, s.JOB_REJECTED):
@@ -48,7 +49,9 @@ class Load:
         if msg.subject == s.PLACEMENT_DECIDED and data.get("cluster") == "shared":
             self._n += 1
             if self.cancel_every and self._n % self.cancel_every == 0:
-                asyncio.get_running_loop().create_task(self._cancel(jid))
+                task = asyncio.get_running_loop().create_task(self._cancel(jid))
+                self._cancels.add(task)
+                task.add_done_callback(self._cancels.discard)
 
     async def _cancel(self, job_id: str) -> None:
         for _ in range(20):
@@ -62,6 +65,11 @@ class Load:
                 self.cancelled.add(job_id)
                 return
             await asyncio.sleep(0.5)
+
+    async def cancels_done(self) -> None:
+        """Wait for the cancels still being retried (a fault can delay their replies)."""
+        while self._cancels:
+            await asyncio.gather(*list(self._cancels), return_exceptions=True)
 
     async def submit_one(self, i: int) -> None:
         key = f"chaos-{self.run_id}-{i}"
