@@ -36,6 +36,7 @@ test: lint           ## ruff, mypy, then every unit and integration test against
 	$(VENV)/bin/pytest -q -p no:cacheprovider tests
 
 bench: venv          ## benchmarks; results in bench-results/ (JSON, markdown, PNG)
+	$(PY) -m pip install -q -e '.[dev,bench]'
 	$(PY) -m tests.bench
 
 chaos: venv          ## fault scenarios under load, checked by the invariant checker; table in bench-results/chaos.md

@@ -28,22 +28,21 @@ Fault = Callable[[System, Client], Awaitable[int]]
 
 
 async def _settle(load: Load, js: Any, timeout: float = 90.0) -> float:
-    """Wait until every submitted job is decided; returns how long that took."""
+    """Wait until every submitted job is decided and every cancelled placed job released,
+    as the streams say (a client's reply can be lost in a fault); returns how long it took."""
     t0 = time.perf_counter()
     want = set(load.submitted.values())
+    decisions = (s.PLACEMENT_DECIDED, s.PLACEMENT_FAILED, s.JOB_REJECTED)
     while time.perf_counter() - t0 < timeout:
-        if want <= load.decided:
+        events = [e for st in (s.JOBS.name, s.PLACEMENTS.name) for e in await read_stream(js, st)]
+        tags = [(e.__struct_config__.tag, getattr(e, "job_id", "")) for e in events]
+        load.decided |= {j for t, j in tags if t in decisions}
+        placed = {j for t, j in tags if t == s.PLACEMENT_DECIDED}
+        cancelled = {j for t, j in tags if t == s.JOB_CANCEL_REQUESTED}
+        released = {j for t, j in tags if t == s.PLACEMENT_RELEASED}
+        if want <= load.decided and (cancelled & placed) <= released:
             break
-        decided = {
-            e.job_id
-            for st in (s.JOBS.name, s.PLACEMENTS.name)
-            for e in await read_stream(js, st)
-            if e.__struct_config__.tag in (s.PLACEMENT_DECIDED, s.PLACEMENT_FAILED, s.JOB_REJECTED)
-        }
-        load.decided |= decided
-        if want <= load.decided:
-            break
-        await asyncio.sleep(1)
+        await asyncio.sleep(0.5)
     return time.perf_counter() - t0
 
 
