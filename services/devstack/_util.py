@@ -13,7 +13,8 @@ import urllib.error
 import urllib.request
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from pathlib import Path
-from typing import Any
+from types import TracebackType
+from typing import Any, Self
 
 POLL_INTERVAL = 0.05
 
@@ -173,3 +174,35 @@ def kill_tree(pid: int, timeout: float = 10.0) -> None:
         if time.monotonic() > deadline:
             raise RuntimeError(f"processes {left} survived SIGKILL")
         time.sleep(POLL_INTERVAL)
+
+
+class ServerProcess:
+    """A child server started by ``start()``: SIGTERM-then-SIGKILL ``stop``, ``kill``, and a
+    context manager that stops it and removes its scratch folder (``_tmp``) on exit."""
+
+    _proc: subprocess.Popen[bytes] | None = None
+    _tmp: Path | None = None
+
+    def start(self) -> None:
+        raise NotImplementedError
+
+    def stop(self, timeout: float = 10.0) -> None:
+        """SIGTERM, wait up to `timeout`, then SIGKILL."""
+        if self._proc is not None:
+            terminate(self._proc, timeout)
+
+    def kill(self) -> None:
+        """SIGKILL, no goodbye (for chaos tests)."""
+        if self._proc is not None:
+            kill(self._proc)
+
+    def __enter__(self) -> Self:
+        self.start()
+        return self
+
+    def __exit__(
+        self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
+    ) -> None:
+        self.stop()
+        if self._tmp is not None:
+            shutil.rmtree(self._tmp, ignore_errors=True)

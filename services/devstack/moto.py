@@ -2,18 +2,15 @@
 
 from __future__ import annotations
 
-import shutil
 import subprocess
 import tempfile
 from pathlib import Path
-from types import TracebackType
-from typing import Self
 
 from services.devstack import _util
 from services.devstack.ports import free_port
 
 
-class Moto:
+class Moto(_util.ServerProcess):
     """`moto_server -H 127.0.0.1 -p PORT`. Use region eu-central-1, any credentials, and `endpoint_url`."""
 
     def __init__(
@@ -71,22 +68,3 @@ class Moto:
         status = _util.http_status(f"{self.endpoint_url}/moto-api/reset", timeout=10.0, method="POST")
         if status != 200:
             raise RuntimeError(f"moto reset answered {status}")
-
-    def stop(self, timeout: float = 10.0) -> None:
-        if self._proc is not None:
-            _util.terminate(self._proc, timeout)
-
-    def kill(self) -> None:
-        if self._proc is not None:
-            _util.kill(self._proc)
-
-    def __enter__(self) -> Self:
-        self.start()
-        return self
-
-    def __exit__(
-        self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
-    ) -> None:
-        self.stop()
-        if self._tmp is not None:
-            shutil.rmtree(self._tmp, ignore_errors=True)

@@ -4,13 +4,10 @@ from __future__ import annotations
 
 import json
 import re
-import shutil
 import subprocess
 import tempfile
 from collections.abc import Sequence
 from pathlib import Path
-from types import TracebackType
-from typing import Self
 
 from services.devstack import _util
 from services.devstack.ports import free_port
@@ -18,7 +15,7 @@ from services.devstack.ports import free_port
 _STORE_DIR_LINE = re.compile(r"^(\s*store_?dir\s*[:=]?\s*).*$", re.MULTILINE | re.IGNORECASE)
 
 
-class NatsServer:
+class NatsServer(_util.ServerProcess):
     """`nats-server -c CONFIG -js -a 127.0.0.1 -p PORT -m MONITOR_PORT -sd STORE_DIR`; flags override the
     config file (for store_dir see `_config_args`). Ports default to free ports; store and log default to a
     temporary directory that is removed again when the context manager exits."""
@@ -115,28 +112,7 @@ class NatsServer:
             self.kill()
             raise
 
-    def stop(self, timeout: float = 10.0) -> None:
-        """SIGTERM, wait up to `timeout`, then SIGKILL."""
-        if self._proc is not None:
-            _util.terminate(self._proc, timeout)
-
-    def kill(self) -> None:
-        """SIGKILL, no goodbye (for chaos tests)."""
-        if self._proc is not None:
-            _util.kill(self._proc)
-
     def restart(self) -> None:
         """stop() then start() on the same ports and store directory."""
         self.stop()
         self.start()
-
-    def __enter__(self) -> Self:
-        self.start()
-        return self
-
-    def __exit__(
-        self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
-    ) -> None:
-        self.stop()
-        if self._tmp is not None:
-            shutil.rmtree(self._tmp, ignore_errors=True)
