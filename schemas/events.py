@@ -104,6 +104,10 @@ class PlacementDecided(JobEvent, tag=s.PLACEMENT_DECIDED, kw_only=True):
     candidates: list[Candidate]
     resources: Resources | None = None
     """Per-replica request: with the assignments it is the reservation (ledger rebuild)."""
+    max_runtime_s: int | msgspec.UnsetType | None = msgspec.UNSET
+    """The job's runtime limit (null: none), counted from this decision for a shared job.
+    Carried so a consumer of decisions needs no lookup of the job; absent in events written
+    before it existed, which a consumer must treat as "unknown", not as "no limit"."""
 
 
 class PlacementFailed(JobEvent, tag=s.PLACEMENT_FAILED, kw_only=True):

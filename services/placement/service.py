@@ -210,6 +210,7 @@ class Placement:
                 assignments=result.assignments,
                 candidates=result.candidates,
                 resources=spec.resources,
+                max_runtime_s=spec.max_runtime_s,
             )
             self.world.apply_decided(out)  # the next decision of the batch sees it
             return out

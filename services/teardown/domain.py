@@ -76,6 +76,20 @@ def _deadline(rec: JobLifecycle) -> datetime | None:
     return rec.started_at + timedelta(seconds=rec.max_runtime_s)
 
 
+def nothing_to_track(event: TeardownEvent) -> bool:
+    """A shared job without a runtime limit needs no record until it ends: there are no
+    instances to terminate and no deadline to keep, and its end trigger creates the record
+    (so "released exactly once" still holds). Skipping the KV read-modify-write for its
+    ``job.accepted`` and ``placement.decided`` keeps teardown off the hot path of the common
+    job."""
+    match event:
+        case ev.JobAccepted():
+            return event.spec.cluster == "shared" and not event.spec.max_runtime_s
+        case ev.PlacementDecided():
+            return event.cluster == "shared" and event.max_runtime_s is None  # UNSET: unknown, track
+    return False
+
+
 def apply(rec: JobLifecycle | None, event: TeardownEvent, now: datetime) -> tuple[JobLifecycle, Effect]:
     """Fold ``event`` into the job's record; return the new record and the effect owed."""
     r = msgspec.structs.replace(rec) if rec is not None else JobLifecycle(job_id=event.job_id)
@@ -87,8 +101,12 @@ def apply(rec: JobLifecycle | None, event: TeardownEvent, now: datetime) -> tupl
             r.max_runtime_s = event.spec.max_runtime_s
         case ev.PlacementDecided():
             r.cluster = event.cluster
+            if isinstance(event.max_runtime_s, int):
+                r.max_runtime_s = event.max_runtime_s
             if event.cluster == "shared" and r.started_at is None:
                 r.started_at = event.at
+        case ev.ClusterProvisionFailed():
+            r.cluster = r.cluster or "dedicated"
         case ev.ClusterProvisioning() | ev.ClusterProvisioned():
             r.cluster = r.cluster or "dedicated"
             new_ids = [i.instance_id for i in event.instances if i.instance_id not in r.instance_ids]
@@ -109,7 +127,11 @@ def apply(rec: JobLifecycle | None, event: TeardownEvent, now: datetime) -> tupl
             end=r.end,
             reason=r.end_reason,
             dedicated=r.cluster == "dedicated" or bool(r.instance_ids),
-            sweep=r.cluster != "shared",
+            # By tag only when the job is known to be dedicated: its launch may not have been
+            # reported yet. A job with no record is shared (or not yet accepted, and JOBS is read
+            # in order): sweeping EC2 at every end of a shared job would cost an API call each.
+            # Instances reported later still get TerminateLate, and the reaper is the backstop.
+            sweep=r.cluster == "dedicated",
             instance_ids=tuple(r.instance_ids),
         )
     if r.released and new_ids:

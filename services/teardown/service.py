@@ -63,10 +63,7 @@ class Teardown:
 
     # --- events -------------------------------------------------------------
     async def on_event(self, event: domain.TeardownEvent, _: Delivery | None = None) -> None:
-        if isinstance(event, ev.JobAccepted) and event.spec.cluster == "shared" and not event.spec.max_runtime_s:
-            # Nothing to remember yet: placement.decided records cluster and start. Skipping this
-            # KV read-modify-write halves teardown's work per shared job (a cancel before the
-            # decision then finds no record and also sweeps EC2 by tag, which is harmless).
+        if domain.nothing_to_track(event):
             return
         now = self.now()
         rec, effect = await self.store.mutate(event.job_id, lambda r: domain.apply(r, event, now))

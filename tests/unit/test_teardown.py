@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from datetime import UTC, datetime, timedelta
 
+import msgspec
 import pytest
 
 from schemas import events as ev
@@ -35,8 +36,11 @@ def accepted(cluster: str = "dedicated", max_runtime_s: int | None = None) -> ev
     return ev.JobAccepted(event_id="a", job_id=J, spec=spec(cluster, max_runtime_s), at=T0)
 
 
-def decided(cluster: str = "shared", at: datetime = T0) -> ev.PlacementDecided:
+def decided(
+    cluster: str = "shared", at: datetime = T0, max_runtime_s: int | msgspec.UnsetType | None = msgspec.UNSET
+) -> ev.PlacementDecided:
     return ev.PlacementDecided(
+        max_runtime_s=max_runtime_s,
         event_id="d",
         job_id=J,
         cluster=cluster,
@@ -120,9 +124,21 @@ class TestReleaseExactlyOnce:
         assert effects == [None, None, None]
         assert rec.end == "failed" and rec.released
 
-    def test_end_before_accepted_still_sweeps_by_tag(self) -> None:
-        _, eff = apply(None, CANCEL, T0)
-        assert isinstance(eff, Release) and eff.sweep and not eff.dedicated
+    def test_end_of_an_untracked_job_releases_without_asking_ec2(self) -> None:
+        """No record: a shared job without a limit (or one not yet accepted). No sweep by tag;
+        instances reported later are terminated (TerminateLate) and the reaper is the backstop."""
+        rec, eff = apply(None, CANCEL, T0)
+        assert isinstance(eff, Release) and not eff.sweep and not eff.dedicated
+        rec = domain.mark_released(rec, J)
+        _, late = apply(rec, provisioned("i-1"), T0)
+        assert late == TerminateLate(("i-1",))
+
+    def test_dedicated_end_sweeps_by_tag(self) -> None:
+        _, eff = fold(accepted("dedicated"), CANCEL)
+        assert isinstance(eff[-1], Release) and eff[-1].sweep and eff[-1].dedicated
+        failed = ev.ClusterProvisionFailed(event_id="f", job_id=J, error_code="Unsupported", message="no")
+        _, eff2 = apply(None, failed, T0)
+        assert isinstance(eff2, Release) and eff2.sweep and eff2.dedicated
 
 
 class TestDeadline:
@@ -146,6 +162,40 @@ class TestDeadline:
         rec, _ = fold(accepted("shared", 10), decided("shared"), CANCEL)
         assert rec.deadline is None
 
+    def test_a_decision_that_carries_the_limit_needs_no_accepted(self) -> None:
+        rec, _ = fold(decided("shared", at=T0, max_runtime_s=30))
+        assert rec.deadline == T0 + timedelta(seconds=30)
+
+
+class TestNothingToTrack:
+    """Teardown skips its KV record for shared jobs with no runtime limit (the hot path)."""
+
+    @pytest.mark.parametrize(
+        ("event", "skip"),
+        [
+            (accepted("shared"), True),
+            (accepted("shared", 60), False),
+            (accepted("dedicated"), False),
+            (decided("shared", max_runtime_s=None), True),
+            (decided("shared", max_runtime_s=60), False),
+            (decided("dedicated", max_runtime_s=None), False),
+            # written before decisions carried the limit: unknown, so it is tracked
+            (decided("shared"), False),
+            (CANCEL, False),
+        ],
+    )
+    def test_which_events_are_skipped(self, event: domain.TeardownEvent, skip: bool) -> None:
+        assert domain.nothing_to_track(event) is skip
+
+    def test_decision_wire_form_tells_absent_from_null(self) -> None:
+        dec = msgspec.json.Decoder(ev.PlacementDecided)
+        old = msgspec.json.encode(decided("shared"))
+        assert b"max_runtime_s" not in old and dec.decode(old).max_runtime_s is msgspec.UNSET
+        new = msgspec.json.encode(decided("shared", max_runtime_s=None))
+        assert b'"max_runtime_s":null' in new and dec.decode(new).max_runtime_s is None
+
+
+class TestDue:
     def test_due_lists_passed_deadlines_earliest_first(self) -> None:
         d = {"b": T0 + timedelta(seconds=1), "a": T0 + timedelta(seconds=2), "c": T0 + timedelta(seconds=10)}
         assert domain.due(d, T0 + timedelta(seconds=5)) == ["b", "a"]
