@@ -24,7 +24,7 @@ The state becomes ``cancelled`` (and, authoritatively, any end state) when teard
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Iterable
+from collections.abc import Awaitable, Callable, Iterable
 
 import msgspec
 import structlog
@@ -36,7 +36,7 @@ from schemas import events as ev
 from schemas import subjects as s
 from schemas.replies import CompleteRequest, JobRef, SubmitReply
 from schemas.types import TERMINAL_STATES
-from services.runtime.bus import Publisher
+from services.runtime.bus import Publisher, stream_sequence
 from services.runtime.micro import RequestError
 
 log = structlog.get_logger()
@@ -90,12 +90,16 @@ def next_state(
 
 
 class JobStates:
-    """Every job's state, folded from the streams; ``sync`` waits until it is current."""
+    """Every job's state, folded from the streams; ``sync`` waits until it is current.
+
+    Folding runs for every event of three streams, so it takes no lock and builds no
+    metadata per message: a waiter in ``sync`` is checked only when there is one.
+    """
 
     def __init__(self) -> None:
         self.states: dict[str, str] = {}
         self.applied: dict[str, int] = {spec.name: 0 for spec in VIEW_STREAMS}
-        self._changed = asyncio.Condition()
+        self._waiters: list[tuple[dict[str, int], asyncio.Future[None]]] = []
         self._subs: list[object] = []
 
     def apply(self, data: bytes) -> None:
@@ -115,12 +119,24 @@ class JobStates:
         if new is not None:
             self.states[job_id] = new
 
-    async def _on_msg(self, msg: Msg) -> None:
-        self.apply(msg.data)
-        md = msg.metadata
-        async with self._changed:
-            self.applied[md.stream] = max(self.applied.get(md.stream, 0), md.sequence.stream)
-            self._changed.notify_all()
+    def _folder(self, stream: str) -> Callable[[Msg], Awaitable[None]]:
+        async def on_msg(msg: Msg) -> None:
+            self.apply(msg.data)
+            seq = stream_sequence(msg.reply)
+            if seq > self.applied[stream]:
+                self.applied[stream] = seq
+            if self._waiters:
+                self._wake()
+
+        return on_msg
+
+    def _current(self, targets: dict[str, int]) -> bool:
+        return all(self.applied[n] >= t for n, t in targets.items())
+
+    def _wake(self) -> None:
+        for targets, fut in self._waiters:
+            if not fut.done() and self._current(targets):
+                fut.set_result(None)
 
     async def start(self, js: JetStreamContext, streams: Iterable[s.StreamSpec] = VIEW_STREAMS) -> None:
         for spec in streams:
@@ -128,7 +144,7 @@ class JobStates:
                 spec.subjects[0],
                 stream=spec.name,
                 ordered_consumer=True,
-                cb=self._on_msg,
+                cb=self._folder(spec.name),
                 deliver_policy=js_api.DeliverPolicy.ALL,
                 config=js_api.ConsumerConfig(filter_subjects=list(spec.subjects)),
             )
@@ -144,10 +160,14 @@ class JobStates:
     async def sync(self, js: JetStreamContext, timeout: float) -> None:
         """Wait until every event stored before this call has been folded in."""
         targets = {name: (await js.stream_info(name)).state.last_seq for name in self.applied}
-        async with self._changed:
-            await asyncio.wait_for(
-                self._changed.wait_for(lambda: all(self.applied[n] >= t for n, t in targets.items())), timeout
-            )
+        if self._current(targets):
+            return
+        waiter = (targets, asyncio.get_running_loop().create_future())
+        self._waiters.append(waiter)
+        try:
+            await asyncio.wait_for(waiter[1], timeout)
+        finally:
+            self._waiters.remove(waiter)
 
 
 class Lifecycle:

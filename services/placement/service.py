@@ -38,7 +38,7 @@ from schemas import subjects as s
 from services.placement.engine import NotPlaced, Placed, place, place_dedicated
 from services.placement.state import World
 from services.runtime.app import Runtime
-from services.runtime.bus import Ack, Publisher, WrongLastSequence
+from services.runtime.bus import Ack, Publisher, WrongLastSequence, stream_sequence
 from services.runtime.consumer import Consumer, Delivery
 
 log = structlog.get_logger()
@@ -116,7 +116,7 @@ class Placement:
             self._capacity_changed.set()
 
     async def on_ledger(self, msg: Msg) -> None:
-        seq = msg.metadata.sequence.stream
+        seq = stream_sequence(msg.reply)
         if seq > self.applied_seq:
             self.applied_seq = seq
             self._advanced.set()
@@ -149,7 +149,7 @@ class Placement:
             return
         submitted = event.submitted_at or event.at
         age = (datetime.now(UTC) - submitted).total_seconds()
-        order = d.msg.metadata.sequence.stream  # submission order, also after a restart
+        order = stream_sequence(d.msg.reply)  # submission order, also after a restart
         p = Pending(event, d, time.monotonic() + self.deadline_s - max(0.0, age), order)
         if await self.decide(p) != "pending":
             return

@@ -163,6 +163,15 @@ class PublishError(Exception):
         self.description = description
 
 
+def stream_sequence(reply: str) -> int:
+    """The stream sequence of a JetStream delivery, read from its ack subject (ADR-15:
+    ``$JS.ACK.<stream>.<consumer>.<delivered>.<sseq>...``, or the 12-token form with domain and
+    account hash) without building nats-py's ``Msg.metadata`` (a dataclass and a datetime per
+    message), for loops that read every message of a stream."""
+    tokens = reply.split(".")
+    return int(tokens[5] if len(tokens) == 9 else tokens[7])
+
+
 class WrongLastSequence(PublishError):
     """The stream moved on since the publisher last looked (optimistic concurrency)."""
 
