@@ -103,8 +103,10 @@ class Consumer(Generic[T]):
         service: str,
         batch: int = 256,
         fetch_timeout: float = 1.0,
+        in_order: bool = False,
     ) -> None:
         self._js = js
+        self._in_order = in_order
         self.spec = spec
         self._decoder = decoder
         self._handler = handler
@@ -140,8 +142,13 @@ class Consumer(Generic[T]):
         self._log.info("stopped consuming")
 
     async def _dispatch(self, msgs: list[Msg], stop: asyncio.Event) -> None:
-        """Handle one fetched batch: each message's handler concurrently (overridden by BatchConsumer)."""
-        await asyncio.gather(*(self._process(m) for m in msgs))
+        """Handle one fetched batch: each message's handler concurrently, or one after another
+        when ``in_order`` (overridden by BatchConsumer)."""
+        if self._in_order:
+            for m in msgs:
+                await self._process(m)
+        else:
+            await asyncio.gather(*(self._process(m) for m in msgs))
 
     async def _recreate(self) -> None:
         try:

@@ -29,9 +29,10 @@ async def main(rt: Runtime) -> None:
     async with Ec2.open(rt.settings, rt.config.aws) as ec2:
         td = Teardown(store, ec2, Publisher(rt.js), rt.config.lifecycle)
         await svc.start()
-        # JOBS one at a time, so a job's accepted is recorded before its end trigger.
+        # JOBS in stream order, so a job's accepted is recorded before its end trigger (batched
+        # fetches all the same: one pull request per message cost more than the handling).
         consumers = [
-            Consumer(rt.js, spec, decoder, td.on_event, service="teardown", batch=1 if spec is s.TEARDOWN_JOBS else 64)
+            Consumer(rt.js, spec, decoder, td.on_event, service="teardown", batch=64, in_order=spec is s.TEARDOWN_JOBS)
             for spec in SPECS
         ]
         rt.log.info("started", endpoint=rt.settings.aws_endpoint_url or "aws")
