@@ -1,4 +1,5 @@
-"""``python -m services.metadata`` (env ``DATABASE_URL``; ``METADATA_BATCH`` messages per transaction).
+"""``python -m services.metadata`` (env ``DATABASE_URL``; ``METADATA_BATCH`` messages per fetch;
+``METADATA_CACHE_JOBS`` job views kept in memory).
 
 The composition root: the database adapter, the query endpoints (answering 503 until
 the database is reachable and migrated), then one batch consumer per projected stream.
@@ -7,23 +8,42 @@ the database is reachable and migrated), then one batch consumer per projected s
 from __future__ import annotations
 
 import asyncio
+import gc
 import os
 
 from schemas import subjects as s
 from services.metadata.adapters import Database, is_unavailable
-from services.metadata.handlers import DECODERS, Projector, Queries
+from services.metadata.consumer import PipelinedBatchConsumer
+from services.metadata.handlers import DECODERS, DEFAULT_CACHE_JOBS, Projector, Queries
 from services.runtime.app import VERSION, Runtime, run
-from services.runtime.consumer import BatchConsumer
 from services.runtime.micro import MicroService
 
 DEFAULT_BATCH = 1000
 
 
+def tune_gc() -> None:
+    """Fewer garbage collections: the projection allocates many short-lived objects (decoded events,
+    rows) and keeps many long-lived ones (the view cache); with the default gen-0 threshold of 700
+    allocations the collector's passes over them cost a quarter of the service's CPU. Nothing here
+    builds reference cycles on purpose, so collecting rarely costs little memory."""
+    gc.collect()
+    gc.freeze()  # what startup allocated is never garbage: keep it out of every later pass
+    gc.set_threshold(50_000, 20, 100)
+
+
 def batch_size(env: dict[str, str] | None = None) -> int:
-    raw = (os.environ if env is None else env).get("METADATA_BATCH", "")
-    n = int(raw) if raw.strip() else DEFAULT_BATCH
-    if not 1 <= n <= 10_000:
-        raise SystemExit(f"METADATA_BATCH must be 1..10000, not {n}")
+    return _int_env(env, "METADATA_BATCH", DEFAULT_BATCH, 1, 10_000)
+
+
+def cache_jobs(env: dict[str, str] | None = None) -> int:
+    return _int_env(env, "METADATA_CACHE_JOBS", DEFAULT_CACHE_JOBS, 0, 10_000_000)
+
+
+def _int_env(env: dict[str, str] | None, name: str, default: int, lo: int, hi: int) -> int:
+    raw = (os.environ if env is None else env).get(name, "")
+    n = int(raw) if raw.strip() else default
+    if not lo <= n <= hi:
+        raise SystemExit(f"{name} must be {lo}..{hi}, not {n}")
     return n
 
 
@@ -47,9 +67,10 @@ async def main(rt: Runtime) -> None:
         await svc.add_endpoint(name, subject, handler, max_body=64 * 1024, metadata=meta)
     try:
         if await db.migrate_until_ready(rt.stop):
-            projector = Projector(db)
+            tune_gc()
+            projector = Projector(db, cache_jobs())
             consumers = [
-                BatchConsumer(
+                PipelinedBatchConsumer(
                     rt.js,
                     spec,
                     DECODERS[spec.stream],
@@ -60,8 +81,11 @@ async def main(rt: Runtime) -> None:
                 )
                 for spec in s.METADATA_CONSUMERS
             ]
-            rt.log.info("started", batch=batch)
-            await asyncio.gather(*(c.run(rt.stop) for c in consumers))
+            rt.log.info("started", batch=batch, cache_jobs=projector.cache.capacity)
+            try:
+                await asyncio.gather(*(c.run(rt.stop) for c in consumers))
+            finally:
+                await projector.close()
     finally:
         await svc.stop()
         await db.close()

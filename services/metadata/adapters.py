@@ -1,9 +1,9 @@
 """The PostgreSQL edge (asyncpg): a thin adapter, SQL only, no projection logic.
 
 :class:`Database` owns the pool and answers queries; :meth:`Database.transaction`
-yields a :class:`Tx` whose methods are the few statements of a projection batch,
-each one round trip for the whole batch (a JSON array unpacked by ``json_to_recordset``). :func:`is_unavailable`
-tells an outage (retry later, answer 503) from a bug.
+yields a :class:`Tx` whose methods are the few statements of a projection batch, each one
+round trip for the whole batch (COPY for the events, ``unnest`` of arrays for the rest).
+:func:`is_unavailable` tells an outage (retry later, answer 503) from a bug.
 """
 
 from __future__ import annotations
@@ -45,26 +45,30 @@ def is_unavailable(e: BaseException) -> bool:
     return isinstance(e, asyncpg.exceptions.InterfaceError) and "closed" in str(e)
 
 
-class EventRow(msgspec.Struct, frozen=True):
-    event_key: str
-    type: str
-    job_id: str | None
-    node_id: str | None
-    at: datetime
-    stream: str
-    stream_seq: int
-    body: msgspec.Raw
-    """The event's JSON exactly as published."""
+EVENT_COLUMNS = ("event_key", "type", "job_id", "node_id", "at", "stream", "stream_seq", "body")
+EventRecord = tuple[str, str, str | None, str | None, datetime, str, int, str]
+"""A row of ``events`` in :data:`EVENT_COLUMNS` order (``body``: the event's JSON exactly as published)."""
 
 
-class JobRow(msgspec.Struct, frozen=True):
+class JobWrite(msgspec.Struct, frozen=True):
+    """A job row to write: insert it (``expected`` None) or update it where its token is ``expected``."""
+
     job_id: str
+    expected: int | None
+    version: int
+    """The fresh write token this write stores."""
     state: str | None
     reason: str | None
     submitted_at: datetime | None
     updated_at: datetime | None
     released: bool
-    view: msgspec.Raw
+    view: str
+
+
+class StoredJob(msgspec.Struct, frozen=True):
+    job_id: str
+    version: int
+    view: str | None
 
 
 class ReservationRow(msgspec.Struct, frozen=True):
@@ -103,30 +107,37 @@ def _json_rows(rows: Sequence[msgspec.Struct]) -> str:
     return _rows_enc.encode(rows).decode()
 
 
-_INSERT_EVENTS = """
+_STAGE_EVENTS = """
+CREATE TEMP TABLE IF NOT EXISTS events_in (event_key text, type text, job_id text, node_id text, at timestamptz,
+                                           stream text, stream_seq bigint, body text) ON COMMIT DELETE ROWS
+"""
+_INSERT_STAGED_EVENTS = """
 INSERT INTO events (event_key, type, job_id, node_id, at, stream, stream_seq, body)
-SELECT * FROM json_to_recordset($1::json) AS r(event_key text, type text, job_id text, node_id text,
-                                               at timestamptz, stream text, stream_seq bigint, body text)
+SELECT event_key, type, job_id, node_id, at, stream, stream_seq, body FROM events_in
 ON CONFLICT (event_key) DO NOTHING
-RETURNING event_key
 """
-_CREATE_JOBS = """
-INSERT INTO jobs (job_id)
-SELECT j FROM unnest($1::text[]) WITH ORDINALITY AS u(j, n) ORDER BY n
+_JOB_COLUMNS = """$1::text[], $2::bigint[], $3::bigint[], $4::text[], $5::text[], $6::timestamptz[],
+                  $7::timestamptz[], $8::boolean[], $9::text[]"""
+_JOB_RECORD = "u(job_id, expected, version, state, reason, submitted_at, updated_at, released, view, n)"
+_INSERT_JOBS = f"""
+INSERT INTO jobs (job_id, version, state, reason, submitted_at, updated_at, released, view)
+SELECT u.job_id, u.version, u.state, u.reason, u.submitted_at, u.updated_at, u.released, u.view
+FROM unnest({_JOB_COLUMNS}) WITH ORDINALITY AS {_JOB_RECORD}
+ORDER BY u.n
 ON CONFLICT (job_id) DO NOTHING
+RETURNING job_id
 """
-_LOCK_JOBS = "SELECT job_id, view FROM jobs WHERE job_id = ANY($1::text[]) ORDER BY job_id FOR UPDATE"
-_UPDATE_JOBS = """
-UPDATE jobs SET state = u.state, reason = u.reason, submitted_at = u.submitted_at, updated_at = u.updated_at,
-                released = u.released, view = u.view
-FROM json_to_recordset($1::json) AS u(job_id text, state text, reason text, submitted_at timestamptz,
-                                      updated_at timestamptz, released boolean, view text)
-WHERE jobs.job_id = u.job_id
+_UPDATE_JOBS = f"""
+UPDATE jobs SET version = u.version, state = u.state, reason = u.reason, submitted_at = u.submitted_at,
+                updated_at = u.updated_at, released = u.released, view = u.view
+FROM unnest({_JOB_COLUMNS}) WITH ORDINALITY AS {_JOB_RECORD}
+WHERE jobs.job_id = u.job_id AND jobs.version = u.expected
+RETURNING jobs.job_id
 """
+_LOCK_JOBS = "SELECT job_id, version, view FROM jobs WHERE job_id = ANY($1::text[]) ORDER BY job_id FOR UPDATE"
 _UPSERT_RESERVATIONS = """
 INSERT INTO reservations (job_id, replica, node_id, cpu, memory_mb, gpu)
-SELECT * FROM json_to_recordset($1::json) AS r(job_id text, replica integer, node_id text, cpu float8,
-                                               memory_mb bigint, gpu integer)
+SELECT * FROM unnest($1::text[], $2::integer[], $3::text[], $4::float8[], $5::bigint[], $6::integer[])
 ON CONFLICT (job_id, replica) DO UPDATE
 SET node_id = EXCLUDED.node_id, cpu = EXCLUDED.cpu, memory_mb = EXCLUDED.memory_mb, gpu = EXCLUDED.gpu
 WHERE (reservations.node_id, reservations.cpu, reservations.memory_mb, reservations.gpu)
@@ -157,28 +168,67 @@ ORDER BY n.node_id
 _MAX_SEQ = 2**63 - 1
 
 
+def _job_columns(rows: Sequence[JobWrite]) -> list[list[Any]]:
+    return [
+        [r.job_id for r in rows],
+        [r.expected for r in rows],
+        [r.version for r in rows],
+        [r.state for r in rows],
+        [r.reason for r in rows],
+        [r.submitted_at for r in rows],
+        [r.updated_at for r in rows],
+        [r.released for r in rows],
+        [r.view for r in rows],
+    ]
+
+
 class Tx:
     """The statements of one projection batch, inside one transaction."""
 
     def __init__(self, conn: asyncpg.Connection) -> None:
         self._conn = conn
 
-    async def insert_events(self, rows: Sequence[EventRow]) -> set[str]:
-        """Record events; returns the keys that were new (the rest were seen before)."""
-        recs = await self._conn.fetch(_INSERT_EVENTS, _json_rows(rows))
+    async def insert_events(self, records: Sequence[EventRecord]) -> bool:
+        """Record events (keys unique within ``records``); an event recorded before is left alone.
+
+        COPY straight into ``events`` first (under a savepoint): one duplicate key fails it, and the
+        batch then goes through a staging table and ``ON CONFLICT DO NOTHING``. False if it had to.
+        """
+        try:
+            async with self._conn.transaction():
+                await self._conn.copy_records_to_table("events", records=records, columns=EVENT_COLUMNS)
+            return True
+        except asyncpg.exceptions.UniqueViolationError:
+            pass
+        await self._conn.execute(_STAGE_EVENTS)
+        await self._conn.copy_records_to_table("events_in", records=records, columns=EVENT_COLUMNS)
+        await self._conn.execute(_INSERT_STAGED_EVENTS)
+        return False
+
+    async def insert_jobs(self, rows: Sequence[JobWrite]) -> set[str]:
+        """Insert new job rows (in the given order: it is the listing order); the ids inserted."""
+        recs = await self._conn.fetch(_INSERT_JOBS, *_job_columns(rows))
         return {r[0] for r in recs}
 
-    async def lock_jobs(self, job_ids: Sequence[str]) -> dict[str, str | None]:
-        """Create missing job rows, lock all of them (in key order: no deadlocks); their views."""
-        ids = sorted(job_ids)
-        await self._conn.execute(_CREATE_JOBS, ids)
-        return {r[0]: r[1] for r in await self._conn.fetch(_LOCK_JOBS, ids)}
+    async def update_jobs(self, rows: Sequence[JobWrite]) -> set[str]:
+        """Update each row whose token is still its ``expected``; the ids updated."""
+        recs = await self._conn.fetch(_UPDATE_JOBS, *_job_columns(rows))
+        return {r[0] for r in recs}
 
-    async def update_jobs(self, rows: Sequence[JobRow]) -> None:
-        await self._conn.execute(_UPDATE_JOBS, _json_rows(rows))
+    async def lock_jobs(self, job_ids: Sequence[str]) -> list[StoredJob]:
+        """Lock existing rows (in key order: no deadlocks between reloads); their token and view."""
+        return [StoredJob(r[0], r[1], r[2]) for r in await self._conn.fetch(_LOCK_JOBS, sorted(job_ids))]
 
     async def upsert_reservations(self, rows: Sequence[ReservationRow]) -> None:
-        await self._conn.execute(_UPSERT_RESERVATIONS, _json_rows(rows))
+        await self._conn.execute(
+            _UPSERT_RESERVATIONS,
+            [r.job_id for r in rows],
+            [r.replica for r in rows],
+            [r.node_id for r in rows],
+            [r.cpu for r in rows],
+            [r.memory_mb for r in rows],
+            [r.gpu for r in rows],
+        )
 
     async def upsert_nodes(self, rows: Sequence[NodeRow]) -> None:
         """Keep each node's newest status (by ``at``); ``rows`` has one row per node."""

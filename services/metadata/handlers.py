@@ -1,14 +1,17 @@
 """Handlers: the projection of a batch of events, and the query endpoints.
 
-The projection runs one transaction per fetched batch: record the events (their key
-makes a redelivery a no-op), lock the touched jobs, merge the *new* events into their
-views with the pure :func:`services.metadata.domain.apply`, write the views, the
-reservations and the node statuses back; the consumer acks after the commit.
+The projection (:class:`Projector`) writes the batches of all four consumers in one
+transaction at a time: record the events (their key makes a redelivery a no-op), merge
+them into the jobs' views (kept in memory, checked against the row's write token) with the
+pure :func:`services.metadata.domain.merge`, write the views, the reservations and the node
+statuses; the consumer acks after the commit. The next group is prepared while one is written.
 """
 
 from __future__ import annotations
 
 import asyncio
+import random
+from collections import OrderedDict
 from collections.abc import Awaitable, Callable, Sequence
 from datetime import UTC, datetime
 
@@ -32,10 +35,12 @@ from schemas.replies import (
 from services.metadata import domain
 from services.metadata.adapters import (
     Database,
-    EventRow,
-    JobRow,
+    EventRecord,
+    JobWrite,
     NodeRow,
     ReservationRow,
+    Tx,
+    Unavailable,
     is_unavailable,
 )
 from services.runtime.consumer import Delivery
@@ -56,35 +61,33 @@ DECODERS: dict[str, msgspec.json.Decoder[ev.Event]] = {
 """How each projected stream's payloads decode (a payload of another type is poison)."""
 
 
-def event_row(event: ev.Event, d: Delivery) -> EventRow:
-    md = d.msg.metadata
-    seq = md.sequence.stream if md.sequence else 0
-    if isinstance(event, ev.NodeStatus):
-        key, job_id, node_id = domain.node_event_key(event), None, event.node_id
-    else:
-        key, job_id, node_id = event.event_id, getattr(event, "job_id", None), None
-    return EventRow(
-        event_key=key,
-        type=domain.event_type(event),
-        job_id=job_id,
-        node_id=node_id,
-        at=event.at,
-        stream=md.stream,
-        stream_seq=seq,
-        body=msgspec.Raw(d.msg.data),
-    )
+def _stream_seq(msg: Msg) -> tuple[str, int]:
+    """Stream and stream sequence of a JetStream message, read off its reply subject
+    (``$JS.ACK.<stream>.<consumer>.<delivered>.<stream seq>...``) without nats-py's full metadata parse."""
+    tokens = (msg.reply or "").split(".")
+    if len(tokens) == 9 and tokens[0] == "$JS" and tokens[1] == "ACK":
+        return tokens[2], int(tokens[5])
+    md = msg.metadata  # the v2 format (domain and account hash) or anything else: nats-py's parser
+    return md.stream, md.sequence.stream if md.sequence else 0
 
 
-def job_row(view: domain.JobView) -> JobRow:
-    d = domain.derive(view)
-    return JobRow(
+def _token() -> int:
+    """A fresh write token for ``jobs.version`` (never 0, the token of rows written before tokens)."""
+    return random.getrandbits(62) + 1
+
+
+def job_write(view: domain.JobView, expected: int | None) -> JobWrite:
+    state, reason = domain.state_of(view)
+    return JobWrite(
         job_id=view.job_id,
-        state=d.state,
-        reason=d.reason,
+        expected=expected,
+        version=_token(),
+        state=state,
+        reason=reason,
         submitted_at=view.submitted_at,
         updated_at=view.updated_at,
         released=view.released,
-        view=msgspec.Raw(_enc.encode(view)),
+        view=_enc.encode(view).decode(),
     )
 
 
@@ -102,96 +105,303 @@ def reservation_rows(view: domain.JobView) -> list[ReservationRow]:
     ]
 
 
+def _changed_reservations(new: domain.JobView, old: domain.JobView | None) -> list[ReservationRow]:
+    """The job's reservation rows if they differ from what ``old`` implied, else none."""
+    if new.placement is None or (old is not None and domain.reservations(new) == domain.reservations(old)):
+        return []
+    return reservation_rows(new)
+
+
 Items = Sequence[tuple[ev.Event, Delivery]]
+
+DEFAULT_CACHE_JOBS = 50_000
+
+
+class Cached(msgspec.Struct, frozen=True):
+    """A job's view as stored in its row, with the row's write token."""
+
+    view: domain.JobView
+    version: int
+
+
+class ViewCache:
+    """The views this instance wrote or read last, least recently written evicted first.
+
+    Not authoritative: an entry is only a guess of the row's content, checked by its token
+    when the row is next written (another instance may have written the row since).
+    """
+
+    def __init__(self, capacity: int) -> None:
+        self.capacity = capacity
+        self._entries: OrderedDict[str, Cached] = OrderedDict()
+
+    def get(self, job_id: str) -> Cached | None:
+        return self._entries.get(job_id)
+
+    def put(self, job_id: str, entry: Cached) -> None:
+        self._entries[job_id] = entry
+        self._entries.move_to_end(job_id)
+        if len(self._entries) > self.capacity:
+            self._entries.popitem(last=False)
+
+    def __len__(self) -> int:
+        return len(self._entries)
+
+
+class _Batch(msgspec.Struct):
+    items: Items
+    done: asyncio.Future[None]
+    alone: bool = False
+    """Retried on its own after a combined write failed (a poison message is blamed on its batch only)."""
+
+
+class _Group(msgspec.Struct, kw_only=True):
+    """Batches prepared for one transaction: rows computed, nothing written yet."""
+
+    batches: list[_Batch]
+    events: list[EventRecord]
+    by_job: dict[str, list[ev.JobEvent]]
+    inserts: list[JobWrite]
+    updates: list[JobWrite]
+    results: dict[str, Cached]
+    """The view and token of each written job, as they will be once committed."""
+    reservations: dict[str, list[ReservationRow]]
+    nodes: list[NodeRow]
+
+
+class _Conflict(Unavailable):
+    """A job row changed under a write in a way a retry of the batch settles."""
 
 
 class Projector:
-    """The batch handler of every metadata consumer.
+    """The batch handler of every metadata consumer: a pipeline of one transaction at a time.
 
-    Batches of the four consumers that are ready at the same time are written together, in
-    one transaction, by whichever caller holds the write lock (flat combining): a job's row
-    is then locked and rewritten once for its events from every stream, and consumers never
-    wait on each other's row locks. If a combined write fails with anything but an outage,
-    each batch is retried on its own so that a poison message is only ever blamed on its
-    own batch (whose consumer then isolates it).
+    :meth:`project` queues a batch and waits for its commit. A single runner takes every batch
+    queued (from all four consumers) as one group, *prepares* it in Python (event rows, merged
+    views, reservation rows) and writes it in one transaction; while that transaction runs in
+    PostgreSQL, the next group is prepared, so Python and PostgreSQL work at the same time.
+
+    Views are kept in a :class:`ViewCache`, so a job's row is not read back to merge new events:
+    a cached job is updated ``WHERE version = <its cached token>`` with a fresh token, a job not
+    in the cache is inserted ``ON CONFLICT DO NOTHING``. A row that did not match (written by
+    another instance, or by a transaction of ours that failed) is reloaded under lock and the
+    group's events are merged into it again. The next group is prepared on the views of the
+    group in flight: if that one fails, the next is prepared again from committed views only.
+    If a combined write fails with anything but an outage, each batch is retried on its own so
+    that a poison message is only ever blamed on its own batch (whose consumer then isolates it).
     """
 
-    def __init__(self, db: Database) -> None:
+    def __init__(self, db: Database, cache_jobs: int = DEFAULT_CACHE_JOBS) -> None:
         self._db = db
-        self._lock = asyncio.Lock()
-        self._waiting: list[tuple[Items, asyncio.Future[None]]] = []
+        self.cache = ViewCache(cache_jobs)
+        self._queue: list[_Batch] = []
+        self._wake = asyncio.Event()
+        self._runner: asyncio.Task[None] | None = None
+        self._inflight: dict[str, Cached] = {}
+        self.stats = {"groups": 0, "conflicts": 0, "duplicates": 0}
 
     async def project(self, items: Items) -> None:
-        fut: asyncio.Future[None] = asyncio.get_running_loop().create_future()
-        self._waiting.append((items, fut))
-        async with self._lock:
-            if not fut.done():
-                group, self._waiting = self._waiting, []
-                await self._write_group(group)
-        return fut.result()
+        loop = asyncio.get_running_loop()
+        batch = _Batch(items=items, done=loop.create_future())
+        self._queue.append(batch)
+        self._wake.set()
+        if self._runner is None or self._runner.done():
+            self._runner = loop.create_task(self._run())
+        await batch.done
 
-    async def _write_group(self, group: list[tuple[Items, asyncio.Future[None]]]) -> None:
+    async def close(self) -> None:
+        """Stop the runner (after the consumers have stopped: nothing is queued any more)."""
+        if self._runner is not None:
+            self._runner.cancel()
+            try:
+                await self._runner
+            except asyncio.CancelledError:
+                pass
+            self._runner = None
+
+    # --- the pipeline ---------------------------------------------------------
+    async def _run(self) -> None:
+        writing: asyncio.Task[None] | None = None
+        written: _Group | None = None
+        prepared: _Group | None = None
+        while True:
+            if writing is None and prepared is not None:  # start the next write first, then prepare
+                self._inflight = prepared.results
+                written, prepared = prepared, None
+                writing = asyncio.get_running_loop().create_task(self._write(written))
+                await asyncio.sleep(0)  # let it send its first statement before we hold the loop
+            if prepared is None and self._queue:
+                prepared = self._prepare_or_fail(self._take())
+                continue
+            if writing is None:
+                self._wake.clear()
+                await self._wake.wait()
+                continue
+            if prepared is None:  # wait for the write, or for batches to prepare meanwhile
+                self._wake.clear()
+                wake = asyncio.ensure_future(self._wake.wait())
+                await asyncio.wait((writing, wake), return_when=asyncio.FIRST_COMPLETED)
+                wake.cancel()
+            else:
+                await asyncio.wait((writing,))
+            if writing.done():
+                assert written is not None
+                ok = self._finish(written, writing)
+                writing, written, self._inflight = None, None, {}
+                if not ok and prepared is not None:  # it was prepared on views that were not committed
+                    prepared = self._prepare_or_fail(prepared.batches)
+
+    def _take(self) -> list[_Batch]:
+        if self._queue[0].alone:
+            return [self._queue.pop(0)]
+        n = next((i for i, b in enumerate(self._queue) if b.alone), len(self._queue))
+        group, self._queue = self._queue[:n], self._queue[n:]
+        return group
+
+    def _prepare_or_fail(self, batches: list[_Batch]) -> _Group | None:
         try:
-            await self.write([item for items, _ in group for item in items])
+            return self._prepare(batches)
         except Exception as e:
-            if len(group) == 1 or is_unavailable(e):
-                for _, fut in group:
-                    fut.set_exception(e)
-                return
-            for items, fut in group:
-                try:
-                    await self.write(items)
-                except Exception as e2:
-                    fut.set_exception(e2)
-                else:
-                    fut.set_result(None)
-            return
-        for _, fut in group:
-            fut.set_result(None)
+            self._failed(batches, e)
+            return None
 
-    async def write(self, items: Items) -> None:
-        """Project ``items`` in one transaction."""
-        rows: dict[str, tuple[EventRow, ev.Event]] = {}
-        for event, d in items:
-            row = event_row(event, d)
-            rows.setdefault(row.event_key, (row, event))
-        async with self._db.transaction() as tx:
-            new = await tx.insert_events([r for r, _ in rows.values()])
-            by_job: dict[str, list[ev.JobEvent]] = {}
-            latest: dict[str, ev.NodeStatus] = {}
-            for key in new:
-                event = rows[key][1]
+    def _finish(self, group: _Group, task: asyncio.Task[None]) -> bool:
+        """Resolve the group's batches; False if it failed."""
+        e = task.exception()
+        if e is None:
+            for b in group.batches:
+                if not b.done.done():
+                    b.done.set_result(None)
+            return True
+        self._failed(group.batches, e)
+        return False
+
+    def _failed(self, batches: list[_Batch], e: BaseException) -> None:
+        if len(batches) > 1 and not is_unavailable(e):
+            log.warning("combined write failed; retrying its batches one by one", batches=len(batches), error=repr(e))
+            self._queue[:0] = [_Batch(items=b.items, done=b.done, alone=True) for b in batches]
+            self._wake.set()
+            return
+        for b in batches:
+            if not b.done.done():
+                b.done.set_exception(e)
+
+    def _base(self, job_id: str) -> Cached | None:
+        return self._inflight.get(job_id) or self.cache.get(job_id)
+
+    def _prepare(self, batches: list[_Batch]) -> _Group:
+        events: list[EventRecord] = []
+        seen: set[str] = set()
+        by_job: dict[str, list[ev.JobEvent]] = {}
+        latest: dict[str, tuple[ev.NodeStatus, bytes]] = {}
+        for b in batches:
+            for event, d in b.items:
+                msg = d.msg
+                body = msg.data.decode()
                 if isinstance(event, ev.JobEvent):
-                    by_job.setdefault(event.job_id, []).append(event)
+                    key, job_id, node_id = event.event_id, event.job_id, None
                 elif isinstance(event, ev.NodeStatus):
+                    key, job_id, node_id = domain.node_event_key(event), None, event.node_id
                     cur = latest.get(event.node_id)
-                    if cur is None or event.at > cur.at:
-                        latest[event.node_id] = event
-            if by_job:
-                stored = await tx.lock_jobs(list(by_job))
-                views: list[domain.JobView] = []
-                for job_id, events in by_job.items():
-                    raw = stored.get(job_id)
-                    view = _view_decoder.decode(raw) if raw else None
-                    for event in events:
-                        view = domain.apply(view, event)
-                    assert view is not None
-                    views.append(view)
-                    log.debug("job projected", job_id=job_id, events=len(events))
-                await tx.update_jobs([job_row(v) for v in views])
-                reservations = [r for v in views for r in reservation_rows(v)]
-                if reservations:
-                    await tx.upsert_reservations(reservations)
-            if latest:
-                await tx.upsert_nodes(
-                    [
-                        NodeRow(
-                            node_id=st.node_id, state=st.state, at=st.at, status=rows[domain.node_event_key(st)][0].body
-                        )
-                        for st in latest.values()
-                    ]
-                )
-        log.debug("batch projected", events=len(items), new=len(new), jobs=len(by_job), nodes=len(latest))
+                    if cur is None or event.at > cur[0].at:
+                        latest[event.node_id] = (event, msg.data)
+                else:  # pragma: no cover - the decoders yield nothing else
+                    raise TypeError(f"cannot project {type(event).__name__}")
+                if key in seen:
+                    continue
+                seen.add(key)
+                stream, seq = _stream_seq(msg)
+                events.append((key, domain.event_type(event), job_id, node_id, event.at, stream, seq, body))
+                if job_id is not None:
+                    by_job.setdefault(job_id, []).append(event)  # type: ignore[arg-type]
+        inserts: list[JobWrite] = []
+        updates: list[JobWrite] = []
+        results: dict[str, Cached] = {}
+        reservations: dict[str, list[ReservationRow]] = {}
+        for job_id, job_events in by_job.items():
+            base = self._base(job_id)
+            old = base.view if base is not None else None
+            view = domain.merge(old, job_events)
+            if base is not None and view == old:
+                continue  # nothing new (redelivered events)
+            row = job_write(view, base.version if base is not None else None)
+            (inserts if base is None else updates).append(row)
+            results[job_id] = Cached(view=view, version=row.version)
+            rows = _changed_reservations(view, old)
+            if rows:
+                reservations[job_id] = rows
+        nodes = [
+            NodeRow(node_id=n.node_id, state=n.state, at=n.at, status=msgspec.Raw(raw)) for n, raw in latest.values()
+        ]
+        return _Group(
+            batches=batches,
+            events=events,
+            by_job=by_job,
+            inserts=inserts,
+            updates=updates,
+            results=results,
+            reservations=reservations,
+            nodes=nodes,
+        )
+
+    async def _write(self, g: _Group) -> None:
+        """Write a prepared group in one transaction; on commit, its views become the cache's."""
+        results = dict(g.results)
+        reservations = dict(g.reservations)
+        async with self._db.transaction() as tx:
+            if g.events and not await tx.insert_events(g.events):
+                self.stats["duplicates"] += 1
+            conflicts: list[str] = []
+            if g.inserts:
+                done = await tx.insert_jobs(g.inserts)
+                conflicts += [r.job_id for r in g.inserts if r.job_id not in done]
+            if g.updates:
+                done = await tx.update_jobs(g.updates)
+                conflicts += [r.job_id for r in g.updates if r.job_id not in done]
+            if conflicts:
+                self.stats["conflicts"] += len(conflicts)
+                await self._reload(tx, g, conflicts, results, reservations)
+            rows = [r for job_rows in reservations.values() for r in job_rows]
+            if rows:
+                await tx.upsert_reservations(rows)
+            if g.nodes:
+                await tx.upsert_nodes(g.nodes)
+        for job_id, entry in results.items():
+            self.cache.put(job_id, entry)
+        self.stats["groups"] += 1
+        log.debug("group projected", batches=len(g.batches), events=len(g.events), jobs=len(results))
+
+    async def _reload(
+        self,
+        tx: Tx,
+        g: _Group,
+        conflicts: list[str],
+        results: dict[str, Cached],
+        reservations: dict[str, list[ReservationRow]],
+    ) -> None:
+        """Merge the group's events into rows that were not as the cache thought, read under lock."""
+        stored = {s.job_id: s for s in await tx.lock_jobs(conflicts)}
+        rewrites: list[JobWrite] = []
+        missing: list[JobWrite] = []
+        for job_id in conflicts:
+            reservations.pop(job_id, None)
+            s = stored.get(job_id)
+            old = _view_decoder.decode(s.view) if s is not None and s.view else None
+            view = domain.merge(old, g.by_job[job_id])
+            if s is not None and view == old:
+                results[job_id] = Cached(view=view, version=s.version)
+                continue
+            row = job_write(view, s.version if s is not None else None)
+            (rewrites if s is not None else missing).append(row)
+            results[job_id] = Cached(view=view, version=row.version)
+            rows = _changed_reservations(view, old)
+            if rows:
+                reservations[job_id] = rows
+        log.info("job rows changed by another writer; merged again", jobs=len(conflicts))
+        if rewrites and len(await tx.update_jobs(rewrites)) != len(rewrites):
+            raise _Conflict("a locked job row changed")  # cannot happen: we hold the row locks
+        if missing and len(await tx.insert_jobs(missing)) != len(missing):
+            raise _Conflict("job rows appeared while being recreated; the batch is retried")
 
 
 # --- query endpoints ---------------------------------------------------------
@@ -300,4 +510,4 @@ def _unavailable_is_503(handler: Callable[[Msg], Awaitable[bytes]]) -> Callable[
     return guarded
 
 
-__all__ = ["DECODERS", "Projector", "Queries", "event_row"]
+__all__ = ["DECODERS", "Projector", "Queries", "ViewCache"]
