@@ -18,6 +18,7 @@ transaction) and acks the batch after it returns; see its docstring for its outc
 from __future__ import annotations
 
 import asyncio
+import contextlib
 from collections.abc import Awaitable, Callable, Sequence
 from typing import Any, Generic, TypeVar
 
@@ -120,7 +121,7 @@ class Consumer(Generic[T]):
         await ensure_consumer(self._js, self.spec)
         # Not nats-py's fetch: once a long poll has delivered a first message it waits for
         # the whole batch or the expiry (up to fetch_timeout of added latency per message).
-        puller = _Puller(self._js, self.spec.stream, self.spec.durable)
+        puller = _Puller(self._js, self.spec.stream, self.spec.durable, max_messages=self._batch)
         await puller.start()
         self._log.info("consuming", filter=list(self.spec.filter_subjects))
         failures = 0
@@ -208,22 +209,34 @@ class Consumer(Generic[T]):
 
 
 class _Puller:
-    """Pull requests answered into one callback subscription.
+    """A standing pull: messages stream into one buffer; ``fetch`` takes from it.
 
-    nats-py's ``fetch`` waits for each message with its own task, timer and inbox id,
-    which costs more than a projection spends on the message itself. Here the server's
-    answers land in one list: a ``no_wait`` request takes what is there, and if nothing
-    is, a long poll waits for the first message (the rest of that request's messages are
-    kept for the next fetch).
+    nats-py's ``fetch`` waits for each message with its own task, timer and inbox id, and
+    a request per fetch costs the server and us a round trip (plus a ``404`` when there is
+    nothing) for every few messages. Instead, like the Go and JS clients' ``consume``, a
+    pull request for up to ``max_messages`` stays open (``expires`` long) and is topped up
+    when less than half of it is still owed, so under steady traffic messages arrive with
+    no request of their own.
+
+    Credit accounting: ``_owed`` is what was asked for and neither delivered nor reported
+    gone (a ``408``/``409`` status names the messages its request still owed in
+    ``Nats-Pending-Messages``). Should a status be lost (reconnect, server restart), every
+    request is known to have expired ``expires`` after the last one was sent, and the
+    credit is reset then.
     """
 
-    def __init__(self, js: JetStreamContext, stream: str, durable: str) -> None:
+    EXPIRES_S = 10.0
+
+    def __init__(self, js: JetStreamContext, stream: str, durable: str, *, max_messages: int = 256) -> None:
         self._nc = js._nc
         prefix = getattr(js, "_prefix", "$JS.API")
         self._subject = f"{prefix}.CONSUMER.MSG.NEXT.{stream}.{durable}"
         self._inbox = self._nc.new_inbox()
+        self._max = max(1, max_messages)
         self._buf: list[Msg] = []
-        self._want = 1
+        self._owed = 0
+        self._asked_at = 0.0
+        self._reconnects = self._reconnect_count()
         self._ready = asyncio.Event()
         self._conflict: str | None = None
         self._sub: Any = None
@@ -239,29 +252,51 @@ class _Puller:
     async def _on_msg(self, msg: Msg) -> None:
         status = JetStreamContext.is_status_msg(msg)
         if status is None:
+            self._owed = max(0, self._owed - 1)
             self._buf.append(msg)
-            if len(self._buf) >= self._want:
-                self._ready.set()
-        elif status != "100":  # 404 no messages, 408 request expired, 409 conflict; 100 is a heartbeat
+            self._ready.set()
+        elif status != "100":  # 408 request expired, 409 conflict, 404 nothing (no_wait); 100: heartbeat
+            headers = msg.headers or {}
+            try:
+                gone = int(headers.get("Nats-Pending-Messages", 0))
+            except ValueError:
+                gone = self._owed
+            self._owed = max(0, self._owed - gone) if gone else self._owed
             if status == "409":
-                self._conflict = (msg.headers or {}).get("Description", "conflict")
+                desc = headers.get("Description", "conflict")
+                if "MaxAckPending" not in desc:  # a full ack window is back-pressure, not an error
+                    self._conflict = desc
+                    self._owed = 0
             self._ready.set()
 
-    async def _ask(self, want: int, request: dict[str, Any], timeout: float) -> None:
-        self._want = want
-        self._ready.clear()
+    def _reconnect_count(self) -> int:
+        return int(getattr(self._nc, "stats", {}).get("reconnects", 0))
+
+    async def _top_up(self) -> None:
+        now = asyncio.get_running_loop().time()
+        if self._owed and now - self._asked_at > self.EXPIRES_S + 1.0:
+            self._owed = 0  # every request sent so far has expired; its 408 was lost
+        if (n := self._reconnect_count()) != self._reconnects:
+            self._reconnects, self._owed = n, 0  # a server that restarted forgot our requests
+        want = self._max - self._owed - len(self._buf)
+        if want * 2 < self._max and self._owed:
+            return  # more than half of a full pull is still coming
+        if want <= 0:
+            return
+        self._owed += want
+        self._asked_at = now
+        request = {"batch": want, "expires": int(self.EXPIRES_S * 1e9)}
         await self._nc.publish(self._subject, _json.encode(request), reply=self._inbox)
-        try:
-            await asyncio.wait_for(self._ready.wait(), timeout)
-        except TimeoutError:
-            pass
 
     async def fetch(self, batch: int, timeout: float) -> list[Msg]:
-        if len(self._buf) < batch:
-            await self._ask(batch, {"batch": batch - len(self._buf), "no_wait": True}, timeout)
+        """Up to ``batch`` buffered messages; waits up to ``timeout`` for the first one."""
+        await self._top_up()
         if not self._buf:
-            await self._ask(1, {"batch": batch, "expires": int(timeout * 1e9)}, timeout + 0.5)
-            await asyncio.sleep(0)  # let the rest of a burst arrive
+            self._ready.clear()
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._ready.wait(), timeout)
+            if not self._buf and self._conflict is None:
+                await self._top_up()  # a request may have ended (408): ask again before the next wait
         if self._conflict is not None:
             reason, self._conflict = self._conflict, None
             raise nats.js.errors.APIError(description=f"pull request conflict: {reason}")
@@ -331,7 +366,7 @@ class BatchConsumer(Consumer[T]):
         """Like :meth:`Consumer.run`, but the next batch is fetched while this one is handled,
         so a handler waiting on its database overlaps with receiving the next messages."""
         await ensure_consumer(self._js, self.spec)
-        psub = _Puller(self._js, self.spec.stream, self.spec.durable)
+        psub = _Puller(self._js, self.spec.stream, self.spec.durable, max_messages=self._batch)
         await psub.start()
         self._log.info("consuming", filter=list(self.spec.filter_subjects), batch=self._batch)
         failures = 0
