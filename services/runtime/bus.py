@@ -184,7 +184,8 @@ class WrongLastSequence(PublishError):
 class Publisher:
     """Publishes events to JetStream with ``Nats-Msg-Id`` = ``event_id``.
 
-    ``publish`` waits for the stream's ack. ``publish_many`` pipelines the publishes
+    ``publish`` waits for the stream's ack (on the same inbox: cheaper than nats-py's
+    ``js.publish``, which builds a PubAck dataclass from ``json.loads``). ``publish_many`` pipelines the publishes
     and waits for every ack (raising the first error), so a caller acks its input only
     once its outputs are stored. ``publish_chain`` pipelines them with optimistic
     concurrency: message *i* is stored only if the stream's last sequence is then
@@ -203,13 +204,12 @@ class Publisher:
         self._pending: dict[str, asyncio.Future[bytes]] = {}
         self._count = 0
 
-    async def publish(self, event: ev.Event) -> js_api.PubAck:
-        return await self._js.publish(
-            ev.commit_subject_of(event),
-            ev.encode(event),
-            timeout=self._timeout,
-            headers={s.MSG_ID_HEADER: event.event_id} if event.event_id else None,
-        )
+    async def publish(self, event: ev.Event) -> Ack:
+        """Store one event; raises :class:`PublishError` (or ``TimeoutError``) if it was not."""
+        (result,) = await self._pipeline((event,), None)
+        if isinstance(result, Exception):
+            raise result
+        return result
 
     async def publish_many(self, events: Sequence[ev.Event]) -> list[Ack]:
         results = await self._pipeline(events, None)

@@ -3,12 +3,16 @@
 from __future__ import annotations
 
 import json
+import uuid
 
 import msgspec
 import pytest
+from hypothesis import given
+from hypothesis import strategies as st
 
 from schemas import events as ev
 from schemas.jobs import Defaults, JobRequest, LegacyJobRequest, decode_job_request, normalise
+from services.gateway.handlers import _JOB_NS, job_id_for
 from services.runtime.micro import from_decode_error
 
 D = Defaults()
@@ -120,3 +124,9 @@ def test_events_are_tagged_with_their_subject_and_round_trip() -> None:
 def test_event_decoding_skips_unknown_fields() -> None:
     raw = b'{"type": "placement.released", "event_id": "e", "job_id": "j", "at": "2026-01-01T00:00:00Z", "new": 1}'
     assert isinstance(ev.any_event_decoder.decode(raw), ev.PlacementReleased)
+
+
+@given(st.text(min_size=1, max_size=300))
+def test_job_id_is_uuid5_of_the_idempotency_key(key: str) -> None:
+    """The hand-rolled hash must stay exactly uuid5: job ids of stored jobs depend on it."""
+    assert job_id_for(key) == uuid.uuid5(_JOB_NS, key).hex
