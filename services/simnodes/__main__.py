@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 import os
 import signal
 
@@ -11,7 +12,7 @@ from schemas import events as ev
 from services.runtime.bus import connect
 from services.runtime.config import load_settings
 from services.runtime.log import configure
-from services.simnodes.fleet import Fleet
+from services.simnodes.fleet import Fleet, per_slice
 
 
 async def publish_forever(count: int, interval: float, seed: int) -> None:
@@ -24,14 +25,24 @@ async def publish_forever(count: int, interval: float, seed: int) -> None:
         loop.add_signal_handler(sig, stop.set)
     fleet = Fleet(count, seed)
     log.info("publishing node status", nodes=count, interval_s=interval)
+    # The whole fleet at once first (placement knows every node at start-up), then spread
+    # evenly over each interval: a fleet reporting in one burst every few seconds would
+    # stall its consumers periodically, which no real, unsynchronised fleet does.
+    for status in fleet.tick():
+        await nc.publish(ev.subject_of(status), ev.encode(status))
+    await nc.flush()
+    step = min(0.05, interval)
+    n = per_slice(count, interval, step)
+    i = 0
+    next_at = loop.time() + step
     while not stop.is_set():
-        for status in fleet.tick():
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(stop.wait(), max(0.0, next_at - loop.time()))
+        next_at += step
+        for _ in range(n):
+            status = fleet.status(i)
+            i = (i + 1) % count
             await nc.publish(ev.subject_of(status), ev.encode(status))
-        await nc.flush()
-        try:
-            await asyncio.wait_for(stop.wait(), interval)
-        except TimeoutError:
-            pass
     await nc.drain()
 
 

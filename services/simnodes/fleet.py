@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 import random
 
 from schemas.events import NodeStatus
@@ -37,23 +38,31 @@ class Fleet:
                 )
             )
 
+    def __len__(self) -> int:
+        return len(self.base)
+
+    def status(self, i: int) -> NodeStatus:
+        """A fresh status of node ``i``: background load varies a little from report to report."""
+        b = self.base[i]
+        used = self._rng.uniform(0.0, 0.3)
+        return NodeStatus(
+            node_id=b.node_id,
+            state=b.state,
+            technologies=b.technologies,
+            cpu_cores=b.cpu_cores,
+            cpu_free=round(b.cpu_cores * (1 - used), 2),
+            memory_mb=b.memory_mb,
+            memory_free_mb=int(b.memory_mb * (1 - used)),
+            gpus=b.gpus,
+            labels=b.labels,
+        )
+
     def tick(self) -> list[NodeStatus]:
-        """Fresh statuses: background load varies a little from tick to tick."""
-        rng = self._rng
-        out = []
-        for b in self.base:
-            used = rng.uniform(0.0, 0.3)
-            out.append(
-                NodeStatus(
-                    node_id=b.node_id,
-                    state=b.state,
-                    technologies=b.technologies,
-                    cpu_cores=b.cpu_cores,
-                    cpu_free=round(b.cpu_cores * (1 - used), 2),
-                    memory_mb=b.memory_mb,
-                    memory_free_mb=int(b.memory_mb * (1 - used)),
-                    gpus=b.gpus,
-                    labels=b.labels,
-                )
-            )
-        return out
+        """Fresh statuses of the whole fleet."""
+        return [self.status(i) for i in range(len(self.base))]
+
+
+def per_slice(count: int, interval: float, step: float) -> int:
+    """Statuses to send every ``step`` seconds so each of ``count`` nodes reports once per
+    ``interval``: real agents are not synchronised, so neither is the simulated fleet."""
+    return max(1, math.ceil(count * step / interval)) if interval > 0 else count

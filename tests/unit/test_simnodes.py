@@ -1,0 +1,26 @@
+"""The simulated fleet: deterministic nodes, reports spread over the interval."""
+
+from __future__ import annotations
+
+import pytest
+
+from services.simnodes.fleet import Fleet, per_slice
+
+
+@pytest.mark.parametrize(
+    ("count", "interval", "step", "expected"),
+    [(10_000, 5.0, 0.05, 100), (50, 3.0, 0.05, 1), (1, 5.0, 0.05, 1), (7, 0.0, 0.05, 7)],
+)
+def test_every_node_reports_at_least_once_per_interval(count: int, interval: float, step: float, expected: int) -> None:
+    n = per_slice(count, interval, step)
+    assert n == expected
+    if interval:
+        assert n * (interval / step) >= count
+
+
+def test_fleet_is_deterministic_and_each_status_is_fresh_but_the_same_node() -> None:
+    a, b = Fleet(20, seed=3), Fleet(20, seed=3)
+    assert [x.node_id for x in a.tick()] == [x.node_id for x in b.tick()]
+    s1, s2 = a.status(4), a.status(4)
+    assert s1.node_id == s2.node_id == a.base[4].node_id and s1.technologies == a.base[4].technologies
+    assert 0 < s1.cpu_free <= s1.cpu_cores and len(a) == 20
