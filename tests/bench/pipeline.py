@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import asyncio
 import os
+import resource
 import time
 import uuid
 from typing import Any
@@ -249,7 +250,10 @@ async def run() -> dict[str, Any]:
         for c in CLIENTS:
             result["closed"].append(await closed_loop(nc, col, c, CLOSED_S))
         for rate in RATES:
-            result["open"].append(await open_loop(nc, col, rate, OPEN_S))
+            before, me = sysm.usage(), _own_cpu()
+            r = await open_loop(nc, col, rate, OPEN_S)
+            r["cpu_us_per_job"] = _per_job(before, sysm.usage(), _own_cpu() - me, r["jobs"])
+            result["open"].append(r)
         result["footprint"] = _delta(usage0, sysm.usage())
         result["services"] = sorted(sysm.procs)
     result["cdf_png"] = plot(result["open"], "bench-results/pipeline-latency-cdf.png")
@@ -257,6 +261,22 @@ async def run() -> dict[str, Any]:
         r.pop("_lat", None)
     result["gateway_alone"] = await gateway_alone(CLOSED_S)
     return result
+
+
+def _own_cpu() -> float:
+    ru = resource.getrusage(resource.RUSAGE_SELF)
+    return ru.ru_utime + ru.ru_stime
+
+
+def _per_job(
+    a: dict[str, dict[str, float]], b: dict[str, dict[str, float]], client_s: float, jobs: int
+) -> dict[str, float]:
+    """CPU µs per decided job of each process during one run (the node fleet's own load
+    included), and of this load generator as ``client``: where the time goes per job."""
+    out = {k: round(1e6 * (v["cpu_s"] - a.get(k, {}).get("cpu_s", 0.0)) / max(1, jobs)) for k, v in b.items()}
+    out["client"] = round(1e6 * client_s / max(1, jobs))
+    out["total"] = sum(out.values())
+    return out
 
 
 def _delta(a: dict[str, dict[str, float]], b: dict[str, dict[str, float]]) -> dict[str, dict[str, float]]:
@@ -283,6 +303,18 @@ def markdown(r: dict[str, Any]) -> str:
             f"| open, {x['offered_per_s']}/s offered | {x['jobs_per_s']} | {x['p50_ms']} | {x['p90_ms']} | "
             f"{x['p99_ms']} | {x['max_ms']} | {x['errors']} |"
         )
+    runs = [x for x in r["open"] if x.get("cpu_us_per_job")]
+    if runs:
+        procs = [*sorted({k for x in runs for k in x["cpu_us_per_job"]} - {"total"}), "total"]
+        lines += [
+            "",
+            "CPU µs per decided job, by process (open loop; includes the node fleet's own load):",
+            "",
+            "| process | " + " | ".join(f"{x['offered_per_s']}/s" for x in runs) + " |",
+            "|---|" + "---|" * len(runs),
+        ]
+        for k in procs:
+            lines.append(f"| {k} | " + " | ".join(str(x["cpu_us_per_job"].get(k, "")) for x in runs) + " |")
     g = r["gateway_alone"]
     lines += [
         "",
