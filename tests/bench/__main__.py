@@ -8,7 +8,6 @@ version; the markdown tables are printed at the end and written beside it.
 
 from __future__ import annotations
 
-import asyncio
 import importlib
 import json
 import os
