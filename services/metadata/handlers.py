@@ -87,7 +87,6 @@ def job_write(view: domain.JobView, expected: int | None) -> JobWrite:
         submitted_at=view.submitted_at,
         updated_at=view.updated_at,
         released=view.released,
-        view=_enc.encode(view).decode(),
     )
 
 
@@ -198,7 +197,7 @@ class Projector:
         self._wake = asyncio.Event()
         self._runner: asyncio.Task[None] | None = None
         self._inflight: dict[str, Cached] = {}
-        self.stats = {"groups": 0, "conflicts": 0, "duplicates": 0}
+        self.stats = {"groups": 0, "events": 0, "job_writes": 0, "conflicts": 0, "duplicates": 0}
 
     async def project(self, items: Items) -> None:
         loop = asyncio.get_running_loop()
@@ -369,6 +368,8 @@ class Projector:
         for job_id, entry in results.items():
             self.cache.put(job_id, entry)
         self.stats["groups"] += 1
+        self.stats["events"] += len(g.events)
+        self.stats["job_writes"] += len(g.inserts) + len(g.updates)
         log.debug("group projected", batches=len(g.batches), events=len(g.events), jobs=len(results))
 
     async def _reload(
@@ -379,29 +380,39 @@ class Projector:
         results: dict[str, Cached],
         reservations: dict[str, list[ReservationRow]],
     ) -> None:
-        """Merge the group's events into rows that were not as the cache thought, read under lock."""
+        """Rows that were not as the cache thought: lock them, fold each job's recorded events (this
+        group's included: they were inserted above) into a fresh view, and write them again."""
         stored = {s.job_id: s for s in await tx.lock_jobs(conflicts)}
+        views = fold_bodies(await tx.events_of(conflicts))
         rewrites: list[JobWrite] = []
         missing: list[JobWrite] = []
         for job_id in conflicts:
-            reservations.pop(job_id, None)
             s = stored.get(job_id)
-            old = _view_decoder.decode(s.view) if s is not None and s.view else None
-            view = domain.merge(old, g.by_job[job_id])
-            if s is not None and view == old:
-                results[job_id] = Cached(view=view, version=s.version)
-                continue
+            view = domain.merge(views.get(job_id), g.by_job[job_id])  # idempotent: a no-op unless a race
             row = job_write(view, s.version if s is not None else None)
             (rewrites if s is not None else missing).append(row)
             results[job_id] = Cached(view=view, version=row.version)
-            rows = _changed_reservations(view, old)
-            if rows:
-                reservations[job_id] = rows
+            reservations.pop(job_id, None)
+            if view.placement is not None:
+                reservations[job_id] = reservation_rows(view)
         log.info("job rows changed by another writer; merged again", jobs=len(conflicts))
         if rewrites and len(await tx.update_jobs(rewrites)) != len(rewrites):
             raise _Conflict("a locked job row changed")  # cannot happen: we hold the row locks
         if missing and len(await tx.insert_jobs(missing)) != len(missing):
             raise _Conflict("job rows appeared while being recreated; the batch is retried")
+
+
+_job_event_decoder: msgspec.json.Decoder[ev.JobEvent] = msgspec.json.Decoder(
+    ev.JobEvents | ev.PlacementEvents | ev.ClusterEvents
+)
+
+
+def fold_bodies(rows: Sequence[tuple[str, str]]) -> dict[str, domain.JobView]:
+    """Each job's view, folded from the recorded bodies of its events (``(job_id, body)`` rows)."""
+    by_job: dict[str, list[ev.JobEvent]] = {}
+    for job_id, body in rows:
+        by_job.setdefault(job_id, []).append(_job_event_decoder.decode(body))
+    return {job_id: domain.merge(None, events) for job_id, events in by_job.items()}
 
 
 # --- query endpoints ---------------------------------------------------------
@@ -426,8 +437,8 @@ class Queries:
 
     async def job_get(self, msg: Msg) -> bytes:
         ref = _job_ref.decode(msg.data)
-        raw = await self._db.get_job(ref.job_id)
-        record = domain.to_record(_view_decoder.decode(raw)) if raw else None
+        view = fold_bodies([(ref.job_id, body) for body in await self._db.job_events(ref.job_id)]).get(ref.job_id)
+        record = domain.to_record(view) if view is not None else None
         if record is None:
             raise RequestError(404, f"unknown job {ref.job_id}", field="job_id", job_id=ref.job_id)
         return _enc.encode(record)
@@ -440,9 +451,11 @@ class Queries:
             raise RequestError(400, str(e), field="after") from None
         rows = await self._db.list_jobs(req.state, before, req.limit + 1)
         page, more = rows[: req.limit], len(rows) > req.limit
+        views = fold_bodies(await self._db.events_of([job_id for _, job_id in page])) if page else {}
         jobs: list[JobRecord] = []
-        for _, raw in page:
-            record = domain.to_record(_view_decoder.decode(raw))
+        for _, job_id in page:
+            view = views.get(job_id)
+            record = domain.to_record(view) if view is not None else None
             if record is not None:
                 jobs.append(record)
         next_cursor = domain.encode_cursor(page[-1][0]) if more and page else None
