@@ -1,0 +1,105 @@
+"""services.runtime.consumer.Consumer against a real nats-server: the standing pull.
+
+A consumer keeps one pull request open and tops it up, instead of a request per fetch; it
+must still deliver every message, and resume after the server restarts (which forgets
+every open pull request).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+
+import msgspec
+import pytest
+from nats.aio.client import Client
+from nats.aio.msg import Msg
+
+from schemas import events as ev
+from schemas import subjects as s
+from services.devstack import NatsServer
+from services.runtime.bus import ensure_streams
+from services.runtime.consumer import Consumer, Delivery
+from tests.integration.test_metadata_batch_consumer import SPEC
+
+pytestmark = pytest.mark.integration
+
+CONSUMER = s.ConsumerSpec(
+    stream=s.JOBS.name,
+    durable="test-standing",
+    filter_subjects=(s.JOB_SUBMITTED,),
+    description="test",
+    ack_wait_s=5.0,
+)
+decoder = msgspec.json.Decoder(ev.JobSubmitted)
+
+
+def submitted(i: int) -> ev.JobSubmitted:
+    return ev.JobSubmitted(event_id=f"j{i}:job.submitted", job_id=f"j{i}", spec=SPEC)
+
+
+async def publish(nc: Client, i: int) -> None:
+    e = submitted(i)
+    await nc.jetstream().publish(s.JOB_SUBMITTED, ev.encode(e), headers={s.MSG_ID_HEADER: e.event_id})
+
+
+class Seen:
+    def __init__(self) -> None:
+        self.ids: list[str] = []
+        self.arrived = asyncio.Event()
+
+    async def on(self, event: ev.JobSubmitted, _: Delivery) -> None:
+        self.ids.append(event.job_id)
+        self.arrived.set()
+
+    async def next(self, timeout: float = 10.0) -> None:
+        await asyncio.wait_for(self.arrived.wait(), timeout)
+        self.arrived.clear()
+
+
+async def test_one_message_at_a_time_needs_far_fewer_pull_requests_than_messages(nc: Client) -> None:
+    await ensure_streams(nc.jetstream())
+    pulls: list[Msg] = []
+
+    async def count(msg: Msg) -> None:
+        pulls.append(msg)
+
+    await nc.subscribe(f"$JS.API.CONSUMER.MSG.NEXT.{CONSUMER.stream}.{CONSUMER.durable}", cb=count)
+    seen, stop = Seen(), asyncio.Event()
+    task = asyncio.create_task(Consumer(nc.jetstream(), CONSUMER, decoder, seen.on, service="test", batch=64).run(stop))
+    try:
+        for i in range(200):  # a trickle: each message is handled before the next is published
+            await publish(nc, i)
+            await seen.next()
+        assert seen.ids == [f"j{i}" for i in range(200)]
+        # about one top-up per half batch (32 messages), not one or two requests per message
+        assert len(pulls) <= 200 // 32 + 3, len(pulls)
+        info = await nc.jetstream().consumer_info(CONSUMER.stream, CONSUMER.durable)
+        assert info.num_ack_pending == 0
+    finally:
+        stop.set()
+        await asyncio.wait_for(task, 10)
+
+
+async def test_consuming_resumes_promptly_after_the_server_is_killed_and_restarted(
+    nc: Client, nats_server: NatsServer
+) -> None:
+    await ensure_streams(nc.jetstream())
+    seen, stop = Seen(), asyncio.Event()
+    task = asyncio.create_task(Consumer(nc.jetstream(), CONSUMER, decoder, seen.on, service="test", batch=64).run(stop))
+    try:
+        await publish(nc, 0)
+        await seen.next()
+        nats_server.kill()  # no goodbye: no 409 "Server Shutdown" tells the consumer its pull is gone
+        nats_server.start()
+        for _ in range(100):  # publish once the client is back
+            with contextlib.suppress(Exception):
+                await publish(nc, 1)
+                break
+            await asyncio.sleep(0.1)
+        # well within the pull request's expiry (10 s): the reconnect resets the credit
+        await seen.next(timeout=8.0)
+        assert seen.ids[-1] == "j1" and set(seen.ids) == {"j0", "j1"}  # j0 again if its ack died with the server
+    finally:
+        stop.set()
+        await asyncio.wait_for(task, 10)
