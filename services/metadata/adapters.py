@@ -50,6 +50,16 @@ EventRecord = tuple[str, str, str | None, str | None, datetime, str, int, str]
 """A row of ``events`` in :data:`EVENT_COLUMNS` order (``body``: the event's JSON exactly as published)."""
 
 
+class Reservation(msgspec.Struct, frozen=True):
+    """A replica placed on a shared node; resources per replica (None: unknown)."""
+
+    replica: int
+    node_id: str
+    cpu: float | None
+    memory_mb: int | None
+    gpu: int | None
+
+
 class JobWrite(msgspec.Struct, frozen=True):
     """A job row to write: insert it (``expected`` None) or update it where its token is ``expected``."""
 
@@ -62,20 +72,13 @@ class JobWrite(msgspec.Struct, frozen=True):
     submitted_at: datetime | None
     updated_at: datetime | None
     released: bool
+    reservations: list[Reservation] | None
+    """Stored as JSON text (``jobs.reservations``); None while the job is not placed on shared nodes."""
 
 
 class StoredJob(msgspec.Struct, frozen=True):
     job_id: str
     version: int
-
-
-class ReservationRow(msgspec.Struct, frozen=True):
-    job_id: str
-    replica: int
-    node_id: str
-    cpu: float | None
-    memory_mb: int | None
-    gpu: int | None
 
 
 class NodeRow(msgspec.Struct, frozen=True):
@@ -114,11 +117,12 @@ SELECT event_key, type, job_id, node_id, at, stream, stream_seq, body FROM event
 ON CONFLICT (event_key) DO NOTHING
 """
 _JOB_ROWS = """ROWS FROM (json_to_recordset($1::json) AS (job_id text, expected bigint, version bigint, state text,
-    reason text, submitted_at timestamptz, updated_at timestamptz, released boolean)) WITH ORDINALITY
-    AS u(job_id, expected, version, state, reason, submitted_at, updated_at, released, n)"""
+    reason text, submitted_at timestamptz, updated_at timestamptz, released boolean, reservations text))
+    WITH ORDINALITY
+    AS u(job_id, expected, version, state, reason, submitted_at, updated_at, released, reservations, n)"""
 _INSERT_JOBS = f"""
-INSERT INTO jobs (job_id, version, state, reason, submitted_at, updated_at, released)
-SELECT u.job_id, u.version, u.state, u.reason, u.submitted_at, u.updated_at, u.released
+INSERT INTO jobs (job_id, version, state, reason, submitted_at, updated_at, released, reservations)
+SELECT u.job_id, u.version, u.state, u.reason, u.submitted_at, u.updated_at, u.released, u.reservations
 FROM {_JOB_ROWS}
 ORDER BY u.n
 ON CONFLICT (job_id) DO NOTHING
@@ -126,22 +130,13 @@ RETURNING job_id
 """
 _UPDATE_JOBS = f"""
 UPDATE jobs SET version = u.version, state = u.state, reason = u.reason, submitted_at = u.submitted_at,
-                updated_at = u.updated_at, released = u.released
+                updated_at = u.updated_at, released = u.released, reservations = u.reservations
 FROM {_JOB_ROWS}
 WHERE jobs.job_id = u.job_id AND jobs.version = u.expected
 RETURNING jobs.job_id
 """
 _LOCK_JOBS = "SELECT job_id, version FROM jobs WHERE job_id = ANY($1::text[]) ORDER BY job_id FOR UPDATE"
 _EVENTS_OF = "SELECT job_id, body FROM events WHERE job_id = ANY($1::text[])"
-_UPSERT_RESERVATIONS = """
-INSERT INTO reservations (job_id, replica, node_id, cpu, memory_mb, gpu)
-SELECT * FROM json_to_recordset($1::json) AS r(job_id text, replica integer, node_id text, cpu float8,
-                                               memory_mb bigint, gpu integer)
-ON CONFLICT (job_id, replica) DO UPDATE
-SET node_id = EXCLUDED.node_id, cpu = EXCLUDED.cpu, memory_mb = EXCLUDED.memory_mb, gpu = EXCLUDED.gpu
-WHERE (reservations.node_id, reservations.cpu, reservations.memory_mb, reservations.gpu)
-      IS DISTINCT FROM (EXCLUDED.node_id, EXCLUDED.cpu, EXCLUDED.memory_mb, EXCLUDED.gpu)
-"""
 _UPSERT_NODES = """
 INSERT INTO nodes (node_id, state, at, status)
 SELECT * FROM json_to_recordset($1::json) AS r(node_id text, state text, at timestamptz, status text)
@@ -157,8 +152,9 @@ SELECT n.status, COALESCE(r.cpu, 0)::float8 AS cpu, COALESCE(r.memory_mb, 0)::bi
 FROM nodes n
 LEFT JOIN (
     SELECT r.node_id, sum(r.cpu) AS cpu, sum(r.memory_mb) AS memory_mb, sum(r.gpu) AS gpu, count(*) AS replicas
-    FROM reservations r JOIN jobs j USING (job_id)
-    WHERE NOT j.released
+    FROM jobs j CROSS JOIN LATERAL json_to_recordset(j.reservations::json)
+                                   AS r(node_id text, cpu float8, memory_mb bigint, gpu integer)
+    WHERE NOT j.released AND j.reservations IS NOT NULL
     GROUP BY r.node_id
 ) r USING (node_id)
 ORDER BY n.node_id
@@ -204,9 +200,6 @@ class Tx:
     async def events_of(self, job_ids: Sequence[str]) -> list[tuple[str, str]]:
         """(job_id, body) of every recorded event of these jobs (this transaction's included)."""
         return [(r[0], r[1]) for r in await self._conn.fetch(_EVENTS_OF, list(job_ids))]
-
-    async def upsert_reservations(self, rows: Sequence[ReservationRow]) -> None:
-        await self._conn.execute(_UPSERT_RESERVATIONS, _json_rows(rows))
 
     async def upsert_nodes(self, rows: Sequence[NodeRow]) -> None:
         """Keep each node's newest status (by ``at``); ``rows`` has one row per node."""

@@ -3,7 +3,7 @@
 The projection (:class:`Projector`) writes the batches of all four consumers in one
 transaction at a time: record the events (their key makes a redelivery a no-op), merge
 them into the jobs' views (kept in memory, checked against the row's write token) with the
-pure :func:`services.metadata.domain.merge`, write the views, the reservations and the node
+pure :func:`services.metadata.domain.merge`, write the jobs rows (state, reservations) and the node
 statuses; the consumer acks after the commit. The next group is prepared while one is written.
 """
 
@@ -38,7 +38,7 @@ from services.metadata.adapters import (
     EventRecord,
     JobWrite,
     NodeRow,
-    ReservationRow,
+    Reservation,
     Tx,
     Unavailable,
     is_unavailable,
@@ -87,13 +87,15 @@ def job_write(view: domain.JobView, expected: int | None) -> JobWrite:
         submitted_at=view.submitted_at,
         updated_at=view.updated_at,
         released=view.released,
+        reservations=reservations_of(view),
     )
 
 
-def reservation_rows(view: domain.JobView) -> list[ReservationRow]:
+def reservations_of(view: domain.JobView) -> list[Reservation] | None:
+    if view.placement is None:
+        return None
     return [
-        ReservationRow(
-            job_id=view.job_id,
+        Reservation(
             replica=replica,
             node_id=node_id,
             cpu=res.cpu if res else None,
@@ -102,13 +104,6 @@ def reservation_rows(view: domain.JobView) -> list[ReservationRow]:
         )
         for replica, node_id, res in domain.reservations(view)
     ]
-
-
-def _changed_reservations(new: domain.JobView, old: domain.JobView | None) -> list[ReservationRow]:
-    """The job's reservation rows if they differ from what ``old`` implied, else none."""
-    if new.placement is None or (old is not None and domain.reservations(new) == domain.reservations(old)):
-        return []
-    return reservation_rows(new)
 
 
 Items = Sequence[tuple[ev.Event, Delivery]]
@@ -164,7 +159,6 @@ class _Group(msgspec.Struct, kw_only=True):
     updates: list[JobWrite]
     results: dict[str, Cached]
     """The view and token of each written job, as they will be once committed."""
-    reservations: dict[str, list[ReservationRow]]
     nodes: list[NodeRow]
 
 
@@ -316,7 +310,6 @@ class Projector:
         inserts: list[JobWrite] = []
         updates: list[JobWrite] = []
         results: dict[str, Cached] = {}
-        reservations: dict[str, list[ReservationRow]] = {}
         for job_id, job_events in by_job.items():
             base = self._base(job_id)
             old = base.view if base is not None else None
@@ -326,9 +319,6 @@ class Projector:
             row = job_write(view, base.version if base is not None else None)
             (inserts if base is None else updates).append(row)
             results[job_id] = Cached(view=view, version=row.version)
-            rows = _changed_reservations(view, old)
-            if rows:
-                reservations[job_id] = rows
         nodes = [
             NodeRow(node_id=n.node_id, state=n.state, at=n.at, status=msgspec.Raw(raw)) for n, raw in latest.values()
         ]
@@ -339,14 +329,12 @@ class Projector:
             inserts=inserts,
             updates=updates,
             results=results,
-            reservations=reservations,
             nodes=nodes,
         )
 
     async def _write(self, g: _Group) -> None:
         """Write a prepared group in one transaction; on commit, its views become the cache's."""
         results = dict(g.results)
-        reservations = dict(g.reservations)
         async with self._db.transaction() as tx:
             if g.events and not await tx.insert_events(g.events):
                 self.stats["duplicates"] += 1
@@ -359,10 +347,7 @@ class Projector:
                 conflicts += [r.job_id for r in g.updates if r.job_id not in done]
             if conflicts:
                 self.stats["conflicts"] += len(conflicts)
-                await self._reload(tx, g, conflicts, results, reservations)
-            rows = [r for job_rows in reservations.values() for r in job_rows]
-            if rows:
-                await tx.upsert_reservations(rows)
+                await self._reload(tx, g, conflicts, results)
             if g.nodes:
                 await tx.upsert_nodes(g.nodes)
         for job_id, entry in results.items():
@@ -378,7 +363,6 @@ class Projector:
         g: _Group,
         conflicts: list[str],
         results: dict[str, Cached],
-        reservations: dict[str, list[ReservationRow]],
     ) -> None:
         """Rows that were not as the cache thought: lock them, fold each job's recorded events (this
         group's included: they were inserted above) into a fresh view, and write them again."""
@@ -392,9 +376,6 @@ class Projector:
             row = job_write(view, s.version if s is not None else None)
             (rewrites if s is not None else missing).append(row)
             results[job_id] = Cached(view=view, version=row.version)
-            reservations.pop(job_id, None)
-            if view.placement is not None:
-                reservations[job_id] = reservation_rows(view)
         log.info("job rows changed by another writer; merged again", jobs=len(conflicts))
         if rewrites and len(await tx.update_jobs(rewrites)) != len(rewrites):
             raise _Conflict("a locked job row changed")  # cannot happen: we hold the row locks

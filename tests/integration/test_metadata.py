@@ -280,10 +280,15 @@ async def test_migrations_are_applied_once_when_instances_start_together(databas
         await db.open()
     try:
         applied = await asyncio.gather(*(db.migrate() for db in dbs))
-        assert sorted(len(a) for a in applied) == [0, 0, 3]
+        assert sorted(len(a) for a in applied) == [0, 0, 4]
         async with await _connect(database_url) as conn:
             rows = await conn.fetch("SELECT version, name FROM schema_migrations ORDER BY version")
-        assert [(r["version"], r["name"]) for r in rows] == [(1, "init"), (2, "cache_tokens"), (3, "views_from_events")]
+        assert [(r["version"], r["name"]) for r in rows] == [
+            (1, "init"),
+            (2, "cache_tokens"),
+            (3, "views_from_events"),
+            (4, "reservations_in_jobs"),
+        ]
         assert await dbs[0].migrate() == []
     finally:
         for db in dbs:
