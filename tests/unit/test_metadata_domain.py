@@ -245,6 +245,29 @@ def test_any_order_with_any_duplicates_yields_the_same_view(data: st.DataObject,
     assert domain.derive(got) == domain.derive(expected)
 
 
+@settings(max_examples=200, deadline=None)
+@given(data=st.data(), lifecycle=st.sampled_from(LIFECYCLES))
+def test_merging_in_chunks_equals_folding_and_leaves_the_input_alone(
+    data: st.DataObject, lifecycle: list[ev.JobEvent]
+) -> None:
+    """The projection merges each batch's events of a job at once into a cached view (``merge``):
+    the same view as applying them one by one, whatever the batch boundaries, and the cached view
+    it started from is not changed (it stays the cache's until the batch commits)."""
+    extra = data.draw(st.lists(st.sampled_from(lifecycle), max_size=4))
+    events = data.draw(st.permutations([*lifecycle, *extra]))
+    cuts = sorted(data.draw(st.lists(st.integers(1, len(events) - 1), max_size=3, unique=True)))
+    view: domain.JobView | None = None
+    for lo, hi in zip([0, *cuts], [*cuts, len(events)], strict=True):
+        before = msgspec.json.encode(view)
+        merged = domain.merge(view, events[lo:hi])
+        assert msgspec.json.encode(view) == before
+        view = merged
+    assert view is not None
+    assert msgspec.json.encode(view) == msgspec.json.encode(fold(events))
+    derived = domain.derive(view)
+    assert domain.state_of(view) == (derived.state, derived.reason)
+
+
 class TestReservations:
     def test_from_the_decision_resources(self) -> None:
         view = fold([decided(resources=Resources(cpu=2, memory_mb=100))])
