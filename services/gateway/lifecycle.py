@@ -3,9 +3,14 @@
 The gateway has no database, so it keeps its own view of every job's state, folded from
 the JOBS, PLACEMENTS and CLUSTERS streams by one ordered consumer per stream (replayed
 from the start when the gateway starts). It does not depend on the metadata service.
+Only the events that change an answer are folded (:data:`VIEW_SUBJECTS`): that a job
+exists, that it was asked to end, and how it ended. Accepted, placed, provisioning and
+running are all "live" to ``job.cancel``/``job.complete``, so ``job.accepted``,
+``placement.decided`` and the launch events (two of a shared job's three events) are not
+delivered to the gateway at all.
 
-Read-your-writes: before answering, :meth:`JobStates.sync` reads each stream's last
-sequence and waits until the view has applied at least that far (bounded by
+Read-your-writes: before answering, :meth:`JobStates.sync` reads the last sequence of each
+folded subject and waits until the view has applied at least that far (bounded by
 ``lifecycle.state_sync_timeout_s``, else 503). So a job whose ``job.submit`` was answered
 is known to every gateway instance, and a cancel right after a submit never gets a 404.
 
@@ -24,9 +29,10 @@ The state becomes ``cancelled`` (and, authoritatively, any end state) when teard
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Awaitable, Callable, Iterable
+from collections.abc import Awaitable, Callable
 
 import msgspec
+import nats.js.errors
 import structlog
 from nats.aio.msg import Msg
 from nats.js import JetStreamContext
@@ -54,7 +60,12 @@ _STATE_OF = {
     s.JOB_CANCEL_REQUESTED: "cancelling",
     s.JOB_EXPIRED: "expired",
 }
-VIEW_STREAMS: tuple[s.StreamSpec, ...] = (s.JOBS, s.PLACEMENTS, s.CLUSTERS)
+VIEW_SUBJECTS: dict[str, tuple[str, ...]] = {
+    s.JOBS.name: (s.JOB_SUBMITTED, s.JOB_REJECTED, s.JOB_CANCEL_REQUESTED, s.JOB_COMPLETED, s.JOB_EXPIRED),
+    s.PLACEMENTS.name: (s.PLACEMENT_FAILED, s.PLACEMENT_RELEASED),
+    s.CLUSTERS.name: (s.CLUSTER_PROVISION_FAILED,),
+}
+"""What the view folds, per stream: the events that change an answer of this module."""
 
 
 class _Fact(msgspec.Struct):
@@ -98,7 +109,7 @@ class JobStates:
 
     def __init__(self) -> None:
         self.states: dict[str, str] = {}
-        self.applied: dict[str, int] = {spec.name: 0 for spec in VIEW_STREAMS}
+        self.applied: dict[str, int] = dict.fromkeys(VIEW_SUBJECTS, 0)
         self._waiters: list[tuple[dict[str, int], asyncio.Future[None]]] = []
         self._subs: list[object] = []
 
@@ -138,15 +149,15 @@ class JobStates:
             if not fut.done() and self._current(targets):
                 fut.set_result(None)
 
-    async def start(self, js: JetStreamContext, streams: Iterable[s.StreamSpec] = VIEW_STREAMS) -> None:
-        for spec in streams:
+    async def start(self, js: JetStreamContext) -> None:
+        for stream, subjects in VIEW_SUBJECTS.items():
             sub = await js.subscribe(
-                spec.subjects[0],
-                stream=spec.name,
+                subjects[0],
+                stream=stream,
                 ordered_consumer=True,
-                cb=self._folder(spec.name),
+                cb=self._folder(stream),
                 deliver_policy=js_api.DeliverPolicy.ALL,
-                config=js_api.ConsumerConfig(filter_subjects=list(spec.subjects)),
+                config=js_api.ConsumerConfig(filter_subjects=list(subjects)),
             )
             self._subs.append(sub)
 
@@ -159,7 +170,7 @@ class JobStates:
 
     async def sync(self, js: JetStreamContext, timeout: float) -> None:
         """Wait until every event stored before this call has been folded in."""
-        targets = {name: (await js.stream_info(name)).state.last_seq for name in self.applied}
+        targets = await _last_sequences(js)
         if self._current(targets):
             return
         waiter = (targets, asyncio.get_running_loop().create_future())
@@ -168,6 +179,23 @@ class JobStates:
             await asyncio.wait_for(waiter[1], timeout)
         finally:
             self._waiters.remove(waiter)
+
+
+async def _last_sequences(js: JetStreamContext) -> dict[str, int]:
+    """Per stream, the sequence of the last stored message of any folded subject."""
+    pairs = [(stream, subject) for stream, subjects in VIEW_SUBJECTS.items() for subject in subjects]
+
+    async def last(stream: str, subject: str) -> int:
+        try:
+            return int((await js.get_last_msg(stream, subject)).seq or 0)
+        except nats.js.errors.NotFoundError:
+            return 0
+
+    seqs = await asyncio.gather(*(last(stream, subject) for stream, subject in pairs))
+    out = dict.fromkeys(VIEW_SUBJECTS, 0)
+    for (stream, _), seq in zip(pairs, seqs, strict=True):
+        out[stream] = max(out[stream], seq)
+    return out
 
 
 class Lifecycle:

@@ -5,7 +5,8 @@ from __future__ import annotations
 import pytest
 
 from schemas import subjects as s
-from services.gateway.lifecycle import JobStates, next_state
+from schemas.types import TERMINAL_STATES
+from services.gateway.lifecycle import VIEW_SUBJECTS, JobStates, next_state
 
 
 def fold(*steps: tuple[str, str | None]) -> str | None:
@@ -49,3 +50,17 @@ def test_view_ignores_garbage_and_events_without_job() -> None:
     v.apply(b'{"type": "node.status", "node_id": "n1"}')
     v.apply(b'{"type": "job.submitted", "job_id": "j1", "spec": {}}')
     assert v.states == {"j1": "submitted"}
+
+
+def test_the_view_folds_every_event_that_changes_an_answer() -> None:
+    """An event left out of VIEW_SUBJECTS must leave a live job live: cancel and complete
+    answer the same for submitted, accepted, placed, provisioning and running."""
+    folded = {subject for subjects in VIEW_SUBJECTS.values() for subject in subjects}
+    for spec in (s.JOBS, s.PLACEMENTS, s.CLUSTERS):
+        assert spec.name in VIEW_SUBJECTS
+        for subject in spec.subjects:
+            if subject in folded:
+                continue
+            after = next_state("submitted", subject, outcome="succeeded", reason="cancelled")
+            assert after not in TERMINAL_STATES and after != "cancelling", subject
+    assert s.JOB_SUBMITTED in folded  # existence: 404 otherwise
