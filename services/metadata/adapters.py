@@ -135,14 +135,31 @@ FROM {_JOB_ROWS}
 WHERE jobs.job_id = u.job_id AND jobs.version = u.expected
 RETURNING jobs.job_id
 """
+_JOB_ROWS_2 = _JOB_ROWS.replace("$1", "$2")
+_WRITE_GROUP = f"""
+WITH ins AS (
+    INSERT INTO jobs (job_id, version, state, reason, submitted_at, updated_at, released, reservations)
+    SELECT u.job_id, u.version, u.state, u.reason, u.submitted_at, u.updated_at, u.released, u.reservations
+    FROM {_JOB_ROWS}
+    ORDER BY u.n
+    ON CONFLICT (job_id) DO NOTHING
+    RETURNING job_id
+), upd AS (
+    UPDATE jobs SET version = u.version, state = u.state, reason = u.reason, submitted_at = u.submitted_at,
+                    updated_at = u.updated_at, released = u.released, reservations = u.reservations
+    FROM {_JOB_ROWS_2}
+    WHERE jobs.job_id = u.job_id AND jobs.version = u.expected
+    RETURNING jobs.job_id
+), node AS (
+    INSERT INTO nodes (node_id, state, at, status)
+    SELECT * FROM json_to_recordset($3::json) AS r(node_id text, state text, at timestamptz, status text)
+    ON CONFLICT (node_id) DO UPDATE SET state = EXCLUDED.state, at = EXCLUDED.at, status = EXCLUDED.status
+    WHERE nodes.at < EXCLUDED.at
+)
+SELECT job_id FROM ins UNION ALL SELECT job_id FROM upd
+"""
 _LOCK_JOBS = "SELECT job_id, version FROM jobs WHERE job_id = ANY($1::text[]) ORDER BY job_id FOR UPDATE"
 _EVENTS_OF = "SELECT job_id, body FROM events WHERE job_id = ANY($1::text[])"
-_UPSERT_NODES = """
-INSERT INTO nodes (node_id, state, at, status)
-SELECT * FROM json_to_recordset($1::json) AS r(node_id text, state text, at timestamptz, status text)
-ON CONFLICT (node_id) DO UPDATE SET state = EXCLUDED.state, at = EXCLUDED.at, status = EXCLUDED.status
-WHERE nodes.at < EXCLUDED.at
-"""
 _LIST_ALL = "SELECT seq, job_id FROM jobs WHERE state IS NOT NULL AND seq < $1 ORDER BY seq DESC LIMIT $2"
 _LIST_STATE = "SELECT seq, job_id FROM jobs WHERE state = $3 AND seq < $1 ORDER BY seq DESC LIMIT $2"
 _JOB_EVENTS = "SELECT body FROM events WHERE job_id = $1 ORDER BY at, stream_seq, event_key"
@@ -168,22 +185,28 @@ class Tx:
     def __init__(self, conn: asyncpg.Connection) -> None:
         self._conn = conn
 
-    async def insert_events(self, records: Sequence[EventRecord]) -> bool:
-        """Record events (keys unique within ``records``); an event recorded before is left alone.
+    async def insert_events(self, records: Sequence[EventRecord], *, seen_before: bool = False) -> None:
+        """Record events (keys unique within ``records``).
 
-        COPY straight into ``events`` first (under a savepoint): one duplicate key fails it, and the
-        batch then goes through a staging table and ``ON CONFLICT DO NOTHING``. False if it had to.
+        COPY straight into ``events``: a key recorded before (a redelivery) fails it with
+        ``UniqueViolationError``, which aborts the transaction. Run it again ``seen_before``: the rows then
+        go through a staging table and ``INSERT ... ON CONFLICT DO NOTHING``.
         """
-        try:
-            async with self._conn.transaction():
-                await self._conn.copy_records_to_table("events", records=records, columns=EVENT_COLUMNS)
-            return True
-        except asyncpg.exceptions.UniqueViolationError:
-            pass
+        if not seen_before:
+            await self._conn.copy_records_to_table("events", records=records, columns=EVENT_COLUMNS)
+            return
         await self._conn.execute(_STAGE_EVENTS)
         await self._conn.copy_records_to_table("events_in", records=records, columns=EVENT_COLUMNS)
         await self._conn.execute(_INSERT_STAGED_EVENTS)
-        return False
+
+    async def write_group(
+        self, inserts: Sequence[JobWrite], updates: Sequence[JobWrite], nodes: Sequence[NodeRow]
+    ) -> set[str]:
+        """One round trip: insert new job rows (in the given order: the listing order), update cached ones
+        where their token is still ``expected``, keep each node's newest status. The job ids written."""
+        ordered: list[NodeRow] = sorted(nodes, key=lambda r: r.node_id)
+        recs = await self._conn.fetch(_WRITE_GROUP, _json_rows(inserts), _json_rows(updates), _json_rows(ordered))
+        return {r[0] for r in recs}
 
     async def insert_jobs(self, rows: Sequence[JobWrite]) -> set[str]:
         """Insert new job rows (in the given order: it is the listing order); the ids inserted."""
@@ -200,11 +223,6 @@ class Tx:
     async def events_of(self, job_ids: Sequence[str]) -> list[tuple[str, str]]:
         """(job_id, body) of every recorded event of these jobs (this transaction's included)."""
         return [(r[0], r[1]) for r in await self._conn.fetch(_EVENTS_OF, list(job_ids))]
-
-    async def upsert_nodes(self, rows: Sequence[NodeRow]) -> None:
-        """Keep each node's newest status (by ``at``); ``rows`` has one row per node."""
-        ordered: list[NodeRow] = sorted(rows, key=lambda r: r.node_id)
-        await self._conn.execute(_UPSERT_NODES, _json_rows(ordered))
 
 
 class Database:

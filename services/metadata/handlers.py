@@ -15,6 +15,7 @@ from collections import OrderedDict
 from collections.abc import Awaitable, Callable, Sequence
 from datetime import UTC, datetime
 
+import asyncpg
 import msgspec
 import structlog
 from nats.aio.msg import Msg
@@ -163,6 +164,10 @@ class _Group(msgspec.Struct, kw_only=True):
     nodes: list[NodeRow]
 
 
+_YIELD_EVERY = 200
+"""Jobs merged between two yields to the event loop while a group is prepared."""
+
+
 class _Conflict(Unavailable):
     """A job row changed under a write in a way a retry of the batch settles."""
 
@@ -225,7 +230,7 @@ class Projector:
                 writing = asyncio.get_running_loop().create_task(self._write(written))
                 await asyncio.sleep(0)  # let it send its first statement before we hold the loop
             if prepared is None and self._queue:
-                prepared = self._prepare_or_fail(self._take())
+                prepared = await self._prepare_or_fail(self._take())
                 continue
             if writing is None:
                 self._wake.clear()
@@ -243,7 +248,7 @@ class Projector:
                 ok = self._finish(written, writing)
                 writing, written, self._inflight = None, None, {}
                 if not ok and prepared is not None:  # it was prepared on views that were not committed
-                    prepared = self._prepare_or_fail(prepared.batches)
+                    prepared = await self._prepare_or_fail(prepared.batches)
 
     def _take(self) -> list[_Batch]:
         if self._queue[0].alone:
@@ -252,9 +257,9 @@ class Projector:
         group, self._queue = self._queue[:n], self._queue[n:]
         return group
 
-    def _prepare_or_fail(self, batches: list[_Batch]) -> _Group | None:
+    async def _prepare_or_fail(self, batches: list[_Batch]) -> _Group | None:
         try:
-            return self._prepare(batches)
+            return await self._prepare(batches)
         except Exception as e:
             self._failed(batches, e)
             return None
@@ -283,12 +288,15 @@ class Projector:
     def _base(self, job_id: str) -> Cached | None:
         return self._inflight.get(job_id) or self.cache.get(job_id)
 
-    def _prepare(self, batches: list[_Batch]) -> _Group:
+    async def _prepare(self, batches: list[_Batch]) -> _Group:
+        """Rows and views of a group (no I/O). It yields to the event loop every few hundred events, so the
+        write in flight gets its next statement sent promptly instead of after the whole preparation."""
         events: list[EventRecord] = []
         seen: set[str] = set()
         by_job: dict[str, list[ev.JobEvent]] = {}
         latest: dict[str, tuple[ev.NodeStatus, bytes]] = {}
         for b in batches:
+            await asyncio.sleep(0)
             for event, d in b.items:
                 msg = d.msg
                 body = msg.data.decode()
@@ -311,7 +319,9 @@ class Projector:
         inserts: list[JobWrite] = []
         updates: list[JobWrite] = []
         results: dict[str, Cached] = {}
-        for job_id, job_events in by_job.items():
+        for n, (job_id, job_events) in enumerate(by_job.items()):
+            if n % _YIELD_EVERY == _YIELD_EVERY - 1:
+                await asyncio.sleep(0)
             base = self._base(job_id)
             old = base.view if base is not None else None
             view = domain.merge(old, job_events)
@@ -335,28 +345,29 @@ class Projector:
 
     async def _write(self, g: _Group) -> None:
         """Write a prepared group in one transaction; on commit, its views become the cache's."""
-        results = dict(g.results)
-        async with self._db.transaction() as tx:
-            if g.events and not await tx.insert_events(g.events):
-                self.stats["duplicates"] += 1
-            conflicts: list[str] = []
-            if g.inserts:
-                done = await tx.insert_jobs(g.inserts)
-                conflicts += [r.job_id for r in g.inserts if r.job_id not in done]
-            if g.updates:
-                done = await tx.update_jobs(g.updates)
-                conflicts += [r.job_id for r in g.updates if r.job_id not in done]
-            if conflicts:
-                self.stats["conflicts"] += len(conflicts)
-                await self._reload(tx, g, conflicts, results)
-            if g.nodes:
-                await tx.upsert_nodes(g.nodes)
+        try:
+            results = await self._write_once(g, seen_before=False)
+        except asyncpg.exceptions.UniqueViolationError:  # some of its events were recorded before
+            self.stats["duplicates"] += 1
+            results = await self._write_once(g, seen_before=True)
         for job_id, entry in results.items():
             self.cache.put(job_id, entry)
         self.stats["groups"] += 1
         self.stats["events"] += len(g.events)
         self.stats["job_writes"] += len(g.inserts) + len(g.updates)
         log.debug("group projected", batches=len(g.batches), events=len(g.events), jobs=len(results))
+
+    async def _write_once(self, g: _Group, *, seen_before: bool) -> dict[str, Cached]:
+        results = dict(g.results)
+        async with self._db.transaction() as tx:
+            if g.events:
+                await tx.insert_events(g.events, seen_before=seen_before)
+            written = await tx.write_group(g.inserts, g.updates, g.nodes)
+            conflicts = [r.job_id for rows in (g.inserts, g.updates) for r in rows if r.job_id not in written]
+            if conflicts:
+                self.stats["conflicts"] += len(conflicts)
+                await self._reload(tx, g, conflicts, results)
+        return results
 
     async def _reload(
         self,

@@ -167,17 +167,17 @@ async def test_a_group_prepared_on_a_failed_write_is_prepared_again(
     insert_events = Tx.insert_events
     prepare = Projector._prepare
 
-    async def first_write_blocks_then_fails(self: Tx, records: Any) -> bool:
+    async def first_write_blocks_then_fails(self: Tx, records: Any, *, seen_before: bool = False) -> None:
         nonlocal calls
         calls += 1
         if calls == 1:
             writing.set()
             await gate.wait()
             raise ValueError("poison")
-        return await insert_events(self, records)
+        await insert_events(self, records, seen_before=seen_before)
 
-    def counting_prepare(self: Projector, batches: Any) -> Any:
-        group = prepare(self, batches)
+    async def counting_prepare(self: Projector, batches: Any) -> Any:
+        group = await prepare(self, batches)
         if self.cache.get("p1") is None and "p1" in self._inflight:  # prepared on the write in flight
             prepared_again.set()
         return group
