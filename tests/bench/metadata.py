@@ -275,6 +275,8 @@ async def _one_run(
         "postgres_cpu_s": round(pg_cpu, 2),
         "nats_cpu_s": round(nats_cpu, 2),
         "metadata_cpu_us_per_event": round(cpu / total * 1e6),
+        "postgres_cpu_us_per_event": round(pg_cpu / total * 1e6),
+        "nats_cpu_us_per_event": round(nats_cpu / total * 1e6),
         "load_before": round(load0, 2),
     }
 
@@ -335,13 +337,14 @@ def markdown(result: dict[str, Any]) -> str:
         f"node status kept last-per-node) on {result['cores']} cores; `python -m tests.bench metadata`.",
         "",
         "| batch | events | seconds | events/s | CPU s: metadata / PostgreSQL / nats-server | "
-        "metadata µs/event | load avg before | jobs projected |",
-        "|---:|---:|---:|---:|---|---:|---:|---:|",
+        "CPU µs/event: metadata / PostgreSQL / nats-server | load avg before | jobs projected |",
+        "|---:|---:|---:|---:|---|---|---:|---:|",
     ]
     for r in result["runs"]:
         lines.append(
             f"| {r['batch']} | {r['events']} | {r['seconds']} | **{r['events_per_s']}** | "
             f"{r['metadata_cpu_s']} / {r['postgres_cpu_s']} / {r['nats_cpu_s']} | "
-            f"{r['metadata_cpu_us_per_event']} | {r['load_before']} | {r['jobs']} |"
+            f"{r['metadata_cpu_us_per_event']} / {r['postgres_cpu_us_per_event']} / {r['nats_cpu_us_per_event']} | "
+            f"{r['load_before']} | {r['jobs']} |"
         )
     return "\n".join(lines)
