@@ -39,6 +39,12 @@ def cache_jobs(env: dict[str, str] | None = None) -> int:
     return _int_env(env, "METADATA_CACHE_JOBS", DEFAULT_CACHE_JOBS, 0, 10_000_000)
 
 
+def in_flight(batch: int) -> int:
+    """Batches per consumer in flight: about 2,000 messages (small batches make small groups, and each
+    group costs a transaction), at least 2 (one written, one prepared), at most 4."""
+    return min(4, max(2, 2000 // batch))
+
+
 def _int_env(env: dict[str, str] | None, name: str, default: int, lo: int, hi: int) -> int:
     raw = (os.environ if env is None else env).get(name, "")
     n = int(raw) if raw.strip() else default
@@ -78,6 +84,7 @@ async def main(rt: Runtime) -> None:
                     service="metadata",
                     batch=batch,
                     transient=is_unavailable,
+                    in_flight=in_flight(batch),
                 )
                 for spec in s.METADATA_CONSUMERS
             ]

@@ -103,8 +103,9 @@ async def test_one_call_per_batch_and_acked_after_it_returns(nc: Client) -> None
     finally:
         await run.stop()
     assert [j for b in batches for j in b] == ids  # each once, in stream order
-    assert [len(b) for b in batches] == [25, 15]
-    assert acked_before_return == [False, False]
+    # a fetch hands over what the standing pull has buffered, up to the batch size
+    assert all(1 <= len(b) <= 25 for b in batches)
+    assert not any(acked_before_return)
 
 
 async def test_an_outage_holds_the_batch_without_nak_or_dead_letter(nc: Client) -> None:
