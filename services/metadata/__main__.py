@@ -8,27 +8,16 @@ the database is reachable and migrated), then one batch consumer per projected s
 from __future__ import annotations
 
 import asyncio
-import gc
 import os
 
 from schemas import subjects as s
 from services.metadata.adapters import Database, is_unavailable
 from services.metadata.consumer import PipelinedBatchConsumer
 from services.metadata.handlers import DECODERS, DEFAULT_CACHE_JOBS, Projector, Queries
-from services.runtime.app import VERSION, Runtime, run
+from services.runtime.app import VERSION, Runtime, run, tune_gc
 from services.runtime.micro import MicroService
 
 DEFAULT_BATCH = 1000
-
-
-def tune_gc() -> None:
-    """Fewer garbage collections: the projection allocates many short-lived objects (decoded events,
-    rows) and keeps many long-lived ones (the view cache); with the default gen-0 threshold of 700
-    allocations the collector's passes over them cost a quarter of the service's CPU. Nothing here
-    builds reference cycles on purpose, so collecting rarely costs little memory."""
-    gc.collect()
-    gc.freeze()  # what startup allocated is never garbage: keep it out of every later pass
-    gc.set_threshold(50_000, 20, 100)
 
 
 def batch_size(env: dict[str, str] | None = None) -> int:

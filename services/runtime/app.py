@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import gc
 import signal
 import sys
 from collections.abc import Awaitable, Callable
@@ -70,8 +71,21 @@ async def _connect_with_retry(settings: Settings, name: str, log: structlog.stdl
     raise SystemExit(f"{name}: cannot reach NATS at {settings.nats_url}")
 
 
+def tune_gc() -> None:
+    """Fewer garbage collections. Services allocate many short-lived objects per message
+    (decoded events, nats-py's Msg) and keep many long-lived ones (a node table, a view
+    cache); with the default gen-0 threshold of 700 allocations the collector's passes over
+    them cost up to a quarter of a service's CPU and, in full passes over a large heap,
+    pauses that show in tail latency. Nothing here builds reference cycles on purpose, so
+    collecting rarely costs little memory. Call again once start-up state is built."""
+    gc.collect()
+    gc.freeze()  # what start-up allocated is never garbage: keep it out of every later pass
+    gc.set_threshold(50_000, 20, 100)
+
+
 async def serve(name: str, main: Main) -> None:
     rt = await start_runtime(name)
+    tune_gc()
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, rt.stop.set)
