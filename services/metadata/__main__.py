@@ -12,9 +12,9 @@ import os
 
 from schemas import subjects as s
 from services.metadata.adapters import Database, is_unavailable
-from services.metadata.consumer import PipelinedBatchConsumer
 from services.metadata.handlers import DECODERS, DEFAULT_CACHE_JOBS, Projector, Queries
 from services.runtime.app import VERSION, Runtime, run, tune_gc
+from services.runtime.consumer import BatchConsumer
 from services.runtime.micro import MicroService
 
 DEFAULT_BATCH = 1000
@@ -65,7 +65,7 @@ async def main(rt: Runtime) -> None:
             tune_gc()
             projector = Projector(db, cache_jobs())
             consumers = [
-                PipelinedBatchConsumer(
+                BatchConsumer(
                     rt.js,
                     spec,
                     DECODERS[spec.stream],

@@ -334,6 +334,11 @@ class BatchConsumer(Consumer[T]):
       dead-lettered once it has been delivered ``give_up_after`` times (at once for
       ``Poison``). Give such consumers ``max_deliver=-1`` so the server never stops
       redelivering silently while the handler is merely waiting out an outage.
+
+    With ``in_flight`` > 1, that many batches are handled at once, each with these
+    outcomes and acked after its own handler returns (so the handler must tolerate batches
+    finishing out of order): a projection can prepare the next batch while the previous
+    one is being written.
     """
 
     def __init__(
@@ -350,9 +355,12 @@ class BatchConsumer(Consumer[T]):
         give_up_after: int = 10,
         retry_base_s: float = 0.2,
         retry_cap_s: float = 5.0,
+        in_flight: int = 1,
     ) -> None:
         super().__init__(js, spec, decoder, self._single, service=service, batch=batch, fetch_timeout=fetch_timeout)
         self._batch_handler = handler
+        self._in_flight = max(1, in_flight)
+        self._tasks: set[asyncio.Task[None]] = set()
         self._prefetch: asyncio.Task[list[Msg]] | None = None
         self._transient = transient
         self._give_up_after = give_up_after
@@ -389,6 +397,8 @@ class BatchConsumer(Consumer[T]):
             self._prefetch = fetching
             if msgs:
                 await self._dispatch(msgs, stop)
+        if self._tasks:  # finish (and ack) what was fetched
+            await asyncio.gather(*self._tasks, return_exceptions=True)
         self._prefetch = None
         await psub.stop()
         self._log.info("stopped consuming")
@@ -408,8 +418,18 @@ class BatchConsumer(Consumer[T]):
                 items.append((self._decoder.decode(m.data), d))
             except (msgspec.DecodeError, RecursionError, ValueError) as e:  # decoding is deterministic: poison
                 await self._dead_letter(d, f"undecodable {m.subject} payload: {e!r}"[:2000])
-        if items:
+        if not items:
+            return
+        if self._in_flight == 1:
             await self._run_batch(items, stop)
+            return
+        # Up to in_flight batches handled at once (each acked after its own handler
+        # returns), so a handler can prepare one batch while the previous is being written.
+        while len(self._tasks) >= self._in_flight:
+            await asyncio.wait(self._tasks, return_when=asyncio.FIRST_COMPLETED)
+        task = asyncio.get_running_loop().create_task(self._run_batch(items, stop))
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
 
     async def _run_batch(self, items: Sequence[tuple[T, Delivery]], stop: asyncio.Event) -> None:
         outage = 0
