@@ -9,6 +9,7 @@ streams are declared with 3 replicas before any service starts.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import importlib.util
 import json
 import os
@@ -43,6 +44,27 @@ def present(name: str) -> bool:
         return importlib.util.find_spec(f"services.{name}.__main__") is not None
     except ModuleNotFoundError:
         return False
+
+
+def tree_usage(pid: int) -> tuple[float, int]:
+    """(cpu seconds, peak RSS bytes) of a process with its children, live and exited: a
+    PostgreSQL postmaster forks a backend per connection, which does the work."""
+    with open(f"/proc/{pid}/stat") as f:
+        parts = f.read().rsplit(")", 1)[1].split()
+    cpu, peak = proc_usage(pid)
+    cpu += (int(parts[13]) + int(parts[14])) / _TICK  # children that have exited
+    for entry in os.listdir("/proc"):
+        if not entry.isdigit():
+            continue
+        try:
+            with open(f"/proc/{entry}/stat") as f:
+                if int(f.read().rsplit(")", 1)[1].split()[1]) != pid:
+                    continue
+            c, r = proc_usage(int(entry))
+        except (OSError, ValueError, IndexError):
+            continue
+        cpu, peak = cpu + c, max(peak, r)
+    return cpu, peak
 
 
 def proc_usage(pid: int) -> tuple[float, int]:
@@ -103,6 +125,10 @@ class System:
             except OSError:
                 continue
             out[label] = {"cpu_s": round(cpu, 2), "peak_rss_mb": round(rss / 2**20, 1)}
+        if self.pg is not None and self.pg.pid:
+            with contextlib.suppress(OSError):
+                cpu, rss = tree_usage(self.pg.pid)
+                out["postgres"] = {"cpu_s": round(cpu, 2), "peak_rss_mb": round(rss / 2**20, 1)}
         return out
 
 
