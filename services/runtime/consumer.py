@@ -132,10 +132,7 @@ class Consumer(Generic[T]):
                     continue
             except Exception as e:  # disconnected, server restarting, consumer gone...
                 failures += 1
-                self._log.warning("fetch failed", error=repr(e), failures=failures)
-                await asyncio.sleep(min(5.0, 0.2 * failures))
-                if failures % 10 == 0:
-                    await self._recreate()
+                await self._fetch_failed(e, failures)
                 continue
             failures = 0
             await self._dispatch(msgs, stop)
@@ -150,6 +147,14 @@ class Consumer(Generic[T]):
                 await self._process(m)
         else:
             await asyncio.gather(*(self._process(m) for m in msgs))
+
+    async def _fetch_failed(self, e: Exception, failures: int) -> None:
+        """Back off after the ``failures``-th fetch failure in a row; re-declare the consumer
+        every tenth (it may have been deleted, or the server restarted without it)."""
+        self._log.warning("fetch failed", error=repr(e), failures=failures)
+        await asyncio.sleep(min(5.0, 0.2 * failures))
+        if failures % 10 == 0:
+            await self._recreate()
 
     async def _recreate(self) -> None:
         try:
@@ -261,7 +266,7 @@ class _Puller:
                 gone = int(headers.get("Nats-Pending-Messages", 0))
             except ValueError:
                 gone = self._owed
-            self._owed = max(0, self._owed - gone) if gone else self._owed
+            self._owed = max(0, self._owed - gone)
             if status == "409":
                 desc = headers.get("Description", "conflict")
                 if "MaxAckPending" not in desc:  # a full ack window is back-pressure, not an error
@@ -386,10 +391,7 @@ class BatchConsumer(Consumer[T]):
                 msgs = []
             except Exception as e:  # disconnected, server restarting, consumer gone...
                 failures += 1
-                self._log.warning("fetch failed", error=repr(e), failures=failures)
-                await asyncio.sleep(min(5.0, 0.2 * failures))
-                if failures % 10 == 0:
-                    await self._recreate()
+                await self._fetch_failed(e, failures)
                 msgs = []
             else:
                 failures = 0
