@@ -116,41 +116,42 @@ INSERT INTO events (event_key, type, job_id, node_id, at, stream, stream_seq, bo
 SELECT event_key, type, job_id, node_id, at, stream, stream_seq, body FROM events_in
 ON CONFLICT (event_key) DO NOTHING
 """
-_JOB_ROWS = """ROWS FROM (json_to_recordset($1::json) AS (job_id text, expected bigint, version bigint, state text,
-    reason text, submitted_at timestamptz, updated_at timestamptz, released boolean, reservations text))
+
+
+def _job_rows(param: str) -> str:
+    """The job rows of a write, from a JSON array bound as ``param``, in their given order."""
+    return f"""ROWS FROM (json_to_recordset({param}::json) AS (job_id text, expected bigint, version bigint,
+    state text, reason text, submitted_at timestamptz, updated_at timestamptz, released boolean, reservations text))
     WITH ORDINALITY
     AS u(job_id, expected, version, state, reason, submitted_at, updated_at, released, reservations, n)"""
-_INSERT_JOBS = f"""
+
+
+def _insert_jobs(param: str) -> str:
+    return f"""
 INSERT INTO jobs (job_id, version, state, reason, submitted_at, updated_at, released, reservations)
 SELECT u.job_id, u.version, u.state, u.reason, u.submitted_at, u.updated_at, u.released, u.reservations
-FROM {_JOB_ROWS}
+FROM {_job_rows(param)}
 ORDER BY u.n
 ON CONFLICT (job_id) DO NOTHING
 RETURNING job_id
 """
-_UPDATE_JOBS = f"""
+
+
+def _update_jobs(param: str) -> str:
+    """Only rows still carrying the version the writer expects (the token check)."""
+    return f"""
 UPDATE jobs SET version = u.version, state = u.state, reason = u.reason, submitted_at = u.submitted_at,
                 updated_at = u.updated_at, released = u.released, reservations = u.reservations
-FROM {_JOB_ROWS}
+FROM {_job_rows(param)}
 WHERE jobs.job_id = u.job_id AND jobs.version = u.expected
 RETURNING jobs.job_id
 """
-_JOB_ROWS_2 = _JOB_ROWS.replace("$1", "$2")
+
+
+_INSERT_JOBS = _insert_jobs("$1")
+_UPDATE_JOBS = _update_jobs("$1")
 _WRITE_GROUP = f"""
-WITH ins AS (
-    INSERT INTO jobs (job_id, version, state, reason, submitted_at, updated_at, released, reservations)
-    SELECT u.job_id, u.version, u.state, u.reason, u.submitted_at, u.updated_at, u.released, u.reservations
-    FROM {_JOB_ROWS}
-    ORDER BY u.n
-    ON CONFLICT (job_id) DO NOTHING
-    RETURNING job_id
-), upd AS (
-    UPDATE jobs SET version = u.version, state = u.state, reason = u.reason, submitted_at = u.submitted_at,
-                    updated_at = u.updated_at, released = u.released, reservations = u.reservations
-    FROM {_JOB_ROWS_2}
-    WHERE jobs.job_id = u.job_id AND jobs.version = u.expected
-    RETURNING jobs.job_id
-), node AS (
+WITH ins AS ({_insert_jobs("$1")}), upd AS ({_update_jobs("$2")}), node AS (
     INSERT INTO nodes (node_id, state, at, status)
     SELECT * FROM json_to_recordset($3::json) AS r(node_id text, state text, at timestamptz, status text)
     ON CONFLICT (node_id) DO UPDATE SET state = EXCLUDED.state, at = EXCLUDED.at, status = EXCLUDED.status
