@@ -176,7 +176,26 @@ def kill_tree(pid: int, timeout: float = 10.0) -> None:
         time.sleep(POLL_INTERVAL)
 
 
-class ServerProcess:
+class Managed:
+    """``with server:`` starts it and stops it on the way out, whatever happened inside."""
+
+    def start(self) -> None:
+        raise NotImplementedError
+
+    def stop(self) -> None:
+        raise NotImplementedError
+
+    def __enter__(self) -> Self:
+        self.start()
+        return self
+
+    def __exit__(
+        self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
+    ) -> None:
+        self.stop()
+
+
+class ServerProcess(Managed):
     """A child server started by ``start()``: SIGTERM-then-SIGKILL ``stop``, ``kill``, and a
     context manager that stops it and removes its scratch folder (``_tmp``) on exit."""
 
@@ -196,13 +215,9 @@ class ServerProcess:
         if self._proc is not None:
             kill(self._proc)
 
-    def __enter__(self) -> Self:
-        self.start()
-        return self
-
     def __exit__(
         self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
     ) -> None:
-        self.stop()
+        super().__exit__(exc_type, exc, tb)
         if self._tmp is not None:
             shutil.rmtree(self._tmp, ignore_errors=True)

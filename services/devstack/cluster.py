@@ -15,10 +15,9 @@ import signal
 import sys
 import threading
 from pathlib import Path
-from types import TracebackType
-from typing import Self
 
 from services.devstack import credentials
+from services.devstack._util import Managed
 from services.devstack.nats import NatsServer
 from services.devstack.ports import free_port
 from services.devstack.procs import REPO_ROOT
@@ -26,7 +25,7 @@ from services.devstack.procs import REPO_ROOT
 CLUSTER_NAME = "natsched"
 
 
-class NatsCluster:
+class NatsCluster(Managed):
     """``size`` nats-servers with routes to each other; ports default to free ports."""
 
     def __init__(
@@ -74,15 +73,6 @@ class NatsCluster:
     def stop(self) -> None:
         for server in self.servers:
             server.stop()
-
-    def __enter__(self) -> Self:
-        self.start()
-        return self
-
-    def __exit__(
-        self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
-    ) -> None:
-        self.stop()
 
 
 def _ports(variable: str, default: int, size: int) -> list[int]:

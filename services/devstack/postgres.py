@@ -21,8 +21,6 @@ import shutil
 import stat
 import subprocess
 from pathlib import Path
-from types import TracebackType
-from typing import Self
 
 from services.devstack import _util
 from services.devstack.ports import free_port
@@ -84,7 +82,7 @@ def _chown_tree(root: Path, uid: int, gid: int) -> None:
             os.chown(os.path.join(dirpath, name), uid, gid, follow_symlinks=False)
 
 
-class Postgres:
+class Postgres(_util.Managed):
     """PostgreSQL on 127.0.0.1:PORT with data in `data_dir` (initialised with trust auth on first use, reused
     afterwards), database `natsched` created if missing. `stop()` and `kill()` leave no process behind and
     `start()` works again afterwards on the same port and data."""
@@ -212,12 +210,3 @@ class Postgres:
         if pid is not None:
             _util.kill_tree(pid)
         self._pid = None
-
-    def __enter__(self) -> Self:
-        self.start()
-        return self
-
-    def __exit__(
-        self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
-    ) -> None:
-        self.stop()
