@@ -7,7 +7,7 @@ import msgspec
 from schemas import events as ev
 from schemas import subjects as s
 from services.provisioner.ec2 import Ec2
-from services.provisioner.handlers import Provisioner
+from services.provisioner.handlers import Provisioner, not_dedicated
 from services.provisioner.jobs import JobRecords, lifecycle_bucket
 from services.runtime.app import VERSION, Runtime, run
 from services.runtime.bus import Publisher
@@ -31,7 +31,9 @@ async def main(rt: Runtime) -> None:
     async with Ec2.open(rt.settings, conf) as ec2:
         provisioner = Provisioner(ec2, Publisher(rt.js), records.ended, conf, max_deliver=spec.max_deliver)
         await svc.start()
-        consumer = Consumer(rt.js, spec, decoder, provisioner.on_decided, service="provisioner", batch=16)
+        consumer = Consumer(
+            rt.js, spec, decoder, provisioner.on_decided, service="provisioner", batch=16, skip=not_dedicated
+        )
         rt.log.info("started", endpoint=rt.settings.aws_endpoint_url or "aws")
         await consumer.run(rt.stop)
         await svc.stop()

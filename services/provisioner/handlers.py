@@ -73,6 +73,11 @@ def _instance(i: InstanceInfo) -> ev.Instance:
     )
 
 
+def not_dedicated(event: ev.PlacementDecided) -> bool:
+    """A decision the provisioner has nothing to do for (a shared job's)."""
+    return event.cluster != "dedicated"
+
+
 class Provisioner:
     def __init__(
         self,
@@ -94,7 +99,7 @@ class Provisioner:
         self._clock = clock
 
     async def on_decided(self, event: ev.PlacementDecided, d: DeliveryPort) -> None:
-        if event.cluster != "dedicated":
+        if not_dedicated(event):
             return
         blog = log.bind(job_id=event.job_id, event_id=event.event_id)
         if await self.job_ended(event.job_id):

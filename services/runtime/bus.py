@@ -9,13 +9,13 @@ import msgspec
 import nats
 import structlog
 from nats.aio.client import Client
-from nats.aio.msg import Msg
 from nats.js import JetStreamContext
 from nats.js import api as js_api
 from nats.js.errors import NotFoundError
 
 from schemas import events as ev
 from schemas import subjects as s
+from services.runtime import direct
 from services.runtime.config import Settings
 
 log = structlog.get_logger()
@@ -224,7 +224,7 @@ class Publisher:
     async def _pipeline(self, events: Sequence[ev.Event], expected: int | None) -> list[Ack | Exception]:
         if not self._prefix:
             self._prefix = self._nc.new_inbox() + "."
-            await self._nc.subscribe(self._prefix + "*", cb=self._on_reply)
+            await direct.subscribe(self._nc, self._prefix + "*", self._on_reply)
         loop = asyncio.get_running_loop()
         replies: list[str] = []
         futures: list[asyncio.Future[bytes]] = []
@@ -251,10 +251,10 @@ class Publisher:
             out.append(_to_ack(fut.result()))
         return out
 
-    async def _on_reply(self, msg: Msg) -> None:
-        fut = self._pending.pop(msg.subject, None)
+    def _on_reply(self, subject: bytes, reply: bytes, data: bytes, headers: bytes | None) -> None:
+        fut = self._pending.pop(subject.decode(), None)
         if fut is not None and not fut.done():
-            fut.set_result(msg.data)
+            fut.set_result(data)
 
 
 def _to_ack(data: bytes) -> Ack | Exception:

@@ -31,6 +31,7 @@ from nats.js import JetStreamContext
 
 from schemas import events as ev
 from schemas import subjects as s
+from services.runtime import direct
 from services.runtime.bus import Publisher, ensure_consumer
 
 log = structlog.get_logger()
@@ -92,7 +93,10 @@ def retry_delay(num_delivered: int, base: float = 0.5, cap: float = 30.0) -> flo
 
 
 class Consumer(Generic[T]):
-    """Runs ``handler`` for each message of a durable pull consumer until ``stop``."""
+    """Runs ``handler`` for each message of a durable pull consumer until ``stop``.
+
+    ``skip(event)``, when given, names events the handler would ignore: they are acked
+    at once, without running the handler (for consumers that see mostly such events)."""
 
     def __init__(
         self,
@@ -105,9 +109,11 @@ class Consumer(Generic[T]):
         batch: int = 256,
         fetch_timeout: float = 1.0,
         in_order: bool = False,
+        skip: Callable[[T], bool] | None = None,
     ) -> None:
         self._js = js
         self._in_order = in_order
+        self._skip = skip
         self.spec = spec
         self._decoder = decoder
         self._handler = handler
@@ -141,12 +147,25 @@ class Consumer(Generic[T]):
 
     async def _dispatch(self, msgs: list[Msg], stop: asyncio.Event) -> None:
         """Handle one fetched batch: each message's handler concurrently, or one after another
-        when ``in_order`` (overridden by BatchConsumer)."""
-        if self._in_order:
-            for m in msgs:
-                await self._process(m)
-        else:
-            await asyncio.gather(*(self._process(m) for m in msgs))
+        when ``in_order`` (overridden by BatchConsumer). Undecodable payloads are dead-lettered
+        and skipped events acked here, without a task of their own."""
+        work: list[tuple[T, Delivery]] = []
+        for m in msgs:
+            d = Delivery(m)
+            try:
+                event = self._decoder.decode(m.data)
+            except (msgspec.DecodeError, RecursionError) as e:  # msgspec recurses on deep nesting
+                await self._dead_letter(d, f"undecodable {m.subject} payload: {e!r}")
+                continue
+            if self._skip is not None and self._skip(event):
+                await d.ack()
+            else:
+                work.append((event, d))
+        if self._in_order or len(work) == 1:
+            for event, d in work:
+                await self._process(event, d)
+        elif work:
+            await asyncio.gather(*(self._process(event, d) for event, d in work))
 
     async def _fetch_failed(self, e: Exception, failures: int) -> None:
         """Back off after the ``failures``-th fetch failure in a row; re-declare the consumer
@@ -162,13 +181,8 @@ class Consumer(Generic[T]):
         except Exception as e:
             self._log.warning("consumer re-declare failed", error=repr(e))
 
-    async def _process(self, msg: Msg) -> None:
-        d = Delivery(msg)
+    async def _process(self, event: T, d: Delivery) -> None:
         try:
-            try:
-                event = self._decoder.decode(msg.data)
-            except (msgspec.DecodeError, RecursionError) as e:  # msgspec recurses on deep nesting
-                raise Poison(f"undecodable {msg.subject} payload: {e!r}") from None
             await self._handler(event, d)
             if not d._held:
                 await d.ack()
@@ -177,12 +191,12 @@ class Consumer(Generic[T]):
         except Exception as e:
             n = d.num_delivered
             if self.spec.max_deliver > 0 and n >= self.spec.max_deliver:
-                self._log.error("giving up", subject=msg.subject, deliveries=n, exc_info=True)
+                self._log.error("giving up", subject=d.msg.subject, deliveries=n, exc_info=True)
                 await self._dead_letter(d, f"gave up after {n} deliveries: {e!r}")
             else:
                 delay = retry_delay(n)
                 self._log.warning(
-                    "handler failed; will retry", subject=msg.subject, deliveries=n, delay_s=delay, error=repr(e)
+                    "handler failed; will retry", subject=d.msg.subject, deliveries=n, delay_s=delay, error=repr(e)
                 )
                 await d.nak(delay=delay)
 
@@ -247,32 +261,35 @@ class _Puller:
         self._sub: Any = None
 
     async def start(self) -> None:
-        self._sub = await self._nc.subscribe(self._inbox, cb=self._on_msg)
+        self._sub = await direct.subscribe(self._nc, self._inbox, self._on_msg)
 
     async def stop(self) -> None:
         if self._sub is not None:
-            await self._sub.unsubscribe()
+            await direct.unsubscribe(self._nc, self._sub)
             self._sub = None
 
-    async def _on_msg(self, msg: Msg) -> None:
-        status = JetStreamContext.is_status_msg(msg)
-        if status is None:
+    def _on_msg(self, subject: bytes, reply: bytes, data: bytes, headers: bytes | None) -> None:
+        status = None if data else direct.status_of(headers)
+        if status is None:  # an event (its stored headers are not parsed: nothing reads them)
             self._owed = max(0, self._owed - 1)
-            self._buf.append(msg)
+            self._buf.append(Msg(self._nc, subject=subject.decode(), reply=reply.decode(), data=data))
             self._ready.set()
-        elif status != "100":  # 408 request expired, 409 conflict, 404 nothing (no_wait); 100: heartbeat
-            headers = msg.headers or {}
-            try:
-                gone = int(headers.get("Nats-Pending-Messages", 0))
-            except ValueError:
-                gone = self._owed
-            self._owed = max(0, self._owed - gone)
-            if status == "409":
-                desc = headers.get("Description", "conflict")
-                if "MaxAckPending" not in desc:  # a full ack window is back-pressure, not an error
-                    self._conflict = desc
-                    self._owed = 0
-            self._ready.set()
+            return
+        code, hdrs = status
+        if code == "100":  # heartbeat
+            return
+        # 408 request expired, 409 conflict, 404 nothing (no_wait)
+        try:
+            gone = int(hdrs.get("Nats-Pending-Messages", 0))
+        except ValueError:
+            gone = self._owed
+        self._owed = max(0, self._owed - gone)
+        if code == "409":
+            desc = hdrs.get("Description", "conflict")
+            if "MaxAckPending" not in desc:  # a full ack window is back-pressure, not an error
+                self._conflict = desc
+                self._owed = 0
+        self._ready.set()
 
     def _reconnect_count(self) -> int:
         return int(getattr(self._nc, "stats", {}).get("reconnects", 0))

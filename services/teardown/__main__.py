@@ -11,6 +11,7 @@ from services.runtime.app import VERSION, Runtime, run
 from services.runtime.bus import Publisher
 from services.runtime.consumer import Consumer
 from services.runtime.micro import MicroService
+from services.teardown.domain import nothing_to_track
 from services.teardown.service import Teardown, decoder
 from services.teardown.store import LifecycleStore
 
@@ -32,7 +33,16 @@ async def main(rt: Runtime) -> None:
         # JOBS in stream order, so a job's accepted is recorded before its end trigger (batched
         # fetches all the same: one pull request per message cost more than the handling).
         consumers = [
-            Consumer(rt.js, spec, decoder, td.on_event, service="teardown", batch=64, in_order=spec is s.TEARDOWN_JOBS)
+            Consumer(
+                rt.js,
+                spec,
+                decoder,
+                td.on_event,
+                service="teardown",
+                batch=64,
+                in_order=spec is s.TEARDOWN_JOBS,
+                skip=nothing_to_track,
+            )
             for spec in SPECS
         ]
         rt.log.info("started", endpoint=rt.settings.aws_endpoint_url or "aws")

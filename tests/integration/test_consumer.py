@@ -114,3 +114,28 @@ async def test_consuming_resumes_promptly_after_the_server_is_killed_and_restart
     finally:
         stop.set()
         await asyncio.wait_for(task, 10)
+
+
+async def test_skipped_events_are_acked_without_running_the_handler(nc: Client) -> None:
+    await ensure_streams(nc.jetstream())
+    seen, stop = Seen(), asyncio.Event()
+
+    def odd(e: ev.JobSubmitted) -> bool:
+        return int(e.job_id[1:]) % 2 == 1
+
+    consumer = Consumer(nc.jetstream(), CONSUMER, decoder, seen.on, service="test", batch=64, skip=odd)
+    for i in range(20):
+        await publish(nc, i)
+    task = asyncio.create_task(consumer.run(stop))
+    try:
+        while len(seen.ids) < 10:
+            await seen.next()
+        assert sorted(seen.ids, key=lambda j: int(j[1:])) == [f"j{i}" for i in range(0, 20, 2)]
+        stop.set()
+        await asyncio.wait_for(task, 10)
+        await nc.flush()
+        info = await nc.jetstream().consumer_info(CONSUMER.stream, CONSUMER.durable)
+        assert (info.num_ack_pending, info.num_pending) == (0, 0)  # the skipped ones were acked too
+    finally:
+        stop.set()
+        await asyncio.wait_for(task, 10)

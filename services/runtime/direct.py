@@ -1,0 +1,82 @@
+"""Direct delivery: a subscription's messages handed to a plain function inside nats-py's read loop.
+
+nats-py delivers every message by parsing its headers into a dict, building a ``Msg``,
+putting it on the subscription's queue and waking the subscription's task, which then
+awaits the callback: about a third of the CPU a service spends per message. The inboxes
+every job crosses (each consumer's standing pull, and the publish-ack inbox) need none of
+that: their route is called synchronously with the raw parts of the message, as soon as
+the parser has them.
+
+This leans on two private parts of nats-py 2.x, checked by ``tests/integration/test_direct.py``:
+the parser calls ``Client._process_msg(sid, subject, reply, data, headers)`` for every
+message (looked up on the instance, so it can be wrapped per connection), and a
+subscription's sid is ``Subscription._id`` (kept across reconnects).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Any
+
+from nats.aio.client import Client
+
+Route = Callable[[bytes, bytes, bytes, bytes | None], None]
+"""``route(subject, reply, data, raw_headers)``: must not block; raw headers are ``None`` when absent."""
+
+
+class _Router:
+    __slots__ = ("_nc", "_original", "routes")
+
+    def __init__(self, nc: Client) -> None:
+        self._nc = nc
+        self._original = nc._process_msg
+        self.routes: dict[int, Route] = {}
+
+    async def process_msg(self, sid: int, subject: bytes, reply: bytes, data: bytes, headers: bytes | None) -> None:
+        route = self.routes.get(sid)
+        if route is None:
+            await self._original(sid, subject, reply, data, headers)  # type: ignore[arg-type]
+            return
+        stats = self._nc.stats
+        stats["in_msgs"] += 1
+        stats["in_bytes"] += len(data)
+        route(subject, reply, data, headers or None)
+
+
+def _router(nc: Client) -> _Router:
+    router: _Router | None = getattr(nc, "_natsched_router", None)
+    if router is None:
+        router = _Router(nc)
+        nc._natsched_router = router  # type: ignore[attr-defined]
+        nc._process_msg = router.process_msg  # type: ignore[method-assign]
+    return router
+
+
+async def subscribe(nc: Client, subject: str, route: Route) -> Any:
+    """Subscribe ``subject`` with its messages going straight to ``route``; returns the
+    nats-py subscription (``await sub.unsubscribe()`` ends it, and :func:`unroute` forgets it)."""
+    router = _router(nc)
+    sub = await nc.subscribe(subject)
+    router.routes[sub._id] = route
+    return sub
+
+
+async def unsubscribe(nc: Client, sub: Any) -> None:
+    _router(nc).routes.pop(sub._id, None)
+    await sub.unsubscribe()
+
+
+def status_of(raw: bytes | None) -> tuple[str, dict[str, str]] | None:
+    """``(status, headers)`` of a status message (``NATS/1.0 408 Request Timeout\r\nName: value...``),
+    the description under ``Description`` as nats-py names it; ``None`` for a message without
+    an inline status."""
+    if not raw or not raw.startswith(b"NATS/1.0 "):
+        return None
+    first, *lines = raw.decode("utf-8", "replace").split("\r\n")
+    _, status, *desc = first.split(" ", 2)
+    headers = {"Description": desc[0].strip()} if desc else {}
+    for line in lines:
+        name, sep, value = line.partition(":")
+        if sep:
+            headers[name.strip()] = value.strip()
+    return status, headers
