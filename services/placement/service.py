@@ -37,6 +37,7 @@ from schemas import events as ev
 from schemas import subjects as s
 from services.placement.engine import NotPlaced, Placed, place, place_dedicated
 from services.placement.state import World
+from services.runtime import direct
 from services.runtime.app import Runtime
 from services.runtime.bus import Ack, Publisher, WrongLastSequence, stream_sequence
 from services.runtime.consumer import Consumer, Delivery
@@ -106,11 +107,11 @@ class Placement:
         self.deadline_s = t.placement_deadline_s
 
     # --- inputs -------------------------------------------------------------
-    async def on_node(self, msg: Msg) -> None:
+    def on_node(self, subject: bytes, reply: bytes, data: bytes, headers: bytes | None = None) -> None:
         try:
-            applied = absorb(self.world, msg.data, datetime.now(UTC), time.monotonic(), self.ttl)
+            applied = absorb(self.world, data, datetime.now(UTC), time.monotonic(), self.ttl)
         except msgspec.DecodeError as e:
-            log.warning("bad node status ignored", subject=msg.subject, error=str(e))
+            log.warning("bad node status ignored", subject=subject.decode(errors="replace"), error=str(e))
             return
         if applied:
             self._capacity_changed.set()
@@ -333,14 +334,53 @@ class Placement:
         log.info("ledger rebuilt", reservations=len(self.world.reservations), decided=len(self.decided), seq=last)
         return sub
 
-    async def follow_nodes(self) -> object:
-        return await self.rt.js.subscribe(
+    async def follow_nodes(self, timeout: float = 60) -> None:
+        """Node statuses: the NODES stream's last status of each node, then the live ones on a
+        core subscription, handed over straight from the read loop. Statuses are state, not
+        events: a status lost while disconnected is superseded by the node's next report,
+        well within the TTL, and JetStream delivery (an ordered consumer) cost as much again
+        per status. Live statuses wait in a buffer until the snapshot is applied, so an older
+        snapshot entry never overwrites a newer report."""
+        nc, js = self.rt.nc, self.rt.js
+        buffered: list[tuple[bytes, bytes]] = []
+        loading = True
+
+        def live(subject: bytes, reply: bytes, data: bytes, headers: bytes | None) -> None:
+            if loading:
+                buffered.append((subject, data))
+            else:
+                self.on_node(subject, reply, data)
+
+        await direct.subscribe(nc, s.NODE_STATUS_ALL, live)
+        await nc.flush()  # subscribed before the snapshot's end is fixed
+        last = (await js.stream_info(s.NODES.name)).state.last_seq
+        done = asyncio.Event()
+        if not last:
+            done.set()
+
+        async def snapshot(msg: Msg) -> None:
+            self.on_node(msg.subject.encode(), b"", msg.data)
+            if stream_sequence(msg.reply) >= last:
+                done.set()
+
+        sub = await js.subscribe(
             s.NODE_STATUS_ALL,
             stream=s.NODES.name,
             ordered_consumer=True,
-            cb=self.on_node,
+            cb=snapshot,
             deliver_policy=js_api.DeliverPolicy.LAST_PER_SUBJECT,
         )
+        try:
+            await asyncio.wait_for(done.wait(), timeout)
+        except TimeoutError:  # go live all the same: the rest report again within their interval
+            log.warning("node snapshot incomplete", timeout_s=timeout, nodes=len(self.world.nodes))
+        finally:
+            await sub.unsubscribe()
+        for subject, data in buffered:
+            self.on_node(subject, b"", data)
+        loading = False
+        log.info("node snapshot applied", nodes=len(self.world.nodes), live_while_loading=len(buffered))
+        buffered.clear()
 
     def consumer(self) -> Consumer[ev.JobAccepted]:
         return Consumer(self.rt.js, s.PLACEMENT_JOBS, _accepted_decoder, self.on_accepted, service="placement")

@@ -120,3 +120,34 @@ async def test_two_instances_deciding_at_the_same_moment_never_double_book(nc: C
     await asyncio.gather(*tasks)
     for p in instances:
         await p.rt.nc.close()
+
+
+async def test_a_starting_instance_loads_the_fleet_from_nodes_then_follows_live_reports(nc: Client, nats_server) -> None:  # type: ignore[no-untyped-def]
+    """Statuses stored before start come from the NODES stream (its last one per node);
+    later ones arrive on the core subscription; a node's latest report is what counts."""
+    from services.devstack.credentials import client_environ
+    from services.placement.service import Placement
+    from services.runtime.app import start_runtime
+    from services.runtime.bus import ensure_streams
+    from services.runtime.config import load_config, load_settings
+
+    await ensure_streams(nc.jetstream())
+    for i in range(50):
+        await node(nc, f"old-{i}", 2)
+    await node(nc, "old-0", 6)  # superseded: the snapshot holds only this last one
+    settings = load_settings({"NATS_URL": nats_server.url, "LOG_LEVEL": "warning", **client_environ()})
+    p = Placement(await start_runtime("placement", settings, load_config()))
+    try:
+        await p.follow_nodes()
+        assert {f"old-{i}" for i in range(50)} <= set(p.world.nodes)
+        assert p.world.nodes["old-0"].status.cpu_free == 6
+        await node(nc, "new", 3)
+        await node(nc, "old-1", 5)
+
+        async def live() -> None:
+            while "new" not in p.world.nodes or p.world.nodes["old-1"].status.cpu_free != 5:  # noqa: ASYNC110
+                await asyncio.sleep(0.01)
+
+        await asyncio.wait_for(live(), 10)
+    finally:
+        await p.rt.nc.close()
