@@ -24,7 +24,6 @@ from typing import Any
 from nats.aio.client import Client
 from nats.aio.msg import Msg
 
-from schemas import subjects as s
 from services.devstack import ServiceProcess
 from tests.bench._system import System, system
 from tests.bench.pipeline import Collector, closed_loop, open_loop, warm_up
@@ -95,8 +94,7 @@ async def one(n: int) -> dict[str, Any]:
     ) as (sysm, nc):
         await wait_instances(nc, "placement", n)
         col = Collector()
-        for subject in (s.PLACEMENT_DECIDED, s.PLACEMENT_FAILED, s.JOB_REJECTED):
-            await nc.subscribe(subject, cb=col.on)
+        await col.subscribe(nc)
         await warm_up(nc, col)
         cpu0 = _cpu(sysm, "placement#")
         opened = await open_loop(nc, col, RATE, OPEN_S)
