@@ -18,7 +18,9 @@ import time
 from pathlib import Path
 from typing import Any
 
-BENCHES = ["placement", "pipeline", "metadata", "scaleout"]
+from tests.bench._machine import Steal, reference_ms
+
+BENCHES = ["placement", "pipeline", "floor", "metadata", "scaleout"]
 OUT = Path("bench-results")
 
 
@@ -42,6 +44,7 @@ async def main(names: list[str]) -> int:
         "benches": {},
     }
     tables: list[str] = []
+    steal, ref_before = Steal(), reference_ms()
     for name in names:
         try:
             mod = importlib.import_module(f"tests.bench.{name}")
@@ -55,6 +58,18 @@ async def main(names: list[str]) -> int:
         results["benches"][name] = result
         tables.append(mod.markdown(result))
         (OUT / "results.json").write_text(json.dumps(results, indent=2))
+    results["machine_state"] = {
+        "reference_ms_before": ref_before,
+        "reference_ms_after": reference_ms(),
+        "steal_pct": steal.pct(),
+    }
+    (OUT / "results.json").write_text(json.dumps(results, indent=2))
+    m = results["machine_state"]
+    tables.append(
+        f"Machine state: reference workload {m['reference_ms_before']} ms before, {m['reference_ms_after']} ms "
+        f"after (lower is faster); {m['steal_pct']}% of CPU time stolen by the hypervisor during the run. "
+        "Compare runs only at similar values."
+    )
     md = "\n\n".join(tables)
     (OUT / "results.md").write_text(md + "\n")
     sys.stdout.write(md + "\n")

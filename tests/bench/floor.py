@@ -41,6 +41,7 @@ from services.runtime.micro import MicroService
 from services.teardown.domain import nothing_to_track
 from services.teardown.service import decoder as teardown_decoder
 from tests.bench import pipeline
+from tests.bench._machine import Steal
 from tests.bench._system import system, wait_up
 
 ROLES = ("gateway", "intake", "placement", "metadata", "teardown", "provisioner")
@@ -157,9 +158,10 @@ async def run() -> dict[str, Any]:
         await col.subscribe(nc)
         await pipeline.warm_up(nc, col)
         for rate in RATES:
-            before, me = sysm.usage(), pipeline._own_cpu()
+            before, me, steal = sysm.usage(), pipeline._own_cpu(), Steal()
             r = await pipeline.open_loop(nc, col, rate, pipeline.OPEN_S)
             r.pop("_lat", None)
+            r["steal_pct"] = steal.pct()
             r["cpu_us_per_job"] = pipeline._per_job(before, sysm.usage(), pipeline._own_cpu() - me, r["jobs"])
             result["open"].append(r)
     return result
@@ -169,13 +171,13 @@ def markdown(r: dict[str, Any]) -> str:
     lines = [
         f"### Topology floor: the same messages per job, services doing no work ({r['nodes']} nodes)",
         "",
-        "| offered/s | jobs/s | p50 ms | p99 ms | errors | CPU µs/job (total) |",
-        "|---|---|---|---|---|---|",
+        "| offered/s | jobs/s | p50 ms | p99 ms | errors | CPU µs/job (total) | steal % |",
+        "|---|---|---|---|---|---|---|",
     ]
     for x in r["open"]:
         lines.append(
             f"| {x['offered_per_s']} | {x['jobs_per_s']} | {x['p50_ms']} | {x['p99_ms']} | {x['errors']} | "
-            f"{x['cpu_us_per_job']['total']} |"
+            f"{x['cpu_us_per_job']['total']} | {x['steal_pct']} |"
         )
     runs = r["open"]
     procs = [*sorted({k for x in runs for k in x["cpu_us_per_job"]} - {"total"})]

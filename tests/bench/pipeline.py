@@ -23,6 +23,7 @@ from nats.aio.client import Client
 from schemas import subjects as s
 from services.gateway.handlers import job_id_for
 from services.runtime import direct
+from tests.bench._machine import Steal
 from tests.bench._system import system
 
 NODES = int(os.environ.get("BENCH_NODES", "10000"))
@@ -279,9 +280,10 @@ async def run() -> dict[str, Any]:
         for c in CLIENTS:
             result["closed"].append(await closed_loop(nc, col, c, CLOSED_S))
         for rate in RATES:
-            before, me = sysm.usage(), _own_cpu()
+            before, me, steal = sysm.usage(), _own_cpu(), Steal()
             r = await open_loop(nc, col, rate, OPEN_S)
             r["cpu_us_per_job"] = _per_job(before, sysm.usage(), _own_cpu() - me, r["jobs"])
+            r["steal_pct"] = steal.pct()
             result["open"].append(r)
         result["footprint"] = _delta(usage0, sysm.usage())
         result["services"] = sorted(sysm.procs)
@@ -319,18 +321,18 @@ def markdown(r: dict[str, Any]) -> str:
     lines = [
         f"### End-to-end placement ({r['nodes']} nodes; services: {', '.join(r.get('services', []))})",
         "",
-        "| load | jobs/s | p50 ms | p90 ms | p99 ms | max ms | errors |",
-        "|---|---|---|---|---|---|---|",
+        "| load | jobs/s | p50 ms | p90 ms | p99 ms | max ms | errors | steal % |",
+        "|---|---|---|---|---|---|---|---|",
     ]
     for x in r["closed"]:
         lines.append(
             f"| closed, {x['clients']} clients | {x['jobs_per_s']} | {x['p50_ms']} | {x['p90_ms']} | "
-            f"{x['p99_ms']} | {x['max_ms']} | {x['errors']} |"
+            f"{x['p99_ms']} | {x['max_ms']} | {x['errors']} | |"
         )
     for x in r["open"]:
         lines.append(
             f"| open, {x['offered_per_s']}/s offered | {x['jobs_per_s']} | {x['p50_ms']} | {x['p90_ms']} | "
-            f"{x['p99_ms']} | {x['max_ms']} | {x['errors']} |"
+            f"{x['p99_ms']} | {x['max_ms']} | {x['errors']} | {x.get('steal_pct', '')} |"
         )
     runs = [x for x in r["open"] if x.get("cpu_us_per_job")]
     if runs:
