@@ -113,7 +113,7 @@ class Placement:
         except msgspec.DecodeError as e:
             log.warning("bad node status ignored", subject=subject.decode(errors="replace"), error=str(e))
             return
-        if applied and self.pending:  # nobody waits for capacity otherwise: no retry pass per status
+        if applied:
             self._capacity_changed.set()
 
     async def on_ledger(self, msg: Msg) -> None:
@@ -156,7 +156,6 @@ class Placement:
             return
         d.hold()
         self.pending[event.job_id] = p
-        self._capacity_changed.set()  # a status may have arrived since its decision: one more pass
         bound.info("pending: no fit yet", pending=len(self.pending))
 
     # --- decisions ----------------------------------------------------------
