@@ -122,7 +122,7 @@ async def test_two_instances_deciding_at_the_same_moment_never_double_book(nc: C
         await p.rt.nc.close()
 
 
-async def test_a_starting_instance_loads_the_fleet_from_nodes_then_follows_live_reports(nc: Client, nats_server) -> None:  # type: ignore[no-untyped-def]
+async def test_a_starting_instance_loads_the_fleet_then_follows_live_reports(nc: Client, nats_server) -> None:  # type: ignore[no-untyped-def]
     """Statuses stored before start come from the NODES stream (its last one per node);
     later ones arrive on the core subscription; a node's latest report is what counts."""
     from services.devstack.credentials import client_environ
