@@ -110,8 +110,8 @@ class Placement:
     def on_node(self, subject: bytes, reply: bytes, data: bytes, headers: bytes | None = None) -> None:
         try:
             applied = absorb(self.world, data, datetime.now(UTC), time.monotonic(), self.ttl)
-        except msgspec.DecodeError as e:
-            log.warning("bad node status ignored", subject=subject.decode(errors="replace"), error=str(e))
+        except (msgspec.DecodeError, RecursionError) as e:  # msgspec recurses on deep nesting
+            log.warning("bad node status ignored", subject=subject.decode(errors="replace"), error=repr(e)[:500])
             return
         if applied:
             self._capacity_changed.set()

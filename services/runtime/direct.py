@@ -18,10 +18,14 @@ from __future__ import annotations
 from collections.abc import Callable
 from typing import Any
 
+import structlog
 from nats.aio.client import Client
 
+log = structlog.get_logger()
+
 Route = Callable[[bytes, bytes, bytes, bytes | None], None]
-"""``route(subject, reply, data, raw_headers)``: must not block; raw headers are ``None`` when absent."""
+"""``route(subject, reply, data, raw_headers)``: must not block; raw headers are ``None`` when absent.
+An exception it raises is logged (it must not reach nats-py's read loop, which it would end)."""
 
 
 class _Router:
@@ -40,7 +44,10 @@ class _Router:
         stats = self._nc.stats
         stats["in_msgs"] += 1
         stats["in_bytes"] += len(data)
-        route(subject, reply, data, headers or None)
+        try:
+            route(subject, reply, data, headers or None)
+        except Exception:  # raised into the parser, it would end the connection's read loop
+            log.exception("direct delivery: route failed", subject=subject.decode(errors="replace"))
 
 
 def _router(nc: Client) -> _Router:

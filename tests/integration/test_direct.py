@@ -74,3 +74,21 @@ async def test_status_parsing_agrees_with_nats_py(nc: Client, raw: bytes) -> Non
 def test_plain_headers_are_not_a_status() -> None:
     assert direct.status_of(None) is None
     assert direct.status_of(b"NATS/1.0\r\nNats-Msg-Id: x\r\n\r\n") is None
+
+
+async def test_a_failing_route_does_not_end_the_connections_read_loop(nc: Client) -> None:
+    got: list[bytes] = []
+    arrived = asyncio.Event()
+
+    def route(subject: bytes, reply: bytes, data: bytes, headers: bytes | None) -> None:
+        if data == b"boom":
+            raise RecursionError("maximum recursion depth exceeded")  # what msgspec raises on deep nesting
+        got.append(data)
+        arrived.set()
+
+    await direct.subscribe(nc, "direct.fail", route)
+    await nc.publish("direct.fail", b"boom")
+    await nc.publish("direct.fail", b"after")
+    await asyncio.wait_for(arrived.wait(), 5)
+    assert got == [b"after"]
+    assert nc.is_connected
