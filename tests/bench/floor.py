@@ -41,7 +41,6 @@ from services.runtime.micro import MicroService
 from services.teardown.domain import nothing_to_track
 from services.teardown.service import decoder as teardown_decoder
 from tests.bench import pipeline
-from tests.bench._machine import Steal
 from tests.bench._system import system, wait_up
 
 ROLES = ("gateway", "intake", "placement", "metadata", "teardown", "provisioner")
@@ -158,11 +157,8 @@ async def run() -> dict[str, Any]:
         await col.subscribe(nc)
         await pipeline.warm_up(nc, col)
         for rate in RATES:
-            before, me, steal = sysm.usage(), pipeline._own_cpu(), Steal()
-            r = await pipeline.open_loop(nc, col, rate, pipeline.OPEN_S)
+            r = await pipeline.measured_open_loop(sysm, nc, col, rate)
             r.pop("_lat", None)
-            r["steal_pct"] = steal.pct()
-            r["cpu_us_per_job"] = pipeline._per_job(before, sysm.usage(), pipeline._own_cpu() - me, r["jobs"])
             result["open"].append(r)
     return result
 
@@ -179,15 +175,7 @@ def markdown(r: dict[str, Any]) -> str:
             f"| {x['offered_per_s']} | {x['jobs_per_s']} | {x['p50_ms']} | {x['p99_ms']} | {x['errors']} | "
             f"{x['cpu_us_per_job']['total']} | {x['steal_pct']} |"
         )
-    runs = r["open"]
-    procs = [*sorted({k for x in runs for k in x["cpu_us_per_job"]} - {"total"})]
-    lines += [
-        "",
-        "| process | " + " | ".join(f"{x['offered_per_s']}/s" for x in runs) + " |",
-        "|---|" + "---|" * len(runs),
-    ]
-    for k in procs:
-        lines.append(f"| {k} | " + " | ".join(str(x["cpu_us_per_job"].get(k, "")) for x in runs) + " |")
+    lines += ["", "CPU µs per decided job, by process:", "", *pipeline.cpu_table(r["open"])]
     return "\n".join(lines)
 
 

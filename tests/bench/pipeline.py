@@ -24,7 +24,7 @@ from schemas import subjects as s
 from services.gateway.handlers import job_id_for
 from services.runtime import direct
 from tests.bench._machine import Steal
-from tests.bench._system import system
+from tests.bench._system import System, system
 
 NODES = int(os.environ.get("BENCH_NODES", "10000"))
 CLOSED_S = float(os.environ.get("BENCH_CLOSED_S", "10"))
@@ -280,11 +280,7 @@ async def run() -> dict[str, Any]:
         for c in CLIENTS:
             result["closed"].append(await closed_loop(nc, col, c, CLOSED_S))
         for rate in RATES:
-            before, me, steal = sysm.usage(), _own_cpu(), Steal()
-            r = await open_loop(nc, col, rate, OPEN_S)
-            r["cpu_us_per_job"] = _per_job(before, sysm.usage(), _own_cpu() - me, r["jobs"])
-            r["steal_pct"] = steal.pct()
-            result["open"].append(r)
+            result["open"].append(await measured_open_loop(sysm, nc, col, rate))
         result["footprint"] = _delta(usage0, sysm.usage())
         result["services"] = sorted(sysm.procs)
     result["cdf_png"] = plot(result["open"], "bench-results/pipeline-latency-cdf.png")
@@ -292,6 +288,28 @@ async def run() -> dict[str, Any]:
         r.pop("_lat", None)
     result["gateway_alone"] = await gateway_alone(CLOSED_S)
     return result
+
+
+async def measured_open_loop(sysm: System, nc: Client, col: Collector, rate: int) -> dict[str, Any]:
+    """:func:`open_loop` plus each process's CPU µs per job and the steal share meanwhile."""
+    before, me, steal = sysm.usage(), _own_cpu(), Steal()
+    r = await open_loop(nc, col, rate, OPEN_S)
+    r["cpu_us_per_job"] = _per_job(before, sysm.usage(), _own_cpu() - me, r["jobs"])
+    r["steal_pct"] = steal.pct()
+    return r
+
+
+def cpu_table(runs: list[dict[str, Any]]) -> list[str]:
+    """Markdown rows: CPU µs per job of each process, one column per open-loop run."""
+    runs = [x for x in runs if x.get("cpu_us_per_job")]
+    if not runs:
+        return []
+    procs = [*sorted({k for x in runs for k in x["cpu_us_per_job"]} - {"total"}), "total"]
+    head = " | ".join(f"{x['offered_per_s']}/s" for x in runs)
+    lines = [f"| process | {head} |", "|---|" + "---|" * len(runs)]
+    for k in procs:
+        lines.append(f"| {k} | " + " | ".join(str(x["cpu_us_per_job"].get(k, "")) for x in runs) + " |")
+    return lines
 
 
 def _own_cpu() -> float:
@@ -334,18 +352,9 @@ def markdown(r: dict[str, Any]) -> str:
             f"| open, {x['offered_per_s']}/s offered | {x['jobs_per_s']} | {x['p50_ms']} | {x['p90_ms']} | "
             f"{x['p99_ms']} | {x['max_ms']} | {x['errors']} | {x.get('steal_pct', '')} |"
         )
-    runs = [x for x in r["open"] if x.get("cpu_us_per_job")]
-    if runs:
-        procs = [*sorted({k for x in runs for k in x["cpu_us_per_job"]} - {"total"}), "total"]
-        lines += [
-            "",
-            "CPU µs per decided job, by process (open loop; includes the node fleet's own load):",
-            "",
-            "| process | " + " | ".join(f"{x['offered_per_s']}/s" for x in runs) + " |",
-            "|---|" + "---|" * len(runs),
-        ]
-        for k in procs:
-            lines.append(f"| {k} | " + " | ".join(str(x["cpu_us_per_job"].get(k, "")) for x in runs) + " |")
+    table = cpu_table(r["open"])
+    if table:
+        lines += ["", "CPU µs per decided job, by process (open loop; includes the node fleet's own load):", "", *table]
     g = r["gateway_alone"]
     lines += [
         "",
