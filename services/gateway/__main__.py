@@ -6,6 +6,7 @@ import asyncio
 import contextlib
 
 from schemas import subjects as s
+from services.gateway.admission import Admission
 from services.gateway.handlers import MAX_BODY, Decisions, Gateway
 from services.gateway.lifecycle import JobStates, Lifecycle
 from services.runtime.app import VERSION, Runtime, run
@@ -15,7 +16,8 @@ from services.runtime.micro import MicroService
 
 async def main(rt: Runtime) -> None:
     decisions = Decisions(rt.nc)
-    gw = Gateway(Publisher(rt.js), rt.config, decisions)
+    admission = Admission(rt.js, rt.config.admission)
+    gw = Gateway(Publisher(rt.js), rt.config, decisions, admission)
 
     async def drop_idle_subscriptions() -> None:
         while not rt.stop.is_set():
@@ -24,6 +26,7 @@ async def main(rt: Runtime) -> None:
             await decisions.drop_idle()
 
     janitor = asyncio.create_task(drop_idle_subscriptions())
+    shedding = asyncio.create_task(admission.run(rt.stop))
     states = JobStates()
     await states.start(rt.js)
     lifecycle = Lifecycle(rt.js, Publisher(rt.js), states, rt.config.lifecycle.state_sync_timeout_s)
@@ -67,6 +70,7 @@ async def main(rt: Runtime) -> None:
     await rt.stop.wait()
     await svc.stop()
     await janitor
+    await shedding
     await states.stop()
 
 

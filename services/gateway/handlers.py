@@ -20,6 +20,7 @@ from schemas import events as ev
 from schemas import subjects as s
 from schemas.jobs import decode_job_request, normalise
 from schemas.replies import SubmitReply
+from services.gateway.admission import Admission
 from services.runtime.bus import Publisher
 from services.runtime.config import Config
 from services.runtime.micro import RequestError
@@ -133,13 +134,18 @@ _events_decoder = msgspec.json.Decoder(_Events)
 
 
 class Gateway:
-    def __init__(self, publisher: Publisher, config: Config, decisions: Decisions) -> None:
+    def __init__(
+        self, publisher: Publisher, config: Config, decisions: Decisions, admission: Admission | None = None
+    ) -> None:
         self.publisher = publisher
         self.config = config
         self.decisions = decisions
+        self.admission = admission
 
     async def _submit(self, msg: Msg) -> ev.JobSubmitted:
-        req = decode_job_request(msg.data)
+        req = decode_job_request(msg.data)  # bad input gets its 400 even while shedding
+        if self.admission is not None:
+            self.admission.check()
         key = idempotency_key(msg, req.request_id)
         job_id = job_id_for(key)
         spec = normalise(req, self.config.defaults)

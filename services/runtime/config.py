@@ -91,6 +91,15 @@ class LifecycleConf(msgspec.Struct, kw_only=True, frozen=True, forbid_unknown_fi
     """How long the gateway waits for its job-state view to catch up with the streams."""
 
 
+class AdmissionConf(msgspec.Struct, kw_only=True, frozen=True, forbid_unknown_fields=True):
+    """Load shedding by the gateway (services/gateway/admission.py)."""
+
+    max_backlog: Annotated[int, Meta(ge=0)] = 5000
+    """Refuse new jobs (503) while more than this many wait for intake or placement; 0: never."""
+    check_interval_s: PositiveS = 0.25
+    """How often the gateway reads that backlog from the consumers."""
+
+
 class Config(msgspec.Struct, kw_only=True, frozen=True, forbid_unknown_fields=True):
     technologies: list[Technology]
     defaults: Defaults = Defaults()
@@ -100,6 +109,7 @@ class Config(msgspec.Struct, kw_only=True, frozen=True, forbid_unknown_fields=Tr
     instance_types: list[InstanceType] = []
     aws: AwsConf = AwsConf()
     lifecycle: LifecycleConf = LifecycleConf()
+    admission: AdmissionConf = AdmissionConf()
 
     def __post_init__(self) -> None:
         if self.defaults.technology not in self.technologies:

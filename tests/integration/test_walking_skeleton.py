@@ -144,3 +144,42 @@ async def test_undecodable_event_is_dead_lettered_once_and_consumer_keeps_going(
     assert letter["service"] == "intake" and "undecodable" in letter["reason"]
     info = await js.stream_info(s.DEADLETTERS.name)
     assert info.state.messages == 1
+
+
+async def test_an_overloaded_system_sheds_new_jobs_at_the_door(nc: Client, services: Spawn, tmp_path) -> None:  # type: ignore[no-untyped-def]
+    """Above ``admission.max_backlog`` jobs waiting for intake or placement, a submit gets a
+    503 and nothing is stored; below it, submits are stored as usual."""
+    import asyncio
+
+    from services.gateway.admission import QUEUES
+    from services.runtime.bus import ensure_consumer, ensure_streams
+
+    js = nc.jetstream()
+    await ensure_streams(js)
+    for spec in QUEUES:  # declared, but nobody consumes: every submitted job waits
+        await ensure_consumer(js, spec)
+    config = tmp_path / "scheduler.toml"
+    config.write_text('technologies = ["docker"]\n[admission]\nmax_backlog = 3\ncheck_interval_s = 0.05\n')
+    await services("gateway", env={"SCHEDULER_CONFIG": str(config)})
+
+    async def submit(i: int) -> tuple[str | None, dict]:  # type: ignore[type-arg]
+        reply = await nc.request(
+            s.JOB_SUBMIT, json.dumps({"name": f"j{i}", "request_id": f"r{i}"}).encode(), timeout=10
+        )
+        return (reply.headers or {}).get(s.ERROR_CODE_HEADER), json.loads(reply.data)
+
+    stored = 0
+    for i in range(4):  # the backlog is at most 3 when each of these arrives
+        code, _ = await submit(i)
+        assert code is None
+        stored += 1
+    deadline = asyncio.get_running_loop().time() + 10
+    while True:  # until the gateway's poll has seen the backlog of 4
+        code, body = await submit(stored)
+        if code is not None:
+            break
+        stored += 1
+        assert asyncio.get_running_loop().time() < deadline, "never shed"
+    assert code == "503" and "overloaded" in body["error"]["message"], body
+    info = await js.stream_info(s.JOBS.name)
+    assert info.state.messages == stored  # the refused job was not stored
