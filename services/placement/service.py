@@ -338,9 +338,9 @@ class Placement:
         """Node statuses: the NODES stream's last status of each node, then the live ones on a
         core subscription, handed over straight from the read loop. Statuses are state, not
         events: a status lost while disconnected is superseded by the node's next report,
-        well within the TTL, and JetStream delivery (an ordered consumer) cost as much again
-        per status. Live statuses wait in a buffer until the snapshot is applied, so an older
-        snapshot entry never overwrites a newer report."""
+        well within the TTL, without an ordered consumer's work per status. Live statuses
+        wait in a buffer until the snapshot is applied, so an older snapshot entry never
+        overwrites a newer report."""
         nc, js = self.rt.nc, self.rt.js
         buffered: list[tuple[bytes, bytes]] = []
         loading = True
@@ -353,9 +353,10 @@ class Placement:
 
         await direct.subscribe(nc, s.NODE_STATUS_ALL, live)
         await nc.flush()  # subscribed before the snapshot's end is fixed
-        last = (await js.stream_info(s.NODES.name)).state.last_seq
+        state = (await js.stream_info(s.NODES.name)).state
+        last = state.last_seq
         done = asyncio.Event()
-        if not last:
+        if not state.messages:  # nothing to load (the last sequence may be of a purged message)
             done.set()
 
         async def snapshot(msg: Msg) -> None:

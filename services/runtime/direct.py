@@ -2,7 +2,9 @@
 
 nats-py delivers every message by parsing its headers into a dict, building a ``Msg``,
 putting it on the subscription's queue and waking the subscription's task, which then
-awaits the callback: about a third of the CPU a service spends per message. The inboxes
+awaits the callback: about a fifth of a consumer's CPU per message (35 -> 28 µs per
+consumed and acked message in a micro-benchmark; within the noise of the whole pipeline,
+where the rest of each service's work dominates). The inboxes
 every job crosses (each consumer's standing pull, and the publish-ack inbox) need none of
 that: their route is called synchronously with the raw parts of the message, as soon as
 the parser has them.
