@@ -150,13 +150,7 @@ class Consumer(Generic[T]):
         when ``in_order`` (overridden by BatchConsumer). Undecodable payloads are dead-lettered
         and skipped events acked here, without a task of their own."""
         work: list[tuple[T, Delivery]] = []
-        for m in msgs:
-            d = Delivery(m)
-            try:
-                event = self._decoder.decode(m.data)
-            except (msgspec.DecodeError, RecursionError) as e:  # msgspec recurses on deep nesting
-                await self._dead_letter(d, f"undecodable {m.subject} payload: {e!r}")
-                continue
+        for event, d in await self._decoded(msgs):
             if self._skip is not None and self._skip(event):
                 await d.ack()
             else:
@@ -166,6 +160,18 @@ class Consumer(Generic[T]):
                 await self._process(event, d)
         elif work:
             await asyncio.gather(*(self._process(event, d) for event, d in work))
+
+    async def _decoded(self, msgs: list[Msg]) -> list[tuple[T, Delivery]]:
+        """Each message decoded with its delivery; an undecodable one is dead-lettered at once
+        (decoding is deterministic, so a retry could not succeed) and left out."""
+        out: list[tuple[T, Delivery]] = []
+        for m in msgs:
+            d = Delivery(m)
+            try:
+                out.append((self._decoder.decode(m.data), d))
+            except (msgspec.DecodeError, RecursionError, ValueError) as e:  # msgspec recurses on deep nesting
+                await self._dead_letter(d, f"undecodable {m.subject} payload: {e!r}"[:2000])
+        return out
 
     async def _fetch_failed(self, e: Exception, failures: int) -> None:
         """Back off after the ``failures``-th fetch failure in a row; re-declare the consumer
@@ -430,13 +436,7 @@ class BatchConsumer(Consumer[T]):
                 await _quietly(m.in_progress())
 
     async def _dispatch(self, msgs: list[Msg], stop: asyncio.Event) -> None:
-        items: list[tuple[T, Delivery]] = []
-        for m in msgs:
-            d = Delivery(m)
-            try:
-                items.append((self._decoder.decode(m.data), d))
-            except (msgspec.DecodeError, RecursionError, ValueError) as e:  # decoding is deterministic: poison
-                await self._dead_letter(d, f"undecodable {m.subject} payload: {e!r}"[:2000])
+        items = await self._decoded(msgs)
         if not items:
             return
         if self._in_flight == 1:
