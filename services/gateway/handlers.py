@@ -134,9 +134,7 @@ _events_decoder = msgspec.json.Decoder(_Events)
 
 
 class Gateway:
-    def __init__(
-        self, publisher: Publisher, config: Config, decisions: Decisions, admission: Admission | None = None
-    ) -> None:
+    def __init__(self, publisher: Publisher, config: Config, decisions: Decisions, admission: Admission) -> None:
         self.publisher = publisher
         self.config = config
         self.decisions = decisions
@@ -144,8 +142,7 @@ class Gateway:
 
     async def _submit(self, msg: Msg) -> ev.JobSubmitted:
         req = decode_job_request(msg.data)  # bad input gets its 400 even while shedding
-        if self.admission is not None:
-            self.admission.check()
+        self.admission.check()
         key = idempotency_key(msg, req.request_id)
         job_id = job_id_for(key)
         spec = normalise(req, self.config.defaults)
