@@ -69,6 +69,9 @@ def deadletter_subject(service: str) -> str:
 # --- headers ----------------------------------------------------------------
 MSG_ID_HEADER = "Nats-Msg-Id"
 EXPECTED_LAST_SEQ_HEADER = "Nats-Expected-Last-Sequence"
+BATCH_ID_HEADER = "Nats-Batch-Id"
+BATCH_SEQUENCE_HEADER = "Nats-Batch-Sequence"
+BATCH_COMMIT_HEADER = "Nats-Batch-Commit"
 ERROR_HEADER = "Nats-Service-Error"
 ERROR_CODE_HEADER = "Nats-Service-Error-Code"
 
@@ -88,6 +91,8 @@ class StreamSpec(msgspec.Struct, frozen=True, kw_only=True):
     """Subject transform (source, destination) applied to captured messages before storing."""
     republish: tuple[str, str] | None = None
     """(source, destination): the server re-publishes each message on core NATS once stored."""
+    atomic: bool = False
+    """Accepts atomic batch publishes (all messages of a batch stored, or none; nats-server 2.12+)."""
 
     @property
     def listens_on(self) -> tuple[str, ...]:
@@ -114,6 +119,7 @@ PLACEMENTS = StreamSpec(
     capture=(f"{COMMIT_PREFIX}.placement.*",),
     transform=(f"{COMMIT_PREFIX}.placement.*", "placement.{{wildcard(1)}}"),
     republish=("placement.*", "placement.{{wildcard(1)}}"),
+    atomic=True,  # placement commits each group of decisions as one atomic batch
 )
 
 

@@ -14,10 +14,12 @@
   has not applied to its ledger (optimistic concurrency, as in Omega, with the stream as
   the one shared state). Decisions are group-committed: one decider task takes every
   job waiting for a decision, decides them in priority/submission order on the local
-  ledger and publishes them pipelined as a chain (message *i* expects ``base + i``).
-  On a conflict (another instance, or a release, got in between) the refused tail of
-  the chain is undone, the ledger catches up to the stream, and those jobs are decided
-  again. So no node is ever booked on a stale ledger, whatever the number of instances.
+  ledger and stores them as one atomic batch expecting the stream's last sequence to be
+  the ledger's (at most ``MAX_ATOMIC_BATCH`` decisions per batch). On a conflict (another
+  instance, or a release, got in between; or a decision of one of these jobs is stored
+  already) nothing of the batch is stored: it is undone, the ledger catches up to the
+  stream, and those jobs are decided again. So no node is ever booked on a stale ledger,
+  whatever the number of instances.
 """
 
 from __future__ import annotations
@@ -39,7 +41,7 @@ from services.placement.engine import NotPlaced, Placed, place, place_dedicated
 from services.placement.state import World
 from services.runtime import direct
 from services.runtime.app import Runtime
-from services.runtime.bus import Ack, Publisher, WrongLastSequence, stream_sequence
+from services.runtime.bus import MAX_ATOMIC_BATCH, Ack, Publisher, WrongLastSequence, stream_sequence
 from services.runtime.consumer import Consumer, Delivery
 
 log = structlog.get_logger()
@@ -175,7 +177,9 @@ class Placement:
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(self._wake.wait(), 0.5)
             self._wake.clear()
-            batch, self._queue = self._queue, []
+            batch, self._queue = self._queue[:MAX_ATOMIC_BATCH], self._queue[MAX_ATOMIC_BATCH:]
+            if self._queue:
+                self._wake.set()  # the rest goes in the next chain
             if not batch:
                 continue
             try:
@@ -263,8 +267,8 @@ class Placement:
                 if isinstance(res, Ack):  # decided before (a crash, or another instance): the stream's stands
                     behind = max(behind, res.seq)
                     redo.append(r)
-                elif isinstance(res, WrongLastSequence):
-                    behind = max(behind, res.last_seq)
+                elif isinstance(res, WrongLastSequence):  # the whole chain was refused
+                    behind = max(behind, res.last_seq or await self._stream_last_seq())
                     redo.append(r)
                 else:
                     r.fail(res)
@@ -274,6 +278,9 @@ class Placement:
                 await self._catch_up(behind)
                 self.tail = max(self.tail, self.applied_seq)
             todo = redo
+
+    async def _stream_last_seq(self) -> int:
+        return int((await self.rt.js.stream_info(s.PLACEMENTS.name)).state.last_seq)
 
     async def _catch_up(self, seq: int, timeout: float = 10.0) -> None:
         """Wait until the follower has applied the stream up to ``seq``."""

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import uuid
 from collections.abc import Iterable, Sequence
 
 import msgspec
@@ -65,6 +66,7 @@ def stream_config(spec: s.StreamSpec, replicas: int = 1) -> js_api.StreamConfig:
         max_age=spec.max_age_s,
         num_replicas=replicas,
         allow_direct=True,
+        allow_atomic=spec.atomic or None,
     )
 
 
@@ -146,11 +148,16 @@ class _AckOrError(msgspec.Struct):
     stream: str = ""
     seq: int = 0
     duplicate: bool = False
+    count: int = 0
+    """Of an atomic batch's commit: how many messages the batch stored (``seq`` is the last)."""
     error: _ApiError | None = None
 
 
 _ack_decoder = msgspec.json.Decoder(_AckOrError)
 _WRONG_LAST_SEQUENCE = 10071
+_BATCH_HAS_DUPLICATE = 10201
+MAX_ATOMIC_BATCH = 1000
+"""The most messages nats-server accepts in one atomic batch (its default ``max_batch_size``)."""
 
 
 class PublishError(Exception):
@@ -173,10 +180,13 @@ def stream_sequence(reply: str) -> int:
 
 
 class WrongLastSequence(PublishError):
-    """The stream moved on since the publisher last looked (optimistic concurrency)."""
+    """The stream moved on since the publisher last looked (optimistic concurrency): it
+    holds a message the publisher has not seen, or (``err_code`` 10201) already holds one
+    of the batch's messages, by its ``Nats-Msg-Id``."""
 
     @property
     def last_seq(self) -> int:
+        """The stream's last sequence when the server said it, else 0 (unknown)."""
         tail = self.description.rsplit(":", 1)[-1].strip()
         return int(tail) if tail.isdigit() else 0
 
@@ -187,9 +197,9 @@ class Publisher:
     ``publish`` waits for the stream's ack (on the same inbox: cheaper than nats-py's
     ``js.publish``, which builds a PubAck dataclass from ``json.loads``). ``publish_many`` pipelines the publishes
     and waits for every ack (raising the first error), so a caller acks its input only
-    once its outputs are stored. ``publish_chain`` pipelines them with optimistic
-    concurrency: message *i* is stored only if the stream's last sequence is then
-    ``expected_last_seq + i``; it returns each message's ack or error.
+    once its outputs are stored. ``publish_chain`` stores them as one atomic batch with
+    optimistic concurrency: all of them, in order, right after ``expected_last_seq``, or
+    none (see its docstring).
 
     The pipelined forms use one wildcard inbox and a msgspec ack decoder rather than
     nats-py's ``publish_async``, whose future never completes when the server answers
@@ -201,44 +211,82 @@ class Publisher:
         self._nc: Client = js._nc
         self._timeout = timeout
         self._prefix = ""
+        self._batch_prefix = ""
         self._pending: dict[str, asyncio.Future[bytes]] = {}
         self._count = 0
 
     async def publish(self, event: ev.Event) -> Ack:
         """Store one event; raises :class:`PublishError` (or ``TimeoutError``) if it was not."""
-        (result,) = await self._pipeline((event,), None)
+        (result,) = await self._pipeline((event,))
         if isinstance(result, Exception):
             raise result
         return result
 
     async def publish_many(self, events: Sequence[ev.Event]) -> list[Ack]:
-        results = await self._pipeline(events, None)
+        results = await self._pipeline(events)
         for r in results:
             if isinstance(r, BaseException):
                 raise r
         return [r for r in results if isinstance(r, Ack)]
 
     async def publish_chain(self, events: Sequence[ev.Event], expected_last_seq: int) -> list[Ack | Exception]:
-        return await self._pipeline(events, expected_last_seq)
+        """Store ``events`` as one atomic batch (the stream must allow it, see ``StreamSpec.atomic``),
+        only if the stream's last sequence is ``expected_last_seq``; returns each message's ack, or
+        the same error for every message: nothing was stored.
 
-    async def _pipeline(self, events: Sequence[ev.Event], expected: int | None) -> list[Ack | Exception]:
+        One batch, not a pipeline of messages each expecting ``expected_last_seq + i``: with those,
+        after one foreign message the message following our refused one finds exactly the sequence
+        it expects and is stored, although it was decided on the same stale state. And the server
+        answers a batch once, on its commit, instead of once per message."""
+        if not 0 < len(events) <= MAX_ATOMIC_BATCH:
+            raise ValueError(f"a chain has 1 to {MAX_ATOMIC_BATCH} events, not {len(events)}")
+        await self._subscribe()
+        self._count += 1
+        batch, reply = f"{self._batch_prefix}{self._count}", f"{self._prefix}{self._count}"
+        fut: asyncio.Future[bytes] = asyncio.get_running_loop().create_future()
+        self._pending[reply] = fut
+        last = len(events) - 1
+        for i, e in enumerate(events):
+            headers = {s.MSG_ID_HEADER: e.event_id, s.BATCH_ID_HEADER: batch, s.BATCH_SEQUENCE_HEADER: str(i + 1)}
+            if i == 0:
+                headers[s.EXPECTED_LAST_SEQ_HEADER] = str(expected_last_seq)
+            if i == last:
+                headers[s.BATCH_COMMIT_HEADER] = "1"
+            await self._nc.publish(
+                ev.commit_subject_of(e), ev.encode(e), reply=reply if i == last else "", headers=headers
+            )
+        try:
+            data = await asyncio.wait_for(fut, self._timeout)
+        except TimeoutError:
+            return [TimeoutError("no JetStream ack in time")] * len(events)
+        finally:
+            self._pending.pop(reply, None)
+        ack = _to_ack(data)
+        if isinstance(ack, Exception):
+            return [ack] * len(events)
+        first = ack.seq - len(events) + 1
+        return [Ack(stream=ack.stream, seq=first + i) for i in range(len(events))]
+
+    async def _subscribe(self) -> None:
         if not self._prefix:
             self._prefix = self._nc.new_inbox() + "."
+            self._batch_prefix = uuid.uuid4().hex + "-"
             await direct.subscribe(self._nc, self._prefix + "*", self._on_reply)
+
+    async def _pipeline(self, events: Sequence[ev.Event]) -> list[Ack | Exception]:
+        await self._subscribe()
         loop = asyncio.get_running_loop()
         replies: list[str] = []
         futures: list[asyncio.Future[bytes]] = []
-        for i, e in enumerate(events):
+        for e in events:
             self._count += 1
             reply = f"{self._prefix}{self._count}"
             fut: asyncio.Future[bytes] = loop.create_future()
             self._pending[reply] = fut
             replies.append(reply)
             futures.append(fut)
-            headers = {s.MSG_ID_HEADER: e.event_id} if e.event_id else {}
-            if expected is not None:
-                headers[s.EXPECTED_LAST_SEQ_HEADER] = str(expected + i)
-            await self._nc.publish(ev.commit_subject_of(e), ev.encode(e), reply=reply, headers=headers or None)
+            headers = {s.MSG_ID_HEADER: e.event_id} if e.event_id else None
+            await self._nc.publish(ev.commit_subject_of(e), ev.encode(e), reply=reply, headers=headers)
         if futures:
             await asyncio.wait(futures, timeout=self._timeout)
         out: list[Ack | Exception] = []
@@ -265,6 +313,6 @@ def _to_ack(data: bytes) -> Ack | Exception:
     except msgspec.DecodeError as e:
         return PublishError(500, 0, f"undecodable ack: {e}")
     if a.error is not None:
-        cls = WrongLastSequence if a.error.err_code == _WRONG_LAST_SEQUENCE else PublishError
+        cls = WrongLastSequence if a.error.err_code in (_WRONG_LAST_SEQUENCE, _BATCH_HAS_DUPLICATE) else PublishError
         return cls(a.error.code, a.error.err_code, a.error.description)
     return Ack(stream=a.stream, seq=a.seq, duplicate=a.duplicate)

@@ -17,6 +17,7 @@ from schemas import subjects as s
 from services.devstack.cluster import NatsCluster
 from services.runtime.bus import ensure_streams
 from tests.conftest import nats_auth
+from tests.integration.test_publish_chain import a_stale_chain_is_refused_whole
 
 pytestmark = pytest.mark.integration
 
@@ -72,5 +73,19 @@ async def test_replicated_streams_survive_a_dead_server(tmp_path: Path) -> None:
             while (missing := 10 - len(got)) > 0:
                 got += [m.data for m in await retrying(lambda n=missing: sub.fetch(n, timeout=5))]  # type: ignore[misc]
             assert got == [f"{i}".encode() for i in range(10)]
+        finally:
+            await nc.close()
+
+
+async def test_a_stale_placement_chain_is_refused_whole_by_a_replicated_stream(tmp_path: Path) -> None:
+    """The chained checks (last sequence and last message id) hold on an R3 stream too,
+    where the stream leader, not a single server, makes them."""
+    with NatsCluster(tmp_path) as cluster:
+        nc = await nats.connect(cluster.url.split(","), reconnect_time_wait=0.2, **nats_auth("admin"))
+        try:
+            js = nc.jetstream(timeout=5)
+            await retrying(lambda: ensure_streams(js, [s.PLACEMENTS], replicas=3))
+            await retrying(lambda: js.stream_info(s.PLACEMENTS.name))
+            await a_stale_chain_is_refused_whole(js)
         finally:
             await nc.close()

@@ -1,0 +1,79 @@
+"""``Publisher.publish_chain`` against a real nats-server: a chain is stored whole, in order,
+right after the sequence it expects, or not at all."""
+
+from __future__ import annotations
+
+import msgspec
+import pytest
+from nats.aio.client import Client
+from nats.js import JetStreamContext
+
+from schemas import events as ev
+from schemas import subjects as s
+from services.runtime.bus import Ack, Publisher, WrongLastSequence, ensure_streams
+
+pytestmark = pytest.mark.integration
+
+
+def decided(job_id: str) -> ev.PlacementDecided:
+    return ev.PlacementDecided(
+        event_id=ev.event_id_for(job_id, s.PLACEMENT_DECIDED),
+        job_id=job_id,
+        cluster="shared",
+        technology="docker",
+        strategy="best_fit",
+        assignments=[],
+        candidates=[],
+    )
+
+
+async def test_a_chain_is_stored_in_order_on_an_up_to_date_base(nc: Client) -> None:
+    js = nc.jetstream()
+    await ensure_streams(js, [s.PLACEMENTS])
+    results = await Publisher(js).publish_chain([decided(f"j{i}") for i in range(3)], 0)
+    assert [r.seq for r in results if isinstance(r, Ack)] == [1, 2, 3]
+
+
+async def test_nothing_after_a_refused_message_is_stored(nc: Client) -> None:
+    js = nc.jetstream()
+    await ensure_streams(js, [s.PLACEMENTS])
+    await a_stale_chain_is_refused_whole(js)
+
+
+async def a_stale_chain_is_refused_whole(js: JetStreamContext) -> None:
+    """The publisher's base is one message behind (another instance stored a decision it has
+    not seen). Its first message is refused; the second must be refused too: it was decided
+    on the same stale ledger, even though the stream's last sequence now equals what it expects."""
+    publisher = Publisher(js)
+    base = (await publisher.publish_chain([decided("mine-0")], 0))[0]
+    assert isinstance(base, Ack) and base.seq == 1
+    foreign = await Publisher(js).publish_chain([decided("theirs")], 1)
+    assert isinstance(foreign[0], Ack) and foreign[0].seq == 2
+
+    results = await publisher.publish_chain([decided("a"), decided("b"), decided("c")], 1)  # stale: the stream is at 2
+
+    assert all(isinstance(r, WrongLastSequence) for r in results), results
+    assert (await js.stream_info(s.PLACEMENTS.name)).state.last_seq == 2
+
+
+async def test_a_chain_holding_a_stored_decision_is_refused_whole(nc: Client) -> None:
+    """A job decided before (a crash before the ack, or another instance): the server refuses the
+    batch for its duplicate message id, so the other decisions of the batch are not stored either
+    and are redone on the caught-up ledger."""
+    js = nc.jetstream()
+    await ensure_streams(js, [s.PLACEMENTS])
+    publisher = Publisher(js)
+    assert isinstance((await publisher.publish_chain([decided("x")], 0))[0], Ack)
+
+    results = await publisher.publish_chain([decided("y"), decided("x")], 1)
+
+    assert all(isinstance(r, WrongLastSequence) for r in results), results
+    assert (await js.stream_info(s.PLACEMENTS.name)).state.last_seq == 1
+
+
+async def test_a_stream_declared_before_atomic_batches_is_updated_to_allow_them(nc: Client) -> None:
+    js = nc.jetstream()
+    await ensure_streams(js, [msgspec.structs.replace(s.PLACEMENTS, atomic=False)])  # as an older version left it
+    await ensure_streams(js, [s.PLACEMENTS])
+    results = await Publisher(js).publish_chain([decided("a"), decided("b")], 0)
+    assert [r.seq for r in results if isinstance(r, Ack)] == [1, 2]
