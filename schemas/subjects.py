@@ -69,6 +69,7 @@ def deadletter_subject(service: str) -> str:
 # --- headers ----------------------------------------------------------------
 MSG_ID_HEADER = "Nats-Msg-Id"
 EXPECTED_LAST_SEQ_HEADER = "Nats-Expected-Last-Sequence"
+EXPECTED_LAST_MSG_ID_HEADER = "Nats-Expected-Last-Msg-Id"
 BATCH_ID_HEADER = "Nats-Batch-Id"
 BATCH_SEQUENCE_HEADER = "Nats-Batch-Sequence"
 BATCH_COMMIT_HEADER = "Nats-Batch-Commit"
@@ -119,7 +120,7 @@ PLACEMENTS = StreamSpec(
     capture=(f"{COMMIT_PREFIX}.placement.*",),
     transform=(f"{COMMIT_PREFIX}.placement.*", "placement.{{wildcard(1)}}"),
     republish=("placement.*", "placement.{{wildcard(1)}}"),
-    atomic=True,  # placement commits each group of decisions as one atomic batch
+    atomic=True,  # with replicas, placement commits each group of decisions as one atomic batch
 )
 
 

@@ -14,12 +14,14 @@
   has not applied to its ledger (optimistic concurrency, as in Omega, with the stream as
   the one shared state). Decisions are group-committed: one decider task takes every
   job waiting for a decision, decides them in priority/submission order on the local
-  ledger and stores them as one atomic batch expecting the stream's last sequence to be
-  the ledger's (at most ``MAX_ATOMIC_BATCH`` decisions per batch). On a conflict (another
-  instance, or a release, got in between; or a decision of one of these jobs is stored
-  already) nothing of the batch is stored: it is undone, the ledger catches up to the
-  stream, and those jobs are decided again. So no node is ever booked on a stale ledger,
-  whatever the number of instances.
+  ledger and publishes them as a chain that the stream stores only right after the
+  ledger's last sequence, and nothing from its first refused message on (pipelined,
+  each message expecting the last sequence and its predecessor's id; on a replicated
+  stream, one atomic batch; at most ``MAX_ATOMIC_BATCH`` decisions per chain). On a
+  conflict (another instance, or a release, got in between; or a job decided before) the
+  refused decisions are undone, the ledger catches up to the stream, and those jobs are
+  decided again. So no node is ever booked on a stale ledger, whatever the number of
+  instances.
 """
 
 from __future__ import annotations
@@ -41,7 +43,7 @@ from services.placement.engine import NotPlaced, Placed, place, place_dedicated
 from services.placement.state import World
 from services.runtime import direct
 from services.runtime.app import Runtime
-from services.runtime.bus import MAX_ATOMIC_BATCH, Ack, Publisher, WrongLastSequence, stream_sequence
+from services.runtime.bus import MAX_ATOMIC_BATCH, WRONG_LAST_MSG_ID, Ack, Publisher, WrongLastSequence, stream_sequence
 from services.runtime.consumer import Consumer, Delivery
 
 log = structlog.get_logger()
@@ -104,6 +106,8 @@ class Placement:
         self.tail = 0
         """The last PLACEMENTS sequence known to be stored (own acks run ahead of the follower)."""
         self.stats = {"decisions": 0, "commits": 0, "conflicts": 0}
+        self.atomic = False
+        """Commit as atomic batches: on a replicated PLACEMENTS (see ``Publisher.publish_chain``)."""
         t = rt.config.timeouts
         self.ttl = t.node_ttl_s
         self.deadline_s = t.placement_deadline_s
@@ -251,11 +255,11 @@ class Placement:
             if not chain:
                 return
             base = max(self.tail, self.applied_seq)
-            results = await self.publisher.publish_chain([out for _, out in chain], base)
+            results = await self.publisher.publish_chain([out for _, out in chain], base, atomic=self.atomic)
             self.stats["commits"] += 1
             redo: list[_Request] = []
             behind = 0
-            for (r, out), res in zip(chain, results, strict=True):
+            for i, ((r, out), res) in enumerate(zip(chain, results, strict=True)):
                 if isinstance(res, Ack) and not res.duplicate:
                     self.tail = max(self.tail, res.seq)
                     self.decided.add(out.job_id)
@@ -267,8 +271,11 @@ class Placement:
                 if isinstance(res, Ack):  # decided before (a crash, or another instance): the stream's stands
                     behind = max(behind, res.seq)
                     redo.append(r)
-                elif isinstance(res, WrongLastSequence):  # the whole chain was refused
-                    behind = max(behind, res.last_seq or await self._stream_last_seq())
+                elif isinstance(res, WrongLastSequence):
+                    if res.err_code == WRONG_LAST_MSG_ID:  # the sequence check, made first, passed
+                        behind = max(behind, base + i)
+                    else:
+                        behind = max(behind, res.last_seq or await self._stream_last_seq())
                     redo.append(r)
                 else:
                     r.fail(res)
@@ -327,7 +334,9 @@ class Placement:
         """Follow PLACEMENTS from the start (one ordered consumer, so stream order is kept);
         returns once the ledger has caught up with the stream as it was at start."""
         js = self.rt.js
-        last = (await js.stream_info(s.PLACEMENTS.name)).state.last_seq
+        info = await js.stream_info(s.PLACEMENTS.name)
+        last = info.state.last_seq
+        self.atomic = (info.config.num_replicas or 1) > 1
         sub = await js.subscribe(
             "",
             stream=s.PLACEMENTS.name,

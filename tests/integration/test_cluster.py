@@ -15,9 +15,9 @@ from nats.js.errors import APIError, NoStreamResponseError
 
 from schemas import subjects as s
 from services.devstack.cluster import NatsCluster
-from services.runtime.bus import ensure_streams
+from services.runtime.bus import Ack, Publisher, ensure_streams
 from tests.conftest import nats_auth
-from tests.integration.test_publish_chain import a_stale_chain_is_refused_whole
+from tests.integration.test_publish_chain import a_stale_chain_is_refused_whole, decided
 
 pytestmark = pytest.mark.integration
 
@@ -77,15 +77,17 @@ async def test_replicated_streams_survive_a_dead_server(tmp_path: Path) -> None:
             await nc.close()
 
 
-async def test_a_stale_placement_chain_is_refused_whole_by_a_replicated_stream(tmp_path: Path) -> None:
-    """The chained checks (last sequence and last message id) hold on an R3 stream too,
-    where the stream leader, not a single server, makes them."""
+async def test_a_stale_placement_batch_is_refused_whole_by_a_replicated_stream(tmp_path: Path) -> None:
+    """On an R3 stream placement commits atomic batches (see ``Publisher.publish_chain``): the
+    stream leader refuses a stale one whole and goes on storing."""
     with NatsCluster(tmp_path) as cluster:
         nc = await nats.connect(cluster.url.split(","), reconnect_time_wait=0.2, **nats_auth("admin"))
         try:
             js = nc.jetstream(timeout=5)
             await retrying(lambda: ensure_streams(js, [s.PLACEMENTS], replicas=3))
             await retrying(lambda: js.stream_info(s.PLACEMENTS.name))
-            await a_stale_chain_is_refused_whole(js)
+            await a_stale_chain_is_refused_whole(js, atomic=True)
+            after = await Publisher(js).publish_chain([decided("next")], 2, atomic=True)
+            assert isinstance(after[0], Ack) and after[0].seq == 3
         finally:
             await nc.close()

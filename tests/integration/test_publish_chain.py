@@ -1,5 +1,6 @@
-"""``Publisher.publish_chain`` against a real nats-server: a chain is stored whole, in order,
-right after the sequence it expects, or not at all."""
+"""``Publisher.publish_chain`` against a real nats-server, pipelined and as an atomic batch: a
+chain is stored in order right after the sequence it expects, and nothing of it from its first
+refused message on."""
 
 from __future__ import annotations
 
@@ -13,6 +14,7 @@ from schemas import subjects as s
 from services.runtime.bus import Ack, Publisher, WrongLastSequence, ensure_streams
 
 pytestmark = pytest.mark.integration
+modes = pytest.mark.parametrize("atomic", [False, True], ids=["pipelined", "atomic"])
 
 
 def decided(job_id: str) -> ev.PlacementDecided:
@@ -27,53 +29,58 @@ def decided(job_id: str) -> ev.PlacementDecided:
     )
 
 
-async def test_a_chain_is_stored_in_order_on_an_up_to_date_base(nc: Client) -> None:
+@modes
+async def test_a_chain_is_stored_in_order_on_an_up_to_date_base(nc: Client, atomic: bool) -> None:
     js = nc.jetstream()
     await ensure_streams(js, [s.PLACEMENTS])
-    results = await Publisher(js).publish_chain([decided(f"j{i}") for i in range(3)], 0)
+    results = await Publisher(js).publish_chain([decided(f"j{i}") for i in range(3)], 0, atomic=atomic)
     assert [r.seq for r in results if isinstance(r, Ack)] == [1, 2, 3]
 
 
-async def test_nothing_after_a_refused_message_is_stored(nc: Client) -> None:
+@modes
+async def test_nothing_after_a_refused_message_is_stored(nc: Client, atomic: bool) -> None:
     js = nc.jetstream()
     await ensure_streams(js, [s.PLACEMENTS])
-    await a_stale_chain_is_refused_whole(js)
+    await a_stale_chain_is_refused_whole(js, atomic)
 
 
-async def a_stale_chain_is_refused_whole(js: JetStreamContext) -> None:
+async def a_stale_chain_is_refused_whole(js: JetStreamContext, atomic: bool) -> None:
     """The publisher's base is one message behind (another instance stored a decision it has
     not seen). Its first message is refused; the second must be refused too: it was decided
     on the same stale ledger, even though the stream's last sequence now equals what it expects."""
     publisher = Publisher(js)
-    base = (await publisher.publish_chain([decided("mine-0")], 0))[0]
+    base = (await publisher.publish_chain([decided("mine-0")], 0, atomic=atomic))[0]
     assert isinstance(base, Ack) and base.seq == 1
     foreign = await Publisher(js).publish_chain([decided("theirs")], 1)
     assert isinstance(foreign[0], Ack) and foreign[0].seq == 2
 
-    results = await publisher.publish_chain([decided("a"), decided("b"), decided("c")], 1)  # stale: the stream is at 2
+    results = await publisher.publish_chain([decided("a"), decided("b"), decided("c")], 1, atomic=atomic)  # stale
 
     assert all(isinstance(r, WrongLastSequence) for r in results), results
     assert (await js.stream_info(s.PLACEMENTS.name)).state.last_seq == 2
 
 
-async def test_a_chain_holding_a_stored_decision_is_refused_whole(nc: Client) -> None:
-    """A job decided before (a crash before the ack, or another instance): the server refuses the
-    batch for its duplicate message id, so the other decisions of the batch are not stored either
-    and are redone on the caught-up ledger."""
+async def test_a_chain_holding_a_stored_decision(nc: Client) -> None:
+    """A job decided before (a crash before the ack, or another instance): pipelined, the decisions
+    before it are stored and it is answered as a duplicate; as an atomic batch, the server refuses
+    the whole batch for its duplicate message id. Either way the placement service redoes it on
+    the caught-up ledger, where it is decided already."""
     js = nc.jetstream()
     await ensure_streams(js, [s.PLACEMENTS])
     publisher = Publisher(js)
     assert isinstance((await publisher.publish_chain([decided("x")], 0))[0], Ack)
 
-    results = await publisher.publish_chain([decided("y"), decided("x")], 1)
+    y, x = await publisher.publish_chain([decided("y"), decided("x")], 1)
+    assert isinstance(y, Ack) and y.seq == 2 and isinstance(x, Ack) and x.duplicate
 
+    results = await publisher.publish_chain([decided("z"), decided("x")], 2, atomic=True)
     assert all(isinstance(r, WrongLastSequence) for r in results), results
-    assert (await js.stream_info(s.PLACEMENTS.name)).state.last_seq == 1
+    assert (await js.stream_info(s.PLACEMENTS.name)).state.last_seq == 2
 
 
 async def test_a_stream_declared_before_atomic_batches_is_updated_to_allow_them(nc: Client) -> None:
     js = nc.jetstream()
     await ensure_streams(js, [msgspec.structs.replace(s.PLACEMENTS, atomic=False)])  # as an older version left it
     await ensure_streams(js, [s.PLACEMENTS])
-    results = await Publisher(js).publish_chain([decided("a"), decided("b")], 0)
+    results = await Publisher(js).publish_chain([decided("a"), decided("b")], 0, atomic=True)
     assert [r.seq for r in results if isinstance(r, Ack)] == [1, 2]
