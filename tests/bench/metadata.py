@@ -40,6 +40,7 @@ from schemas import subjects as s
 from schemas.jobs import Constraints, JobSpec, Resources, Workload
 from services.devstack import NatsServer, Postgres, credentials, database_url_from_env, spawn_service
 from services.runtime.bus import ensure_streams
+from tests.bench._system import discard
 
 REPO = Path(__file__).resolve().parents[2]
 NODES = 500
@@ -319,6 +320,7 @@ async def run() -> dict[str, Any]:
         if pg:
             pg.stop()
         server.stop()
+        discard(tmp)
     return {
         "jobs": jobs,
         "published": len(events),
