@@ -34,6 +34,9 @@ class NatsServer(_util.ServerProcess):
         self.config = config.absolute() if config is not None else None
         self.port = port or free_port()
         self.monitor_port = monitor_port or free_port()
+        self._repick = port is None and monitor_port is None
+        """Ports we picked may be taken before the server binds them (another process, or an
+        outgoing connection's ephemeral port): the first start then tries fresh ones."""
         self._tmp = Path(tempfile.mkdtemp(prefix="natsched-nats-")) if not (store_dir and log_dir) else None
         self.store_dir = (store_dir or self._scratch / "store").absolute()
         self.log_path = (log_dir or self._scratch).absolute() / "nats-server.log"
@@ -99,18 +102,27 @@ class NatsServer(_util.ServerProcess):
         if self.running:
             return
         self.store_dir.mkdir(parents=True, exist_ok=True)
-        self._proc = _util.popen_logged(self.argv(), self.log_path)
-        try:
-            _util.wait_until(
-                self._ready,
-                timeout=self.start_timeout,
-                what="nats-server",
-                proc=self._proc,
-                log_path=self.log_path,
-            )
-        except BaseException:
-            self.kill()
-            raise
+        for attempt in range(3):
+            self._proc = _util.popen_logged(self.argv(), self.log_path)
+            try:
+                _util.wait_until(
+                    self._ready,
+                    timeout=self.start_timeout,
+                    what="nats-server",
+                    proc=self._proc,
+                    log_path=self.log_path,
+                )
+            except RuntimeError as err:
+                self.kill()
+                if not (self._repick and attempt < 2 and "address already in use" in str(err)):
+                    raise
+                self.port, self.monitor_port = free_port(), free_port()
+                continue
+            except BaseException:
+                self.kill()
+                raise
+            self._repick = False  # a restart keeps its ports: clients reconnect to them
+            return
 
     def restart(self) -> None:
         """stop() then start() on the same ports and store directory."""

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import socket
 import time
 from pathlib import Path
 
@@ -55,6 +56,18 @@ def test_nats_server_restart_keeps_ports_and_streams(tmp_path: Path) -> None:
         server.restart()
         assert server.running and server.port == port and server.pid != first_pid
         assert server.healthy()
+
+
+def test_a_picked_port_taken_before_the_server_binds_it_is_picked_again(tmp_path: Path) -> None:
+    """free_port() only says a port was free a moment ago: here it is taken in between."""
+    server = NatsServer(None, store_dir=tmp_path / "js", log_dir=tmp_path)
+    taken = server.port
+    with socket.create_server(("127.0.0.1", taken)):
+        server.start()
+        try:
+            assert server.running and server.port != taken
+        finally:
+            server.stop()
 
 
 async def test_postgres_data_survives_restart(tmp_path: Path) -> None:
