@@ -34,6 +34,7 @@ class ServiceProcess:
         self.name = name
         self.proc = proc
         self.log_path = log_path
+        self._kept: str | None = None
 
     @property
     def pid(self) -> int:
@@ -56,10 +57,15 @@ class ServiceProcess:
         return _util.kill(self.proc)
 
     def log_text(self) -> str:
-        """Everything the service wrote so far ("" if its output is inherited)."""
+        """Everything the service wrote so far ("" if its output is inherited); once the log file is
+        gone, what :meth:`keep_log` read."""
         if self.log_path is None or not self.log_path.exists():
-            return ""
+            return self._kept or ""
         return self.log_path.read_text(errors="replace")
+
+    def keep_log(self) -> None:
+        """Read the log into memory, so it can be read after its folder is removed."""
+        self._kept = self.log_text()
 
     def __repr__(self) -> str:
         return f"ServiceProcess({self.name!r}, pid={self.pid}, returncode={self.returncode})"

@@ -277,6 +277,7 @@ async def system(
             for ps in sysm.procs.values():
                 for p in ps:
                     p.stop()
+                    p.keep_log()  # e.g. a stats line written at shutdown, read once system() returned
     finally:
         if moto:
             moto.stop()
