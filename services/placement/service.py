@@ -258,7 +258,7 @@ class Placement:
             results = await self.publisher.publish_chain([out for _, out in chain], base, atomic=self.atomic)
             self.stats["commits"] += 1
             redo: list[_Request] = []
-            behind = 0
+            behind, ask = 0, False
             for i, ((r, out), res) in enumerate(zip(chain, results, strict=True)):
                 if isinstance(res, Ack) and not res.duplicate:
                     self.tail = max(self.tail, res.seq)
@@ -272,14 +272,16 @@ class Placement:
                     behind = max(behind, res.seq)
                     redo.append(r)
                 elif isinstance(res, WrongLastSequence):
-                    if res.err_code == WRONG_LAST_MSG_ID:  # the sequence check, made first, passed
-                        behind = max(behind, base + i)
-                    else:
-                        behind = max(behind, res.last_seq or await self._stream_last_seq())
+                    # a last-msg-id refusal passed the sequence check, made first; a duplicate in an
+                    # atomic batch does not say where the stream is: ask it, once
+                    known = base + i if res.err_code == WRONG_LAST_MSG_ID else res.last_seq
+                    behind, ask = max(behind, known), ask or not known
                     redo.append(r)
                 else:
                     r.fail(res)
             if redo:
+                if ask:
+                    behind = max(behind, await self._stream_last_seq())
                 self.stats["conflicts"] += len(redo)
                 log.debug("placement conflict; catching up", jobs=len(redo), behind=behind)
                 await self._catch_up(behind)
