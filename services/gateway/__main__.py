@@ -10,8 +10,8 @@ from services.gateway.admission import Admission
 from services.gateway.handlers import MAX_BODY, Decisions, Gateway
 from services.gateway.lifecycle import JobStates, Lifecycle
 from services.runtime.app import VERSION, Runtime, run
-from services.runtime.bus import Publisher
 from services.runtime.micro import MicroService
+from services.runtime.publisher import Publisher
 
 
 async def main(rt: Runtime) -> None:

@@ -21,9 +21,9 @@ from schemas import subjects as s
 from schemas.jobs import decode_job_request, normalise
 from schemas.replies import SubmitReply
 from services.gateway.admission import Admission
-from services.runtime.bus import Publisher
 from services.runtime.config import Config
 from services.runtime.micro import RequestError
+from services.runtime.publisher import Publisher
 
 log = structlog.get_logger()
 

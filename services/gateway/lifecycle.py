@@ -42,8 +42,9 @@ from schemas import events as ev
 from schemas import subjects as s
 from schemas.replies import CompleteRequest, JobRef, SubmitReply
 from schemas.types import TERMINAL_STATES
-from services.runtime.bus import Publisher, stream_sequence
+from services.runtime.delivery import stream_sequence
 from services.runtime.micro import RequestError
+from services.runtime.publisher import Publisher
 
 log = structlog.get_logger()
 

@@ -18,10 +18,11 @@ from schemas import events as ev
 from schemas import subjects as s
 from services.intake.policy import admit
 from services.runtime.app import VERSION, Runtime, run
-from services.runtime.bus import Publisher
+from services.runtime.batch import BatchConsumer
 from services.runtime.config import Config
-from services.runtime.consumer import BatchConsumer, Delivery
+from services.runtime.delivery import Delivery
 from services.runtime.micro import MicroService
+from services.runtime.publisher import Publisher
 
 decoder = msgspec.json.Decoder(ev.JobSubmitted)
 

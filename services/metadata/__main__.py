@@ -14,7 +14,7 @@ from schemas import subjects as s
 from services.metadata.adapters import Database, is_unavailable
 from services.metadata.handlers import DECODERS, DEFAULT_CACHE_JOBS, Projector, Queries
 from services.runtime.app import VERSION, Runtime, run, tune_gc
-from services.runtime.consumer import BatchConsumer
+from services.runtime.batch import BatchConsumer
 from services.runtime.micro import MicroService
 
 DEFAULT_BATCH = 1000

@@ -44,7 +44,7 @@ from services.metadata.adapters import (
     Unavailable,
     is_unavailable,
 )
-from services.runtime.consumer import Delivery
+from services.runtime.delivery import Delivery
 from services.runtime.micro import RequestError
 
 log = structlog.get_logger()

@@ -43,8 +43,9 @@ from services.placement.engine import NotPlaced, Placed, place, place_dedicated
 from services.placement.state import World
 from services.runtime import direct
 from services.runtime.app import Runtime
-from services.runtime.bus import MAX_ATOMIC_BATCH, WRONG_LAST_MSG_ID, Ack, Publisher, WrongLastSequence, stream_sequence
-from services.runtime.consumer import Consumer, Delivery
+from services.runtime.consumer import Consumer
+from services.runtime.delivery import Delivery, stream_sequence
+from services.runtime.publisher import MAX_ATOMIC_BATCH, WRONG_LAST_MSG_ID, Ack, Publisher, WrongLastSequence
 
 log = structlog.get_logger()
 

@@ -10,9 +10,9 @@ from services.provisioner.ec2 import Ec2
 from services.provisioner.handlers import Provisioner, not_dedicated
 from services.provisioner.jobs import JobRecords, lifecycle_bucket
 from services.runtime.app import VERSION, Runtime, run
-from services.runtime.bus import Publisher
 from services.runtime.consumer import Consumer
 from services.runtime.micro import MicroService
+from services.runtime.publisher import Publisher
 
 decoder = msgspec.json.Decoder(ev.PlacementDecided)
 

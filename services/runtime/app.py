@@ -16,15 +16,18 @@ import sys
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 
+import nats
 import structlog
 from nats.aio.client import Client
 from nats.js import JetStreamContext
 
-from services.runtime.bus import ensure_streams
 from services.runtime.config import Config, Settings, load_config, load_settings
 from services.runtime.log import configure
+from services.runtime.streams import ensure_streams
 
 VERSION = "0.1.0"
+
+_log = structlog.get_logger()
 
 
 @dataclass
@@ -40,6 +43,34 @@ class Runtime:
     def metadata(self, **extra: str) -> dict[str, str]:
         """Micro-service metadata: always an object of strings."""
         return {"instance_id": self.settings.instance_id, **extra}
+
+
+async def connect(settings: Settings, name: str) -> Client:
+    """Connect, retrying forever on reconnect; the first connect is retried for ~30 s."""
+
+    async def on_disconnect() -> None:
+        _log.warning("nats disconnected")
+
+    async def on_reconnect() -> None:
+        _log.info("nats reconnected")
+
+    async def on_error(e: Exception) -> None:
+        _log.warning("nats error", error=repr(e))
+
+    return await nats.connect(
+        servers=settings.nats_url.split(","),
+        name=name,
+        user=settings.nats_user,
+        password=settings.nats_password,
+        connect_timeout=2,
+        allow_reconnect=True,
+        max_reconnect_attempts=-1,
+        reconnect_time_wait=0.5,
+        pending_size=64 * 1024 * 1024,
+        disconnected_cb=on_disconnect,
+        reconnected_cb=on_reconnect,
+        error_cb=on_error,
+    )
 
 
 Main = Callable[[Runtime], Awaitable[None]]
@@ -58,8 +89,6 @@ async def start_runtime(name: str, settings: Settings | None = None, config: Con
 
 
 async def _connect_with_retry(settings: Settings, name: str, log: structlog.stdlib.BoundLogger) -> Client:
-    from services.runtime.bus import connect
-
     delay = 0.2
     for attempt in range(1, 61):
         try:

@@ -9,7 +9,7 @@ import os
 import signal
 
 from schemas import events as ev
-from services.runtime.bus import connect
+from services.runtime.app import connect
 from services.runtime.config import load_settings
 from services.runtime.log import configure
 from services.simnodes.fleet import Fleet, per_slice

@@ -8,9 +8,9 @@ from schemas import subjects as s
 from services.provisioner.ec2 import Ec2
 from services.provisioner.jobs import lifecycle_bucket
 from services.runtime.app import VERSION, Runtime, run
-from services.runtime.bus import Publisher
 from services.runtime.consumer import Consumer
 from services.runtime.micro import MicroService
+from services.runtime.publisher import Publisher
 from services.teardown.domain import nothing_to_track
 from services.teardown.service import Teardown, decoder
 from services.teardown.store import LifecycleStore

@@ -30,9 +30,9 @@ from schemas import events as ev
 from schemas import subjects as s
 from schemas.lifecycle import JobLifecycle, decode_record
 from services.provisioner.ec2 import Ec2
-from services.runtime.bus import Publisher
 from services.runtime.config import LifecycleConf
-from services.runtime.consumer import Delivery
+from services.runtime.delivery import Delivery
+from services.runtime.publisher import Publisher
 from services.teardown import domain
 from services.teardown.store import LifecycleStore
 

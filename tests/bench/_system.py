@@ -34,7 +34,7 @@ from services.devstack import (
     spawn_service,
 )
 from services.devstack.cluster import NatsCluster
-from services.runtime.bus import ensure_streams
+from services.runtime.streams import ensure_streams
 
 REPO = Path(__file__).resolve().parents[2]
 SERVICES = ("gateway", "intake", "placement", "metadata", "provisioner", "teardown")

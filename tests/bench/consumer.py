@@ -15,7 +15,8 @@ import nats
 
 from schemas import subjects as s
 from services.devstack import NatsServer
-from services.runtime.consumer import Consumer, Delivery
+from services.runtime.consumer import Consumer
+from services.runtime.delivery import Delivery
 
 N = int(os.environ.get("BENCH_CONSUMER_MESSAGES", "60000"))
 ROUNDS = 3

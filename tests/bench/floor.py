@@ -35,9 +35,11 @@ from services.provisioner.handlers import not_dedicated
 from services.runtime import direct
 from services.runtime.app import Runtime
 from services.runtime.app import run as run_service
-from services.runtime.bus import Publisher
-from services.runtime.consumer import BatchConsumer, Consumer, Delivery
+from services.runtime.batch import BatchConsumer
+from services.runtime.consumer import Consumer
+from services.runtime.delivery import Delivery
 from services.runtime.micro import MicroService
+from services.runtime.publisher import Publisher
 from services.teardown.domain import nothing_to_track
 from services.teardown.service import decoder as teardown_decoder
 from tests.bench import pipeline

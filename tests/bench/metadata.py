@@ -39,7 +39,7 @@ from schemas import events as ev
 from schemas import subjects as s
 from schemas.jobs import Constraints, JobSpec, Resources, Workload
 from services.devstack import NatsServer, Postgres, credentials, database_url_from_env, spawn_service
-from services.runtime.bus import ensure_streams
+from services.runtime.streams import ensure_streams
 from tests.bench._system import discard
 
 REPO = Path(__file__).resolve().parents[2]

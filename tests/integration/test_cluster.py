@@ -15,7 +15,8 @@ from nats.js.errors import APIError, NoStreamResponseError
 
 from schemas import subjects as s
 from services.devstack.cluster import NatsCluster
-from services.runtime.bus import Ack, Publisher, ensure_streams
+from services.runtime.publisher import Ack, Publisher
+from services.runtime.streams import ensure_streams
 from tests.conftest import nats_auth
 from tests.integration.test_publish_chain import a_stale_chain_is_refused_whole, decided
 

@@ -18,8 +18,9 @@ from nats.aio.msg import Msg
 from schemas import events as ev
 from schemas import subjects as s
 from services.devstack import NatsServer
-from services.runtime.bus import ensure_streams
-from services.runtime.consumer import Consumer, Delivery
+from services.runtime.consumer import Consumer
+from services.runtime.delivery import Delivery
+from services.runtime.streams import ensure_streams
 from tests.integration.test_metadata_batch_consumer import SPEC
 
 pytestmark = pytest.mark.integration

@@ -16,8 +16,9 @@ from nats.js.errors import NotFoundError
 from schemas import events as ev
 from schemas import subjects as s
 from schemas.jobs import Constraints, JobSpec, Resources, Workload
-from services.runtime.bus import ensure_streams
-from services.runtime.consumer import BatchConsumer, Delivery
+from services.runtime.batch import BatchConsumer
+from services.runtime.delivery import Delivery
+from services.runtime.streams import ensure_streams
 from tests.integration.test_metadata import eventually
 
 pytestmark = pytest.mark.integration

@@ -20,7 +20,7 @@ from schemas import subjects as s
 from services.metadata import domain
 from services.metadata.adapters import Database, Tx
 from services.metadata.handlers import Projector
-from services.runtime.consumer import Delivery
+from services.runtime.delivery import Delivery
 from tests.integration.test_metadata import SPEC, lifecycle
 
 pytestmark = pytest.mark.integration

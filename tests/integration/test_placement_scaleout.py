@@ -128,8 +128,8 @@ async def test_a_starting_instance_loads_the_fleet_then_follows_live_reports(nc:
     from services.devstack.credentials import client_environ
     from services.placement.service import Placement
     from services.runtime.app import start_runtime
-    from services.runtime.bus import ensure_streams
     from services.runtime.config import load_config, load_settings
+    from services.runtime.streams import ensure_streams
 
     await ensure_streams(nc.jetstream())
     for i in range(50):

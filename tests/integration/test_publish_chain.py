@@ -11,7 +11,8 @@ from nats.js import JetStreamContext
 
 from schemas import events as ev
 from schemas import subjects as s
-from services.runtime.bus import Ack, Publisher, WrongLastSequence, ensure_streams
+from services.runtime.publisher import Ack, Publisher, WrongLastSequence
+from services.runtime.streams import ensure_streams
 
 pytestmark = pytest.mark.integration
 modes = pytest.mark.parametrize("atomic", [False, True], ids=["pipelined", "atomic"])

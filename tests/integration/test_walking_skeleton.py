@@ -152,7 +152,7 @@ async def test_an_overloaded_system_sheds_new_jobs_at_the_door(nc: Client, servi
     import asyncio
 
     from services.gateway.admission import QUEUES
-    from services.runtime.bus import ensure_consumer, ensure_streams
+    from services.runtime.streams import ensure_consumer, ensure_streams
 
     js = nc.jetstream()
     await ensure_streams(js)

@@ -79,7 +79,7 @@ def test_stored_placement_events_are_republished_on_their_contract_subjects() ->
 
 
 def test_stream_sequence_reads_both_ack_subject_forms() -> None:
-    from services.runtime.bus import stream_sequence
+    from services.runtime.delivery import stream_sequence
 
     assert stream_sequence("$JS.ACK.JOBS.intake.1.42.7.1700000000000000000.3") == 42
     assert stream_sequence("$JS.ACK._.ACCHASH.JOBS.intake.1.42.7.1700000000000000000.3.rnd") == 42

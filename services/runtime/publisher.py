@@ -1,133 +1,18 @@
-"""The NATS edge: connect with reconnect, declare streams and consumers, publish events."""
+"""Publishing events to JetStream: one message, several pipelined, or a chain with optimistic concurrency."""
 
 from __future__ import annotations
 
 import asyncio
 import uuid
-from collections.abc import Iterable, Sequence
+from collections.abc import Sequence
 
 import msgspec
-import nats
-import structlog
 from nats.aio.client import Client
 from nats.js import JetStreamContext
-from nats.js import api as js_api
-from nats.js.errors import NotFoundError
 
 from schemas import events as ev
 from schemas import subjects as s
 from services.runtime import direct
-from services.runtime.config import Settings
-
-log = structlog.get_logger()
-
-
-async def connect(settings: Settings, name: str) -> Client:
-    """Connect, retrying forever on reconnect; the first connect is retried for ~30 s."""
-
-    async def on_disconnect() -> None:
-        log.warning("nats disconnected")
-
-    async def on_reconnect() -> None:
-        log.info("nats reconnected")
-
-    async def on_error(e: Exception) -> None:
-        log.warning("nats error", error=repr(e))
-
-    return await nats.connect(
-        servers=settings.nats_url.split(","),
-        name=name,
-        user=settings.nats_user,
-        password=settings.nats_password,
-        connect_timeout=2,
-        allow_reconnect=True,
-        max_reconnect_attempts=-1,
-        reconnect_time_wait=0.5,
-        pending_size=64 * 1024 * 1024,
-        disconnected_cb=on_disconnect,
-        reconnected_cb=on_reconnect,
-        error_cb=on_error,
-    )
-
-
-def stream_config(spec: s.StreamSpec, replicas: int = 1) -> js_api.StreamConfig:
-    return js_api.StreamConfig(
-        name=spec.name,
-        description=spec.description,
-        subjects=list(spec.listens_on),
-        subject_transform=js_api.SubjectTransform(src=spec.transform[0], dest=spec.transform[1])
-        if spec.transform
-        else None,
-        republish=js_api.RePublish(src=spec.republish[0], dest=spec.republish[1]) if spec.republish else None,
-        retention=js_api.RetentionPolicy.LIMITS,
-        storage=js_api.StorageType.FILE,
-        max_msgs_per_subject=spec.max_msgs_per_subject,
-        duplicate_window=spec.duplicate_window_s,
-        max_age=spec.max_age_s,
-        num_replicas=replicas,
-        allow_direct=True,
-        allow_atomic=spec.atomic or None,
-    )
-
-
-async def ensure_streams(
-    js: JetStreamContext,
-    streams: Iterable[s.StreamSpec] = s.STREAMS,
-    *,
-    replicas: int = 1,
-    duplicate_window_s: float | None = None,
-) -> None:
-    """Create or update every stream (idempotent; safe when several services start at once)."""
-    for spec in streams:
-        if duplicate_window_s is not None and spec.name == s.JOBS.name:
-            spec = msgspec.structs.replace(spec, duplicate_window_s=duplicate_window_s)
-        cfg = stream_config(spec, replicas)
-        for attempt in range(5):
-            try:
-                try:
-                    await js.stream_info(spec.name)
-                except NotFoundError:
-                    await js.add_stream(cfg)
-                else:
-                    await js.update_stream(cfg)
-                break
-            except nats.js.errors.APIError as e:  # a concurrent create: look again
-                if attempt == 4:
-                    raise
-                log.debug("stream declare raced", stream=spec.name, error=str(e))
-                await asyncio.sleep(0.05 * (attempt + 1))
-
-
-def consumer_config(spec: s.ConsumerSpec) -> js_api.ConsumerConfig:
-    filters = list(spec.filter_subjects)
-    return js_api.ConsumerConfig(
-        durable_name=spec.durable,
-        name=spec.durable,
-        description=spec.description,
-        deliver_policy=js_api.DeliverPolicy.ALL,
-        ack_policy=js_api.AckPolicy.EXPLICIT,
-        ack_wait=spec.ack_wait_s,
-        max_deliver=spec.max_deliver,
-        backoff=list(spec.backoff_s) or None,
-        filter_subject=filters[0] if len(filters) == 1 else None,
-        filter_subjects=filters if len(filters) > 1 else None,
-        max_ack_pending=spec.max_ack_pending,
-        max_waiting=512,
-    )
-
-
-async def ensure_consumer(js: JetStreamContext, spec: s.ConsumerSpec) -> None:
-    """Create or update a durable pull consumer (idempotent)."""
-    cfg = consumer_config(spec)
-    for attempt in range(5):
-        try:
-            await js.add_consumer(spec.stream, cfg)
-            return
-        except nats.js.errors.APIError as e:
-            if attempt == 4:
-                raise
-            log.debug("consumer declare raced", durable=spec.durable, error=str(e))
-            await asyncio.sleep(0.05 * (attempt + 1))
 
 
 class Ack(msgspec.Struct):
@@ -168,15 +53,6 @@ class PublishError(Exception):
         self.code = code
         self.err_code = err_code
         self.description = description
-
-
-def stream_sequence(reply: str) -> int:
-    """The stream sequence of a JetStream delivery, read from its ack subject (ADR-15:
-    ``$JS.ACK.<stream>.<consumer>.<delivered>.<sseq>...``, or the 12-token form with domain and
-    account hash) without building nats-py's ``Msg.metadata`` (a dataclass and a datetime per
-    message), for loops that read every message of a stream."""
-    tokens = reply.split(".")
-    return int(tokens[5] if len(tokens) == 9 else tokens[7])
 
 
 class WrongLastSequence(PublishError):

@@ -1,0 +1,97 @@
+"""Declaring the streams and durable consumers of ``schemas.subjects`` on the server (idempotent)."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Iterable
+
+import msgspec
+import nats.js.errors
+import structlog
+from nats.js import JetStreamContext
+from nats.js import api as js_api
+from nats.js.errors import NotFoundError
+
+from schemas import subjects as s
+
+log = structlog.get_logger()
+
+
+def stream_config(spec: s.StreamSpec, replicas: int = 1) -> js_api.StreamConfig:
+    return js_api.StreamConfig(
+        name=spec.name,
+        description=spec.description,
+        subjects=list(spec.listens_on),
+        subject_transform=js_api.SubjectTransform(src=spec.transform[0], dest=spec.transform[1])
+        if spec.transform
+        else None,
+        republish=js_api.RePublish(src=spec.republish[0], dest=spec.republish[1]) if spec.republish else None,
+        retention=js_api.RetentionPolicy.LIMITS,
+        storage=js_api.StorageType.FILE,
+        max_msgs_per_subject=spec.max_msgs_per_subject,
+        duplicate_window=spec.duplicate_window_s,
+        max_age=spec.max_age_s,
+        num_replicas=replicas,
+        allow_direct=True,
+        allow_atomic=spec.atomic or None,
+    )
+
+
+async def ensure_streams(
+    js: JetStreamContext,
+    streams: Iterable[s.StreamSpec] = s.STREAMS,
+    *,
+    replicas: int = 1,
+    duplicate_window_s: float | None = None,
+) -> None:
+    """Create or update every stream (idempotent; safe when several services start at once)."""
+    for spec in streams:
+        if duplicate_window_s is not None and spec.name == s.JOBS.name:
+            spec = msgspec.structs.replace(spec, duplicate_window_s=duplicate_window_s)
+        cfg = stream_config(spec, replicas)
+        for attempt in range(5):
+            try:
+                try:
+                    await js.stream_info(spec.name)
+                except NotFoundError:
+                    await js.add_stream(cfg)
+                else:
+                    await js.update_stream(cfg)
+                break
+            except nats.js.errors.APIError as e:  # a concurrent create: look again
+                if attempt == 4:
+                    raise
+                log.debug("stream declare raced", stream=spec.name, error=str(e))
+                await asyncio.sleep(0.05 * (attempt + 1))
+
+
+def consumer_config(spec: s.ConsumerSpec) -> js_api.ConsumerConfig:
+    filters = list(spec.filter_subjects)
+    return js_api.ConsumerConfig(
+        durable_name=spec.durable,
+        name=spec.durable,
+        description=spec.description,
+        deliver_policy=js_api.DeliverPolicy.ALL,
+        ack_policy=js_api.AckPolicy.EXPLICIT,
+        ack_wait=spec.ack_wait_s,
+        max_deliver=spec.max_deliver,
+        backoff=list(spec.backoff_s) or None,
+        filter_subject=filters[0] if len(filters) == 1 else None,
+        filter_subjects=filters if len(filters) > 1 else None,
+        max_ack_pending=spec.max_ack_pending,
+        max_waiting=512,
+    )
+
+
+async def ensure_consumer(js: JetStreamContext, spec: s.ConsumerSpec) -> None:
+    """Create or update a durable pull consumer (idempotent)."""
+    cfg = consumer_config(spec)
+    for attempt in range(5):
+        try:
+            await js.add_consumer(spec.stream, cfg)
+            return
+        except nats.js.errors.APIError as e:
+            if attempt == 4:
+                raise
+            log.debug("consumer declare raced", durable=spec.durable, error=str(e))
+            await asyncio.sleep(0.05 * (attempt + 1))
