@@ -12,7 +12,8 @@ import os
 
 from schemas import subjects as s
 from services.metadata.adapters import Database, is_unavailable
-from services.metadata.handlers import DECODERS, DEFAULT_CACHE_JOBS, Projector, Queries
+from services.metadata.projector import DECODERS, DEFAULT_CACHE_JOBS, Projector
+from services.metadata.queries import Queries
 from services.runtime.app import VERSION, Runtime, run, tune_gc
 from services.runtime.batch import BatchConsumer
 from services.runtime.micro import MicroService

@@ -19,6 +19,7 @@ import msgspec
 import structlog
 
 from services.metadata import migrations
+from services.runtime import backoff
 
 log = structlog.get_logger()
 
@@ -100,10 +101,8 @@ _rows_enc = msgspec.json.Encoder()
 
 
 def _json_rows(rows: Sequence[msgspec.Struct]) -> str:
-    """A batch of small rows as one JSON array parameter, unpacked server-side by ``json_to_recordset``.
-
-    Much cheaper than asyncpg's per-element array encoding (about 1 µs per array element).
-    """
+    """A batch of small rows as one JSON array parameter, unpacked server-side by ``json_to_recordset``:
+    much cheaper than asyncpg's per-element array encoding (figures in services/metadata/README.md)."""
     return _rows_enc.encode(rows).decode()
 
 
@@ -273,8 +272,9 @@ class Database:
         return applied
 
     async def migrate_until_ready(self, stop: asyncio.Event, cap_s: float = 5.0) -> bool:
-        """Retry :meth:`migrate` through an outage; False if ``stop`` was set first."""
-        delay = 0.2
+        """Retry :meth:`migrate` through an outage (backoff 0.2 s doubling to ``cap_s``); False if
+        ``stop`` was set first."""
+        attempt = 0
         while not stop.is_set():
             try:
                 await self.migrate()
@@ -282,12 +282,10 @@ class Database:
             except Exception as e:
                 if not is_unavailable(e):
                     raise
-                log.warning("database unavailable; migrations wait", error=repr(e), retry_in_s=delay)
-                try:
-                    await asyncio.wait_for(stop.wait(), delay)
-                except TimeoutError:
-                    pass
-                delay = min(cap_s, delay * 2)
+                attempt += 1
+                wait = backoff.delay(attempt, base=0.2, cap=cap_s)
+                log.warning("database unavailable; migrations wait", error=repr(e), retry_in_s=wait)
+                await backoff.sleep_unless(stop, wait)
         return False
 
     @asynccontextmanager

@@ -30,7 +30,7 @@ from services.devstack import _util
 from services.devstack.procs import ServiceProcess, child_environ
 from services.gateway.handlers import job_id_for
 from services.gateway.lifecycle import VIEW_SUBJECTS
-from services.metadata.handlers import DECODERS
+from services.metadata.projector import DECODERS
 from services.provisioner.handlers import not_dedicated
 from services.runtime import direct
 from services.runtime.app import Runtime

@@ -19,7 +19,7 @@ from schemas import events as ev
 from schemas import subjects as s
 from services.metadata import domain
 from services.metadata.adapters import Database, Tx
-from services.metadata.handlers import Projector
+from services.metadata.projector import Projector
 from services.runtime.delivery import Delivery
 from tests.integration.test_metadata import SPEC, lifecycle
 

@@ -1,4 +1,4 @@
-"""Handlers: the projection of a batch of events, and the query endpoints.
+"""The projection of batches of events into PostgreSQL (the batch handler of every metadata consumer).
 
 The projection (:class:`Projector`) writes the batches of all four consumers in one
 transaction at a time: record the events (their key makes a redelivery a no-op), merge
@@ -12,27 +12,14 @@ from __future__ import annotations
 import asyncio
 import random
 from collections import OrderedDict
-from collections.abc import Awaitable, Callable, Sequence
-from datetime import UTC, datetime
+from collections.abc import Sequence
 
 import asyncpg
 import msgspec
 import structlog
-from nats.aio.msg import Msg
 
 from schemas import events as ev
 from schemas import subjects as s
-from schemas.replies import (
-    JobEventsReply,
-    JobListReply,
-    JobRecord,
-    JobRef,
-    ListRequest,
-    NodeListReply,
-    NodeListRequest,
-    NodeRecord,
-    Reserved,
-)
 from services.metadata import domain
 from services.metadata.adapters import (
     Database,
@@ -44,14 +31,11 @@ from services.metadata.adapters import (
     Unavailable,
     is_unavailable,
 )
-from services.runtime.delivery import Delivery
-from services.runtime.micro import RequestError
+from services.runtime.delivery import Delivery, stream_sequence
 
 log = structlog.get_logger()
 
 _view_decoder = msgspec.json.Decoder(domain.JobView)
-_status_decoder = msgspec.json.Decoder(ev.NodeStatus)
-_enc = msgspec.json.Encoder()
 
 DECODERS: dict[str, msgspec.json.Decoder[ev.Event]] = {
     s.JOBS.name: msgspec.json.Decoder(ev.JobEvents),
@@ -62,14 +46,12 @@ DECODERS: dict[str, msgspec.json.Decoder[ev.Event]] = {
 """How each projected stream's payloads decode (a payload of another type is poison)."""
 
 
-def _stream_seq(msg: Msg) -> tuple[str, int]:
-    """Stream and stream sequence of a JetStream message, read off its reply subject
-    (``$JS.ACK.<stream>.<consumer>.<delivered>.<stream seq>...``) without nats-py's full metadata parse."""
-    tokens = (msg.reply or "").split(".")
-    if len(tokens) == 9 and tokens[0] == "$JS" and tokens[1] == "ACK":
-        return tokens[2], int(tokens[5])
-    md = msg.metadata  # the v2 format (domain and account hash) or anything else: nats-py's parser
-    return md.stream, md.sequence.stream if md.sequence else 0
+_STREAM_OF: dict[str, str] = {
+    subject.removesuffix(".*"): stream.name
+    for stream in (s.JOBS, s.PLACEMENTS, s.CLUSTERS, s.NODES)
+    for subject in stream.subjects
+}
+"""The stream that stores each projected event type (``node.status.*`` holds type ``node.status``)."""
 
 
 def _token() -> int:
@@ -110,7 +92,7 @@ def reservations_of(view: domain.JobView) -> list[Reservation] | None:
 Items = Sequence[tuple[ev.Event, Delivery]]
 
 DEFAULT_CACHE_JOBS = 20_000
-"""About 4 kB of memory per cached view: 80 MB."""
+"""Job views kept in memory (their memory cost: services/metadata/README.md)."""
 
 
 class Cached(msgspec.Struct, frozen=True):
@@ -312,8 +294,9 @@ class Projector:
                 if key in seen:
                     continue
                 seen.add(key)
-                stream, seq = _stream_seq(msg)
-                events.append((key, domain.event_type(event), job_id, node_id, event.at, stream, seq, body))
+                kind = domain.event_type(event)
+                seq = stream_sequence(msg.reply)
+                events.append((key, kind, job_id, node_id, event.at, _STREAM_OF[kind], seq, body))
                 if job_id is not None:
                     by_job.setdefault(job_id, []).append(event)  # type: ignore[arg-type]
         inserts: list[JobWrite] = []
@@ -408,112 +391,4 @@ def fold_bodies(rows: Sequence[tuple[str, str]]) -> dict[str, domain.JobView]:
     return {job_id: domain.merge(None, events) for job_id, events in by_job.items()}
 
 
-# --- query endpoints ---------------------------------------------------------
-_job_ref = msgspec.json.Decoder(JobRef)
-_list_req = msgspec.json.Decoder(ListRequest)
-_node_list_req = msgspec.json.Decoder(NodeListRequest)
-
-UNAVAILABLE = "the metadata store (PostgreSQL) is unavailable; retry later"
-
-
-def _body(msg: Msg) -> bytes:
-    """An empty body means ``{}`` (``nats req job.list ''``)."""
-    return msg.data if msg.data.strip() else b"{}"
-
-
-class Queries:
-    """``job.get``, ``job.list``, ``job.events``, ``node.list``."""
-
-    def __init__(self, db: Database, node_ttl_s: float) -> None:
-        self._db = db
-        self._node_ttl_s = node_ttl_s
-
-    async def job_get(self, msg: Msg) -> bytes:
-        ref = _job_ref.decode(msg.data)
-        view = fold_bodies([(ref.job_id, body) for body in await self._db.job_events(ref.job_id)]).get(ref.job_id)
-        record = domain.to_record(view) if view is not None else None
-        if record is None:
-            raise RequestError(404, f"unknown job {ref.job_id}", field="job_id", job_id=ref.job_id)
-        return _enc.encode(record)
-
-    async def job_list(self, msg: Msg) -> bytes:
-        req = _list_req.decode(_body(msg))
-        try:
-            before = domain.decode_cursor(req.after) if req.after is not None else None
-        except domain.BadCursor as e:
-            raise RequestError(400, str(e), field="after") from None
-        rows = await self._db.list_jobs(req.state, before, req.limit + 1)
-        page, more = rows[: req.limit], len(rows) > req.limit
-        views = fold_bodies(await self._db.events_of([job_id for _, job_id in page])) if page else {}
-        jobs: list[JobRecord] = []
-        for _, job_id in page:
-            view = views.get(job_id)
-            record = domain.to_record(view) if view is not None else None
-            if record is not None:
-                jobs.append(record)
-        next_cursor = domain.encode_cursor(page[-1][0]) if more and page else None
-        return _enc.encode(JobListReply(jobs=jobs, next=next_cursor))
-
-    async def job_events(self, msg: Msg) -> bytes:
-        ref = _job_ref.decode(msg.data)
-        bodies = await self._db.job_events(ref.job_id)
-        if not bodies:
-            raise RequestError(404, f"unknown job {ref.job_id}", field="job_id", job_id=ref.job_id)
-        return _enc.encode(JobEventsReply(events=[msgspec.Raw(b.encode()) for b in bodies]))
-
-    async def node_list(self, msg: Msg) -> bytes:
-        _node_list_req.decode(_body(msg))
-        now = datetime.now(UTC)
-        nodes: list[NodeRecord] = []
-        for row in await self._db.nodes():
-            st = _status_decoder.decode(row.status)
-            nodes.append(
-                NodeRecord(
-                    node_id=st.node_id,
-                    state=st.state,
-                    active=domain.node_active(st.state, st.at, now, self._node_ttl_s),
-                    at=st.at,
-                    technologies=st.technologies,
-                    labels=st.labels,
-                    cpu_cores=st.cpu_cores,
-                    cpu_free=st.cpu_free,
-                    memory_mb=st.memory_mb,
-                    memory_free_mb=st.memory_free_mb,
-                    gpus=st.gpus,
-                    reserved=Reserved(cpu=row.cpu, memory_mb=row.memory_mb, gpu=row.gpu, replicas=row.replicas),
-                )
-            )
-        return _enc.encode(NodeListReply(nodes=nodes))
-
-    def endpoints(self) -> list[tuple[str, str, Callable[[Msg], Awaitable[bytes]], dict[str, str]]]:
-        """(name, subject, handler, metadata) of each endpoint, outages answered with 503."""
-        return [
-            (name, subject, _unavailable_is_503(handler), meta)
-            for name, subject, handler, meta in (
-                ("get", s.JOB_GET, self.job_get, {"request": "{job_id}", "reply": "job record"}),
-                (
-                    "list",
-                    s.JOB_LIST,
-                    self.job_list,
-                    {"request": "{state?, limit? (1-1000, default 100), after?}", "reply": "{jobs, next}"},
-                ),
-                ("events", s.JOB_EVENTS, self.job_events, {"request": "{job_id}", "reply": "{events} oldest first"}),
-                ("nodes", s.NODE_LIST, self.node_list, {"request": "{}", "reply": "{nodes}"}),
-            )
-        ]
-
-
-def _unavailable_is_503(handler: Callable[[Msg], Awaitable[bytes]]) -> Callable[[Msg], Awaitable[bytes]]:
-    async def guarded(msg: Msg) -> bytes:
-        try:
-            return await handler(msg)
-        except Exception as e:
-            if is_unavailable(e):
-                log.warning("query failed: database unavailable", subject=msg.subject, error=repr(e))
-                raise RequestError(503, UNAVAILABLE) from e
-            raise
-
-    return guarded
-
-
-__all__ = ["DECODERS", "Projector", "Queries", "ViewCache"]
+__all__ = ["DECODERS", "DEFAULT_CACHE_JOBS", "Projector", "ViewCache", "fold_bodies"]
