@@ -2,17 +2,14 @@
 
 nats-py delivers every message by parsing its headers into a dict, building a ``Msg``,
 putting it on the subscription's queue and waking the subscription's task, which then
-awaits the callback: about a fifth of a consumer's CPU per message (35 -> 28 µs per
-consumed and acked message in a micro-benchmark; within the noise of the whole pipeline,
-where the rest of each service's work dominates). The inboxes
+awaits the callback: a noticeable share of a consumer's CPU per message. The inboxes
 every job crosses (each consumer's standing pull, and the publish-ack inbox) need none of
 that: their route is called synchronously with the raw parts of the message, as soon as
 the parser has them.
 
-This leans on two private parts of nats-py 2.x, checked by ``tests/integration/test_direct.py``:
-the parser calls ``Client._process_msg(sid, subject, reply, data, headers)`` for every
-message (looked up on the instance, so it can be wrapped per connection), and a
-subscription's sid is ``Subscription._id`` (kept across reconnects).
+This leans on nats-py's private parts (the per-message ``process_msg`` hook and a
+subscription's sid), reached through :mod:`services.runtime.natspy` and checked by
+``tests/integration/test_direct.py``.
 """
 
 from __future__ import annotations
@@ -22,6 +19,8 @@ from typing import Any
 
 import structlog
 from nats.aio.client import Client
+
+from services.runtime import natspy
 
 log = structlog.get_logger()
 
@@ -35,13 +34,13 @@ class _Router:
 
     def __init__(self, nc: Client) -> None:
         self._nc = nc
-        self._original = nc._process_msg
         self.routes: dict[int, Route] = {}
+        self._original = natspy.replace_process_msg(nc, self.process_msg)
 
     async def process_msg(self, sid: int, subject: bytes, reply: bytes, data: bytes, headers: bytes | None) -> None:
         route = self.routes.get(sid)
         if route is None:
-            await self._original(sid, subject, reply, data, headers)  # type: ignore[arg-type]
+            await self._original(sid, subject, reply, data, headers)
             return
         stats = self._nc.stats
         stats["in_msgs"] += 1
@@ -53,12 +52,9 @@ class _Router:
 
 
 def _router(nc: Client) -> _Router:
-    router: _Router | None = getattr(nc, "_natsched_router", None)
-    if router is None:
-        router = _Router(nc)
-        nc._natsched_router = router  # type: ignore[attr-defined]
-        nc._process_msg = router.process_msg  # type: ignore[method-assign]
-    return router
+    """The connection's router, installed on first use (found again as the owner of its hook)."""
+    router = getattr(natspy.process_msg(nc), "__self__", None)
+    return router if isinstance(router, _Router) else _Router(nc)
 
 
 async def subscribe(nc: Client, subject: str, route: Route) -> Any:
@@ -66,12 +62,12 @@ async def subscribe(nc: Client, subject: str, route: Route) -> Any:
     nats-py subscription (``await sub.unsubscribe()`` ends it, and :func:`unroute` forgets it)."""
     router = _router(nc)
     sub = await nc.subscribe(subject)
-    router.routes[sub._id] = route
+    router.routes[natspy.subscription_id(sub)] = route
     return sub
 
 
 async def unsubscribe(nc: Client, sub: Any) -> None:
-    _router(nc).routes.pop(sub._id, None)
+    _router(nc).routes.pop(natspy.subscription_id(sub), None)
     await sub.unsubscribe()
 
 

@@ -12,7 +12,7 @@ from nats.js import JetStreamContext
 
 from schemas import events as ev
 from schemas import subjects as s
-from services.runtime import direct
+from services.runtime import direct, natspy
 
 
 class Ack(msgspec.Struct):
@@ -78,12 +78,12 @@ class Publisher:
 
     The pipelined forms use one wildcard inbox and a msgspec ack decoder rather than
     nats-py's ``publish_async``, whose future never completes when the server answers
-    with an error (nats-py 2.16 raises inside its reply callback instead).
+    with an error (listed in :mod:`services.runtime.natspy` to re-verify on an upgrade).
     """
 
     def __init__(self, js: JetStreamContext, timeout: float = 5.0) -> None:
         self._js = js
-        self._nc: Client = js._nc
+        self._nc: Client = natspy.connection(js)
         self._timeout = timeout
         self._prefix = ""
         self._batch_prefix = ""
@@ -118,10 +118,9 @@ class Publisher:
 
         ``atomic``: one atomic batch (the stream must allow it, ``StreamSpec.atomic``), stored
         whole or not at all (its commit's ack carries the last sequence); for replicated streams,
-        where nats-server 2.15.1 stops answering publishes (for 150 s and more here) after refusing
-        a ``Nats-Expected-Last-Msg-Id``. It costs more: the server stages each batch in files it
-        syncs (about 2.5 ms per batch on an idle machine here, against 0.45 ms for one pipelined
-        message)."""
+        where the server may stop answering publishes after refusing a ``Nats-Expected-Last-Msg-Id``
+        (docs/OPERATIONS.md, services/placement/README.md). It costs more: the server stages each
+        batch in files it syncs (figures in services/placement/README.md)."""
         if not atomic:
             return await self._pipeline(events, expected_last_seq)
         if not 0 < len(events) <= MAX_ATOMIC_BATCH:

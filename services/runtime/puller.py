@@ -11,7 +11,7 @@ import nats.js.errors
 from nats.aio.msg import Msg
 from nats.js import JetStreamContext
 
-from services.runtime import direct
+from services.runtime import direct, natspy
 
 
 class Puller:
@@ -34,9 +34,8 @@ class Puller:
     EXPIRES_S = 10.0
 
     def __init__(self, js: JetStreamContext, stream: str, durable: str, *, max_messages: int = 256) -> None:
-        self._nc = js._nc
-        prefix = getattr(js, "_prefix", "$JS.API")
-        self._subject = f"{prefix}.CONSUMER.MSG.NEXT.{stream}.{durable}"
+        self._nc = natspy.connection(js)
+        self._subject = f"{natspy.api_prefix(js)}.CONSUMER.MSG.NEXT.{stream}.{durable}"
         self._inbox = self._nc.new_inbox()
         self._max = max(1, max_messages)
         self._buf: list[Msg] = []
@@ -59,7 +58,7 @@ class Puller:
         status = None if data else direct.status_of(headers)
         if status is None:  # an event (its stored headers are not parsed: nothing reads them)
             self._owed = max(0, self._owed - 1)
-            self._buf.append(Msg(self._nc, subject=subject.decode(), reply=reply.decode(), data=data))
+            self._buf.append(natspy.message(self._nc, subject, reply, data))
             self._ready.set()
             return
         code, hdrs = status
