@@ -6,6 +6,10 @@ from typing import Annotated, Literal
 
 from msgspec import Meta
 
+# The job states and the terminal set live with the job state machine; re-exported here.
+from schemas.states import TERMINAL_STATES as TERMINAL_STATES
+from schemas.states import JobState as JobState
+
 JobId = Annotated[str, Meta(min_length=1, max_length=64, pattern=r"^[A-Za-z0-9][A-Za-z0-9._-]*$")]
 NodeId = Annotated[str, Meta(min_length=1, max_length=128, pattern=r"^[A-Za-z0-9][A-Za-z0-9_-]*$")]
 """Node ids are one NATS subject token (``node.status.<node_id>``): no dots, spaces or wildcards."""
@@ -27,19 +31,3 @@ Cluster = Literal["shared", "dedicated"]
 Strategy = Literal["best_fit", "spread", "first_fit", "pack"]
 Outcome = Literal["succeeded", "failed"]
 NodeState = Literal["active", "draining", "down"]
-
-JobState = Literal[
-    "submitted",
-    "accepted",
-    "rejected",
-    "pending",
-    "placed",
-    "provisioning",
-    "running",
-    "cancelling",
-    "cancelled",
-    "succeeded",
-    "failed",
-    "expired",
-]
-TERMINAL_STATES: frozenset[str] = frozenset({"rejected", "failed", "cancelled", "succeeded", "expired"})

@@ -41,26 +41,13 @@ from nats.js import api as js_api
 from schemas import events as ev
 from schemas import subjects as s
 from schemas.replies import CompleteRequest, JobRef, SubmitReply
-from schemas.types import TERMINAL_STATES
+from schemas.states import CANCELLING, TERMINAL_STATES, next_state
 from services.runtime.delivery import stream_sequence
 from services.runtime.micro import RequestError
 from services.runtime.publisher import Publisher
 
 log = structlog.get_logger()
 
-_ORDER = {"submitted": 0, "accepted": 1, "placed": 2, "provisioning": 3, "running": 4, "cancelling": 5}
-_STATE_OF = {
-    s.JOB_SUBMITTED: "submitted",
-    s.JOB_ACCEPTED: "accepted",
-    s.JOB_REJECTED: "rejected",
-    s.PLACEMENT_DECIDED: "placed",
-    s.PLACEMENT_FAILED: "failed",
-    s.CLUSTER_PROVISIONING: "provisioning",
-    s.CLUSTER_PROVISIONED: "running",
-    s.CLUSTER_PROVISION_FAILED: "failed",
-    s.JOB_CANCEL_REQUESTED: "cancelling",
-    s.JOB_EXPIRED: "expired",
-}
 VIEW_SUBJECTS: dict[str, tuple[str, ...]] = {
     s.JOBS.name: (s.JOB_SUBMITTED, s.JOB_REJECTED, s.JOB_CANCEL_REQUESTED, s.JOB_COMPLETED, s.JOB_EXPIRED),
     s.PLACEMENTS.name: (s.PLACEMENT_FAILED, s.PLACEMENT_RELEASED),
@@ -82,27 +69,9 @@ _complete_decoder = msgspec.json.Decoder(CompleteRequest)
 _enc = msgspec.json.Encoder()
 
 
-def next_state(
-    current: str | None, event_type: str, *, outcome: str | None = None, reason: str | None = None
-) -> str | None:
-    """Fold one event into a job's state (pure). Never moves backwards; once an end is requested
-    (``cancelling``) or reached, only teardown's ``placement.released`` (its recorded end) moves it."""
-    if event_type == s.PLACEMENT_RELEASED:
-        return reason if reason in TERMINAL_STATES else current
-    new = outcome if event_type == s.JOB_COMPLETED else _STATE_OF.get(event_type)
-    if new is None:
-        return current
-    if current is None:
-        return new
-    if current in TERMINAL_STATES or current == "cancelling":
-        return current
-    if new in TERMINAL_STATES or _ORDER.get(new, -1) > _ORDER.get(current, -1):
-        return new
-    return current
-
-
 class JobStates:
-    """Every job's state, folded from the streams; ``sync`` waits until it is current.
+    """Every job's state, folded from the streams (:func:`schemas.states.next_state`, in arrival
+    order); ``sync`` waits until it is current.
 
     Folding runs for every event of three streams, so it takes no lock and builds no
     metadata per message: a waiter in ``sync`` is checked only when there is one.
@@ -227,7 +196,7 @@ class Lifecycle:
     async def cancel(self, msg: Msg) -> bytes:
         req = _ref_decoder.decode(msg.data)
         state = await self._state(req.job_id)
-        if state in ("cancelling", "cancelled"):
+        if state in (CANCELLING, "cancelled"):
             return _reply(req.job_id, state)
         if state in TERMINAL_STATES:
             raise RequestError(409, f"job {req.job_id} already ended: {state}", job_id=req.job_id)
@@ -240,14 +209,14 @@ class Lifecycle:
         )
         self.states.note(req.job_id, s.JOB_CANCEL_REQUESTED)
         log.info("cancel requested", job_id=req.job_id, was=state)
-        return _reply(req.job_id, "cancelling")
+        return _reply(req.job_id, CANCELLING)
 
     async def complete(self, msg: Msg) -> bytes:
         req = _complete_decoder.decode(msg.data)
         state = await self._state(req.job_id)
         if state == req.outcome:
             return _reply(req.job_id, state)
-        if state in TERMINAL_STATES or state == "cancelling":
+        if state in TERMINAL_STATES or state == CANCELLING:
             raise RequestError(409, f"job {req.job_id} already ended: {state}", job_id=req.job_id)
         await self._publish(
             ev.JobCompleted(
@@ -266,4 +235,4 @@ def _reply(job_id: str, state: str) -> bytes:
     return _enc.encode(SubmitReply(job_id=job_id, state=state))  # type: ignore[arg-type]
 
 
-__all__ = ["JobStates", "Lifecycle", "next_state"]
+__all__ = ["VIEW_SUBJECTS", "JobStates", "Lifecycle"]

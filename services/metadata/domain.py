@@ -4,7 +4,8 @@ A job is projected from *facts*: one :class:`Mark` per event type seen (its time
 state it implies, a reason), plus placement, instances and torn-down ids. Merging an
 event into a view is commutative and idempotent (per event type the earliest mark wins,
 sets are unions, times are min/max), so every order and every duplication of the same
-events yields the same view. The state is then *derived* from the marks:
+events yields the same view. The state is then *derived* from the marks by the job state
+machine of :mod:`schemas.states` (:func:`~schemas.states.settle`):
 
 - a terminal state wins over everything; of several, the earliest (a terminal state is
   final, so whatever came later did not happen to the job);
@@ -29,22 +30,9 @@ from schemas import events as ev
 from schemas import subjects as s
 from schemas.jobs import JobSpec, Resources
 from schemas.replies import InstanceRecord, JobRecord, PlacementRecord, Transition
-from schemas.types import TERMINAL_STATES
-
-RANK: dict[str, int] = {
-    "submitted": 0,
-    "accepted": 1,
-    "pending": 2,
-    "placed": 3,
-    "provisioning": 4,
-    "running": 5,
-    "cancelling": 6,
-    **dict.fromkeys(TERMINAL_STATES, 7),
-}
-"""Lifecycle rank of each job state: a higher rank is later in the job's life."""
+from schemas.states import RANK, cancelled_at, lifecycle_key, settle, shows_reason, state_after
 
 _INSTANCE_RANK = {s.CLUSTER_PROVISIONING: 0, s.CLUSTER_PROVISIONED: 1}
-_RELEASES = (s.PLACEMENT_RELEASED, s.CLUSTER_TORN_DOWN)
 
 
 class Mark(msgspec.Struct, frozen=True, kw_only=True, omit_defaults=True, gc=False):
@@ -106,40 +94,32 @@ class Derived(msgspec.Struct, frozen=True, kw_only=True):
     history: list[Transition]
 
 
-def mark_of(event: ev.JobEvent) -> Mark:
-    """The mark an event leaves on its job (``state`` None: no state of its own)."""
-    at = event.at
+def mark_of(event: ev.JobEvent, kind: str | None = None) -> Mark:
+    """The mark an event leaves on its job: the state it leads to (:func:`schemas.states.state_after`;
+    None: no state of its own, as for an event type added later) and why. ``kind``: the
+    event's type, when the caller has it already."""
+    reason: str | None = None
+    outcome: str | None = None
     match event:
-        case ev.JobSubmitted():
-            return Mark(at=at, state="submitted")
-        case ev.JobAccepted():
-            return Mark(at=at, state="accepted")
-        case ev.JobRejected(reason=reason):
-            return Mark(at=at, state="rejected", reason=reason)
-        case ev.JobCancelRequested(reason=reason):
-            return Mark(at=at, state="cancelling", reason=reason)
-        case ev.JobCompleted(outcome=outcome, message=message):
-            return Mark(at=at, state=outcome, reason=message)
+        case ev.JobSubmitted() | ev.JobAccepted() | ev.PlacementDecided() | ev.ClusterProvisioning():
+            pass  # no reason
+        case (
+            ev.JobRejected(reason=reason)
+            | ev.JobCancelRequested(reason=reason)
+            | ev.PlacementFailed(reason=reason)
+            | ev.PlacementReleased(reason=reason)
+            | ev.ClusterTeardownRequested(reason=reason)
+        ):
+            pass
+        case ev.JobCompleted(outcome=outcome, message=reason):
+            pass
         case ev.JobExpired(max_runtime_s=limit):
-            why = f"ran longer than max_runtime_s={limit}" if limit else "ran longer than its max runtime"
-            return Mark(at=at, state="expired", reason=why)
-        case ev.PlacementDecided():
-            return Mark(at=at, state="placed")
-        case ev.PlacementFailed(reason=reason):
-            return Mark(at=at, state="failed", reason=reason)
-        case ev.PlacementReleased(reason=reason):
-            return Mark(at=at, reason=reason)
-        case ev.ClusterProvisioning():
-            return Mark(at=at, state="provisioning")
-        case ev.ClusterProvisioned():
-            return Mark(at=at, state="running")
+            reason = f"ran longer than max_runtime_s={limit}" if limit else "ran longer than its max runtime"
         case ev.ClusterProvisionFailed(error_code=code, message=message):
-            return Mark(at=at, state="failed", reason=f"provisioning failed: {code}: {message}")
-        case ev.ClusterTeardownRequested(reason=reason):
-            return Mark(at=at, reason=reason)
+            reason = f"provisioning failed: {code}: {message}"
         case ev.ClusterTornDown():
-            return Mark(at=at, reason=getattr(event, "reason", None))
-    return Mark(at=at)  # an event type added later: recorded, no state
+            reason = getattr(event, "reason", None)
+    return Mark(at=event.at, state=state_after(kind or event_type(event), outcome), reason=reason)
 
 
 _TAGS: dict[type[ev.Event], str] = {}
@@ -172,7 +152,7 @@ def merge(view: JobView | None, events: Sequence[ev.JobEvent]) -> JobView:
     for event in events:
         kind = event_type(event)
         at = event.at
-        mark = mark_of(event)
+        mark = mark_of(event, kind)
         old = marks.get(kind)
         if old is None or mark.key() < old.key():
             if not own_marks:
@@ -216,27 +196,17 @@ def merge(view: JobView | None, events: Sequence[ev.JobEvent]) -> JobView:
 
 def _taken(view: JobView) -> list[tuple[str, Mark]]:
     """The states the marks imply, with ``cancelled`` (cancel requested + released) added."""
-    taken: list[tuple[str, Mark]] = [(m.state, m) for m in view.marks.values() if m.state is not None]
-    cancel = view.marks.get(s.JOB_CANCEL_REQUESTED)
-    if cancel is not None:
-        releases = [view.marks[k] for k in _RELEASES if k in view.marks]
-        if releases:
-            done_at = max(cancel.at, min(r.at for r in releases))
-            taken.append(("cancelled", Mark(at=done_at, state="cancelled", reason=cancel.reason)))
+    marks = view.marks
+    taken: list[tuple[str, Mark]] = [(m.state, m) for m in marks.values() if m.state is not None]
+    done_at = cancelled_at(marks)
+    if done_at is not None:
+        reason = marks[s.JOB_CANCEL_REQUESTED].reason
+        taken.append(("cancelled", Mark(at=done_at, state="cancelled", reason=reason)))
     return taken
 
 
-def _final(taken: list[tuple[str, Mark]]) -> tuple[tuple[str, Mark], list[tuple[str, Mark]]]:
-    """The current state (and its mark), and the steps taken up to it."""
-    terminal = [t for t in taken if t[0] in TERMINAL_STATES]
-    if terminal:
-        final = min(terminal, key=lambda t: (t[1].key(), t[0]))
-        return final, [t for t in taken if t[0] not in TERMINAL_STATES and t[1].at <= final[1].at] + [final]
-    return max(taken, key=lambda t: (RANK.get(t[0], 0), t[1].key())), taken
-
-
 def _reason(state: str, m: Mark) -> str | None:
-    return m.reason if (state in TERMINAL_STATES or state == "cancelling") else None
+    return m.reason if shows_reason(state) else None
 
 
 def state_of(view: JobView) -> tuple[str | None, str | None]:
@@ -244,7 +214,7 @@ def state_of(view: JobView) -> tuple[str | None, str | None]:
     taken = _taken(view)
     if not taken:
         return None, None
-    (state, m), _ = _final(taken)
+    (state, m), _ = settle(taken)
     return state, _reason(state, m)
 
 
@@ -253,8 +223,8 @@ def derive(view: JobView) -> Derived:
     taken = _taken(view)
     if not taken:
         return Derived(state=None, reason=None, history=[])
-    (state, m), steps = _final(taken)
-    steps.sort(key=lambda t: (RANK.get(t[0], 0), t[1].at, t[0]))
+    (state, m), steps = settle(taken)
+    steps.sort(key=lifecycle_key)
     history: list[Transition] = []
     for step, mark in steps:
         if not history or history[-1].state != step:

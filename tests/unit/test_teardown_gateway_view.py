@@ -5,8 +5,8 @@ from __future__ import annotations
 import pytest
 
 from schemas import subjects as s
-from schemas.types import TERMINAL_STATES
-from services.gateway.lifecycle import VIEW_SUBJECTS, JobStates, next_state
+from schemas.states import TERMINAL_STATES, next_state
+from services.gateway.lifecycle import VIEW_SUBJECTS, JobStates
 
 
 def fold(*steps: tuple[str, str | None]) -> str | None:
