@@ -14,7 +14,7 @@ from nats.js import JetStreamContext
 
 from schemas import subjects as s
 from services.runtime.consumer import Consumer
-from services.runtime.delivery import Delivery, Poison, retry_delay
+from services.runtime.delivery import Delivery, quietly
 from services.runtime.puller import Puller
 from services.runtime.streams import ensure_consumer
 
@@ -78,7 +78,7 @@ class BatchConsumer(Consumer[T]):
         self._tasks: set[asyncio.Task[None]] = set()
         self._prefetch: asyncio.Task[list[Msg]] | None = None
         self._transient = transient
-        self._give_up_after = give_up_after
+        self._give_up_after = max(1, give_up_after)  # the n-th delivery, n >= 1, gives up
         self._retry_base_s = retry_base_s
         self._retry_cap_s = retry_cap_s
 
@@ -120,7 +120,7 @@ class BatchConsumer(Consumer[T]):
         task = self._prefetch
         if task is not None and task.done() and not task.cancelled() and task.exception() is None:
             for m in task.result():
-                await _quietly(m.in_progress())
+                await quietly(m.in_progress())
 
     async def _dispatch(self, msgs: list[Msg], stop: asyncio.Event) -> None:
         items = await self._decoded(msgs)
@@ -148,7 +148,7 @@ class BatchConsumer(Consumer[T]):
                     if stop.is_set():
                         self._log.warning("stopping during an outage; handing the batch back", size=len(items))
                         for _, d in items:
-                            await _quietly(d.nak())
+                            await quietly(d.nak())
                         return
                     delay = min(self._retry_cap_s, self._retry_base_s * 2 ** min(outage - 1, 30))
                     self._log.warning(
@@ -163,7 +163,7 @@ class BatchConsumer(Consumer[T]):
                     except TimeoutError:
                         pass
                     for _, d in items:
-                        await _quietly(d.in_progress())
+                        await quietly(d.in_progress())
                     await self._ping_prefetched()
                     continue
                 if len(items) > 1:
@@ -174,29 +174,10 @@ class BatchConsumer(Consumer[T]):
                 await self._failed(items[0][1], e)
                 return
             for _, d in items:
-                await _quietly(d.ack())
+                await quietly(d.ack())
             if outage:
                 self._log.info("dependency back; batch done", size=len(items), attempts=outage + 1)
             return
 
     async def _failed(self, d: Delivery, e: Exception) -> None:
-        subject = d.msg.subject
-        if isinstance(e, Poison):
-            await self._dead_letter(d, str(e))
-            return
-        n = d.num_delivered
-        if n >= self._give_up_after:
-            self._log.error("giving up", subject=subject, deliveries=n, exc_info=e)
-            await self._dead_letter(d, f"gave up after {n} deliveries: {e!r}")
-            return
-        delay = retry_delay(n)
-        self._log.warning("handler failed; will retry", subject=subject, deliveries=n, delay_s=delay, error=repr(e))
-        await d.nak(delay=delay)
-
-
-async def _quietly(op: Awaitable[None]) -> None:
-    """An ack/nak/in-progress that cannot be sent (NATS reconnecting) just means a redelivery later."""
-    try:
-        await op
-    except Exception as e:
-        log.warning("ack-type reply not sent; the message will be redelivered", error=repr(e))
+        await self._settle(d, e, max_deliver=self._give_up_after)

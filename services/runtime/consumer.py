@@ -28,7 +28,7 @@ from nats.js import JetStreamContext
 
 from schemas import events as ev
 from schemas import subjects as s
-from services.runtime.delivery import Delivery, Poison, retry_delay
+from services.runtime.delivery import Delivery, Poison, outcome, quietly, retry_delay
 from services.runtime.publisher import Publisher
 from services.runtime.puller import Puller
 from services.runtime.streams import ensure_consumer
@@ -139,21 +139,35 @@ class Consumer(Generic[T]):
     async def _process(self, event: T, d: Delivery) -> None:
         try:
             await self._handler(event, d)
-            if not d._held:
-                await d.ack()
-        except Poison as e:
-            await self._dead_letter(d, str(e))
         except Exception as e:
-            n = d.num_delivered
-            if self.spec.max_deliver > 0 and n >= self.spec.max_deliver:
-                self._log.error("giving up", subject=d.msg.subject, deliveries=n, exc_info=True)
-                await self._dead_letter(d, f"gave up after {n} deliveries: {e!r}")
-            else:
-                delay = retry_delay(n)
+            await self._settle(d, e, max_deliver=self.spec.max_deliver)
+        else:
+            await self._settle(d, None)
+
+    async def _settle(self, d: Delivery, error: Exception | None, *, max_deliver: int = -1) -> None:
+        """Carry out :func:`~services.runtime.delivery.outcome` for a handled message."""
+        if error is None:
+            out = outcome(None, held=d.held)
+        else:
+            out = outcome(error, held=d.held, num_delivered=d.num_delivered, max_deliver=max_deliver)
+        match out.action:
+            case "ack":
+                await quietly(d.ack())
+            case "hold":
+                pass
+            case "nak":
                 self._log.warning(
-                    "handler failed; will retry", subject=d.msg.subject, deliveries=n, delay_s=delay, error=repr(e)
+                    "handler failed; will retry",
+                    subject=d.msg.subject,
+                    deliveries=d.num_delivered,
+                    delay_s=out.delay,
+                    error=repr(error),
                 )
-                await d.nak(delay=delay)
+                await d.nak(delay=out.delay)
+            case "dead_letter":
+                if not isinstance(error, Poison):
+                    self._log.error("giving up", subject=d.msg.subject, deliveries=d.num_delivered, exc_info=error)
+                await self._dead_letter(d, out.reason)
 
     async def _dead_letter(self, d: Delivery, reason: str) -> None:
         md = d.msg.metadata

@@ -6,9 +6,16 @@ with a message whose handler returned, raised, or raised :class:`Poison`.
 
 from __future__ import annotations
 
+from collections.abc import Awaitable
+from dataclasses import dataclass
+from typing import Literal
+
+import structlog
 from nats.aio.msg import Msg
 
 from services.runtime.backoff import delay
+
+log = structlog.get_logger()
 
 
 class Poison(Exception):
@@ -32,6 +39,10 @@ class Delivery:
     def hold(self) -> None:
         """Take over acking: the loop will not ack this message when the handler returns."""
         self._held = True
+
+    @property
+    def held(self) -> bool:
+        return self._held
 
     @property
     def done(self) -> bool:
@@ -60,6 +71,53 @@ class Delivery:
 def retry_delay(num_delivered: int) -> float:
     """The nak delay after the ``num_delivered``-th failed delivery: 0.5 s doubling up to 30 s."""
     return delay(num_delivered, base=0.5, cap=30.0)
+
+
+async def quietly(op: Awaitable[None]) -> None:
+    """An ack/nak/in-progress that cannot be sent (NATS reconnecting) just means a redelivery later."""
+    try:
+        await op
+    except Exception as e:
+        log.warning("ack-type reply not sent; the message will be redelivered", error=repr(e))
+
+
+Action = Literal["ack", "hold", "nak", "dead_letter"]
+
+
+@dataclass(frozen=True, slots=True)
+class Outcome:
+    """What to do with a delivered message: ``ack``; ``hold`` (the handler acks it later);
+    ``nak`` after ``delay`` seconds; or ``dead_letter`` (``term`` plus a ``deadletter.<service>``
+    event) with ``reason``."""
+
+    action: Action
+    delay: float | None = None
+    reason: str = ""
+
+
+ACK = Outcome("ack")
+HOLD = Outcome("hold")
+
+
+def outcome(
+    error: BaseException | None, *, held: bool = False, num_delivered: int = 1, max_deliver: int = -1
+) -> Outcome:
+    """The delivery policy, written once for every consumer.
+
+    - the handler returned (``error`` is None): ack, unless it held the message;
+    - it raised :class:`Poison`: dead-letter with the error's text, at once;
+    - any other error: nak with :func:`retry_delay`, until the ``max_deliver``-th delivery
+      (when ``max_deliver`` > 0), which is dead-lettered instead of retried forever.
+
+    ``num_delivered`` matters only for an error, so a loop need not read the message's
+    metadata when its handler returned."""
+    if error is None:
+        return HOLD if held else ACK
+    if isinstance(error, Poison):
+        return Outcome("dead_letter", reason=str(error))
+    if 0 < max_deliver <= num_delivered:
+        return Outcome("dead_letter", reason=f"gave up after {num_delivered} deliveries: {error!r}")
+    return Outcome("nak", delay=retry_delay(num_delivered))
 
 
 def stream_sequence(reply: str) -> int:
