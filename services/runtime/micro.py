@@ -10,6 +10,8 @@ nats-py's ``nats.micro`` answers PING/INFO/STATS; we add endpoints to it, but:
   ``msgspec`` decode/validation errors to 400 naming the field, and answers unknown
   exceptions with a generic 500 while logging the traceback;
 - error replies are counted in ``$SRV.STATS`` (nats-py counts only raised exceptions);
+- every request gets a reply: one too large for ``max_payload``, or one that cannot be
+  sent, becomes an error reply (413 or 500) instead of leaving the client to time out;
 - endpoint metadata is always an object, never null, for clients in other languages.
 """
 
@@ -29,6 +31,7 @@ from nats.micro.service import EndpointConfig, Service, ServiceConfig
 
 from schemas import subjects as s
 from schemas.replies import ErrorBody, ErrorDetail
+from services.runtime import natspy
 
 log = structlog.get_logger()
 
@@ -76,8 +79,30 @@ def error_reply(err: RequestError) -> tuple[bytes, dict[str, str]]:
 Handler = Callable[[Msg], Awaitable[bytes]]
 
 
+def _count_error(endpoint: object, headers: Mapping[str, str], *, counted: bool = False) -> None:
+    """Count an error reply in ``$SRV.STATS`` (once per request: ``counted`` when it already was)."""
+    last_error = f"{headers[s.ERROR_CODE_HEADER]}:{headers[s.ERROR_HEADER]}"
+    natspy.count_error(endpoint, last_error, add=0 if counted else 1)
+
+
+def _headers_size(headers: Mapping[str, str] | None) -> int:
+    """Bytes the headers take on the wire (``NATS/1.0``, one ``Name: value`` line each, a blank line)."""
+    if not headers:
+        return 0
+    return 12 + sum(len(k.encode()) + len(v.encode()) + 4 for k, v in headers.items())
+
+
 class MicroService:
-    """One NATS micro service per process, with concurrent, counted endpoints."""
+    """One NATS micro service per process, with concurrent, counted endpoints.
+
+    ``async with MicroService(...) as svc`` starts it and stops it on exit; ``start`` and
+    ``stop`` may also be called directly, each at most once in effect (idempotent).
+
+    Every request with a reply subject gets a reply: one over the connection's
+    ``max_payload`` (body and headers) becomes a 413 error reply naming both sizes, and a
+    reply that cannot be sent for another reason is followed by a 500 error reply with the
+    reason (ARCHITECTURE.md §8.7). Both are counted as errors in ``$SRV.STATS``.
+    """
 
     def __init__(
         self,
@@ -96,12 +121,31 @@ class MicroService:
         self._sem = asyncio.Semaphore(max_in_flight)
         self._tasks: set[asyncio.Task[None]] = set()
         self._log = log.bind(micro=name)
+        self._started = False
+        self._stopping = False
+        self._stopped = asyncio.Event()
 
     @property
     def id(self) -> str:
         return self._svc.id
 
+    @property
+    def stopped(self) -> asyncio.Event:
+        """Set once :meth:`stop` has finished."""
+        return self._stopped
+
+    async def __aenter__(self) -> MicroService:
+        await self.start()
+        return self
+
+    async def __aexit__(self, *exc_info: object) -> None:
+        await self.stop()
+
     async def start(self) -> None:
+        """Answer PING/INFO/STATS (endpoints answer from :meth:`add_endpoint` on); idempotent."""
+        if self._started or self._stopping:
+            return
+        self._started = True
         await self._svc.start()
 
     async def add_endpoint(
@@ -117,14 +161,14 @@ class MicroService:
 
         async def dispatch(req: Request) -> None:
             await self._sem.acquire()
-            task = asyncio.create_task(self._serve(req._msg, handler, max_body, endpoint_ref[0]))
+            task = asyncio.create_task(self._serve(natspy.request_msg(req), handler, max_body, endpoint_ref[0]))
             self._tasks.add(task)
             task.add_done_callback(self._done)
 
         await self._svc.add_endpoint(
             EndpointConfig(name=name, subject=subject, handler=dispatch, metadata=dict(metadata or {}))
         )
-        endpoint_ref.append(self._svc._endpoints[-1])
+        endpoint_ref.append(natspy.last_endpoint(self._svc))
 
     def _done(self, task: asyncio.Task[None]) -> None:
         self._tasks.discard(task)
@@ -146,20 +190,41 @@ class MicroService:
             body, headers = error_reply(RequestError(500, "internal error"))
         if headers is not None:
             # counted like nats-py counts raised errors, so `nats micro stats` shows them
-            endpoint._num_errors += 1  # type: ignore[attr-defined]
-            endpoint._last_error = f"{headers[s.ERROR_CODE_HEADER]}:{headers[s.ERROR_HEADER]}"  # type: ignore[attr-defined]
-        elapsed = time.perf_counter_ns() - started
-        endpoint._processing_time += elapsed  # type: ignore[attr-defined]
-        n = max(1, endpoint._num_requests)  # type: ignore[attr-defined]
-        endpoint._average_processing_time = endpoint._processing_time // n  # type: ignore[attr-defined]
+            _count_error(endpoint, headers)
+        natspy.add_processing_time(endpoint, time.perf_counter_ns() - started)
         if msg.reply:
-            try:
-                await self._nc.publish(msg.reply, body, headers=headers)
-            except Exception as e:
-                self._log.warning("reply failed", subject=msg.subject, error=repr(e))
+            await self._reply(msg, body, headers, endpoint)
+
+    async def _reply(self, msg: Msg, body: bytes, headers: dict[str, str] | None, endpoint: object) -> None:
+        """Send the reply; one too large, or one that fails, becomes an error reply (never silence)."""
+        size, limit = len(body) + _headers_size(headers), self._nc.max_payload
+        if size > limit:
+            self._log.error("reply too large; answering 413", subject=msg.subject, size=size, max_payload=limit)
+            counted = headers is not None
+            body, headers = error_reply(
+                RequestError(413, f"reply of {size} bytes exceeds max_payload of {limit} bytes")
+            )
+            _count_error(endpoint, headers, counted=counted)
+        try:
+            await self._nc.publish(msg.reply, body, headers=headers)
+            return
+        except Exception as e:
+            self._log.error("reply failed; answering 500", subject=msg.subject, error=repr(e))
+            counted = headers is not None
+            body, headers = error_reply(RequestError(500, f"reply could not be sent: {e!r}"))
+            _count_error(endpoint, headers, counted=counted)
+        try:
+            await self._nc.publish(msg.reply, body, headers=headers)
+        except Exception as e:  # the connection itself is failing: the client's timeout is all that is left
+            self._log.warning("error reply failed too", subject=msg.subject, error=repr(e))
 
     async def stop(self) -> None:
-        """Stop taking requests, then finish the ones in flight."""
+        """Stop taking requests, then finish the ones in flight; idempotent."""
+        if self._stopping:
+            await self._stopped.wait()
+            return
+        self._stopping = True
         await self._svc.stop()
         if self._tasks:
             await asyncio.wait(list(self._tasks), timeout=10)
+        self._stopped.set()

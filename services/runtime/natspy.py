@@ -100,10 +100,11 @@ def last_endpoint(svc: Service) -> object:
     return endpoint
 
 
-def count_error(endpoint: object, last_error: str) -> None:
-    """Count an error reply in ``$SRV.STATS``, as nats-py counts an exception its handler raised."""
+def count_error(endpoint: object, last_error: str, *, add: int = 1) -> None:
+    """Count an error reply in ``$SRV.STATS``, as nats-py counts an exception its handler raised
+    (``add=0``: only record ``last_error``, for a request counted already)."""
     ep: Any = endpoint
-    ep._num_errors += 1
+    ep._num_errors += add
     ep._last_error = last_error
 
 
