@@ -13,7 +13,6 @@ SIGKILL), then moto, PostgreSQL and nats-server, and exits 0.
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import importlib.util
 import os
 import signal
@@ -27,6 +26,7 @@ from services.devstack.moto import Moto
 from services.devstack.nats import NatsServer
 from services.devstack.postgres import Postgres
 from services.devstack.procs import REPO_ROOT, child_environ, service_argv
+from services.runtime.backoff import delay, sleep_unless
 
 SERVICES = ("gateway", "intake", "placement", "metadata", "provisioner", "teardown")
 INFRA_LABELS = ("nats", "postgres", "moto", "devstack")
@@ -128,7 +128,7 @@ class Child:
 
     async def run(self, stopping: asyncio.Event) -> None:
         loop = asyncio.get_running_loop()
-        backoff = 1.0
+        restarts = 0
         while not stopping.is_set():
             started = loop.time()
             proc = await asyncio.create_subprocess_exec(
@@ -153,13 +153,11 @@ class Child:
             if stopping.is_set():
                 self.console.line("devstack", f"{self.label} stopped (exit code {proc.returncode})")
                 return
-            if loop.time() - started > 60:
-                backoff = 1.0
+            restarts = 1 if loop.time() - started > 60 else restarts + 1  # a long run starts over
+            wait = delay(restarts, base=1.0, cap=MAX_BACKOFF)
             why = f"{self.label} exited unexpectedly (code {proc.returncode})"
-            self.console.line("devstack", f"{why}; restarting in {backoff:g} s")
-            with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(stopping.wait(), backoff)
-            backoff = min(backoff * 2, MAX_BACKOFF)
+            self.console.line("devstack", f"{why}; restarting in {wait:g} s")
+            await sleep_unless(stopping, wait)
 
     async def _terminate(self, pid: int, exited: asyncio.Task[int]) -> None:
         _util.signal_group(pid, signal.SIGTERM)

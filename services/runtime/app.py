@@ -1,9 +1,9 @@
 """Process lifecycle shared by every service: config, logging, NATS, signals, drain.
 
 ``run(name, main)`` builds a :class:`Runtime` (the composition root's raw parts),
-calls ``main(rt)``, which registers its micro service and consumers and returns once
-``rt.stop`` is set (SIGTERM/SIGINT). Then in-flight work is finished and the NATS
-connection drained, in reverse order of start-up.
+calls ``main(rt)``, which enters its micro service and consumers in an
+``AsyncExitStack`` and returns once ``rt.stop`` is set (SIGTERM/SIGINT) and its
+in-flight work is finished. The NATS connection, entered first, is drained last.
 """
 
 from __future__ import annotations
@@ -13,14 +13,16 @@ import contextlib
 import gc
 import signal
 import sys
-from collections.abc import Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable, Coroutine
 from dataclasses import dataclass, field
+from typing import Any
 
 import nats
 import structlog
 from nats.aio.client import Client
 from nats.js import JetStreamContext
 
+from services.runtime.backoff import delay
 from services.runtime.config import Config, Settings, load_config, load_settings
 from services.runtime.log import configure
 from services.runtime.streams import ensure_streams
@@ -46,7 +48,10 @@ class Runtime:
 
 
 async def connect(settings: Settings, name: str) -> Client:
-    """Connect, retrying forever on reconnect; the first connect is retried for ~30 s."""
+    """Connect, reconnecting forever. With ``max_reconnect_attempts=-1`` nats-py retries the
+    first connect forever too, every ``reconnect_time_wait`` (0.5 s) per server, whether the
+    server is unreachable or refuses the credentials, logging each failure as "nats error":
+    this returns once NATS accepts the connection."""
 
     async def on_disconnect() -> None:
         _log.warning("nats disconnected")
@@ -76,8 +81,21 @@ async def connect(settings: Settings, name: str) -> Client:
 Main = Callable[[Runtime], Awaitable[None]]
 
 
-async def start_runtime(name: str, settings: Settings | None = None, config: Config | None = None) -> Runtime:
+FIRST_CONNECT_TRIES = 60
 
+
+def first_connect_delay(attempt: int) -> float:
+    """The wait after the ``attempt``-th failed first connect: 0.2 s growing 1.5-fold to 2 s."""
+    return delay(attempt, base=0.2, factor=1.5, cap=2.0)
+
+
+async def start_runtime(name: str, settings: Settings | None = None, config: Config | None = None) -> Runtime:
+    """Configure logging, connect and declare the streams.
+
+    An unreachable NATS is waited for as long as it takes (see :func:`connect`). An error
+    that ``nats.connect`` raises instead of retrying is retried here: ``FIRST_CONNECT_TRIES``
+    (60) times, :func:`first_connect_delay` apart, about 112 s of waiting in all, then the
+    process exits."""
     settings = settings or load_settings()
     config = config or load_config()
     log = configure(name, settings.log_format, settings.log_level)
@@ -89,14 +107,12 @@ async def start_runtime(name: str, settings: Settings | None = None, config: Con
 
 
 async def _connect_with_retry(settings: Settings, name: str, log: structlog.stdlib.BoundLogger) -> Client:
-    delay = 0.2
-    for attempt in range(1, 61):
+    for attempt in range(1, FIRST_CONNECT_TRIES + 1):
         try:
             return await connect(settings, name)
         except Exception as e:
             log.warning("nats not reachable yet", attempt=attempt, error=repr(e))
-            await asyncio.sleep(delay)
-            delay = min(2.0, delay * 1.5)
+            await asyncio.sleep(first_connect_delay(attempt))
     raise SystemExit(f"{name}: cannot reach NATS at {settings.nats_url}")
 
 
@@ -104,27 +120,51 @@ def tune_gc() -> None:
     """Fewer garbage collections. Services allocate many short-lived objects per message
     (decoded events, nats-py's Msg) and keep many long-lived ones (a node table, a view
     cache); with the default gen-0 threshold of 700 allocations the collector's passes over
-    them cost up to a quarter of a service's CPU and, in full passes over a large heap,
-    pauses that show in tail latency. Nothing here builds reference cycles on purpose, so
-    collecting rarely costs little memory. Call again once start-up state is built."""
+    them cost a large share of a service's CPU (measured in services/metadata/README.md) and,
+    in full passes over a large heap, pauses that show in tail latency. Nothing here builds
+    reference cycles on purpose, so collecting rarely costs little memory. Call again once
+    start-up state is built."""
     gc.collect()
     gc.freeze()  # what start-up allocated is never garbage: keep it out of every later pass
     gc.set_threshold(50_000, 20, 100)
 
 
-async def serve(name: str, main: Main) -> None:
-    rt = await start_runtime(name)
-    tune_gc()
-    loop = asyncio.get_running_loop()
-    for sig in (signal.SIGTERM, signal.SIGINT):
-        loop.add_signal_handler(sig, rt.stop.set)
+@contextlib.asynccontextmanager
+async def runtime(name: str, settings: Settings | None = None, config: Config | None = None) -> AsyncIterator[Runtime]:
+    """A started :class:`Runtime`; on exit the connection is drained (at most 10 s)."""
+    rt = await start_runtime(name, settings, config)
     try:
-        await main(rt)
+        yield rt
     finally:
         rt.log.info("shutting down")
         with contextlib.suppress(Exception):
             await asyncio.wait_for(rt.nc.drain(), 10)
         rt.log.info("stopped")
+
+
+def background(
+    stack: contextlib.AsyncExitStack, stop: asyncio.Event, work: Coroutine[Any, Any, None]
+) -> asyncio.Task[None]:
+    """Run ``work`` (which must return once ``stop`` is set) as a task that ``stack`` awaits on
+    exit, after setting ``stop`` (so an error unwinding the stack ends it too)."""
+    task = asyncio.create_task(work)
+
+    async def finish() -> None:
+        stop.set()
+        await task
+
+    stack.push_async_callback(finish)
+    return task
+
+
+async def serve(name: str, main: Main) -> None:
+    async with contextlib.AsyncExitStack() as stack:
+        rt = await stack.enter_async_context(runtime(name))  # entered first: drained last
+        tune_gc()
+        loop = asyncio.get_running_loop()
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            loop.add_signal_handler(sig, rt.stop.set)
+        await main(rt)
 
 
 def run(name: str, main: Main) -> None:

@@ -13,6 +13,7 @@ from nats.aio.msg import Msg
 from nats.js import JetStreamContext
 
 from schemas import subjects as s
+from services.runtime.backoff import delay, sleep_unless
 from services.runtime.consumer import Consumer
 from services.runtime.delivery import Delivery, quietly
 from services.runtime.puller import Puller
@@ -150,18 +151,15 @@ class BatchConsumer(Consumer[T]):
                         for _, d in items:
                             await quietly(d.nak())
                         return
-                    delay = min(self._retry_cap_s, self._retry_base_s * 2 ** min(outage - 1, 30))
+                    wait = delay(outage, base=self._retry_base_s, cap=self._retry_cap_s)
                     self._log.warning(
                         "dependency unavailable; holding the batch and retrying",
                         size=len(items),
                         attempt=outage,
-                        delay_s=delay,
+                        delay_s=wait,
                         error=repr(e),
                     )
-                    try:
-                        await asyncio.wait_for(stop.wait(), delay)
-                    except TimeoutError:
-                        pass
+                    await sleep_unless(stop, wait)
                     for _, d in items:
                         await quietly(d.in_progress())
                     await self._ping_prefetched()

@@ -13,6 +13,7 @@ from nats.js import api as js_api
 from nats.js.errors import NotFoundError
 
 from schemas import subjects as s
+from services.runtime.backoff import delay
 
 log = structlog.get_logger()
 
@@ -62,7 +63,7 @@ async def ensure_streams(
                 if attempt == 4:
                     raise
                 log.debug("stream declare raced", stream=spec.name, error=str(e))
-                await asyncio.sleep(0.05 * (attempt + 1))
+                await asyncio.sleep(delay(attempt + 1, base=0.05, cap=0.2))
 
 
 def consumer_config(spec: s.ConsumerSpec) -> js_api.ConsumerConfig:
@@ -94,4 +95,4 @@ async def ensure_consumer(js: JetStreamContext, spec: s.ConsumerSpec) -> None:
             if attempt == 4:
                 raise
             log.debug("consumer declare raced", durable=spec.durable, error=str(e))
-            await asyncio.sleep(0.05 * (attempt + 1))
+            await asyncio.sleep(delay(attempt + 1, base=0.05, cap=0.2))
