@@ -156,6 +156,22 @@ DEADLETTERS = StreamSpec(
 STREAMS: tuple[StreamSpec, ...] = (JOBS, PLACEMENTS, CLUSTERS, NODES, DEADLETTERS)
 
 
+# --- key-value buckets ------------------------------------------------------
+class BucketSpec(msgspec.Struct, frozen=True, kw_only=True):
+    name: str
+    description: str
+    history: int = 1
+    """Values kept per key (1: the current one only)."""
+
+
+JOB_LIFECYCLE = BucketSpec(
+    name="JOB_LIFECYCLE",
+    description="Per-job lifecycle records kept by teardown",
+)
+"""Per-job lifecycle record (``schemas.lifecycle``: end state, release flag, deadline, instances),
+keyed by job id; written by teardown only, read by the provisioner."""
+
+
 # --- durable consumers ------------------------------------------------------
 class ConsumerSpec(msgspec.Struct, frozen=True, kw_only=True):
     stream: str
@@ -217,10 +233,6 @@ TEARDOWN_CLUSTERS = ConsumerSpec(
     filter_subjects=(CLUSTER_PROVISIONING, CLUSTER_PROVISIONED, CLUSTER_PROVISION_FAILED),
     description="teardown: launched instances (tracked for teardown) and failed provisioning",
 )
-
-# --- key-value buckets ------------------------------------------------------
-JOB_LIFECYCLE_BUCKET = "JOB_LIFECYCLE"
-"""Per-job lifecycle record kept by teardown (end state, release flag, deadline, instances)."""
 
 # metadata: one durable named "metadata" on each stream it projects, so `nats consumer
 # report <STREAM>` shows its lag. max_deliver=-1: a PostgreSQL outage must never make the

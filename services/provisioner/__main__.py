@@ -6,9 +6,9 @@ import msgspec
 
 from schemas import events as ev
 from schemas import subjects as s
-from services.provisioner.ec2 import Ec2
+from services.cloud.ec2 import Ec2
+from services.cloud.records import JobRecords, lifecycle_bucket
 from services.provisioner.handlers import Provisioner, not_dedicated
-from services.provisioner.jobs import JobRecords, lifecycle_bucket
 from services.runtime.app import VERSION, Runtime, run
 from services.runtime.consumer import Consumer
 from services.runtime.micro import MicroService

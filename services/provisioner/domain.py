@@ -1,6 +1,7 @@
-"""Pure provisioning logic: error classes, launch plan, instance-type fallback, tags.
+"""Pure provisioning logic: launch plan, instance-type fallback, client token, launch progress.
 
-No I/O here; the handlers feed it what EC2 reported and act on what it returns.
+No I/O here; the handlers feed it what EC2 reported and act on what it returns. What an
+instance is, its tags and EC2's error kinds are shared with teardown (``services.cloud``).
 """
 
 from __future__ import annotations
@@ -12,94 +13,7 @@ from datetime import datetime
 from enum import Enum
 
 from schemas.events import Assignment, Candidate
-
-
-class ErrorKind(Enum):
-    CAPACITY = "capacity"
-    """This instance type is out of capacity here: try the next ranked type."""
-    TRANSIENT = "transient"
-    """Throttling, 5xx, connection trouble: retry later (nak with backoff)."""
-    PERMANENT = "permanent"
-    """Quota, auth, bad image, unsupported: will not go away by retrying."""
-
-
-CAPACITY_CODES = frozenset(
-    {
-        "InsufficientInstanceCapacity",
-        "InsufficientHostCapacity",
-        "InsufficientReservedInstanceCapacity",
-        "InsufficientCapacity",
-    }
-)
-TRANSIENT_CODES = frozenset(
-    {
-        "RequestLimitExceeded",
-        "Throttling",
-        "ThrottlingException",
-        "InternalError",
-        "InternalFailure",
-        "ServiceUnavailable",
-        "Unavailable",
-        "RequestTimeout",
-        "RequestTimeoutException",
-        "ConnectionError",
-    }
-)
-
-
-def classify(code: str, http_status: int | None = None) -> ErrorKind:
-    """Which way an EC2 error goes; an unknown 5xx is transient, any other unknown code permanent."""
-    if code in CAPACITY_CODES:
-        return ErrorKind.CAPACITY
-    if code in TRANSIENT_CODES:
-        return ErrorKind.TRANSIENT
-    if http_status is not None and http_status >= 500:
-        return ErrorKind.TRANSIENT
-    return ErrorKind.PERMANENT
-
-
-@dataclass(frozen=True, slots=True)
-class InstanceInfo:
-    """What EC2 says about one of our instances."""
-
-    instance_id: str
-    instance_type: str
-    state: str
-    private_ip: str | None = None
-    job_id: str | None = None
-    replica: int | None = None
-    launch_time: datetime | None = None
-
-
-LIVE_STATES = frozenset({"pending", "running", "stopping", "stopped"})
-"""States of an instance that still exists (and may cost money)."""
-DEAD_STATES = frozenset({"shutting-down", "terminated"})
-
-
-@dataclass(frozen=True, slots=True)
-class TagScheme:
-    prefix: str
-    project: str
-
-    @property
-    def project_key(self) -> str:
-        return f"{self.prefix}:project"
-
-    @property
-    def job_key(self) -> str:
-        return f"{self.prefix}:job-id"
-
-    @property
-    def replica_key(self) -> str:
-        return f"{self.prefix}:replica"
-
-    def for_replica(self, job_id: str, replica: int) -> dict[str, str]:
-        return {
-            self.project_key: self.project,
-            self.job_key: job_id,
-            self.replica_key: str(replica),
-            "Name": f"{self.project}-{job_id}-{replica}",
-        }
+from services.cloud.instances import DEAD_STATES, LIVE_STATES, InstanceInfo
 
 
 def client_token(job_id: str, replica: int, instance_type: str) -> str:
@@ -169,6 +83,12 @@ def launch_progress(instances: Iterable[InstanceInfo], expected: int) -> Progres
     return Progress.WAITING
 
 
-def backoff(attempt: int, base: float = 0.2, factor: float = 1.6, cap: float = 5.0) -> float:
-    """Delay before the ``attempt``-th (0-based) poll of DescribeInstances."""
-    return float(min(cap, base * factor**attempt))
+__all__ = [
+    "LaunchPlan",
+    "Progress",
+    "client_token",
+    "launch_progress",
+    "next_type",
+    "plan_launch",
+    "ranked_types",
+]

@@ -25,21 +25,23 @@ import structlog
 
 from schemas import events as ev
 from schemas import subjects as s
+from services.cloud.errors import AwsError, ErrorKind
+from services.cloud.instances import InstanceInfo
 from services.provisioner.domain import (
-    ErrorKind,
-    InstanceInfo,
     Progress,
-    backoff,
     client_token,
     launch_progress,
     next_type,
     plan_launch,
     ranked_types,
 )
-from services.provisioner.ec2 import AwsError
+from services.runtime.backoff import delay
 from services.runtime.config import AwsConf
 
 log = structlog.get_logger()
+
+POLL_BASE_S, POLL_FACTOR, POLL_CAP_S = 0.2, 1.6, 5.0
+"""The backoff between ``DescribeInstances`` polls while waiting for ``running``."""
 
 
 class Ec2Port(Protocol):
@@ -179,7 +181,7 @@ class Provisioner:
         self, job_id: str, ids: list[str], d: DeliveryPort, blog: structlog.stdlib.BoundLogger
     ) -> list[InstanceInfo]:
         deadline = self._clock() + self.conf.running_timeout_s
-        attempt = 0
+        attempt = 1
         while True:
             try:
                 found = await self.ec2.describe(ids)
@@ -198,7 +200,7 @@ class Provisioner:
             if self._clock() >= deadline:
                 raise AwsError("RunningTimeout", f"instances not running after {self.conf.running_timeout_s:g} s")
             await d.in_progress()
-            await self._sleep(backoff(attempt))
+            await self._sleep(delay(attempt, base=POLL_BASE_S, factor=POLL_FACTOR, cap=POLL_CAP_S))
             attempt += 1
 
 

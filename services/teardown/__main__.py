@@ -5,8 +5,8 @@ from __future__ import annotations
 import asyncio
 
 from schemas import subjects as s
-from services.provisioner.ec2 import Ec2
-from services.provisioner.jobs import lifecycle_bucket
+from services.cloud.ec2 import Ec2
+from services.cloud.records import lifecycle_bucket
 from services.runtime.app import VERSION, Runtime, run
 from services.runtime.consumer import Consumer
 from services.runtime.micro import MicroService

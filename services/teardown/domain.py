@@ -17,7 +17,7 @@ import msgspec
 
 from schemas import events as ev
 from schemas.lifecycle import JobLifecycle
-from services.provisioner.domain import InstanceInfo
+from services.cloud.instances import InstanceInfo
 
 TeardownEvent = (
     ev.JobAccepted

@@ -1,4 +1,4 @@
-"""The ``JOB_LIFECYCLE`` KV bucket: per-job records updated by compare-and-set on the revision."""
+"""Teardown writes the ``JOB_LIFECYCLE`` KV records (the only writer): compare-and-set on the revision."""
 
 from __future__ import annotations
 
@@ -9,7 +9,7 @@ import nats.js.errors
 from nats.js.kv import KeyValue
 
 from schemas.lifecycle import JobLifecycle, decode_record, encode_record
-from services.provisioner.jobs import JobRecords
+from services.cloud.records import JobRecords
 
 T = TypeVar("T")
 

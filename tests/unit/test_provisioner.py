@@ -2,25 +2,22 @@
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Awaitable, Callable, Sequence
 from datetime import UTC, datetime
 
 import pytest
 
 from schemas import events as ev
+from services.cloud.errors import AwsError, ErrorKind, classify
+from services.cloud.instances import InstanceInfo, TagScheme
 from services.provisioner.domain import (
-    ErrorKind,
-    InstanceInfo,
     Progress,
-    TagScheme,
-    classify,
     client_token,
     launch_progress,
     next_type,
     plan_launch,
     ranked_types,
 )
-from services.provisioner.ec2 import AwsError
 from services.provisioner.handlers import Provisioner
 from services.runtime.config import AwsConf
 
@@ -220,7 +217,9 @@ def decided(cluster: str = "dedicated", replicas: int = 2) -> ev.PlacementDecide
     )
 
 
-def make(ec2: FakeEc2, *, ended: bool = False, timeout: float = 300.0) -> tuple[Provisioner, FakePublisher]:
+def make(
+    ec2: FakeEc2, *, ended: bool = False, timeout: float = 300.0, sleep: Callable[[float], Awaitable[None]] = no_sleep
+) -> tuple[Provisioner, FakePublisher]:
     pub = FakePublisher()
 
     async def job_ended(_: str) -> bool:
@@ -233,7 +232,7 @@ def make(ec2: FakeEc2, *, ended: bool = False, timeout: float = 300.0) -> tuple[
         job_ended,
         AwsConf(running_timeout_s=timeout),
         max_deliver=5,
-        sleep=no_sleep,
+        sleep=sleep,
         clock=lambda: float(next(ticks)),
     )
     return p, pub
@@ -318,3 +317,15 @@ class TestProvisionerHandler:
         assert pub.types() == ["cluster.provisioning", "cluster.provision_failed"]
         failed = pub.events[-1]
         assert isinstance(failed, ev.ClusterProvisionFailed) and failed.error_code == "RunningTimeout"
+
+    async def test_polls_back_off_from_a_fifth_of_a_second_by_1_6_up_to_5_s(self) -> None:
+        ec2 = FakeEc2(polls_pending=12)
+        slept: list[float] = []
+
+        async def sleep(seconds: float) -> None:
+            slept.append(seconds)
+
+        p, pub = make(ec2, sleep=sleep)
+        await p.on_decided(decided(), FakeDelivery())
+        assert pub.types() == ["cluster.provisioning", "cluster.provisioned"]
+        assert slept == pytest.approx([min(5.0, 0.2 * 1.6**n) for n in range(12)])

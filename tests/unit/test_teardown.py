@@ -10,7 +10,7 @@ import pytest
 from schemas import events as ev
 from schemas.jobs import Constraints, JobSpec, Resources, Workload
 from schemas.lifecycle import JobLifecycle
-from services.provisioner.domain import InstanceInfo
+from services.cloud.instances import InstanceInfo
 from services.teardown import domain
 from services.teardown.domain import Release, TerminateLate, apply
 

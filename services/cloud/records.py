@@ -1,4 +1,9 @@
-"""Reads the ``JOB_LIFECYCLE`` KV bucket that teardown maintains (read-only here)."""
+"""The ``JOB_LIFECYCLE`` key-value bucket (:data:`schemas.subjects.JOB_LIFECYCLE`): bind it and
+read a job's record (:class:`schemas.lifecycle.JobLifecycle`).
+
+Teardown is the only writer (compare-and-set, in ``services/teardown/store.py``); the
+provisioner reads it to skip jobs that ended before their cluster was launched.
+"""
 
 from __future__ import annotations
 
@@ -12,20 +17,23 @@ from schemas.lifecycle import JobLifecycle, decode_record
 
 
 async def lifecycle_bucket(js: JetStreamContext, replicas: int = 1) -> KeyValue:
-    """Bind the bucket, creating it when this service starts first (same config as teardown)."""
+    """Bind the bucket, creating it when this service starts first (every service declares it alike)."""
+    spec = s.JOB_LIFECYCLE
     try:
-        return await js.key_value(s.JOB_LIFECYCLE_BUCKET)
+        return await js.key_value(spec.name)
     except nats.js.errors.BucketNotFoundError:
         return await js.create_key_value(
-            bucket=s.JOB_LIFECYCLE_BUCKET,
-            description="Per-job lifecycle records kept by teardown",
-            history=1,
+            bucket=spec.name,
+            description=spec.description,
+            history=spec.history,
             storage=js_api.StorageType.FILE,
             replicas=replicas,
         )
 
 
 class JobRecords:
+    """Reads the per-job lifecycle records."""
+
     def __init__(self, kv: KeyValue) -> None:
         self._kv = kv
 
@@ -40,5 +48,9 @@ class JobRecords:
         return decode_record(entry.value), int(entry.revision or 0)
 
     async def ended(self, job_id: str) -> bool:
+        """Whether teardown recorded an end for the job."""
         rec, _ = await self.get(job_id)
         return rec is not None and rec.end is not None
+
+
+__all__ = ["JobRecords", "lifecycle_bucket"]

@@ -1,6 +1,6 @@
 """Thin aioboto3 adapter over the EC2 calls we use; every error becomes :class:`AwsError`.
 
-Shared by the provisioner and teardown (a library module, no run-time coupling).
+Used by the provisioner (launch, wait) and teardown (terminate, sweep, reap).
 With ``AWS_ENDPOINT_URL`` set it talks to that endpoint (moto locally); without, to AWS
 with the standard credential chain.
 """
@@ -15,17 +15,9 @@ import aioboto3
 import botocore.exceptions
 from botocore.config import Config as BotoConfig
 
-from services.provisioner.domain import LIVE_STATES, ErrorKind, InstanceInfo, TagScheme, classify
+from services.cloud.errors import AwsError
+from services.cloud.instances import LIVE_STATES, InstanceInfo, TagScheme
 from services.runtime.config import AwsConf, Settings
-
-
-class AwsError(Exception):
-    def __init__(self, code: str, message: str, *, http_status: int | None = None) -> None:
-        super().__init__(f"{code}: {message}")
-        self.code = code
-        self.message = message
-        self.http_status = http_status
-        self.kind = classify(code, http_status)
 
 
 def _wrap(e: Exception) -> AwsError:
@@ -164,4 +156,4 @@ class Ec2:
         return ids
 
 
-__all__ = ["AwsError", "Ec2", "ErrorKind"]
+__all__ = ["AwsError", "Ec2"]
