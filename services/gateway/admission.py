@@ -11,12 +11,12 @@ before anything is stored: the client retries later with the same ``request_id``
 from __future__ import annotations
 
 import asyncio
-import contextlib
 
 import structlog
 from nats.js import JetStreamContext
 
 from schemas import subjects as s
+from services.runtime.backoff import sleep_unless
 from services.runtime.config import AdmissionConf
 from services.runtime.micro import RequestError
 
@@ -60,5 +60,4 @@ class Admission:
                 self.waiting = waiting
             except Exception as e:  # consumer not declared yet, server restarting: keep the last figure
                 log.debug("backlog poll failed", error=repr(e))
-            with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(stop.wait(), self._conf.check_interval_s)
+            await sleep_unless(stop, self._conf.check_interval_s)

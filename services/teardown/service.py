@@ -29,7 +29,8 @@ from nats.js.kv import KV_DEL, KV_PURGE, KeyValue
 from schemas import events as ev
 from schemas import subjects as s
 from schemas.lifecycle import JobLifecycle, decode_record
-from services.provisioner.ec2 import Ec2
+from services.cloud.ec2 import Ec2
+from services.runtime.backoff import sleep_unless
 from services.runtime.config import LifecycleConf
 from services.runtime.delivery import Delivery
 from services.runtime.publisher import Publisher
@@ -105,8 +106,7 @@ class Teardown:
         follower = asyncio.create_task(self._follow_deadlines(watcher, deadlines))
         try:
             while not stop.is_set():
-                with contextlib.suppress(TimeoutError):
-                    await asyncio.wait_for(stop.wait(), self.conf.expiry_check_s)
+                await sleep_unless(stop, self.conf.expiry_check_s)
                 for job_id in domain.due(deadlines, self.now()):
                     await self._expire(job_id, deadlines)
         finally:
@@ -155,8 +155,7 @@ class Teardown:
                 await self.reap_once()
             except Exception as e:
                 log.warning("reaper pass failed", error=repr(e))
-            with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(stop.wait(), self.conf.reaper_interval_s)
+            await sleep_unless(stop, self.conf.reaper_interval_s)
 
     async def reap_once(self) -> list[str]:
         reaped: list[str] = []
