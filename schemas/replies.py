@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from datetime import datetime
-from typing import Annotated
+from typing import Annotated, Literal
 
 import msgspec
 from msgspec import Meta
@@ -32,7 +32,14 @@ class CompleteRequest(_Inbound):
     message: ShortText | None = None
 
 
+Cursor = Annotated[str, Meta(max_length=1024)]
+"""An opaque ``next`` cursor returned by a list reply, sent back as ``after``."""
+
+
 class ListRequest(_Inbound):
+    """Body of ``job.list``. ``limit`` is an upper bound: a page also stops before its reply would
+    cross the byte budget (``count`` says how many it holds; ``next`` continues after the last)."""
+
     state: JobState | None = None
     limit: Annotated[int, Meta(ge=1, le=1000)] = 100
     after: Annotated[str, Meta(max_length=512)] | None = None
@@ -50,8 +57,31 @@ class ErrorBody(msgspec.Struct, kw_only=True):
 
 
 # --- metadata: job.get / job.list / job.events / node.list ------------------
+NodeFilterState = Literal["active", "inactive", "draining", "down"]
+"""A node's listed state: as reported, except ``inactive`` for a node that reported ``active`` but whose
+last status is older than the node TTL."""
+
+Label = Annotated[str, Meta(min_length=2, max_length=400, pattern=r"^[A-Za-z0-9][A-Za-z0-9./_-]*=.*$")]
+"""A label filter ``key=value`` (the value may be empty)."""
+
+
 class NodeListRequest(_Inbound):
-    """Body of ``node.list``: no fields yet (an empty body is accepted too)."""
+    """Body of ``node.list`` (an empty body is ``{}``): a page of nodes in ``node_id`` order, or with
+    ``summary`` the fleet's counts and capacity in one small reply (filters apply to both)."""
+
+    limit: Annotated[int, Meta(ge=1, le=5000)] = 500
+    after: Cursor | None = None
+    state: NodeFilterState | None = None
+    label: Label | None = None
+    summary: bool = False
+
+
+class JobEventsRequest(_Inbound):
+    """Body of ``job.events``: a page of the job's events, oldest first."""
+
+    job_id: JobId
+    limit: Annotated[int, Meta(ge=1, le=1000)] = 1000
+    after: Cursor | None = None
 
 
 class Transition(msgspec.Struct, kw_only=True):
@@ -91,13 +121,20 @@ class JobRecord(msgspec.Struct, kw_only=True):
 
 class JobListReply(msgspec.Struct, kw_only=True):
     jobs: list[JobRecord]
+    """Full job records (as ``job.get``), newest first."""
     next: str | None
     """Opaque cursor for the next page (``after``), or null on the last page."""
+    count: int = 0
+    """How many jobs this page holds (fewer than ``limit`` when the byte budget ended it)."""
 
 
 class JobEventsReply(msgspec.Struct, kw_only=True):
     events: list[msgspec.Raw]
     """The job's events as published, oldest first."""
+    next: str | None = None
+    """Opaque cursor for the next page (``after``), or null on the last page."""
+    count: int = 0
+    """How many events this page holds."""
 
 
 class Reserved(msgspec.Struct, kw_only=True):
@@ -126,3 +163,34 @@ class NodeRecord(msgspec.Struct, kw_only=True):
 
 class NodeListReply(msgspec.Struct, kw_only=True):
     nodes: list[NodeRecord]
+    """In ``node_id`` order."""
+    next: str | None = None
+    """Opaque cursor for the next page (``after``), or null on the last page."""
+    count: int = 0
+    """How many nodes this page holds (fewer than ``limit`` when the byte budget ended it)."""
+
+
+class Capacity(msgspec.Struct, kw_only=True):
+    cpu: float = 0.0
+    memory_mb: int = 0
+    gpu: int = 0
+
+
+class NodeSummary(msgspec.Struct, kw_only=True):
+    total: int
+    """Nodes matching the filters."""
+    states: dict[str, int]
+    """Nodes per listed state (``active``, ``inactive``, ``draining``, ``down``), zero counts included."""
+    capacity: Capacity
+    """Allocatable capacity of the active nodes (``cpu_cores``, ``memory_mb``, ``gpus`` summed)."""
+    free: Capacity
+    """Free capacity of the active nodes, each counted as placement does:
+    min(allocatable - reserved, reported free), never below 0 (gpu: allocatable - reserved)."""
+    reserved: Reserved
+    """Summed over unreleased placements on the matching nodes, whatever their state."""
+
+
+class NodeSummaryReply(msgspec.Struct, kw_only=True):
+    """The reply of ``node.list`` with ``summary: true``."""
+
+    summary: NodeSummary

@@ -8,10 +8,12 @@ the database is reachable and migrated), then one batch consumer per projected s
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import os
 
 from schemas import subjects as s
 from services.metadata.adapters import Database, is_unavailable
+from services.metadata.paging import Budget
 from services.metadata.projector import DECODERS, DEFAULT_CACHE_JOBS, Projector
 from services.metadata.queries import Queries
 from services.runtime.app import VERSION, Runtime, run, tune_gc
@@ -47,45 +49,44 @@ async def main(rt: Runtime) -> None:
     if not rt.settings.database_url:
         raise SystemExit("metadata: DATABASE_URL is required (e.g. postgresql://user@host:5432/natsched)")
     db = Database(rt.settings.database_url)
-    await db.open()
     batch = batch_size()
-    svc = MicroService(
-        rt.nc,
-        name="metadata",
-        version=VERSION,
-        description="Projection of every event into PostgreSQL; job and node queries",
-        metadata=rt.metadata(
-            consumers=",".join(f"{c.stream}/{c.durable}" for c in s.METADATA_CONSUMERS), batch=str(batch)
-        ),
-    )
-    await svc.start()
-    for name, subject, handler, meta in Queries(db, rt.config.timeouts.node_ttl_s).endpoints():
-        await svc.add_endpoint(name, subject, handler, max_body=64 * 1024, metadata=meta)
-    try:
-        if await db.migrate_until_ready(rt.stop):
-            tune_gc()
-            projector = Projector(db, cache_jobs())
-            consumers = [
-                BatchConsumer(
-                    rt.js,
-                    spec,
-                    DECODERS[spec.stream],
-                    projector.project,
-                    service="metadata",
-                    batch=batch,
-                    transient=is_unavailable,
-                    in_flight=in_flight(batch),
-                )
-                for spec in s.METADATA_CONSUMERS
-            ]
-            rt.log.info("started", batch=batch, cache_jobs=projector.cache.capacity)
-            try:
-                await asyncio.gather(*(c.run(rt.stop) for c in consumers))
-            finally:
-                await projector.close()
-    finally:
-        await svc.stop()
-        await db.close()
+    async with contextlib.AsyncExitStack() as stack:  # stopped in reverse: endpoints, projector, database
+        await db.open()
+        stack.push_async_callback(db.close)
+        svc = await stack.enter_async_context(
+            MicroService(
+                rt.nc,
+                name="metadata",
+                version=VERSION,
+                description="Projection of every event into PostgreSQL; job and node queries",
+                metadata=rt.metadata(
+                    consumers=",".join(f"{c.stream}/{c.durable}" for c in s.METADATA_CONSUMERS), batch=str(batch)
+                ),
+            )
+        )
+        queries = Queries(db, rt.config.timeouts.node_ttl_s, Budget.for_max_payload(rt.nc.max_payload))
+        for name, subject, handler, meta in queries.endpoints():
+            await svc.add_endpoint(name, subject, handler, max_body=64 * 1024, metadata=meta)
+        if not await db.migrate_until_ready(rt.stop):
+            return
+        tune_gc()
+        projector = Projector(db, cache_jobs())
+        stack.push_async_callback(projector.close)
+        consumers = [
+            BatchConsumer(
+                rt.js,
+                spec,
+                DECODERS[spec.stream],
+                projector.project,
+                service="metadata",
+                batch=batch,
+                transient=is_unavailable,
+                in_flight=in_flight(batch),
+            )
+            for spec in s.METADATA_CONSUMERS
+        ]
+        rt.log.info("started", batch=batch, cache_jobs=projector.cache.capacity)
+        await asyncio.gather(*(c.run(rt.stop) for c in consumers))
 
 
 if __name__ == "__main__":

@@ -11,7 +11,7 @@ from __future__ import annotations
 import asyncio
 from collections.abc import AsyncIterator, Sequence
 from contextlib import asynccontextmanager
-from datetime import datetime
+from datetime import UTC, datetime
 from typing import Any
 
 import asyncpg
@@ -89,12 +89,39 @@ class NodeRow(msgspec.Struct, frozen=True):
     status: msgspec.Raw
 
 
-class NodeListRow(msgspec.Struct, frozen=True):
+class NodeListRow(msgspec.Struct, frozen=True, kw_only=True):
+    node_id: str
     status: str
     cpu: float
     memory_mb: int
     gpu: int
     replicas: int
+
+
+class NodeSummaryRow(msgspec.Struct, frozen=True, array_like=True):
+    """The matching nodes of one listed state, summed (free: per node as placement counts it)."""
+
+    listed: str
+    nodes: int
+    cpu: float
+    memory_mb: int
+    gpu: int
+    free_cpu: float
+    free_memory_mb: int
+    free_gpu: int
+    reserved_cpu: float
+    reserved_memory_mb: int
+    reserved_gpu: int
+    replicas: int
+
+
+EventPosition = tuple[datetime, int, str]
+"""Where an event stands in ``job.events`` order: ``(at, stream_seq, event_key)``."""
+
+
+class EventPageRow(msgspec.Struct, frozen=True):
+    position: EventPosition
+    body: str
 
 
 _rows_enc = msgspec.json.Encoder()
@@ -163,20 +190,55 @@ _EVENTS_OF = "SELECT job_id, body FROM events WHERE job_id = ANY($1::text[])"
 _LIST_ALL = "SELECT seq, job_id FROM jobs WHERE state IS NOT NULL AND seq < $1 ORDER BY seq DESC LIMIT $2"
 _LIST_STATE = "SELECT seq, job_id FROM jobs WHERE state = $3 AND seq < $1 ORDER BY seq DESC LIMIT $2"
 _JOB_EVENTS = "SELECT body FROM events WHERE job_id = $1 ORDER BY at, stream_seq, event_key"
-_NODES = """
-SELECT n.status, COALESCE(r.cpu, 0)::float8 AS cpu, COALESCE(r.memory_mb, 0)::bigint AS memory_mb,
-       COALESCE(r.gpu, 0)::bigint AS gpu, COALESCE(r.replicas, 0)::bigint AS replicas
-FROM nodes n
-LEFT JOIN (
+_JOB_EVENTS_PAGE = """
+SELECT at, stream_seq, event_key, body FROM events
+WHERE job_id = $1 AND (at, stream_seq, event_key) > ($2, $3, $4)
+ORDER BY at, stream_seq, event_key LIMIT $5
+"""
+_LISTED_STATE = "CASE WHEN n.state = 'active' AND n.at < $1 THEN 'inactive' ELSE n.state END"
+"""A node's listed state: ``inactive`` when it says active but its last status is older than ``$1``."""
+_NODE_FILTER = f"($2::text IS NULL OR {_LISTED_STATE} = $2) AND ($3::jsonb IS NULL OR n.labels @> $3::jsonb)"
+
+
+def _reserved(where: str) -> str:
+    """Reservations of unreleased jobs summed per node, for the nodes ``where`` selects."""
+    return f"""
     SELECT r.node_id, sum(r.cpu) AS cpu, sum(r.memory_mb) AS memory_mb, sum(r.gpu) AS gpu, count(*) AS replicas
     FROM jobs j CROSS JOIN LATERAL json_to_recordset(j.reservations::json)
                                    AS r(node_id text, cpu float8, memory_mb bigint, gpu integer)
-    WHERE NOT j.released AND j.reservations IS NOT NULL
-    GROUP BY r.node_id
-) r USING (node_id)
-ORDER BY n.node_id
+    WHERE NOT j.released AND j.reservations IS NOT NULL AND {where}
+    GROUP BY r.node_id"""
+
+
+_NODE_PAGE = f"""
+WITH page AS (
+    SELECT n.node_id, n.status FROM nodes n
+    WHERE n.node_id > $4 AND {_NODE_FILTER}
+    ORDER BY n.node_id LIMIT $5
+)
+SELECT p.node_id, p.status, COALESCE(r.cpu, 0)::float8 AS cpu, COALESCE(r.memory_mb, 0)::bigint AS memory_mb,
+       COALESCE(r.gpu, 0)::bigint AS gpu, COALESCE(r.replicas, 0)::bigint AS replicas
+FROM page p
+LEFT JOIN ({_reserved("r.node_id IN (SELECT node_id FROM page)")}) r USING (node_id)
+ORDER BY p.node_id
+"""
+_NODE_SUMMARY = f"""
+WITH n AS (
+    SELECT n.node_id, {_LISTED_STATE} AS listed, n.cpu_cores, n.cpu_free, n.memory_mb, n.memory_free_mb, n.gpus
+    FROM nodes n WHERE {_NODE_FILTER}
+)
+SELECT n.listed, count(*) AS nodes,
+       COALESCE(sum(n.cpu_cores), 0)::float8, COALESCE(sum(n.memory_mb), 0)::bigint, COALESCE(sum(n.gpus), 0)::bigint,
+       COALESCE(sum(GREATEST(0, LEAST(n.cpu_cores - COALESCE(r.cpu, 0), n.cpu_free))), 0)::float8,
+       COALESCE(sum(GREATEST(0, LEAST(n.memory_mb - COALESCE(r.memory_mb, 0), n.memory_free_mb))), 0)::bigint,
+       COALESCE(sum(GREATEST(0, n.gpus - COALESCE(r.gpu, 0))), 0)::bigint,
+       COALESCE(sum(r.cpu), 0)::float8, COALESCE(sum(r.memory_mb), 0)::bigint, COALESCE(sum(r.gpu), 0)::bigint,
+       COALESCE(sum(r.replicas), 0)::bigint
+FROM n LEFT JOIN ({_reserved("TRUE")}) r USING (node_id)
+GROUP BY n.listed
 """
 _MAX_SEQ = 2**63 - 1
+_MIN_TIME = datetime(1, 1, 1, tzinfo=UTC)
 
 
 class Tx:
@@ -320,8 +382,26 @@ class Database:
         """(job_id, body) of every event of these jobs, in no particular order."""
         return [(r[0], r[1]) for r in await self._query(_EVENTS_OF, list(job_ids))]
 
-    async def nodes(self) -> list[NodeListRow]:
-        return [
-            NodeListRow(status=r[0], cpu=r[1], memory_mb=r[2], gpu=r[3], replicas=r[4])
-            for r in await self._query(_NODES)
-        ]
+    async def job_events_page(self, job_id: str, after: EventPosition | None, limit: int) -> list[EventPageRow]:
+        """Up to ``limit`` of a job's events, oldest first, strictly after ``after`` when given."""
+        at, seq, key = after if after is not None else (_MIN_TIME, -1, "")
+        rows = await self._query(_JOB_EVENTS_PAGE, job_id, at, seq, key, limit)
+        return [EventPageRow(position=(r[0], r[1], r[2]), body=r[3]) for r in rows]
+
+    async def node_page(
+        self, after: str, state: str | None, labels: dict[str, str] | None, stale_before: datetime, limit: int
+    ) -> list[NodeListRow]:
+        """Up to ``limit`` nodes in ``node_id`` order after ``after``, filtered by listed state and labels."""
+        rows = await self._query(_NODE_PAGE, stale_before, state, _label_param(labels), after, limit)
+        return [NodeListRow(node_id=r[0], status=r[1], cpu=r[2], memory_mb=r[3], gpu=r[4], replicas=r[5]) for r in rows]
+
+    async def node_summary(
+        self, state: str | None, labels: dict[str, str] | None, stale_before: datetime
+    ) -> list[NodeSummaryRow]:
+        """One row per listed state of the matching nodes: counts, capacity, free and reserved, summed."""
+        rows = await self._query(_NODE_SUMMARY, stale_before, state, _label_param(labels))
+        return [NodeSummaryRow(*r) for r in rows]
+
+
+def _label_param(labels: dict[str, str] | None) -> str | None:
+    return _rows_enc.encode(labels).decode() if labels else None

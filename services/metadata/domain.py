@@ -314,6 +314,60 @@ def decode_cursor(cursor: str) -> int:
     return int(digits)
 
 
+# --- the node.list and job.events cursors -------------------------------------
+_NODE_CURSOR = b"n1:"
+_EVENT_CURSOR = b"e1:"
+
+
+def _opaque(prefix: bytes, text: str) -> str:
+    return base64.urlsafe_b64encode(prefix + text.encode()).decode().rstrip("=")
+
+
+def _unwrap(prefix: bytes, cursor: str, what: str) -> str:
+    try:
+        raw = base64.urlsafe_b64decode(cursor + "=" * (-len(cursor) % 4))
+        if raw.startswith(prefix):
+            return raw[len(prefix) :].decode()
+    except (binascii.Error, ValueError):
+        pass
+    raise BadCursor(f"not a cursor returned by {what}")
+
+
+def encode_node_cursor(node_id: str) -> str:
+    """``node.list``'s ``next``: the last node returned (pages are in ``node_id`` order)."""
+    return _opaque(_NODE_CURSOR, node_id)
+
+
+def decode_node_cursor(cursor: str) -> str:
+    node_id = _unwrap(_NODE_CURSOR, cursor, s.NODE_LIST)
+    if not node_id:
+        raise BadCursor(f"not a cursor returned by {s.NODE_LIST}")
+    return node_id
+
+
+def encode_event_cursor(at: datetime, stream_seq: int, event_key: str) -> str:
+    """``job.events``' ``next``: the position of the last event returned (``at, stream_seq, event_key``)."""
+    return _opaque(_EVENT_CURSOR, f"{at.isoformat()}|{stream_seq}|{event_key}")
+
+
+def decode_event_cursor(cursor: str) -> tuple[datetime, int, str]:
+    at, _, rest = _unwrap(_EVENT_CURSOR, cursor, s.JOB_EVENTS).partition("|")
+    seq, _, key = rest.partition("|")
+    try:
+        when = datetime.fromisoformat(at)
+        if when.tzinfo is None or not seq.isdigit() or len(seq) > 19:
+            raise ValueError(at)
+    except ValueError:
+        raise BadCursor(f"not a cursor returned by {s.JOB_EVENTS}") from None
+    return when, int(seq), key
+
+
+def label_filter(label: str) -> dict[str, str]:
+    """``key=value`` as ``{key: value}`` (the request's pattern guarantees the ``=``)."""
+    key, _, value = label.partition("=")
+    return {key: value}
+
+
 def _min(a: datetime | None, b: datetime | None) -> datetime | None:
     if a is None:
         return b
@@ -338,8 +392,13 @@ __all__ = [
     "Mark",
     "apply",
     "decode_cursor",
+    "decode_event_cursor",
+    "decode_node_cursor",
     "derive",
     "encode_cursor",
+    "encode_event_cursor",
+    "encode_node_cursor",
+    "label_filter",
     "mark_of",
     "merge",
     "node_active",

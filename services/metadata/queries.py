@@ -7,7 +7,8 @@ an outage of the database answers 503.
 from __future__ import annotations
 
 from collections.abc import Awaitable, Callable
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
+from typing import TypeVar, get_args
 
 import msgspec
 import structlog
@@ -16,18 +17,20 @@ from nats.aio.msg import Msg
 from schemas import events as ev
 from schemas import subjects as s
 from schemas.replies import (
-    JobEventsReply,
-    JobListReply,
-    JobRecord,
+    Capacity,
+    JobEventsRequest,
     JobRef,
     ListRequest,
-    NodeListReply,
+    NodeFilterState,
     NodeListRequest,
     NodeRecord,
+    NodeSummary,
+    NodeSummaryReply,
     Reserved,
 )
 from services.metadata import domain
-from services.metadata.adapters import Database, is_unavailable
+from services.metadata.adapters import Database, EventPosition, NodeListRow, NodeSummaryRow, is_unavailable
+from services.metadata.paging import Budget, Page
 from services.metadata.projector import fold_bodies
 from services.runtime.micro import RequestError
 
@@ -38,6 +41,8 @@ _enc = msgspec.json.Encoder()
 _job_ref = msgspec.json.Decoder(JobRef)
 _list_req = msgspec.json.Decoder(ListRequest)
 _node_list_req = msgspec.json.Decoder(NodeListRequest)
+_events_req = msgspec.json.Decoder(JobEventsRequest)
+T = TypeVar("T")
 
 UNAVAILABLE = "the metadata store (PostgreSQL) is unavailable; retry later"
 
@@ -47,12 +52,25 @@ def _body(msg: Msg) -> bytes:
     return msg.data if msg.data.strip() else b"{}"
 
 
-class Queries:
-    """``job.get``, ``job.list``, ``job.events``, ``node.list``."""
+_FOLD_CHUNK = 100
+"""Jobs whose events are read and folded at a time while a ``job.list`` page is filled."""
 
-    def __init__(self, db: Database, node_ttl_s: float) -> None:
+
+def _cursor(decode: Callable[[str], T], cursor: str | None) -> T | None:
+    try:
+        return decode(cursor) if cursor is not None else None
+    except domain.BadCursor as e:
+        raise RequestError(400, str(e), field="after") from None
+
+
+class Queries:
+    """``job.get``, ``job.list``, ``job.events``, ``node.list``; list replies are pages bounded by
+    ``budget`` (see :mod:`services.metadata.paging`)."""
+
+    def __init__(self, db: Database, node_ttl_s: float, budget: Budget | None = None) -> None:
         self._db = db
         self._node_ttl_s = node_ttl_s
+        self._budget = budget or Budget.for_max_payload(1024 * 1024)
 
     async def job_get(self, msg: Msg) -> bytes:
         ref = _job_ref.decode(msg.data)
@@ -60,56 +78,86 @@ class Queries:
         record = domain.to_record(view) if view is not None else None
         if record is None:
             raise RequestError(404, f"unknown job {ref.job_id}", field="job_id", job_id=ref.job_id)
-        return _enc.encode(record)
+        body = _enc.encode(record)
+        if len(body) > self._budget.item_bytes:
+            raise RequestError(413, f"the record of job {ref.job_id} is {len(body)} bytes, more than a reply can carry")
+        return body
 
     async def job_list(self, msg: Msg) -> bytes:
+        """Full records, newest first, until ``limit`` or the byte budget; ``next`` follows the last one."""
         req = _list_req.decode(_body(msg))
-        try:
-            before = domain.decode_cursor(req.after) if req.after is not None else None
-        except domain.BadCursor as e:
-            raise RequestError(400, str(e), field="after") from None
+        before = _cursor(domain.decode_cursor, req.after)
         rows = await self._db.list_jobs(req.state, before, req.limit + 1)
-        page, more = rows[: req.limit], len(rows) > req.limit
-        views = fold_bodies(await self._db.events_of([job_id for _, job_id in page])) if page else {}
-        jobs: list[JobRecord] = []
-        for _, job_id in page:
-            view = views.get(job_id)
-            record = domain.to_record(view) if view is not None else None
-            if record is not None:
-                jobs.append(record)
-        next_cursor = domain.encode_cursor(page[-1][0]) if more and page else None
-        return _enc.encode(JobListReply(jobs=jobs, next=next_cursor))
+        page = Page(self._budget, req.limit)
+        last: int | None = None
+        wanted = rows[: req.limit]
+        for i in range(0, len(wanted), _FOLD_CHUNK):
+            chunk = wanted[i : i + _FOLD_CHUNK]
+            views = fold_bodies(await self._db.events_of([job_id for _, job_id in chunk]))
+            for seq, job_id in chunk:
+                view = views.get(job_id)
+                record = domain.to_record(view) if view is not None else None
+                if record is not None and not page.add(_enc.encode(record), what=f"the record of job {job_id}"):
+                    break
+                last = seq  # a job without a record yet is passed over, as before
+            if page.full:
+                break
+        more = page.full or len(rows) > req.limit
+        return page.reply("jobs", domain.encode_cursor(last) if more and last is not None else None)
 
     async def job_events(self, msg: Msg) -> bytes:
-        ref = _job_ref.decode(msg.data)
-        bodies = await self._db.job_events(ref.job_id)
-        if not bodies:
-            raise RequestError(404, f"unknown job {ref.job_id}", field="job_id", job_id=ref.job_id)
-        return _enc.encode(JobEventsReply(events=[msgspec.Raw(b.encode()) for b in bodies]))
+        """The job's events as published, oldest first, paged like ``job.list``."""
+        req = _events_req.decode(msg.data)
+        after = _cursor(domain.decode_event_cursor, req.after)
+        rows = await self._db.job_events_page(req.job_id, after, req.limit + 1)
+        if not rows and after is None:
+            raise RequestError(404, f"unknown job {req.job_id}", field="job_id", job_id=req.job_id)
+        page = Page(self._budget, req.limit)
+        last: EventPosition | None = None
+        for row in rows[: req.limit]:
+            if not page.add(row.body.encode(), what=f"event {row.position[2]} of job {req.job_id}"):
+                break
+            last = row.position
+        more = page.full or len(rows) > req.limit
+        return page.reply("events", domain.encode_event_cursor(*last) if more and last is not None else None)
 
     async def node_list(self, msg: Msg) -> bytes:
-        _node_list_req.decode(_body(msg))
+        """A page of nodes in ``node_id`` order, or (``summary``) the matching fleet in one small reply."""
+        req = _node_list_req.decode(_body(msg))
+        after = _cursor(domain.decode_node_cursor, req.after)
+        labels = domain.label_filter(req.label) if req.label is not None else None
         now = datetime.now(UTC)
-        nodes: list[NodeRecord] = []
-        for row in await self._db.nodes():
-            st = _status_decoder.decode(row.status)
-            nodes.append(
-                NodeRecord(
-                    node_id=st.node_id,
-                    state=st.state,
-                    active=domain.node_active(st.state, st.at, now, self._node_ttl_s),
-                    at=st.at,
-                    technologies=st.technologies,
-                    labels=st.labels,
-                    cpu_cores=st.cpu_cores,
-                    cpu_free=st.cpu_free,
-                    memory_mb=st.memory_mb,
-                    memory_free_mb=st.memory_free_mb,
-                    gpus=st.gpus,
-                    reserved=Reserved(cpu=row.cpu, memory_mb=row.memory_mb, gpu=row.gpu, replicas=row.replicas),
-                )
+        stale_before = now - timedelta(seconds=self._node_ttl_s)
+        if req.summary:
+            return _enc.encode(
+                NodeSummaryReply(summary=_summary(await self._db.node_summary(req.state, labels, stale_before)))
             )
-        return _enc.encode(NodeListReply(nodes=nodes))
+        rows = await self._db.node_page(after or "", req.state, labels, stale_before, req.limit + 1)
+        page = Page(self._budget, req.limit)
+        last: str | None = None
+        for row in rows[: req.limit]:
+            if not page.add(_enc.encode(self._node_record(row, now)), what=f"node {row.node_id}"):
+                break
+            last = row.node_id
+        more = page.full or len(rows) > req.limit
+        return page.reply("nodes", domain.encode_node_cursor(last) if more and last is not None else None)
+
+    def _node_record(self, row: NodeListRow, now: datetime) -> NodeRecord:
+        st = _status_decoder.decode(row.status)
+        return NodeRecord(
+            node_id=st.node_id,
+            state=st.state,
+            active=domain.node_active(st.state, st.at, now, self._node_ttl_s),
+            at=st.at,
+            technologies=st.technologies,
+            labels=st.labels,
+            cpu_cores=st.cpu_cores,
+            cpu_free=st.cpu_free,
+            memory_mb=st.memory_mb,
+            memory_free_mb=st.memory_free_mb,
+            gpus=st.gpus,
+            reserved=Reserved(cpu=row.cpu, memory_mb=row.memory_mb, gpu=row.gpu, replicas=row.replicas),
+        )
 
     def endpoints(self) -> list[tuple[str, str, Callable[[Msg], Awaitable[bytes]], dict[str, str]]]:
         """(name, subject, handler, metadata) of each endpoint, outages answered with 503."""
@@ -121,12 +169,47 @@ class Queries:
                     "list",
                     s.JOB_LIST,
                     self.job_list,
-                    {"request": "{state?, limit? (1-1000, default 100), after?}", "reply": "{jobs, next}"},
+                    {
+                        "request": "{state?, limit? (1-1000, default 100), after?}",
+                        "reply": "{jobs, next, count} newest first, a page bounded by bytes",
+                    },
                 ),
-                ("events", s.JOB_EVENTS, self.job_events, {"request": "{job_id}", "reply": "{events} oldest first"}),
-                ("nodes", s.NODE_LIST, self.node_list, {"request": "{}", "reply": "{nodes}"}),
+                (
+                    "events",
+                    s.JOB_EVENTS,
+                    self.job_events,
+                    {
+                        "request": "{job_id, limit? (1-1000, default 1000), after?}",
+                        "reply": "{events, next, count} oldest first, a page bounded by bytes",
+                    },
+                ),
+                (
+                    "nodes",
+                    s.NODE_LIST,
+                    self.node_list,
+                    {
+                        "request": "{limit? (1-5000, default 500), after?, state?, label? (key=value), summary?}",
+                        "reply": "{nodes, next, count} by node_id, a page bounded by bytes; or {summary}",
+                    },
+                ),
             )
         ]
+
+
+def _summary(rows: list[NodeSummaryRow]) -> NodeSummary:
+    """The per-state rows summed: counts of every state; capacity and free of the active nodes."""
+    states = dict.fromkeys(get_args(NodeFilterState), 0)
+    capacity, free, reserved = Capacity(), Capacity(), Reserved()
+    for r in rows:
+        states[r.listed] = states.get(r.listed, 0) + r.nodes
+        reserved.cpu += r.reserved_cpu
+        reserved.memory_mb += r.reserved_memory_mb
+        reserved.gpu += r.reserved_gpu
+        reserved.replicas += r.replicas
+        if r.listed == "active":
+            capacity = Capacity(cpu=r.cpu, memory_mb=r.memory_mb, gpu=r.gpu)
+            free = Capacity(cpu=r.free_cpu, memory_mb=r.free_memory_mb, gpu=r.free_gpu)
+    return NodeSummary(total=sum(states.values()), states=states, capacity=capacity, free=free, reserved=reserved)
 
 
 def _unavailable_is_503(handler: Callable[[Msg], Awaitable[bytes]]) -> Callable[[Msg], Awaitable[bytes]]:

@@ -5,134 +5,27 @@ from __future__ import annotations
 
 import asyncio
 import json
-import uuid
-from collections.abc import Awaitable, Callable, Sequence
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import asyncpg
 import pytest
 from nats.aio.client import Client
-from nats.js import JetStreamContext
 
 from schemas import events as ev
 from schemas import subjects as s
-from schemas.jobs import Constraints, JobSpec, Resources, Workload
 from services.metadata.adapters import Database
-from tests.conftest import Spawn
+from tests.support.api import all_jobs, request, start_metadata
+from tests.support.events import SPEC, lifecycle, node_status, publish
+from tests.support.servers import Spawn
+from tests.support.waiting import eventually
 
 pytestmark = pytest.mark.integration
-
-SPEC = JobSpec(
-    name="demo",
-    technology="docker",
-    replicas=2,
-    resources=Resources(cpu=1.5, memory_mb=512),
-    constraints=Constraints(),
-    cluster="shared",
-    workload=Workload(),
-    strategy="best_fit",
-)
-
-
-def lifecycle(job_id: str, at: datetime, nodes: tuple[str, str] = ("n1", "n2")) -> list[ev.JobEvent]:
-    """submitted, accepted, placement.decided of one shared job of 2 replicas."""
-    return [
-        ev.JobSubmitted(event_id=f"{job_id}:job.submitted", job_id=job_id, at=at, spec=SPEC),
-        ev.JobAccepted(
-            event_id=f"{job_id}:job.accepted",
-            job_id=job_id,
-            at=at + timedelta(milliseconds=5),
-            spec=SPEC,
-            submitted_at=at,
-        ),
-        ev.PlacementDecided(
-            event_id=f"{job_id}:placement.decided",
-            job_id=job_id,
-            at=at + timedelta(milliseconds=10),
-            cluster="shared",
-            technology="docker",
-            strategy="best_fit",
-            assignments=[ev.Assignment(replica=0, node_id=nodes[0]), ev.Assignment(replica=1, node_id=nodes[1])],
-            candidates=[ev.Candidate(node_id=n, cpu_free=8.0, memory_free_mb=16384) for n in nodes],
-            resources=SPEC.resources,
-        ),
-    ]
-
-
-def node_status(node_id: str, at: datetime, cpu_free: float = 8.0) -> ev.NodeStatus:
-    return ev.NodeStatus(
-        node_id=node_id,
-        at=at,
-        state="active",
-        technologies=["docker"],
-        cpu_cores=8,
-        cpu_free=cpu_free,
-        memory_mb=16384,
-        memory_free_mb=16000,
-        labels={"zone": "a"},
-    )
-
-
-async def publish(js: JetStreamContext, events: Sequence[ev.Event], *, redeliver: bool = False) -> None:
-    """Publish events (pipelined). ``redeliver``: a fresh ``Nats-Msg-Id``, so the stream keeps the copy and
-    the projection sees the same ``event_id`` twice, as after a redelivery."""
-    futures = []
-    for e in events:
-        msg_id = f"{e.event_id or ev.subject_of(e)}:{uuid.uuid4().hex if redeliver else ''}"
-        futures.append(await js.publish_async(ev.commit_subject_of(e), ev.encode(e), headers={s.MSG_ID_HEADER: msg_id}))
-    await asyncio.gather(*futures)
-
-
-async def request(nc: Client, subject: str, body: dict[str, Any] | bytes) -> tuple[int, Any]:
-    """(code, decoded body): 200 for a success reply, else the error code."""
-    data = body if isinstance(body, bytes) else json.dumps(body).encode()
-    reply = await nc.request(subject, data, timeout=5)
-    code = int(reply.headers[s.ERROR_CODE_HEADER]) if reply.headers and s.ERROR_CODE_HEADER in reply.headers else 200
-    return code, json.loads(reply.data)
-
-
-async def eventually(check: Callable[[], Awaitable[bool]], timeout: float = 20.0, what: str = "condition") -> None:
-    """Poll ``check`` every 50 ms until it holds (no sleeping on guesses)."""
-    loop = asyncio.get_running_loop()
-    deadline = loop.time() + timeout
-    while not await check():
-        if loop.time() > deadline:
-            raise TimeoutError(f"not reached within {timeout} s: {what}")
-        await asyncio.sleep(0.05)
 
 
 async def job_state(nc: Client, job_id: str) -> str | None:
     code, body = await request(nc, s.JOB_GET, {"job_id": job_id})
     return body["state"] if code == 200 else None
-
-
-async def all_jobs(nc: Client, limit: int, state: str | None = None) -> list[str]:
-    ids: list[str] = []
-    after: str | None = None
-    while True:
-        req: dict[str, Any] = {"limit": limit}
-        if after:
-            req["after"] = after
-        if state:
-            req["state"] = state
-        code, body = await request(nc, s.JOB_LIST, req)
-        assert code == 200, body
-        assert len(body["jobs"]) <= limit
-        ids += [j["job_id"] for j in body["jobs"]]
-        after = body["next"]
-        if after is None:
-            return ids
-
-
-async def start_metadata(nc: Client, services: Spawn, database_url: str, **env: str) -> None:
-    """Start the service and wait until its queries answer (503 until the schema is migrated)."""
-    await services("metadata", env={"DATABASE_URL": database_url, **env})
-
-    async def ready() -> bool:
-        return (await request(nc, s.JOB_LIST, {"limit": 1}))[0] == 200
-
-    await eventually(ready, what="metadata queries answer")
 
 
 T0 = datetime(2025, 1, 1, tzinfo=UTC)
@@ -280,7 +173,7 @@ async def test_migrations_are_applied_once_when_instances_start_together(databas
         await db.open()
     try:
         applied = await asyncio.gather(*(db.migrate() for db in dbs))
-        assert sorted(len(a) for a in applied) == [0, 0, 4]
+        assert sorted(len(a) for a in applied) == [0, 0, 5]
         async with await _connect(database_url) as conn:
             rows = await conn.fetch("SELECT version, name FROM schema_migrations ORDER BY version")
         assert [(r["version"], r["name"]) for r in rows] == [
@@ -288,6 +181,7 @@ async def test_migrations_are_applied_once_when_instances_start_together(databas
             (2, "cache_tokens"),
             (3, "views_from_events"),
             (4, "reservations_in_jobs"),
+            (5, "node_columns"),
         ]
         assert await dbs[0].migrate() == []
     finally:
