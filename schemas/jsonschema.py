@@ -86,19 +86,29 @@ REQUESTS: dict[str, RequestContract] = {
         served_by="metadata",
         request=(rp.ListRequest,),
         reply=(rp.JobListReply,),
-        description="Job records, newest first, paged by the opaque cursor `next` (an empty body means {}).",
+        description=(
+            "Full job records, newest first, in pages bounded by count (`limit`) and by bytes (a reply always fits "
+            "in max_payload), `count` items each, the rest after the opaque cursor `next` (an empty body means {})."
+        ),
     ),
     s.JOB_EVENTS: RequestContract(
         served_by="metadata",
-        request=(rp.JobRef,),
+        request=(rp.JobEventsRequest,),
         reply=(rp.JobEventsReply,),
-        description="A job's events as published, oldest first (404 unknown job).",
+        description=(
+            "A job's events as published, oldest first, in pages bounded by count and bytes, "
+            "the rest after the opaque cursor `next` (404 unknown job)."
+        ),
     ),
     s.NODE_LIST: RequestContract(
         served_by="metadata",
         request=(rp.NodeListRequest,),
-        reply=(rp.NodeListReply,),
-        description="Every known node: last status, whether it is active, reserved amounts (an empty body means {}).",
+        reply=(rp.NodeListReply, rp.NodeSummaryReply),
+        description=(
+            "Known nodes in node_id order (last status, whether active, reserved amounts), in pages bounded by count "
+            "and bytes, the rest after the opaque cursor `next`, filtered by `state` and `label`; with "
+            "`summary: true`, counts per state and the fleet's capacity in one small reply (an empty body means {})."
+        ),
     ),
 }
 
