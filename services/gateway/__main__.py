@@ -2,14 +2,14 @@
 
 from __future__ import annotations
 
-import asyncio
 import contextlib
 
 from schemas import subjects as s
 from services.gateway.admission import Admission
 from services.gateway.handlers import MAX_BODY, Decisions, Gateway
 from services.gateway.lifecycle import JobStates, Lifecycle
-from services.runtime.app import VERSION, Runtime, run
+from services.runtime.app import VERSION, Runtime, background, run
+from services.runtime.backoff import sleep_unless
 from services.runtime.micro import MicroService
 from services.runtime.publisher import Publisher
 
@@ -20,58 +20,56 @@ async def main(rt: Runtime) -> None:
     gw = Gateway(Publisher(rt.js), rt.config, decisions, admission)
 
     async def drop_idle_subscriptions() -> None:
-        while not rt.stop.is_set():
-            with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(rt.stop.wait(), 10)
+        while not await sleep_unless(rt.stop, 10):
             await decisions.drop_idle()
+        await decisions.drop_idle()
 
-    janitor = asyncio.create_task(drop_idle_subscriptions())
-    shedding = asyncio.create_task(admission.run(rt.stop))
     states = JobStates()
-    await states.start(rt.js)
-    lifecycle = Lifecycle(rt.js, Publisher(rt.js), states, rt.config.lifecycle.state_sync_timeout_s)
-    svc = MicroService(
-        rt.nc,
-        name="gateway",
-        version=VERSION,
-        description="Request-reply front door: submits jobs and answers placement requests",
-        metadata=rt.metadata(),
-    )
-    await svc.start()
-    await svc.add_endpoint(
-        "submit",
-        s.JOB_SUBMIT,
-        gw.submit,
-        max_body=MAX_BODY,
-        metadata={"request": "JobSpec", "reply": "{job_id, state}"},
-    )
-    await svc.add_endpoint(
-        "placement_request",
-        s.PLACEMENT_REQUEST,
-        gw.placement_request,
-        max_body=MAX_BODY,
-        metadata={"request": "JobSpec", "reply": "placement.decided | placement.failed | job.rejected event"},
-    )
-    await svc.add_endpoint(
-        "cancel",
-        s.JOB_CANCEL,
-        lifecycle.cancel,
-        max_body=MAX_BODY,
-        metadata={"request": "{job_id}", "reply": "{job_id, state}"},
-    )
-    await svc.add_endpoint(
-        "complete",
-        s.JOB_COMPLETE,
-        lifecycle.complete,
-        max_body=MAX_BODY,
-        metadata={"request": "{job_id, outcome, message?}", "reply": "{job_id, state}"},
-    )
-    rt.log.info("started")
-    await rt.stop.wait()
-    await svc.stop()
-    await janitor
-    await shedding
-    await states.stop()
+    async with contextlib.AsyncExitStack() as stack:  # stopped in reverse: endpoints first
+        background(stack, rt.stop, drop_idle_subscriptions())
+        background(stack, rt.stop, admission.run(rt.stop))
+        await states.start(rt.js)
+        stack.push_async_callback(states.stop)
+        lifecycle = Lifecycle(rt.js, Publisher(rt.js), states, rt.config.lifecycle.state_sync_timeout_s)
+        svc = await stack.enter_async_context(
+            MicroService(
+                rt.nc,
+                name="gateway",
+                version=VERSION,
+                description="Request-reply front door: submits jobs and answers placement requests",
+                metadata=rt.metadata(),
+            )
+        )
+        await svc.add_endpoint(
+            "submit",
+            s.JOB_SUBMIT,
+            gw.submit,
+            max_body=MAX_BODY,
+            metadata={"request": "JobSpec", "reply": "{job_id, state}"},
+        )
+        await svc.add_endpoint(
+            "placement_request",
+            s.PLACEMENT_REQUEST,
+            gw.placement_request,
+            max_body=MAX_BODY,
+            metadata={"request": "JobSpec", "reply": "placement.decided | placement.failed | job.rejected event"},
+        )
+        await svc.add_endpoint(
+            "cancel",
+            s.JOB_CANCEL,
+            lifecycle.cancel,
+            max_body=MAX_BODY,
+            metadata={"request": "{job_id}", "reply": "{job_id, state}"},
+        )
+        await svc.add_endpoint(
+            "complete",
+            s.JOB_COMPLETE,
+            lifecycle.complete,
+            max_body=MAX_BODY,
+            metadata={"request": "{job_id, outcome, message?}", "reply": "{job_id, state}"},
+        )
+        rt.log.info("started")
+        await rt.stop.wait()
 
 
 if __name__ == "__main__":

@@ -52,20 +52,18 @@ async def main(rt: Runtime) -> None:
     async def on_batch(items: Sequence[tuple[ev.JobSubmitted, Delivery]]) -> None:
         await publisher.publish_many([verdict_event(event, rt.config) for event, _ in items])
 
-    svc = MicroService(
+    consumer = BatchConsumer(
+        rt.js, s.INTAKE_JOBS, decoder, on_batch, service="intake", batch=512, transient=is_transient
+    )
+    async with MicroService(
         rt.nc,
         name="intake",
         version=VERSION,
         description="Admission policy for submitted jobs",
         metadata=rt.metadata(consumers=f"{s.JOBS.name}/{s.INTAKE_JOBS.durable}"),
-    )
-    await svc.start()
-    consumer = BatchConsumer(
-        rt.js, s.INTAKE_JOBS, decoder, on_batch, service="intake", batch=512, transient=is_transient
-    )
-    rt.log.info("started")
-    await consumer.run(rt.stop)
-    await svc.stop()
+    ):
+        rt.log.info("started")
+        await consumer.run(rt.stop)
 
 
 if __name__ == "__main__":

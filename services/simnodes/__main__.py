@@ -10,6 +10,7 @@ import signal
 
 from schemas import events as ev
 from services.runtime.app import connect
+from services.runtime.backoff import sleep_unless
 from services.runtime.config import load_settings
 from services.runtime.log import configure
 from services.simnodes.fleet import Fleet, per_slice
@@ -18,32 +19,32 @@ from services.simnodes.fleet import Fleet, per_slice
 async def publish_forever(count: int, interval: float, seed: int) -> None:
     settings = load_settings()
     log = configure("simnodes", settings.log_format, settings.log_level)
-    nc = await connect(settings, "simnodes")
-    stop = asyncio.Event()
-    loop = asyncio.get_running_loop()
-    for sig in (signal.SIGTERM, signal.SIGINT):
-        loop.add_signal_handler(sig, stop.set)
-    fleet = Fleet(count, seed)
-    log.info("publishing node status", nodes=count, interval_s=interval)
-    # The whole fleet at once first (placement knows every node at start-up), then spread
-    # evenly over each interval: a fleet reporting in one burst every few seconds would
-    # stall its consumers periodically, which no real, unsynchronised fleet does.
-    for status in fleet.tick():
-        await nc.publish(ev.subject_of(status), ev.encode(status))
-    await nc.flush()
-    step = min(0.05, interval)
-    n = per_slice(count, interval, step)
-    i = 0
-    next_at = loop.time() + step
-    while not stop.is_set():
-        with contextlib.suppress(TimeoutError):
-            await asyncio.wait_for(stop.wait(), max(0.0, next_at - loop.time()))
-        next_at += step
-        for _ in range(n):
-            status = fleet.status(i)
-            i = (i + 1) % count
+    async with contextlib.AsyncExitStack() as stack:
+        nc = await connect(settings, "simnodes")
+        stack.push_async_callback(nc.drain)
+        stop = asyncio.Event()  # signals handled once connected: until then SIGTERM just ends the process
+        loop = asyncio.get_running_loop()
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            loop.add_signal_handler(sig, stop.set)
+        fleet = Fleet(count, seed)
+        log.info("publishing node status", nodes=count, interval_s=interval)
+        # The whole fleet at once first (placement knows every node at start-up), then spread
+        # evenly over each interval: a fleet reporting in one burst every few seconds would
+        # stall its consumers periodically, which no real, unsynchronised fleet does.
+        for status in fleet.tick():
             await nc.publish(ev.subject_of(status), ev.encode(status))
-    await nc.drain()
+        await nc.flush()
+        step = min(0.05, interval)
+        n = per_slice(count, interval, step)
+        i = 0
+        next_at = loop.time() + step
+        while not stop.is_set():
+            await sleep_unless(stop, max(0.0, next_at - loop.time()))
+            next_at += step
+            for _ in range(n):
+                status = fleet.status(i)
+                i = (i + 1) % count
+                await nc.publish(ev.subject_of(status), ev.encode(status))
 
 
 def main() -> None:

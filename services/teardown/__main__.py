@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 
 from schemas import subjects as s
 from services.cloud.ec2 import Ec2
@@ -20,16 +21,20 @@ SPECS = (s.TEARDOWN_JOBS, s.TEARDOWN_PLACEMENTS, s.TEARDOWN_CLUSTERS)
 
 async def main(rt: Runtime) -> None:
     store = LifecycleStore(await lifecycle_bucket(rt.js, rt.settings.stream_replicas))
-    svc = MicroService(
-        rt.nc,
-        name="teardown",
-        version=VERSION,
-        description="Ends jobs exactly once: terminates instances, releases reservations, expiry, orphan reaper",
-        metadata=rt.metadata(consumers=",".join(f"{c.stream}/{c.durable}" for c in SPECS)),
-    )
-    async with Ec2.open(rt.settings, rt.config.aws) as ec2:
+    async with contextlib.AsyncExitStack() as stack:  # stopped in reverse: endpoints, then EC2
+        ec2 = await stack.enter_async_context(Ec2.open(rt.settings, rt.config.aws))
         td = Teardown(store, ec2, Publisher(rt.js), rt.config.lifecycle)
-        await svc.start()
+        await stack.enter_async_context(
+            MicroService(
+                rt.nc,
+                name="teardown",
+                version=VERSION,
+                description=(
+                    "Ends jobs exactly once: terminates instances, releases reservations, expiry, orphan reaper"
+                ),
+                metadata=rt.metadata(consumers=",".join(f"{c.stream}/{c.durable}" for c in SPECS)),
+            )
+        )
         # JOBS in stream order, so a job's accepted is recorded before its end trigger (batched
         # fetches all the same: one pull request per message cost more than the handling).
         consumers = [
@@ -47,7 +52,6 @@ async def main(rt: Runtime) -> None:
         ]
         rt.log.info("started", endpoint=rt.settings.aws_endpoint_url or "aws")
         await asyncio.gather(*(c.run(rt.stop) for c in consumers), td.expiry_loop(rt.stop), td.reaper_loop(rt.stop))
-        await svc.stop()
 
 
 if __name__ == "__main__":
