@@ -2,33 +2,29 @@
 
 from __future__ import annotations
 
-import asyncio
-import json
 import os
 import uuid
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
 from pathlib import Path
-from typing import Any
 
 import nats
 import pytest
 from nats.aio.client import Client
 
 from services.devstack import Moto, NatsServer, Postgres, ServiceProcess, database_url_from_env, spawn_service
-from services.devstack.credentials import Role, apply_server_defaults, client_environ, password
+from services.devstack.credentials import apply_server_defaults, client_environ
 
-REPO = Path(__file__).resolve().parent.parent
+# the shared helpers assert too: rewrite their asserts as in test modules (before they are imported)
+pytest.register_assert_rewrite("tests.support")
+
+from tests.support.events import Events  # noqa: E402
+from tests.support.servers import REPO, Spawn, create_database, nats_auth, wait_for_services  # noqa: E402
 
 # nats.conf reads every user's password from the environment: nats-servers started by the tests inherit
 # the development defaults (unless set), and service processes spawned directly connect as `services`.
 apply_server_defaults()
 for _name, _value in client_environ("services").items():
     os.environ.setdefault(_name, _value)
-
-
-def nats_auth(role: Role = "admin") -> dict[str, str]:
-    """``nats.connect(url, **nats_auth("manager"))``: the credentials of a role of nats.conf."""
-    return {"user": role, "password": password(role)}
 
 
 @pytest.fixture
@@ -63,13 +59,7 @@ async def database_url(postgres_server: str) -> AsyncIterator[str]:
     import asyncpg
 
     name = f"t_{uuid.uuid4().hex[:12]}"
-    admin = await asyncpg.connect(postgres_server)
-    try:
-        await admin.execute(f'CREATE DATABASE "{name}"')
-    finally:
-        await admin.close()
-    base, _, _ = postgres_server.rpartition("/")
-    yield f"{base}/{name}"
+    yield await create_database(postgres_server, name)
     admin = await asyncpg.connect(postgres_server)
     try:
         await admin.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
@@ -105,28 +95,6 @@ async def nc(nats_server: NatsServer) -> AsyncIterator[Client]:
         await client.close()
 
 
-async def wait_for_services(client: Client, names: list[str], timeout: float = 30.0) -> None:
-    """Wait until every named micro service answers ``$SRV.PING.<name>`` (no sleeping on guesses)."""
-    loop = asyncio.get_running_loop()
-    deadline = loop.time() + timeout
-    pending = set(names)
-    while pending:
-        for name in list(pending):
-            try:
-                msg = await client.request(f"$SRV.PING.{name}", b"", timeout=0.5)
-            except (nats.errors.NoRespondersError, nats.errors.TimeoutError):
-                continue
-            if json.loads(msg.data).get("name") == name:
-                pending.discard(name)
-        if pending:
-            if loop.time() > deadline:
-                raise TimeoutError(f"services not up: {sorted(pending)}")
-            await asyncio.sleep(0.1)
-
-
-Spawn = Callable[..., Awaitable[list[ServiceProcess]]]
-
-
 @pytest.fixture
 async def services(nats_server: NatsServer, nc: Client, tmp_path: Path) -> AsyncIterator[Spawn]:
     """Start services as real processes (``python -m services.<name>``) and wait until they are up."""
@@ -152,25 +120,6 @@ async def services(nats_server: NatsServer, nc: Client, tmp_path: Path) -> Async
         codes = {p.name: p.stop() for p in started}
         crashed = {n: c for n, c in codes.items() if c not in (0, -15, -9)}
         assert not crashed, f"services exited badly: {crashed}"
-
-
-class Events:
-    """A core subscription collecting events by job id, to wait on an event itself."""
-
-    def __init__(self) -> None:
-        self.by_job: dict[str, list[dict[str, Any]]] = {}
-        self._changed = asyncio.Condition()
-
-    async def cb(self, msg: Any) -> None:
-        data = json.loads(msg.data)
-        async with self._changed:
-            self.by_job.setdefault(data.get("job_id", ""), []).append(data)
-            self._changed.notify_all()
-
-    async def wait(self, job_id: str, timeout: float = 10.0) -> dict[str, Any]:
-        async with self._changed:
-            await asyncio.wait_for(self._changed.wait_for(lambda: job_id in self.by_job), timeout)
-            return self.by_job[job_id][0]
 
 
 @pytest.fixture

@@ -34,7 +34,11 @@ OUT = Path("bench-results")
 async def _one_run(rate: int) -> dict[str, Any]:
     """In a child process whose ``sys.path`` starts with the revision's worktree."""
     from tests.bench import pipeline as p
-    from tests.bench._system import system
+
+    try:
+        from tests.support.system import system
+    except ModuleNotFoundError:  # a revision from before tests.support
+        from tests.bench._system import system  # type: ignore[no-redef]
 
     async with system(p.SERVICES, sim_nodes=p.NODES, sim_interval=5.0) as (sysm, nc):
         col = p.Collector()

@@ -43,7 +43,8 @@ from services.runtime.publisher import Publisher
 from services.teardown.domain import nothing_to_track
 from services.teardown.service import decoder as teardown_decoder
 from tests.bench import pipeline
-from tests.bench._system import system, wait_up
+from tests.support.servers import wait_for_services
+from tests.support.system import system
 
 ROLES = ("gateway", "intake", "placement", "metadata", "teardown", "provisioner")
 RATES = [int(r) for r in os.environ.get("BENCH_FLOOR_RATES", "1500,3000").split(",")]
@@ -154,7 +155,7 @@ async def run() -> dict[str, Any]:
             log = sysm.tmp / f"floor-{role}.log"
             argv = [sys.executable, "-m", "tests.bench.floor", role]
             sysm.procs[role] = [ServiceProcess(role, _util.popen_logged(argv, log, env=child_environ(sysm.env)), log)]
-        await wait_up(nc, [f"floor-{r}" for r in ROLES])
+        await wait_for_services(nc, [f"floor-{r}" for r in ROLES], timeout=60)
         col = pipeline.Collector()
         await col.subscribe(nc)
         await pipeline.warm_up(nc, col)

@@ -40,12 +40,13 @@ from schemas import subjects as s
 from schemas.jobs import Constraints, JobSpec, Resources, Workload
 from services.devstack import NatsServer, Postgres, credentials, database_url_from_env, spawn_service
 from services.runtime.streams import ensure_streams
-from tests.bench._system import discard
+from tests.support.procs import TICK, cpu_seconds
+from tests.support.servers import REPO, create_database, nats_auth
+from tests.support.system import discard
+from tests.support.waiting import eventually
 
-REPO = Path(__file__).resolve().parents[2]
 NODES = 500
 SEED = 7
-_TICK = os.sysconf("SC_CLK_TCK")
 
 
 def _spec(rng: random.Random, dedicated: bool) -> JobSpec:
@@ -187,12 +188,6 @@ async def _queries_answer(nc: Client) -> bool:
     return not (reply.headers and s.ERROR_CODE_HEADER in reply.headers)
 
 
-def _cpu_s(pid: int) -> float:
-    with open(f"/proc/{pid}/stat") as f:
-        parts = f.read().rsplit(")", 1)[1].split()
-    return (int(parts[11]) + int(parts[12])) / _TICK
-
-
 def _tree_cpu_s(root: int | None) -> float:
     """CPU seconds of a process and its direct children (the postmaster and its backends)."""
     if root is None:
@@ -207,17 +202,8 @@ def _tree_cpu_s(root: int | None) -> float:
         except OSError:
             continue
         if int(entry) == root or int(parts[1]) == root:
-            total += (int(parts[11]) + int(parts[12])) / _TICK
+            total += (int(parts[11]) + int(parts[12])) / TICK
     return total
-
-
-async def _wait(cond: Any, timeout: float, what: str) -> None:
-    loop = asyncio.get_running_loop()
-    deadline = loop.time() + timeout
-    while not await cond():
-        if loop.time() > deadline:
-            raise TimeoutError(f"metadata bench: {what} not reached in {timeout} s")
-        await asyncio.sleep(0.02)
 
 
 async def _one_run(
@@ -236,24 +222,19 @@ async def _one_run(
         except NotFoundError:
             pass
     db = f"bench_{batch}_{uuid.uuid4().hex[:6]}"
-    admin = await asyncpg.connect(admin_url)
-    try:
-        await admin.execute(f'CREATE DATABASE "{db}"')
-    finally:
-        await admin.close()
-    url = f"{admin_url.rpartition('/')[0]}/{db}"
+    url = await create_database(admin_url, db)
     total = await _stored(js)
     proc = spawn_service(
         "metadata", {**env, "DATABASE_URL": url, "METADATA_BATCH": str(batch)}, log_path=tmp / f"metadata-{batch}.log"
     )
     try:
-        await _wait(lambda: _queries_answer(nc), 60, "metadata up")
-        cpu0, pg0, nats0 = _cpu_s(proc.pid), _tree_cpu_s(pg_pid), _tree_cpu_s(server.pid)
+        await eventually(lambda: _queries_answer(nc), 60, "metadata bench: metadata up", interval=0.02)
+        cpu0, pg0, nats0 = cpu_seconds(proc.pid), _tree_cpu_s(pg_pid), _tree_cpu_s(server.pid)
         load0 = os.getloadavg()[0]
         t0 = time.perf_counter()
-        await _wait(lambda: _drained(js), 600, "drain")
+        await eventually(lambda: _drained(js), 600, "metadata bench: drain", interval=0.02)
         elapsed = time.perf_counter() - t0
-        cpu = _cpu_s(proc.pid) - cpu0
+        cpu = cpu_seconds(proc.pid) - cpu0
         pg_cpu, nats_cpu = _tree_cpu_s(pg_pid) - pg0, _tree_cpu_s(server.pid) - nats0
     finally:
         proc.stop()
@@ -302,9 +283,7 @@ async def run() -> dict[str, Any]:
             "LOG_LEVEL": "warning",
             **credentials.client_environ("services"),
         }
-        nc = await nats.connect(
-            server.url, pending_size=256 * 1024 * 1024, user="admin", password=credentials.password("admin")
-        )
+        nc = await nats.connect(server.url, pending_size=256 * 1024 * 1024, **nats_auth("admin"))
         try:
             js = nc.jetstream(timeout=30)
             await ensure_streams(js)

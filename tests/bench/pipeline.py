@@ -24,7 +24,7 @@ from schemas import subjects as s
 from services.gateway.handlers import job_id_for
 from services.runtime import direct
 from tests.bench._machine import Steal
-from tests.bench._system import System, system
+from tests.support.system import System, system
 
 NODES = int(os.environ.get("BENCH_NODES", "10000"))
 CLOSED_S = float(os.environ.get("BENCH_CLOSED_S", "10"))

@@ -25,9 +25,9 @@ from nats.aio.client import Client
 from nats.aio.msg import Msg
 
 from services.devstack import ServiceProcess
-from tests.bench._system import System, system
 from tests.bench.pipeline import Collector, closed_loop, open_loop, warm_up
-from tests.invariants import check_live
+from tests.support.invariants import check_live
+from tests.support.system import System, system
 
 NODES = int(os.environ.get("BENCH_SCALEOUT_NODES", "2000"))
 INSTANCES = [int(n) for n in os.environ.get("BENCH_SCALEOUT_INSTANCES", "1,2,4").split(",")]

@@ -16,9 +16,11 @@ from nats.aio.client import Client
 
 from schemas import subjects as s
 from schemas.events import DeadLetter
-from tests.bench._system import SERVICES, System, present, system, wait_up
 from tests.chaos.load import Load
-from tests.invariants import check_live, read_stream
+from tests.support.invariants import check_live, read_stream
+from tests.support.procs import present
+from tests.support.servers import wait_for_services
+from tests.support.system import SERVICES, System, system
 
 LOAD_S = float(os.environ.get("CHAOS_LOAD_S", "20"))
 RATE = float(os.environ.get("CHAOS_RATE", "25"))
@@ -145,7 +147,7 @@ async def run_scenario(name: str, fault: Fault, instances: dict[str, int]) -> di
         fault_done = time.perf_counter()
         await load_task
         await load.cancels_done()
-        await wait_up(nc, [n for n in SERVICES if present(n)], timeout=60)
+        await wait_for_services(nc, [n for n in SERVICES if present(n)], timeout=60)
         recover = await _settle(load, nc.jetstream())
         report = await check_live(nc.jetstream(), submitted_ids=load.submitted.values(), require_release=True)
         letters = [e for e in await read_stream(nc.jetstream(), s.DEADLETTERS.name) if isinstance(e, DeadLetter)]

@@ -19,8 +19,8 @@ from nats.aio.client import Client
 from schemas import subjects as s
 from services.devstack import NatsServer, ServiceProcess, spawn_service
 from services.devstack.credentials import client_environ
-from tests.bench._system import present, proc_usage
-from tests.conftest import REPO, nats_auth, wait_for_services
+from tests.support.procs import present, proc_usage
+from tests.support.servers import REPO, nats_auth, wait_for_services
 
 pytestmark = pytest.mark.integration
 T = TypeVar("T")

@@ -8,9 +8,10 @@ import pytest
 from nats.aio.client import Client
 
 from schemas import subjects as s
-from tests.conftest import Spawn
-from tests.integration.test_walking_skeleton import DEMO, publish_nodes
-from tests.invariants import check_live
+from tests.support.api import DEMO
+from tests.support.events import publish_nodes
+from tests.support.invariants import check_live
+from tests.support.servers import Spawn
 
 pytestmark = pytest.mark.integration
 

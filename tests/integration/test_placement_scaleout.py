@@ -11,9 +11,11 @@ import pytest
 from nats.aio.client import Client
 
 from schemas import subjects as s
-from tests.conftest import Spawn
-from tests.integration.test_placement import config, job, node
-from tests.invariants import check_live
+from tests.support.api import job
+from tests.support.config import config
+from tests.support.events import node
+from tests.support.invariants import check_live
+from tests.support.servers import Spawn
 
 pytestmark = pytest.mark.integration
 

@@ -36,7 +36,7 @@ def cancelled(j: str) -> ev.JobCancelRequested:
 
 
 def test_clean_history_passes() -> None:
-    from tests.invariants import check
+    from tests.support.invariants import check
 
     events = [
         submitted("a"),
@@ -54,7 +54,7 @@ def test_clean_history_passes() -> None:
 
 
 def test_each_violation_is_found() -> None:
-    from tests.invariants import check
+    from tests.support.invariants import check
 
     r = check([submitted("a"), decided("a"), decided("a")], CAPS)
     assert r.multiply_decided == ["a"]

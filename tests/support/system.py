@@ -1,4 +1,4 @@
-"""Start the real system for a benchmark, as ``make run`` does, and measure its processes.
+"""Start the real system for a benchmark or a chaos run, as ``make run`` does, and measure its processes.
 
 ``system(...)`` runs one nats-server by default; ``system(..., nats_servers=3)`` runs a
 routed 3-node cluster instead (``services.devstack.cluster``, as ``make cluster`` does):
@@ -10,8 +10,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import importlib.util
-import json
 import os
 import shutil
 import sys
@@ -35,10 +33,10 @@ from services.devstack import (
 )
 from services.devstack.cluster import NatsCluster
 from services.runtime.streams import ensure_streams
+from tests.support.procs import present, proc_usage, tree_usage
+from tests.support.servers import REPO, nats_auth, wait_for_services
 
-REPO = Path(__file__).resolve().parents[2]
 SERVICES = ("gateway", "intake", "placement", "metadata", "provisioner", "teardown")
-_TICK = os.sysconf("SC_CLK_TCK")
 
 
 def discard(tmp: Path) -> None:
@@ -48,47 +46,6 @@ def discard(tmp: Path) -> None:
         sys.stderr.write(f"kept {tmp}\n")
         return
     shutil.rmtree(tmp, ignore_errors=True)
-
-
-def present(name: str) -> bool:
-    try:
-        return importlib.util.find_spec(f"services.{name}.__main__") is not None
-    except ModuleNotFoundError:
-        return False
-
-
-def tree_usage(pid: int) -> tuple[float, int]:
-    """(cpu seconds, peak RSS bytes) of a process with its children, live and exited: a
-    PostgreSQL postmaster forks a backend per connection, which does the work."""
-    with open(f"/proc/{pid}/stat") as f:
-        parts = f.read().rsplit(")", 1)[1].split()
-    cpu, peak = proc_usage(pid)
-    cpu += (int(parts[13]) + int(parts[14])) / _TICK  # children that have exited
-    for entry in os.listdir("/proc"):
-        if not entry.isdigit():
-            continue
-        try:
-            with open(f"/proc/{entry}/stat") as f:
-                if int(f.read().rsplit(")", 1)[1].split()[1]) != pid:
-                    continue
-            c, r = proc_usage(int(entry))
-        except (OSError, ValueError, IndexError):
-            continue
-        cpu, peak = cpu + c, max(peak, r)
-    return cpu, peak
-
-
-def proc_usage(pid: int) -> tuple[float, int]:
-    """(cpu seconds, peak RSS bytes) of a live process, from /proc."""
-    with open(f"/proc/{pid}/stat") as f:
-        parts = f.read().rsplit(")", 1)[1].split()
-    cpu = (int(parts[11]) + int(parts[12])) / _TICK
-    peak = 0
-    with open(f"/proc/{pid}/status") as f:
-        for line in f:
-            if line.startswith("VmHWM:"):
-                peak = int(line.split()[1]) * 1024
-    return cpu, peak
 
 
 @dataclass
@@ -143,25 +100,9 @@ class System:
         return out
 
 
-async def wait_up(nc: Client, names: Sequence[str], timeout: float = 60) -> None:
-    loop = asyncio.get_running_loop()
-    deadline = loop.time() + timeout
-    for name in names:
-        while True:
-            try:
-                msg = await nc.request(f"$SRV.PING.{name}", b"", timeout=0.5)
-                if json.loads(msg.data).get("name") == name:
-                    break
-            except (nats.errors.NoRespondersError, nats.errors.TimeoutError):
-                pass
-            if loop.time() > deadline:
-                raise TimeoutError(f"{name} did not come up")
-            await asyncio.sleep(0.1)
-
-
 async def _declare_streams(urls: str, timeout: float = 60) -> None:
     """Create the streams with 3 replicas once the cluster's JetStream meta leader is elected."""
-    nc = await nats.connect(urls.split(","), user="admin", password=credentials.password("admin"))
+    nc = await nats.connect(urls.split(","), **nats_auth("admin"))
     try:
         js = nc.jetstream(timeout=5)
         loop = asyncio.get_running_loop()
@@ -264,13 +205,12 @@ async def system(
         nc = await nats.connect(
             nats_url.split(","),
             pending_size=256 * 1024 * 1024,
-            user="admin",
-            password=credentials.password("admin"),
+            **nats_auth("admin"),
             max_reconnect_attempts=240,  # ~60 s of outage (a restarted server, a new stream leader)
             reconnect_time_wait=0.25,
         )
         try:
-            await wait_up(nc, names)
+            await wait_for_services(nc, names, timeout=60)
             yield sysm, nc
         finally:
             await nc.close()
