@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import asyncio
-import io
 import json
 from pathlib import Path
 
@@ -13,30 +12,10 @@ from nats.aio.client import Client
 from schemas import subjects as s
 from services.cli.main import run
 from services.devstack import NatsServer
-from tests.conftest import Spawn
+from tests.support.cli import Output
+from tests.support.servers import Spawn
 
 pytestmark = pytest.mark.integration
-
-
-class Output(io.StringIO):
-    """Captures a stream and lets a test wait until some text was written."""
-
-    def __init__(self) -> None:
-        super().__init__()
-        self.changed = asyncio.Event()
-
-    def write(self, text: str) -> int:
-        n = super().write(text)
-        self.changed.set()
-        return n
-
-    async def wait_for(self, text: str, timeout: float = 10.0) -> None:
-        async def until() -> None:
-            while text not in self.getvalue():
-                self.changed.clear()
-                await self.changed.wait()
-
-        await asyncio.wait_for(until(), timeout)
 
 
 async def cli(server: NatsServer, *argv: str, env: dict[str, str] | None = None) -> tuple[int, str, str]:
@@ -142,8 +121,15 @@ async def test_submit_get_list_nodes_cancel(services: Spawn, nats_server: NatsSe
     assert code == 0 and f"job        {job_id}" in out and "placed" in out
     code, out, _ = await cli(nats_server, "list")
     assert code == 0 and out.splitlines()[0].split()[:3] == ["JOB", "NAME", "STATE"] and job_id in out
-    code, out, _ = await cli(nats_server, "nodes")
+    code, out, err = await cli(nats_server, "nodes")
     assert code == 0 and len(out.splitlines()) == 1 + 6
+    assert err.startswith("6 node(s): 6 active, 0 inactive, 0 draining, 0 down;")  # the summary, on stderr
+    code, out, err = await cli(nats_server, "nodes", "--all", "--limit", "4", "--state", "active")
+    assert code == 0 and len(out.splitlines()) == 1 + 6 and "6 node(s) shown" in err  # two pages, one header
+    code, out, err = await cli(nats_server, "nodes", "--limit", "4", "--label", "zone=nowhere")
+    assert code == 0 and len(out.splitlines()) == 1 and err.startswith("0 node(s)")
+    code, out, _ = await cli(nats_server, "list", "--all", "--limit", "1")
+    assert code == 0 and len(out.splitlines()) == 1 + 2  # both jobs, a page each
     code, out, err = await cli(nats_server, "cancel", job_id)
     assert code == 0, err
     assert out.split()[0] == job_id and out.split()[1] in ("cancelling", "cancelled")

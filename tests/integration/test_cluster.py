@@ -17,8 +17,9 @@ from schemas import subjects as s
 from services.devstack.cluster import NatsCluster
 from services.runtime.publisher import Ack, Publisher
 from services.runtime.streams import ensure_streams
-from tests.conftest import nats_auth
-from tests.integration.test_publish_chain import a_stale_chain_is_refused_whole, decided
+from tests.support.chains import a_stale_chain_is_refused_whole
+from tests.support.events import decided
+from tests.support.servers import nats_auth
 
 pytestmark = pytest.mark.integration
 

@@ -21,7 +21,7 @@ from services.devstack import NatsServer
 from services.runtime.consumer import Consumer
 from services.runtime.delivery import Delivery
 from services.runtime.streams import ensure_streams
-from tests.integration.test_metadata_batch_consumer import SPEC
+from tests.support.events import SMALL_SPEC
 
 pytestmark = pytest.mark.integration
 
@@ -36,7 +36,7 @@ decoder = msgspec.json.Decoder(ev.JobSubmitted)
 
 
 def submitted(i: int) -> ev.JobSubmitted:
-    return ev.JobSubmitted(event_id=f"j{i}:job.submitted", job_id=f"j{i}", spec=SPEC)
+    return ev.JobSubmitted(event_id=f"j{i}:job.submitted", job_id=f"j{i}", spec=SMALL_SPEC)
 
 
 async def publish(nc: Client, i: int) -> None:

@@ -14,15 +14,13 @@ from nats.aio.msg import Msg
 
 from services.devstack import Moto, NatsServer, Postgres, free_port, spawn_service
 from services.devstack._util import alive
-from tests.conftest import nats_auth
+from tests.support.servers import REPO, nats_auth
 
 pytestmark = pytest.mark.integration
 
-REPO_ROOT = Path(__file__).resolve().parents[2]
-
 
 async def test_nats_server_start_request_stop(tmp_path: Path) -> None:
-    server = NatsServer(REPO_ROOT / "nats.conf", store_dir=tmp_path / "store", log_dir=tmp_path)
+    server = NatsServer(REPO / "nats.conf", store_dir=tmp_path / "store", log_dir=tmp_path)
     with server:
         pid = server.pid
         assert pid is not None
@@ -49,7 +47,7 @@ async def test_nats_server_start_request_stop(tmp_path: Path) -> None:
 
 
 def test_nats_server_restart_keeps_ports_and_streams(tmp_path: Path) -> None:
-    with NatsServer(REPO_ROOT / "nats.conf", store_dir=tmp_path / "store", log_dir=tmp_path) as server:
+    with NatsServer(REPO / "nats.conf", store_dir=tmp_path / "store", log_dir=tmp_path) as server:
         port, first_pid = server.port, server.pid
         server.kill()
         assert not server.running

@@ -17,8 +17,8 @@ from schemas import subjects as s
 from services.cli.main import run
 from services.devstack import NatsServer
 from services.devstack.supervisor import SERVICES, has_main
-from tests.conftest import Spawn, nats_auth
-from tests.integration.test_cli import Output
+from tests.support.cli import Output
+from tests.support.servers import Spawn, nats_auth
 
 pytestmark = pytest.mark.integration
 

@@ -10,9 +10,10 @@ import pytest
 from nats.aio.client import Client
 
 from schemas import subjects as s
-from tests.conftest import Spawn
-from tests.integration.test_provision import aws_env, request, submit, write_config
-from tests.integration.test_walking_skeleton import DEMO, publish_nodes
+from tests.support.api import DEMO, request, submit
+from tests.support.config import aws_env, write_config
+from tests.support.events import publish_nodes
+from tests.support.servers import Spawn
 
 pytestmark = pytest.mark.integration
 

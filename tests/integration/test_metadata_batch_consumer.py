@@ -15,24 +15,14 @@ from nats.js.errors import NotFoundError
 
 from schemas import events as ev
 from schemas import subjects as s
-from schemas.jobs import Constraints, JobSpec, Resources, Workload
 from services.runtime.batch import BatchConsumer
 from services.runtime.delivery import Delivery
 from services.runtime.streams import ensure_streams
-from tests.integration.test_metadata import eventually
+from tests.support.events import SMALL_SPEC
+from tests.support.waiting import eventually
 
 pytestmark = pytest.mark.integration
 
-SPEC = JobSpec(
-    name="x",
-    technology="docker",
-    replicas=1,
-    resources=Resources(cpu=1, memory_mb=1),
-    constraints=Constraints(),
-    cluster="shared",
-    workload=Workload(),
-    strategy="best_fit",
-)
 CONSUMER = s.ConsumerSpec(
     stream=s.JOBS.name,
     durable="test-batch",
@@ -55,7 +45,7 @@ def is_outage(e: BaseException) -> bool:
 async def prefill(js: JetStreamContext, job_ids: Sequence[str]) -> None:
     await ensure_streams(js)
     for j in job_ids:
-        e = ev.JobSubmitted(event_id=f"{j}:job.submitted", job_id=j, spec=SPEC)
+        e = ev.JobSubmitted(event_id=f"{j}:job.submitted", job_id=j, spec=SMALL_SPEC)
         await js.publish(s.JOB_SUBMITTED, ev.encode(e), headers={s.MSG_ID_HEADER: e.event_id})
 
 

@@ -17,8 +17,10 @@ from schemas import events as ev
 from schemas import subjects as s
 from services.devstack import Postgres
 from services.metadata import domain
-from tests.conftest import Spawn
-from tests.integration.test_metadata import all_jobs, eventually, lifecycle, publish, request, start_metadata
+from tests.support.api import all_jobs, request, start_metadata
+from tests.support.events import lifecycle, publish
+from tests.support.servers import Spawn
+from tests.support.waiting import eventually
 
 pytestmark = pytest.mark.integration
 

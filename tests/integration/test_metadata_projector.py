@@ -21,7 +21,7 @@ from services.metadata import domain
 from services.metadata.adapters import Database, Tx
 from services.metadata.projector import Projector
 from services.runtime.delivery import Delivery
-from tests.integration.test_metadata import SPEC, lifecycle
+from tests.support.events import SPEC, lifecycle
 
 pytestmark = pytest.mark.integration
 

@@ -19,7 +19,7 @@ from nats.aio.msg import Msg
 from schemas import subjects as s
 from services.devstack import NatsServer
 from services.runtime.micro import MicroService
-from tests.conftest import nats_auth
+from tests.support.servers import nats_auth
 
 pytestmark = pytest.mark.integration
 

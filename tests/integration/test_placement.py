@@ -11,38 +11,13 @@ from typing import Any
 import pytest
 from nats.aio.client import Client
 
-from schemas import events as ev
 from schemas import subjects as s
-from tests.conftest import Spawn
+from tests.support.api import job
+from tests.support.config import config
+from tests.support.events import node
+from tests.support.servers import Spawn
 
 pytestmark = pytest.mark.integration
-
-
-def config(tmp_path: Path, **timeouts: float) -> dict[str, str]:
-    """A SCHEDULER_CONFIG with the given timeouts, for the services' environment."""
-    path = tmp_path / "scheduler.toml"
-    lines = ['technologies = ["docker", "unikernel"]', "[timeouts]", *(f"{k} = {v}" for k, v in timeouts.items())]
-    path.write_text("\n".join(lines) + "\n")
-    return {"SCHEDULER_CONFIG": str(path)}
-
-
-async def node(
-    nc: Client, node_id: str, cpu: float, *, state: str = "active", techs: tuple[str, ...] = ("docker",)
-) -> None:
-    st = ev.NodeStatus(
-        node_id=node_id,
-        state=state,  # type: ignore[arg-type]
-        technologies=list(techs),
-        cpu_cores=cpu,
-        cpu_free=cpu,
-        memory_mb=16384,
-        memory_free_mb=16384,
-    )
-    await nc.jetstream().publish(ev.subject_of(st), ev.encode(st))
-
-
-def job(name: str, cpu: float, **extra: Any) -> bytes:
-    return json.dumps({"name": name, "resources": {"cpu": cpu, "memory_mb": 512}, **extra}).encode()
 
 
 async def ask(nc: Client, body: bytes, timeout: float = 10) -> tuple[int, dict[str, Any]]:

@@ -8,53 +8,21 @@ the provisioner at a chosen point; no boto call is patched.
 from __future__ import annotations
 
 import asyncio
-import json
 import urllib.parse
 from collections.abc import AsyncIterator
 from pathlib import Path
-from typing import Any
 
-import aioboto3
 import pytest
 from aiohttp import ClientSession, web
 from nats.aio.client import Client
 
 from schemas import subjects as s
-from tests.conftest import Spawn
+from tests.support.api import request, submit
+from tests.support.config import PROJECT, aws_env, write_config
+from tests.support.ec2 import LIVE, TAG, instances
+from tests.support.servers import Spawn
 
 pytestmark = pytest.mark.integration
-
-LEGACY = b'{"probability_definition": "gs://foo/bar", "initial_number_of_replicas": "2"}'
-PROJECT = "natsched-test"
-TAG = "natsched"
-LIVE = ["pending", "running", "stopping", "stopped"]
-
-
-def write_config(tmp_path: Path, **lifecycle: float) -> Path:
-    """Short waits for tests: fast redelivery after a crash, fast reaper and expiry."""
-    conf = {"expiry_check_s": 0.2, "reaper_interval_s": 60.0, "orphan_grace_s": 300.0, **lifecycle}
-    path = tmp_path / "scheduler.toml"
-    path.write_text(
-        'technologies = ["docker"]\n'
-        "[aws]\n"
-        f'project = "{PROJECT}"\n'
-        "ack_wait_s = 3.0\nrunning_timeout_s = 30.0\nmax_attempts = 2\n"
-        "[lifecycle]\n" + "".join(f"{k} = {v}\n" for k, v in conf.items()) + "\n"
-        '[[instance_types]]\nname = "t3.medium"\nvcpu = 2\nmemory_mb = 4096\nprice_hourly = 0.04\n'
-        '[[instance_types]]\nname = "m5.large"\nvcpu = 2\nmemory_mb = 8192\nprice_hourly = 0.09\n'
-    )
-    return path
-
-
-def aws_env(endpoint: str, config: Path) -> dict[str, str]:
-    return {
-        "AWS_ENDPOINT_URL": endpoint,
-        "AWS_ACCESS_KEY_ID": "testing",
-        "AWS_SECRET_ACCESS_KEY": "testing",
-        "AWS_DEFAULT_REGION": "eu-central-1",
-        "SCHEDULER_CONFIG": str(config),
-    }
-
 
 _ERROR_XML = (
     '<?xml version="1.0" encoding="UTF-8"?>\n<Response><Errors><Error><Code>{code}</Code>'
@@ -142,35 +110,6 @@ async def proxy(ec2_endpoint: str) -> AsyncIterator[FaultProxy]:
         yield p
     finally:
         await p.stop()
-
-
-async def instances(endpoint: str, job_id: str | None = None, states: list[str] | None = None) -> list[dict[str, Any]]:
-    """What EC2 (moto, asked directly) holds for a job: each with its tags as a dict."""
-    filters = [{"Name": f"tag:{TAG}:project", "Values": [PROJECT]}]
-    if job_id:
-        filters.append({"Name": f"tag:{TAG}:job-id", "Values": [job_id]})
-    if states:
-        filters.append({"Name": "instance-state-name", "Values": states})
-    session = aioboto3.Session(aws_access_key_id="testing", aws_secret_access_key="testing", region_name="eu-central-1")
-    async with session.client("ec2", endpoint_url=endpoint) as ec2:
-        out = await ec2.describe_instances(Filters=filters)
-    found = [i for r in out["Reservations"] for i in r["Instances"]]
-    for i in found:
-        i["tags"] = {t["Key"]: t["Value"] for t in i.get("Tags", [])}
-    return found
-
-
-async def submit(nc: Client, body: bytes = LEGACY) -> str:
-    reply = await nc.request(s.JOB_SUBMIT, body, timeout=5)
-    assert not (reply.headers or {}).get(s.ERROR_HEADER), reply.data
-    job_id: str = json.loads(reply.data)["job_id"]
-    return job_id
-
-
-async def request(nc: Client, subject: str, body: dict[str, Any]) -> tuple[int, dict[str, Any]]:
-    reply = await nc.request(subject, json.dumps(body).encode(), timeout=10)
-    code = int((reply.headers or {}).get(s.ERROR_CODE_HEADER, "200"))
-    return code, json.loads(reply.data)
 
 
 ALL = ("gateway", "intake", "placement", "provisioner", "teardown")

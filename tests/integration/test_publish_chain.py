@@ -7,27 +7,15 @@ from __future__ import annotations
 import msgspec
 import pytest
 from nats.aio.client import Client
-from nats.js import JetStreamContext
 
-from schemas import events as ev
 from schemas import subjects as s
 from services.runtime.publisher import Ack, Publisher, WrongLastSequence
 from services.runtime.streams import ensure_streams
+from tests.support.chains import a_stale_chain_is_refused_whole
+from tests.support.events import decided
 
 pytestmark = pytest.mark.integration
 modes = pytest.mark.parametrize("atomic", [False, True], ids=["pipelined", "atomic"])
-
-
-def decided(job_id: str) -> ev.PlacementDecided:
-    return ev.PlacementDecided(
-        event_id=ev.event_id_for(job_id, s.PLACEMENT_DECIDED),
-        job_id=job_id,
-        cluster="shared",
-        technology="docker",
-        strategy="best_fit",
-        assignments=[],
-        candidates=[],
-    )
 
 
 @modes
@@ -43,22 +31,6 @@ async def test_nothing_after_a_refused_message_is_stored(nc: Client, atomic: boo
     js = nc.jetstream()
     await ensure_streams(js, [s.PLACEMENTS])
     await a_stale_chain_is_refused_whole(js, atomic)
-
-
-async def a_stale_chain_is_refused_whole(js: JetStreamContext, atomic: bool) -> None:
-    """The publisher's base is one message behind (another instance stored a decision it has
-    not seen). Its first message is refused; the second must be refused too: it was decided
-    on the same stale ledger, even though the stream's last sequence now equals what it expects."""
-    publisher = Publisher(js)
-    base = (await publisher.publish_chain([decided("mine-0")], 0, atomic=atomic))[0]
-    assert isinstance(base, Ack) and base.seq == 1
-    foreign = await Publisher(js).publish_chain([decided("theirs")], 1)
-    assert isinstance(foreign[0], Ack) and foreign[0].seq == 2
-
-    results = await publisher.publish_chain([decided("a"), decided("b"), decided("c")], 1, atomic=atomic)  # stale
-
-    assert all(isinstance(r, WrongLastSequence) for r in results), results
-    assert (await js.stream_info(s.PLACEMENTS.name)).state.last_seq == 2
 
 
 async def test_a_chain_holding_a_stored_decision(nc: Client) -> None:

@@ -24,7 +24,7 @@ from schemas import events as ev
 from schemas import subjects as s
 from services.devstack import NatsServer
 from services.devstack.credentials import Role
-from tests.conftest import Spawn, nats_auth
+from tests.support.servers import Spawn, nats_auth
 
 pytestmark = pytest.mark.integration
 

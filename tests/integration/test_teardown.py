@@ -10,8 +10,10 @@ import pytest
 from nats.aio.client import Client
 
 from schemas import subjects as s
-from tests.conftest import Spawn
-from tests.integration.test_provision import LIVE, PROJECT, TAG, aws_env, instances, submit, write_config
+from tests.support.api import submit
+from tests.support.config import PROJECT, aws_env, write_config
+from tests.support.ec2 import LIVE, TAG, instances
+from tests.support.servers import Spawn
 
 pytestmark = pytest.mark.integration
 

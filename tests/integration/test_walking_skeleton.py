@@ -8,29 +8,12 @@ import json
 import pytest
 from nats.aio.client import Client
 
-from schemas import events as ev
 from schemas import subjects as s
-from tests.conftest import Spawn
+from tests.support.api import DEMO
+from tests.support.events import publish_nodes
+from tests.support.servers import Spawn
 
 pytestmark = pytest.mark.integration
-
-DEMO = b'{"name": "demo", "replicas": 2, "resources": {"cpu": 1, "memory_mb": 512}}'
-
-
-async def publish_nodes(nc: Client, count: int = 5, cpu: float = 8.0) -> None:
-    js = nc.jetstream()
-    for i in range(count):
-        st = ev.NodeStatus(
-            node_id=f"n{i}",
-            state="active",
-            technologies=["docker"],
-            cpu_cores=cpu,
-            cpu_free=cpu - i,
-            memory_mb=16384,
-            memory_free_mb=16384,
-            labels={"zone": "a"},
-        )
-        await js.publish(ev.subject_of(st), ev.encode(st))
 
 
 async def test_submit_then_placement_decided(nc: Client, services: Spawn, events) -> None:  # type: ignore[no-untyped-def]

@@ -11,20 +11,11 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from schemas import events as ev
-from schemas.jobs import Constraints, JobSpec, Resources, Workload
+from schemas.jobs import JobSpec, Resources
 from services.metadata import domain, migrations
+from tests.support.events import SPEC
 
 T0 = datetime(2025, 1, 1, 12, 0, 0, tzinfo=UTC)
-SPEC = JobSpec(
-    name="demo",
-    technology="docker",
-    replicas=2,
-    resources=Resources(cpu=1.5, memory_mb=512),
-    constraints=Constraints(),
-    cluster="shared",
-    workload=Workload(),
-    strategy="best_fit",
-)
 DEDICATED = msgspec.structs.replace(SPEC, cluster="dedicated")
 
 
