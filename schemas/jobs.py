@@ -18,6 +18,7 @@ from schemas.types import (
     Cluster,
     Cpu,
     Gpu,
+    Inbound,
     LabelKey,
     LabelValue,
     MemoryMb,
@@ -33,10 +34,6 @@ from schemas.types import (
 )
 
 
-class _Inbound(msgspec.Struct, forbid_unknown_fields=True, kw_only=True):
-    """Base of request bodies: unknown fields are an error."""
-
-
 class Resources(msgspec.Struct, kw_only=True, frozen=True):
     """Per-replica resources of a normalised spec."""
 
@@ -45,7 +42,7 @@ class Resources(msgspec.Struct, kw_only=True, frozen=True):
     gpu: int = 0
 
 
-class ResourcesRequest(_Inbound):
+class ResourcesRequest(Inbound):
     cpu: Cpu | None = None
     memory_mb: MemoryMb | None = None
     gpu: Gpu = 0
@@ -63,7 +60,7 @@ class Workload(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
     args: Annotated[list[ShortText], Meta(max_length=256)] = []
 
 
-class JobRequest(_Inbound):
+class JobRequest(Inbound):
     """Body of ``job.submit``; fields left out take configured defaults."""
 
     name: Name
@@ -79,7 +76,7 @@ class JobRequest(_Inbound):
     request_id: RequestId | None = None
 
 
-class LegacyJobRequest(_Inbound):
+class LegacyJobRequest(Inbound):
     """The old sampling scheduler's body: a dedicated job with default resources."""
 
     probability_definition: Annotated[str, Meta(min_length=1, max_length=4096)]

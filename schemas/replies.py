@@ -10,11 +10,8 @@ from msgspec import Meta
 
 from schemas.events import Assignment, Candidate
 from schemas.jobs import JobSpec
+from schemas.types import Inbound as _Inbound
 from schemas.types import JobId, JobState, Outcome, ShortText
-
-
-class _Inbound(msgspec.Struct, forbid_unknown_fields=True, kw_only=True):
-    pass
 
 
 class SubmitReply(msgspec.Struct, kw_only=True):

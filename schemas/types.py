@@ -4,11 +4,18 @@ from __future__ import annotations
 
 from typing import Annotated, Literal
 
+import msgspec
 from msgspec import Meta
 
 # The job states and the terminal set live with the job state machine; re-exported here.
 from schemas.states import TERMINAL_STATES as TERMINAL_STATES
 from schemas.states import JobState as JobState
+
+
+class Inbound(msgspec.Struct, forbid_unknown_fields=True, kw_only=True):
+    """Base of request bodies: unknown fields are an error (events leave this off, so older
+    consumers skip newer fields)."""
+
 
 JobId = Annotated[str, Meta(min_length=1, max_length=64, pattern=r"^[A-Za-z0-9][A-Za-z0-9._-]*$")]
 NodeId = Annotated[str, Meta(min_length=1, max_length=128, pattern=r"^[A-Za-z0-9][A-Za-z0-9_-]*$")]

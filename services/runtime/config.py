@@ -12,7 +12,7 @@ import socket
 import tomllib
 import uuid
 from pathlib import Path
-from typing import Annotated, Literal
+from typing import Annotated, Literal, dataclass_transform
 
 import msgspec
 from msgspec import Meta
@@ -25,14 +25,23 @@ _DEFAULTS_TOML = Path(__file__).with_name("defaults.toml")
 PositiveS = Annotated[float, Meta(gt=0)]
 
 
-class Limits(msgspec.Struct, kw_only=True, frozen=True, forbid_unknown_fields=True):
+@dataclass_transform(kw_only_default=True, frozen_default=True, field_specifiers=(msgspec.field,))
+class _Conf(msgspec.Struct, kw_only=True, frozen=True, forbid_unknown_fields=True):
+    """Base of the config Structs: immutable, and a misspelt key stops startup (both inherited).
+
+    msgspec applies ``kw_only`` to the fields a class itself defines, so each subclass says
+    ``kw_only=True`` (fields with and without defaults then mix in any order); the
+    ``dataclass_transform`` tells type checkers that subclasses are frozen and keyword-only."""
+
+
+class Limits(_Conf, kw_only=True):
     max_replicas: int = 1000
     max_cpu: float = 256.0
     max_memory_mb: int = 2 * 1024 * 1024
     max_gpu: int = 16
 
 
-class Timeouts(msgspec.Struct, kw_only=True, frozen=True, forbid_unknown_fields=True):
+class Timeouts(_Conf, kw_only=True):
     node_ttl_s: PositiveS = 15.0
     """A node whose last status is older than this is inactive."""
     placement_deadline_s: PositiveS = 30.0
@@ -43,11 +52,11 @@ class Timeouts(msgspec.Struct, kw_only=True, frozen=True, forbid_unknown_fields=
     """The JOBS stream's duplicate window: how long a ``Nats-Msg-Id``/request_id is remembered."""
 
 
-class PlacementConf(msgspec.Struct, kw_only=True, frozen=True, forbid_unknown_fields=True):
+class PlacementConf(_Conf, kw_only=True):
     top_candidates: Annotated[int, Meta(ge=1, le=1000)] = 10
 
 
-class InstanceType(msgspec.Struct, kw_only=True, frozen=True, forbid_unknown_fields=True):
+class InstanceType(_Conf, kw_only=True):
     name: str
     vcpu: Annotated[float, Meta(gt=0)]
     memory_mb: Annotated[int, Meta(gt=0)]
@@ -55,7 +64,7 @@ class InstanceType(msgspec.Struct, kw_only=True, frozen=True, forbid_unknown_fie
     price_hourly: Annotated[float, Meta(ge=0)]
 
 
-class AwsConf(msgspec.Struct, kw_only=True, frozen=True, forbid_unknown_fields=True):
+class AwsConf(_Conf, kw_only=True):
     """EC2 launch settings of dedicated clusters (credentials and endpoint come from the environment)."""
 
     region: str | None = None
@@ -78,7 +87,7 @@ class AwsConf(msgspec.Struct, kw_only=True, frozen=True, forbid_unknown_fields=T
     """botocore attempts per call (standard retry mode) before an error reaches us."""
 
 
-class LifecycleConf(msgspec.Struct, kw_only=True, frozen=True, forbid_unknown_fields=True):
+class LifecycleConf(_Conf, kw_only=True):
     """Teardown, expiry and the orphan reaper."""
 
     expiry_check_s: PositiveS = 1.0
@@ -91,7 +100,7 @@ class LifecycleConf(msgspec.Struct, kw_only=True, frozen=True, forbid_unknown_fi
     """How long the gateway waits for its job-state view to catch up with the streams."""
 
 
-class AdmissionConf(msgspec.Struct, kw_only=True, frozen=True, forbid_unknown_fields=True):
+class AdmissionConf(_Conf, kw_only=True):
     """Load shedding by the gateway (services/gateway/admission.py)."""
 
     max_backlog: Annotated[int, Meta(ge=0)] = 5000
@@ -100,7 +109,7 @@ class AdmissionConf(msgspec.Struct, kw_only=True, frozen=True, forbid_unknown_fi
     """How often the gateway reads that backlog from the consumers."""
 
 
-class Config(msgspec.Struct, kw_only=True, frozen=True, forbid_unknown_fields=True):
+class Config(_Conf, kw_only=True):
     technologies: list[Technology]
     defaults: Defaults = Defaults()
     limits: Limits = Limits()
@@ -123,7 +132,7 @@ def load_config(path: str | Path | None = None) -> Config:
         return msgspec.convert(tomllib.load(f), Config)
 
 
-class Settings(msgspec.Struct, kw_only=True, frozen=True):
+class Settings(_Conf, kw_only=True):
     """Endpoints, secrets and process settings, read from the environment."""
 
     nats_url: str = "nats://127.0.0.1:4222"
