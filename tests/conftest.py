@@ -12,7 +12,7 @@ import pytest
 from nats.aio.client import Client
 
 from services.devstack import Moto, NatsServer, Postgres, ServiceProcess, database_url_from_env, spawn_service
-from services.devstack.credentials import apply_server_defaults, client_environ
+from services.runtime.credentials import apply_server_defaults, client_environ
 
 # the shared helpers assert too: rewrite their asserts as in test modules (before they are imported)
 pytest.register_assert_rewrite("tests.support")

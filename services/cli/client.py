@@ -18,7 +18,7 @@ import nats.errors
 from nats.aio.client import Client
 
 from schemas import subjects as s
-from services.devstack import credentials
+from services.runtime import credentials
 
 EXIT_ERROR_REPLY = 1
 EXIT_USAGE = 2

@@ -25,7 +25,7 @@ from schemas import events as ev
 from schemas import subjects as s
 from services.cli import jobspec, render
 from services.cli.client import EXIT_UNREACHABLE, CliError, Target, connect, request
-from services.devstack.credentials import Role
+from services.runtime.credentials import Role
 from services.simnodes.fleet import Fleet
 
 _enc = msgspec.json.Encoder()

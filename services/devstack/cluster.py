@@ -16,11 +16,11 @@ import sys
 import threading
 from pathlib import Path
 
-from services.devstack import credentials
 from services.devstack._util import Managed
 from services.devstack.nats import NatsServer
 from services.devstack.ports import free_port
 from services.devstack.procs import REPO_ROOT
+from services.runtime import credentials
 
 CLUSTER_NAME = "natsched"
 

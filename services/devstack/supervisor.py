@@ -3,7 +3,7 @@
 Environment: NATS_PORT (4222), NATS_MONITOR_PORT (8222), PG_PORT (55432), MOTO_PORT (5055),
 DATA_DIR (.data), SIM_NODES (50), DATABASE_URL (use it instead of starting PostgreSQL),
 AWS_ENDPOINT_URL (use it instead of starting moto), NATS_<ROLE>_PASSWORD (the passwords nats.conf
-reads; development defaults from services/devstack/credentials.py). The services connect as `services`.
+reads; development defaults from services/runtime/credentials.py). The services connect as `services`.
 
 Output of every process is printed line by line with a label (`gateway    | ...`). A service that exits
 on its own is restarted with exponential backoff. Ctrl-C / SIGTERM stops the services (SIGTERM, 10 s,
@@ -21,11 +21,12 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Protocol
 
-from services.devstack import _util, credentials
+from services.devstack import _util
 from services.devstack.moto import Moto
 from services.devstack.nats import NatsServer
 from services.devstack.postgres import Postgres
 from services.devstack.procs import REPO_ROOT, child_environ, service_argv
+from services.runtime import credentials
 from services.runtime.backoff import delay, sleep_unless
 
 SERVICES = ("gateway", "intake", "placement", "metadata", "provisioner", "teardown")

@@ -38,7 +38,8 @@ from nats.js.errors import NotFoundError
 from schemas import events as ev
 from schemas import subjects as s
 from schemas.jobs import Constraints, JobSpec, Resources, Workload
-from services.devstack import NatsServer, Postgres, credentials, database_url_from_env, spawn_service
+from services.devstack import NatsServer, Postgres, database_url_from_env, spawn_service
+from services.runtime import credentials
 from services.runtime.streams import ensure_streams
 from tests.support.procs import TICK, cpu_seconds
 from tests.support.servers import REPO, create_database, nats_auth

@@ -18,7 +18,7 @@ from nats.aio.client import Client
 
 from schemas import subjects as s
 from services.devstack import NatsServer, ServiceProcess, spawn_service
-from services.devstack.credentials import client_environ
+from services.runtime.credentials import client_environ
 from tests.support.procs import present, proc_usage
 from tests.support.servers import REPO, nats_auth, wait_for_services
 

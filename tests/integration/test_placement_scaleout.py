@@ -84,10 +84,10 @@ async def test_two_instances_deciding_at_the_same_moment_never_double_book(nc: C
 
     from schemas import events as ev
     from schemas.jobs import Defaults, decode_job_request, normalise
-    from services.devstack.credentials import client_environ
     from services.placement.service import Pending, Placement
     from services.runtime.app import start_runtime
     from services.runtime.config import load_config, load_settings
+    from services.runtime.credentials import client_environ
 
     settings = load_settings({"NATS_URL": nats_server.url, "LOG_LEVEL": "warning", **client_environ()})
     instances = [Placement(await start_runtime("placement", settings, load_config())) for _ in range(2)]
@@ -127,10 +127,10 @@ async def test_two_instances_deciding_at_the_same_moment_never_double_book(nc: C
 async def test_a_starting_instance_loads_the_fleet_then_follows_live_reports(nc: Client, nats_server) -> None:  # type: ignore[no-untyped-def]
     """Statuses stored before start come from the NODES stream (its last one per node);
     later ones arrive on the core subscription; a node's latest report is what counts."""
-    from services.devstack.credentials import client_environ
     from services.placement.service import Placement
     from services.runtime.app import start_runtime
     from services.runtime.config import load_config, load_settings
+    from services.runtime.credentials import client_environ
     from services.runtime.streams import ensure_streams
 
     await ensure_streams(nc.jetstream())

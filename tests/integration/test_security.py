@@ -23,7 +23,7 @@ from nats.aio.client import Client
 from schemas import events as ev
 from schemas import subjects as s
 from services.devstack import NatsServer
-from services.devstack.credentials import Role
+from services.runtime.credentials import Role
 from tests.support.servers import Spawn, nats_auth
 
 pytestmark = pytest.mark.integration

@@ -11,7 +11,7 @@ import nats
 from nats.aio.client import Client
 
 from services.devstack import ServiceProcess
-from services.devstack.credentials import Role, password
+from services.runtime.credentials import Role, password
 
 REPO = Path(__file__).resolve().parents[2]
 

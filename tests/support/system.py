@@ -27,11 +27,11 @@ from services.devstack import (
     NatsServer,
     Postgres,
     ServiceProcess,
-    credentials,
     database_url_from_env,
     spawn_service,
 )
 from services.devstack.cluster import NatsCluster
+from services.runtime import credentials
 from services.runtime.streams import ensure_streams
 from tests.support.procs import present, proc_usage, tree_usage
 from tests.support.servers import REPO, nats_auth, wait_for_services

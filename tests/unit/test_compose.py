@@ -10,7 +10,7 @@ from typing import Any
 import pytest
 import yaml
 
-from services.devstack import credentials
+from services.runtime import credentials
 
 REPO = Path(__file__).resolve().parents[2]
 COMPOSE: dict[str, Any] = yaml.safe_load((REPO / "compose.yaml").read_text())
