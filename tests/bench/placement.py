@@ -21,7 +21,7 @@ import msgspec
 from schemas import events as ev
 from schemas.jobs import Constraints, JobSpec, Resources, Workload
 from services.placement.engine import Placed, place
-from services.placement.service import absorb
+from services.placement.nodes import absorb
 from services.placement.state import World
 
 TTL = 15.0

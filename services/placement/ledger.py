@@ -1,0 +1,100 @@
+"""The follower of PLACEMENTS: the reservation ledger, rebuilt on start and kept current.
+
+One ordered consumer reads the stream from its first message, in stream order, and
+applies each event to the ledger:
+
+- ``placement.decided``: the job's reservation is made, and the job is settled;
+- ``placement.failed``: the job is settled (no reservation);
+- ``placement.released``: the job's reservation is freed; a job released before any
+  decision (cancelled while pending) is remembered in ``ended`` and never booked.
+
+``applied_seq`` is the stream sequence of the last event applied; :meth:`Ledger.catch_up`
+waits until it reaches a given sequence (the decider's conflict path, and start-up).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+
+import msgspec
+import structlog
+from nats.aio.msg import Msg
+from nats.js import JetStreamContext
+from nats.js import api as js_api
+
+from schemas import events as ev
+from schemas import subjects as s
+from services.placement.state import World
+from services.runtime.delivery import stream_sequence
+
+log = structlog.get_logger()
+
+_ledger_decoder = msgspec.json.Decoder(ev.PlacementDecided | ev.PlacementFailed | ev.PlacementReleased)
+
+
+class Ledger:
+    """Reservations in ``world``, the settled jobs, and how far the stream has been applied."""
+
+    def __init__(self, world: World, capacity_changed: asyncio.Event) -> None:
+        self.world = world
+        self.capacity_changed = capacity_changed
+        self.decided: set[str] = set()
+        """Jobs with a stored decision (``placement.decided`` or ``placement.failed``)."""
+        self.ended: set[str] = set()
+        """Jobs released (ended, e.g. cancelled) before any decision: never reserve for them."""
+        self.applied_seq = 0
+        """The last PLACEMENTS sequence applied to the ledger."""
+        self._advanced = asyncio.Event()
+
+    def apply(self, seq: int, data: bytes) -> None:
+        """Apply the stream's message ``seq`` (encoded ``data``); an undecodable one only advances."""
+        if seq > self.applied_seq:
+            self.applied_seq = seq
+            self._advanced.set()
+        try:
+            event = _ledger_decoder.decode(data)
+        except msgspec.DecodeError:
+            return
+        match event:
+            case ev.PlacementDecided():
+                self.decided.add(event.job_id)
+                self.world.apply_decided(event)
+            case ev.PlacementFailed():
+                self.decided.add(event.job_id)
+            case ev.PlacementReleased():
+                if event.job_id not in self.decided:  # a reservation made after this would never be freed
+                    self.ended.add(event.job_id)
+                    self.capacity_changed.set()
+                if self.world.release(event.job_id):
+                    self.capacity_changed.set()
+
+    async def on_message(self, msg: Msg) -> None:
+        self.apply(stream_sequence(msg.reply), msg.data)
+
+    async def catch_up(self, seq: int, timeout: float = 10.0) -> None:
+        """Wait until the ledger has applied the stream up to ``seq``; ``TimeoutError`` if stuck."""
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + timeout
+        while self.applied_seq < seq:
+            self._advanced.clear()
+            left = deadline - loop.time()
+            if left <= 0:
+                raise TimeoutError(f"ledger stuck at {self.applied_seq}, stream at {seq}")
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._advanced.wait(), left)
+
+    async def follow(self, js: JetStreamContext, last_seq: int, timeout: float = 300) -> object:
+        """Follow PLACEMENTS from its start; returns the subscription once the ledger has
+        applied the stream up to ``last_seq`` (its last sequence when the service started)."""
+        sub = await js.subscribe(
+            "",
+            stream=s.PLACEMENTS.name,
+            ordered_consumer=True,
+            cb=self.on_message,
+            deliver_policy=js_api.DeliverPolicy.ALL,
+            config=js_api.ConsumerConfig(filter_subjects=list(s.PLACEMENTS.subjects)),
+        )
+        await self.catch_up(last_seq, timeout=timeout)
+        log.info("ledger rebuilt", reservations=len(self.world.reservations), decided=len(self.decided), seq=last_seq)
+        return sub
