@@ -84,7 +84,8 @@ async def test_two_instances_deciding_at_the_same_moment_never_double_book(nc: C
 
     from schemas import events as ev
     from schemas.jobs import Defaults, decode_job_request, normalise
-    from services.placement.service import Pending, Placement
+    from services.placement.decider import Pending
+    from services.placement.service import Placement
     from services.runtime.app import start_runtime
     from services.runtime.config import load_config, load_settings
     from services.runtime.credentials import client_environ
