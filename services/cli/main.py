@@ -14,7 +14,7 @@ import contextlib
 import os
 import signal
 import sys
-from collections.abc import Awaitable, Callable, Mapping
+from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
 from typing import IO, Any
 
 import msgspec
@@ -87,19 +87,39 @@ async def cmd_get(a: argparse.Namespace, nc: Client, io: Io) -> None:
         io.text(render.job_detail(job, io.style))
 
 
+async def pages(nc: Client, subject: str, body: dict[str, Any], *, timeout: float, every: bool) -> AsyncIterator[Any]:
+    """The reply pages of a listing: the first only, or (``every``) each one, following ``next``."""
+    req = dict(body)
+    while True:
+        page = await request(nc, subject, req, timeout=timeout)
+        yield page
+        if not every or not page.get("next"):
+            return
+        req["after"] = page["next"]
+
+
 async def cmd_list(a: argparse.Namespace, nc: Client, io: Io) -> None:
     body: dict[str, Any] = {"limit": a.limit}
     if a.state:
         body["state"] = a.state
     if a.after:
         body["after"] = a.after
-    page = await request(nc, s.JOB_LIST, body, timeout=a.timeout)
-    if io.as_json:
-        io.json(page)
-        return
-    io.text(render.jobs_table(page.get("jobs") or [], io.style))
-    if page.get("next"):
-        io.note(f"more: natsched list --after {page['next']}" + (f" --state {a.state}" if a.state else ""))
+    shown = 0
+    last: Any = {}
+    async for page in pages(nc, s.JOB_LIST, body, timeout=a.timeout, every=a.all):
+        last = page
+        jobs = page.get("jobs") or []
+        if io.as_json:
+            io.json(page)
+        else:
+            io.text(render.jobs_table(jobs, io.style, header=shown == 0))
+        shown += len(jobs)
+    if a.all and not io.as_json:
+        io.note(f"{shown} job(s)")
+    elif last.get("next") and not io.as_json:
+        io.note(
+            f"more: natsched list --after {last['next']}" + (f" --state {a.state}" if a.state else "") + " (or --all)"
+        )
 
 
 async def cmd_cancel(a: argparse.Namespace, nc: Client, io: Io) -> None:
@@ -123,14 +143,33 @@ def _state_reply(reply: Mapping[str, Any], io: Io) -> None:
 
 
 async def cmd_nodes(a: argparse.Namespace, nc: Client, io: Io) -> None:
-    reply = await request(nc, s.NODE_LIST, {}, timeout=a.timeout)
-    nodes = reply.get("nodes") or []
+    """The fleet's summary, then its first page of nodes (``--all``: every page, streamed)."""
+    filters: dict[str, Any] = {}
+    if a.state:
+        filters["state"] = a.state
+    if a.label:
+        filters["label"] = a.label
+    summary = await request(nc, s.NODE_LIST, {**filters, "summary": True}, timeout=a.timeout)
     if io.as_json:
-        io.json(reply)
-        return
-    io.text(render.nodes_table(nodes, io.style))
-    active = sum(1 for n in nodes if n.get("active", n.get("state") == "active"))
-    io.note(f"{len(nodes)} node(s), {active} active")
+        io.json(summary)
+    else:
+        io.note(render.nodes_summary(summary.get("summary") or {}))
+    body: dict[str, Any] = {**filters, "limit": a.limit}
+    if a.after:
+        body["after"] = a.after
+    shown = 0
+    last: Any = {}
+    async for page in pages(nc, s.NODE_LIST, body, timeout=a.timeout, every=a.all):
+        last = page
+        nodes = page.get("nodes") or []
+        if io.as_json:
+            io.json(page)
+        else:
+            io.text(render.nodes_table(nodes, io.style, header=shown == 0))
+        shown += len(nodes)
+    if not io.as_json:
+        more = f"; more: natsched nodes --after {last['next']} (or --all)" if last.get("next") else ""
+        io.note(f"{shown} node(s) shown{more}")
 
 
 async def cmd_watch(a: argparse.Namespace, nc: Client, io: Io) -> None:
@@ -323,8 +362,9 @@ def parser() -> argparse.ArgumentParser:
 
     c = sub.add_parser("list", parents=[common], help="jobs, newest first")
     c.add_argument("--state", help="only jobs in this state (pending, placed, failed, ...)")
-    c.add_argument("--limit", type=int, default=100, help="1-1000 (default 100)")
+    c.add_argument("--limit", type=int, default=100, help="jobs per page, 1-1000 (default 100)")
     c.add_argument("--after", help="the cursor printed by the previous page")
+    c.add_argument("--all", action="store_true", help="every page, following the cursor")
 
     c = sub.add_parser("cancel", parents=[common], help="cancel a job")
     c.add_argument("job_id")
@@ -334,7 +374,12 @@ def parser() -> argparse.ArgumentParser:
     c.add_argument("--outcome", choices=["succeeded", "failed"], default="succeeded")
     c.add_argument("--message", help="why (free text)")
 
-    sub.add_parser("nodes", parents=[common], help="the nodes: state, free and reserved capacity")
+    c = sub.add_parser("nodes", parents=[common], help="the fleet's summary and its nodes: state, free, reserved")
+    c.add_argument("--state", choices=["active", "inactive", "draining", "down"], help="only nodes in this state")
+    c.add_argument("--label", help="only nodes with this label, KEY=VALUE")
+    c.add_argument("--limit", type=int, default=500, help="nodes per page, 1-5000 (default 500)")
+    c.add_argument("--after", help="the cursor printed by the previous page")
+    c.add_argument("--all", action="store_true", help="every page, following the cursor")
 
     c = sub.add_parser("watch", parents=[common], help="live job, placement and cluster events")
     c.add_argument("job_id", nargs="?", help="only this job's events")

@@ -49,8 +49,9 @@ def visible_len(text: str) -> int:
     return len(_ANSI.sub("", text))
 
 
-def table(headers: Sequence[str], rows: Sequence[Sequence[str]], style: Style) -> str:
-    """Columns padded to their widest cell (colour codes do not count); numbers right-aligned."""
+def table(headers: Sequence[str], rows: Sequence[Sequence[str]], style: Style, *, header: bool = True) -> str:
+    """Columns padded to their widest cell (colour codes do not count); numbers right-aligned.
+    Without ``header`` (a later page of a listing) only the rows."""
     widths = [visible_len(h) for h in headers]
     for row in rows:
         for i, cell in enumerate(row):
@@ -64,8 +65,9 @@ def table(headers: Sequence[str], rows: Sequence[Sequence[str]], style: Style) -
             out.append(pad + cell if numeric[i] else cell + pad)
         return "  ".join(out).rstrip()
 
-    head = line([style.bold(h) for h in headers])
-    return "\n".join([head, *(line(r) for r in rows)]) + "\n"
+    head = [line([style.bold(h) for h in headers])] if header else []
+    lines = [*head, *(line(r) for r in rows)]
+    return "\n".join(lines) + "\n" if lines else ""
 
 
 def _is_number(cell: str) -> bool:
@@ -90,7 +92,7 @@ def when(value: Any) -> str:
     return value.replace("T", " ")[:19]
 
 
-def jobs_table(jobs: Sequence[Mapping[str, Any]], style: Style) -> str:
+def jobs_table(jobs: Sequence[Mapping[str, Any]], style: Style, *, header: bool = True) -> str:
     rows = []
     for job in jobs:
         spec = job.get("spec") or {}
@@ -108,10 +110,11 @@ def jobs_table(jobs: Sequence[Mapping[str, Any]], style: Style) -> str:
                 str(job.get("reason") or ""),
             ]
         )
-    return table(["JOB", "NAME", "STATE", "CLUSTER", "REPLICAS", "CPU", "MEM_MB", "SUBMITTED", "REASON"], rows, style)
+    headers = ["JOB", "NAME", "STATE", "CLUSTER", "REPLICAS", "CPU", "MEM_MB", "SUBMITTED", "REASON"]
+    return table(headers, rows, style, header=header)
 
 
-def nodes_table(nodes: Sequence[Mapping[str, Any]], style: Style) -> str:
+def nodes_table(nodes: Sequence[Mapping[str, Any]], style: Style, *, header: bool = True) -> str:
     rows = []
     for n in nodes:
         reserved = n.get("reserved") or {}
@@ -134,7 +137,21 @@ def nodes_table(nodes: Sequence[Mapping[str, Any]], style: Style) -> str:
             ]
         )
     headers = ["NODE", "STATE", "CPU_FREE", "CPU_RSV", "MEM_FREE_MB", "MEM_RSV_MB", "GPUS", "REPLICAS", "TECH"]
-    return table([*headers, "LABELS"], rows, style)
+    return table([*headers, "LABELS"], rows, style, header=header)
+
+
+def nodes_summary(summary: Mapping[str, Any]) -> str:
+    """``12000 node(s): 11800 active, 150 inactive, 40 draining, 10 down; active capacity cpu 96000
+    (free 41000), memory_mb ... (free ...), gpu 0 (free 0); reserved on 3000 replica(s)``."""
+    states = summary.get("states") or {}
+    cap, free = summary.get("capacity") or {}, summary.get("free") or {}
+    reserved = summary.get("reserved") or {}
+    counts = ", ".join(f"{n} {state}" for state, n in states.items())
+    amounts = ", ".join(f"{k} {num(cap.get(k, 0))} (free {num(free.get(k, 0))})" for k in ("cpu", "memory_mb", "gpu"))
+    return (
+        f"{summary.get('total', 0)} node(s): {counts}; active capacity {amounts};"
+        f" {num(reserved.get('replicas', 0))} replica(s) reserved"
+    )
 
 
 def job_detail(job: Mapping[str, Any], style: Style) -> str:

@@ -101,6 +101,26 @@ class TestTables:
         )
         assert "\033" not in text and "inactive" in text and "-/8" in text
 
+    def test_later_pages_have_no_header(self) -> None:
+        style = render.Style(False)
+        assert render.table(["A"], [["x"]], style, header=False) == "x\n"
+        assert render.table(["A"], [], style, header=False) == ""
+
+    def test_the_summary_in_one_line(self) -> None:
+        line = render.nodes_summary(
+            {
+                "total": 3,
+                "states": {"active": 2, "inactive": 0, "draining": 1, "down": 0},
+                "capacity": {"cpu": 16.0, "memory_mb": 32768, "gpu": 0},
+                "free": {"cpu": 7.5, "memory_mb": 1024, "gpu": 0},
+                "reserved": {"cpu": 1.0, "memory_mb": 512, "gpu": 0, "replicas": 2},
+            }
+        )
+        assert line == (
+            "3 node(s): 2 active, 0 inactive, 1 draining, 0 down; active capacity cpu 16 (free 7.5),"
+            " memory_mb 32768 (free 1024), gpu 0 (free 0); 2 replica(s) reserved"
+        )
+
     @pytest.mark.parametrize(("value", "text"), [(6.0, "6"), (1.5, "1.5"), (0.333333, "0.33"), (None, "-"), (7, "7")])
     def test_numbers(self, value: object, text: str) -> None:
         assert render.num(value) == text
