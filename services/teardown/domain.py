@@ -1,4 +1,5 @@
-"""Pure teardown logic: the per-job lifecycle state machine, due deadlines, orphan verdicts.
+"""Pure teardown logic: each job's lifecycle record (end, release, deadline), due deadlines,
+orphan verdicts. (The job states as clients see them are ``schemas.states``.)
 
 ``apply(record, event, now)`` folds one event into the job's :class:`JobLifecycle`
 record and says which effect (if any) is owed. The first end trigger wins; a record
