@@ -1,4 +1,5 @@
-"""The per-job lifecycle record kept by teardown in the ``JOB_LIFECYCLE`` KV bucket.
+"""The per-job lifecycle record kept by teardown in the ``JOB_LIFECYCLE`` KV bucket
+(declared in :mod:`schemas.subjects`; bound and read by :mod:`services.cloud.records`).
 
 Key: the job id. Written only by teardown (compare-and-set on the key's revision),
 read by the provisioner (to skip jobs that ended before their cluster was launched)
