@@ -48,3 +48,15 @@ def test_fields_are_keyword_only_and_immutable() -> None:
     with pytest.raises(TypeError):
         c.Limits(1)  # type: ignore[misc]
     assert c.load_config().defaults.technology in c.load_config().technologies
+
+
+def test_natspy_checks_the_version_pyproject_pins() -> None:
+    """natspy refuses any other nats-py than the one its private accesses were checked on: the pin."""
+    import tomllib
+    from pathlib import Path
+
+    from services.runtime import natspy
+
+    pyproject = tomllib.loads((Path(__file__).parents[2] / "pyproject.toml").read_text())
+    assert f"nats-py=={natspy.PINNED}" in pyproject["project"]["dependencies"]
+    assert natspy.INSTALLED == natspy.PINNED
