@@ -29,6 +29,7 @@ from services.devstack import (
     ServiceProcess,
     database_url_from_env,
     spawn_service,
+    supervisor,
 )
 from services.devstack.cluster import NatsCluster
 from services.runtime import credentials
@@ -36,7 +37,7 @@ from services.runtime.streams import ensure_streams
 from tests.support.procs import present, proc_usage, tree_usage
 from tests.support.servers import REPO, nats_auth, wait_for_services
 
-SERVICES = ("gateway", "intake", "placement", "metadata", "provisioner", "teardown")
+SERVICES = supervisor.SERVICES
 
 
 def discard(tmp: Path) -> None:
