@@ -8,14 +8,14 @@ deduplicated by the stream) and ``at`` (RFC 3339, UTC).
 from __future__ import annotations
 
 from datetime import UTC, datetime
-from typing import Annotated
+from typing import Annotated, Literal
 
 import msgspec
 from msgspec import Meta
 
 from schemas import subjects as s
-from schemas.jobs import JobSpec, Resources
-from schemas.types import LabelKey, LabelValue, NodeId, NodeState, Outcome, Technology
+from schemas.jobs import Constraints, JobSpec, Resources
+from schemas.types import LabelKey, LabelValue, NodeId, NodeState, Outcome, ShortText, Technology
 
 
 def utcnow() -> datetime:
@@ -25,6 +25,14 @@ def utcnow() -> datetime:
 def event_id_for(job_id: str, event_type: str) -> str:
     """Deterministic id of a once-per-job event, so a re-published one is a duplicate."""
     return f"{job_id}:{event_type}"
+
+
+def revision_event_id(job_id: str, event_type: str, revision: int) -> str:
+    """Deterministic id of a once-per-revision event (``placement.decided`` revision 2 and on,
+    ``placement.degraded``): two placement instances deciding the same revision of a job
+    publish the same id, so the stream keeps one. Revision 1 keeps :func:`event_id_for`'s id."""
+    base = event_id_for(job_id, event_type)
+    return base if revision <= 1 and event_type == s.PLACEMENT_DECIDED else f"{base}:{revision}"
 
 
 class Event(msgspec.Struct, tag_field="type", kw_only=True):
@@ -96,11 +104,29 @@ class Excluded(msgspec.Struct, kw_only=True):
     spread: int = 0
 
 
+ChangeReason = Literal["node_lost", "drain", "scale", "preempted"]
+
+
+class Change(msgspec.Struct, kw_only=True, omit_defaults=True, frozen=True):
+    """One replica that moved between two revisions of a job's placement."""
+
+    replica: int
+    from_: str | None = msgspec.field(default=None, name="from")
+    """The node it ran on (null: it had none, e.g. a replica placed again after being missing)."""
+    to: str | None = None
+    """The node it runs on now (null: it fits nowhere for now, see ``placement.degraded``)."""
+    reason: ChangeReason
+    by: str | None = None
+    """For ``preempted``: the job that took the room."""
+
+
 class PlacementDecided(JobEvent, tag=s.PLACEMENT_DECIDED, kw_only=True):
     cluster: str
     technology: str
     strategy: str
     assignments: list[Assignment]
+    """The complete current assignments of this revision (a replica that fits nowhere for now
+    is absent; ``placement.degraded`` of the same revision names it)."""
     candidates: list[Candidate]
     resources: Resources | None = None
     """Per-replica request: with the assignments it is the reservation (ledger rebuild)."""
@@ -108,6 +134,21 @@ class PlacementDecided(JobEvent, tag=s.PLACEMENT_DECIDED, kw_only=True):
     """The job's runtime limit (null: none), counted from this decision for a shared job.
     Carried so a consumer of decisions needs no lookup of the job; absent in events written
     before it existed, which a consumer must treat as "unknown", not as "no limit"."""
+    revision: int = 1
+    """1 for the first decision, +1 for each change of where the job's replicas run (§8.1).
+    A consumer keeps the highest revision per job and ignores older ones."""
+    changes: list[Change] = []
+    """Which replicas moved since the previous revision, and why (empty on revision 1)."""
+    replicas: int | None = None
+    """The number of replicas the job wants (null in events written before it existed: as
+    many as ``assignments``)."""
+    constraints: Constraints | None = None
+    """The job's constraints, so a replica can be placed again from PLACEMENTS alone."""
+    priority: int = 0
+
+    @property
+    def wanted(self) -> int:
+        return self.replicas if self.replicas is not None else len(self.assignments)
 
 
 class PlacementFailed(JobEvent, tag=s.PLACEMENT_FAILED, kw_only=True):
@@ -118,6 +159,18 @@ class PlacementFailed(JobEvent, tag=s.PLACEMENT_FAILED, kw_only=True):
 
 class PlacementReleased(JobEvent, tag=s.PLACEMENT_RELEASED, kw_only=True):
     reason: str | None = None
+
+
+class PlacementDegraded(JobEvent, tag=s.PLACEMENT_DEGRADED, kw_only=True):
+    """Replicas of a live job that must run but fit nowhere for now (§8.1): the job is
+    ``degraded`` until a later revision places them; retried whenever capacity changes."""
+
+    revision: int
+    """The job's latest revision (the ``placement.decided`` that left these replicas out)."""
+    missing: list[int]
+    reason: str
+    nodes_total: int = 0
+    excluded: Excluded = msgspec.field(default_factory=Excluded)
 
 
 # --- CLUSTERS -------------------------------------------------------------
@@ -146,6 +199,17 @@ class ClusterTeardownRequested(JobEvent, tag=s.CLUSTER_TEARDOWN_REQUESTED, kw_on
     reason: str | None = None
 
 
+class ClusterInstanceReplaced(JobEvent, tag=s.CLUSTER_INSTANCE_REPLACED, kw_only=True):
+    """An instance of a running dedicated job stopped or terminated without the scheduler
+    asking (spot reclaim, hardware fault) and a new one now runs that replica (§8.2)."""
+
+    replica: int
+    old_instance_id: str
+    new_instance_id: str
+    instance_type: str | None = None
+    private_ip: str | None = None
+
+
 class ClusterTornDown(JobEvent, tag=s.CLUSTER_TORN_DOWN, kw_only=True):
     instance_ids: list[str] = []
     reason: str | None = None
@@ -172,6 +236,15 @@ class NodeStatus(Event, tag=s.NODE_STATUS, kw_only=True):
     labels: Annotated[dict[LabelKey, LabelValue], Meta(max_length=64)] = {}
 
 
+class NodeDraining(Event, tag=s.NODE_DRAINING, kw_only=True):
+    """A node's drain state, stored on ``node.draining.<node_id>`` (the last one per node is
+    kept): a draining node takes no new replicas and its replicas are moved (reason ``drain``)."""
+
+    node_id: NodeId
+    draining: bool
+    reason: ShortText | None = None
+
+
 # --- DEADLETTER -------------------------------------------------------------
 class DeadLetter(Event, tag=s.DEADLETTER, kw_only=True):
     service: str
@@ -185,11 +258,17 @@ class DeadLetter(Event, tag=s.DEADLETTER, kw_only=True):
 
 
 JobEvents = JobSubmitted | JobAccepted | JobRejected | JobCancelRequested | JobCompleted | JobExpired
-PlacementEvents = PlacementDecided | PlacementFailed | PlacementReleased
+PlacementEvents = PlacementDecided | PlacementFailed | PlacementReleased | PlacementDegraded
 ClusterEvents = (
-    ClusterProvisioning | ClusterProvisioned | ClusterProvisionFailed | ClusterTeardownRequested | ClusterTornDown
+    ClusterProvisioning
+    | ClusterProvisioned
+    | ClusterProvisionFailed
+    | ClusterTeardownRequested
+    | ClusterTornDown
+    | ClusterInstanceReplaced
 )
-AnyEvent = JobEvents | PlacementEvents | ClusterEvents | NodeStatus | DeadLetter
+NodeEvents = NodeStatus | NodeDraining
+AnyEvent = JobEvents | PlacementEvents | ClusterEvents | NodeEvents | DeadLetter
 
 EVENT_TYPES: dict[str, type[Event]] = {
     cls.__struct_config__.tag: cls  # type: ignore[misc]
@@ -203,12 +282,15 @@ EVENT_TYPES: dict[str, type[Event]] = {
         PlacementDecided,
         PlacementFailed,
         PlacementReleased,
+        PlacementDegraded,
         ClusterProvisioning,
         ClusterProvisioned,
         ClusterProvisionFailed,
         ClusterTeardownRequested,
         ClusterTornDown,
+        ClusterInstanceReplaced,
         NodeStatus,
+        NodeDraining,
         DeadLetter,
     )
 }
@@ -230,6 +312,8 @@ def subject_of(event: Event) -> str:
     """The subject an event is published on (its tag, or per node for node status)."""
     if isinstance(event, NodeStatus):
         return s.node_status_subject(event.node_id)
+    if isinstance(event, NodeDraining):
+        return s.node_draining_subject(event.node_id)
     tag = event.__struct_config__.tag
     assert isinstance(tag, str)
     return tag
@@ -239,6 +323,8 @@ __all__ = [
     "AnyEvent",
     "Assignment",
     "Candidate",
+    "Change",
+    "ClusterInstanceReplaced",
     "ClusterProvisionFailed",
     "ClusterProvisioned",
     "ClusterProvisioning",
@@ -255,13 +341,16 @@ __all__ = [
     "JobExpired",
     "JobRejected",
     "JobSubmitted",
+    "NodeDraining",
     "NodeStatus",
     "PlacementDecided",
+    "PlacementDegraded",
     "PlacementFailed",
     "PlacementReleased",
     "any_event_decoder",
     "encode",
     "event_id_for",
+    "revision_event_id",
     "subject_of",
     "utcnow",
 ]

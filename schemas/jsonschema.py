@@ -110,10 +110,26 @@ REQUESTS: dict[str, RequestContract] = {
             "`summary: true`, counts per state and the fleet's capacity in one small reply (an empty body means {})."
         ),
     ),
+    s.NODE_DRAIN: RequestContract(
+        served_by="placement",
+        request=(rp.NodeDrainRequest,),
+        reply=(rp.NodeDrainReply,),
+        description=(
+            "Drain a node: it takes no new replicas and its replicas move elsewhere (reason `drain`); stored, so it "
+            "survives restarts (404 unknown node)."
+        ),
+    ),
+    s.NODE_UNDRAIN: RequestContract(
+        served_by="placement",
+        request=(rp.NodeUndrainRequest,),
+        reply=(rp.NodeDrainReply,),
+        description="End a node's drain: it takes replicas again (404 unknown node).",
+    ),
 }
 
 _EVENT_SUBJECTS: dict[str, str] = {
     s.NODE_STATUS: s.node_status_subject("<node_id>"),
+    s.NODE_DRAINING: s.node_draining_subject("<node_id>"),
     s.DEADLETTER: s.deadletter_subject("<service>"),
 }
 """Event types published on a subject other than their type (one per node / per service)."""

@@ -8,10 +8,10 @@ from typing import Annotated, Literal
 import msgspec
 from msgspec import Meta
 
-from schemas.events import Assignment, Candidate
+from schemas.events import Assignment, Candidate, Change
 from schemas.jobs import JobSpec
 from schemas.types import Inbound as _Inbound
-from schemas.types import JobId, JobState, Outcome, ShortText
+from schemas.types import JobId, JobState, NodeId, Outcome, ShortText
 
 
 class SubmitReply(msgspec.Struct, kw_only=True):
@@ -94,11 +94,28 @@ class InstanceRecord(msgspec.Struct, kw_only=True):
     private_ip: str | None = None
 
 
+class Revision(msgspec.Struct, kw_only=True):
+    """One revision of a job's placement: when, and which replicas moved why."""
+
+    revision: int
+    at: datetime
+    changes: list[Change] = []
+
+
 class PlacementRecord(msgspec.Struct, kw_only=True):
-    """The ``placement.decided`` event's assignments and candidates."""
+    """The latest ``placement.decided`` event's assignments and candidates (§8.1: the highest
+    revision), the replicas it wants and those missing (``degraded``), and every revision."""
 
     assignments: list[Assignment]
     candidates: list[Candidate]
+    revision: int = 1
+    replicas: int | None = None
+    """Replicas the job wants (null: as many as ``assignments``)."""
+    missing: list[int] = []
+    """Replicas that fit nowhere for now (the job is ``degraded``)."""
+    degraded_reason: str | None = None
+    revisions: list[Revision] = []
+    """Every revision seen, oldest first, with its changes."""
 
 
 class JobRecord(msgspec.Struct, kw_only=True):
@@ -156,6 +173,8 @@ class NodeRecord(msgspec.Struct, kw_only=True):
     memory_free_mb: int
     gpus: int
     reserved: Reserved
+    draining: bool = False
+    """Drained by ``node.drain`` (or reporting ``state: draining``): takes no new replicas."""
 
 
 class NodeListReply(msgspec.Struct, kw_only=True):
@@ -191,3 +210,22 @@ class NodeSummaryReply(msgspec.Struct, kw_only=True):
     """The reply of ``node.list`` with ``summary: true``."""
 
     summary: NodeSummary
+
+
+# --- placement: node.drain / node.undrain -------------------------------------
+class NodeDrainRequest(_Inbound):
+    """Body of ``node.drain``: the node takes no new replicas and its replicas are moved."""
+
+    node_id: NodeId
+    reason: ShortText | None = None
+
+
+class NodeUndrainRequest(_Inbound):
+    """Body of ``node.undrain``."""
+
+    node_id: NodeId
+
+
+class NodeDrainReply(msgspec.Struct, kw_only=True):
+    node_id: str
+    draining: bool

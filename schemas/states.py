@@ -30,6 +30,7 @@ JobState = Literal[
     "placed",
     "provisioning",
     "running",
+    "degraded",
     "cancelling",
     "cancelled",
     "succeeded",
@@ -42,7 +43,19 @@ TERMINAL_STATES: frozenset[str] = frozenset({"rejected", "failed", "cancelled", 
 """A job in one of these has ended: its reservations and instances are released once."""
 CANCELLING = "cancelling"
 """An end was requested and is not reached yet; it stays until the release says how it ended."""
-LIVE_ORDER: tuple[str, ...] = ("submitted", "accepted", "pending", "placed", "provisioning", "running", CANCELLING)
+DEGRADED = "degraded"
+"""A live job some of whose replicas fit nowhere for now (§8.1). Not a step of the job's life but
+an overlay on ``placed``/``provisioning``/``running``: see :func:`overlay`."""
+LIVE_ORDER: tuple[str, ...] = (
+    "submitted",
+    "accepted",
+    "pending",
+    "placed",
+    "provisioning",
+    "running",
+    DEGRADED,
+    CANCELLING,
+)
 """The live (non-terminal) states in the order of a job's life."""
 RANK: dict[str, int] = {
     **{state: i for i, state in enumerate(LIVE_ORDER)},
@@ -70,6 +83,18 @@ RELEASES: tuple[str, ...] = (s.PLACEMENT_RELEASED, s.CLUSTER_TORN_DOWN)
 
 _COMPLETED = s.JOB_COMPLETED
 _RELEASED = s.PLACEMENT_RELEASED
+
+
+def overlay(state: str, degraded_revision: int | None, decided_revision: int | None) -> str:
+    """The state shown for a job whose base state (from the lifecycle events) is ``state``:
+    ``degraded`` while the latest ``placement.degraded`` is of the job's latest revision (a
+    later revision placed the missing replicas again), else ``state``. Order-independent:
+    it compares revisions, not arrival order."""
+    if degraded_revision is None or state in TERMINAL_STATES or state == CANCELLING:
+        return state
+    if decided_revision is not None and decided_revision > degraded_revision:
+        return state
+    return DEGRADED
 
 
 def state_after(event_type: str, outcome: str | None = None) -> str | None:
@@ -150,6 +175,7 @@ def lifecycle_key(step: tuple[str, Fact]) -> tuple[int, datetime, str]:
 
 __all__ = [
     "CANCELLING",
+    "DEGRADED",
     "LIVE_ORDER",
     "RANK",
     "RELEASES",
@@ -161,6 +187,7 @@ __all__ = [
     "cancelled_at",
     "lifecycle_key",
     "next_state",
+    "overlay",
     "settle",
     "shows_reason",
     "state_after",

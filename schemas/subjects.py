@@ -19,6 +19,8 @@ JOB_GET = "job.get"
 JOB_LIST = "job.list"
 JOB_EVENTS = "job.events"
 NODE_LIST = "node.list"
+NODE_DRAIN = "node.drain"
+NODE_UNDRAIN = "node.undrain"
 
 REQUEST_SUBJECTS: tuple[str, ...] = (
     JOB_SUBMIT,
@@ -29,6 +31,8 @@ REQUEST_SUBJECTS: tuple[str, ...] = (
     JOB_LIST,
     JOB_EVENTS,
     NODE_LIST,
+    NODE_DRAIN,
+    NODE_UNDRAIN,
 )
 
 # --- events (JetStream) -----------------------------------------------------
@@ -42,16 +46,22 @@ JOB_EXPIRED = "job.expired"
 PLACEMENT_DECIDED = "placement.decided"
 PLACEMENT_FAILED = "placement.failed"
 PLACEMENT_RELEASED = "placement.released"
+PLACEMENT_DEGRADED = "placement.degraded"
 
 CLUSTER_PROVISIONING = "cluster.provisioning"
 CLUSTER_PROVISIONED = "cluster.provisioned"
 CLUSTER_PROVISION_FAILED = "cluster.provision_failed"
 CLUSTER_TEARDOWN_REQUESTED = "cluster.teardown_requested"
 CLUSTER_TORN_DOWN = "cluster.torn_down"
+CLUSTER_INSTANCE_REPLACED = "cluster.instance_replaced"
 
 NODE_STATUS = "node.status"
 """The event type of node status; its subject is ``node.status.<node_id>``."""
 NODE_STATUS_ALL = NODE_STATUS + ".*"
+NODE_DRAINING = "node.draining"
+"""The event type of a node's drain state (a stored fact, last one per node kept); subject
+``node.draining.<node_id>``. Written by placement when it answers ``node.drain``/``node.undrain``."""
+NODE_DRAINING_ALL = NODE_DRAINING + ".*"
 
 DEADLETTER = "deadletter"
 """The event type of dead letters; the subject is ``deadletter.<service>``."""
@@ -60,6 +70,10 @@ DEADLETTER_ALL = DEADLETTER + ".*"
 
 def node_status_subject(node_id: str) -> str:
     return f"{NODE_STATUS}.{node_id}"
+
+
+def node_draining_subject(node_id: str) -> str:
+    return f"{NODE_DRAINING}.{node_id}"
 
 
 def deadletter_subject(service: str) -> str:
@@ -115,7 +129,7 @@ the stream refused (optimistic concurrency between placement instances refuses s
 the publisher dies right after the commit; and nothing outside ``services`` may commit."""
 PLACEMENTS = StreamSpec(
     name="PLACEMENTS",
-    subjects=(PLACEMENT_DECIDED, PLACEMENT_FAILED, PLACEMENT_RELEASED),
+    subjects=(PLACEMENT_DECIDED, PLACEMENT_FAILED, PLACEMENT_RELEASED, PLACEMENT_DEGRADED),
     description="Placement decisions and releases; the capacity ledger is rebuilt from it.",
     capture=(f"{COMMIT_PREFIX}.placement.*",),
     transform=(f"{COMMIT_PREFIX}.placement.*", "placement.{{wildcard(1)}}"),
@@ -137,13 +151,14 @@ CLUSTERS = StreamSpec(
         CLUSTER_PROVISION_FAILED,
         CLUSTER_TEARDOWN_REQUESTED,
         CLUSTER_TORN_DOWN,
+        CLUSTER_INSTANCE_REPLACED,
     ),
     description="Dedicated clusters of cloud instances: provisioning and teardown.",
 )
 NODES = StreamSpec(
     name="NODES",
-    subjects=(NODE_STATUS_ALL,),
-    description="Last status of each node (one message kept per subject).",
+    subjects=(NODE_STATUS_ALL, NODE_DRAINING_ALL),
+    description="Last status and last drain state of each node (one message kept per subject).",
     max_msgs_per_subject=1,
 )
 DEADLETTERS = StreamSpec(

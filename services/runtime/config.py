@@ -50,6 +50,18 @@ class Timeouts(_Conf, kw_only=True):
     """How long ``placement.request`` waits for the decision before answering 504."""
     idempotency_window_s: PositiveS = 86400.0
     """The JOBS stream's duplicate window: how long a ``Nats-Msg-Id``/request_id is remembered."""
+    node_lost_s: PositiveS = 30.0
+    """A node silent this long (or reporting ``down``) is lost: its replicas are placed again
+    elsewhere (reason ``node_lost``). At least ``node_ttl_s``."""
+    instance_check_s: PositiveS = 30.0
+    """How often the instances of running dedicated jobs are checked against EC2 (by tag), so
+    one stopped or terminated outside the scheduler is replaced."""
+
+    def __post_init__(self) -> None:
+        if self.node_lost_s < self.node_ttl_s:
+            raise ValueError(
+                f"timeouts.node_lost_s ({self.node_lost_s}) must be at least node_ttl_s ({self.node_ttl_s})"
+            )
 
 
 class PlacementConf(_Conf, kw_only=True):
