@@ -1,0 +1,71 @@
+"""``natsched``'s command line: the parser of every command and its options."""
+
+from __future__ import annotations
+
+import argparse
+
+from services.cli import jobspec
+
+
+def parser() -> argparse.ArgumentParser:
+    common = argparse.ArgumentParser(add_help=False)
+    g = common.add_argument_group("connection and output")
+    g.add_argument("-s", "--server", help="NATS URL(s), comma-separated (default: $NATS_URL or nats://127.0.0.1:4222)")
+    g.add_argument("--user", help="NATS user (default: $NATS_USER, else the development user of the command)")
+    g.add_argument("--password", help="NATS password (default: $NATS_PASSWORD, else the development password)")
+    g.add_argument("--timeout", type=float, help="seconds to wait for an answer (default 5; 15 for submit --wait)")
+    g.add_argument("--json", action="store_true", help="plain JSON on stdout (one object per line for watch)")
+    g.add_argument("--no-color", action="store_true", help="no colours (also: NO_COLOR set, or not a terminal)")
+
+    p = argparse.ArgumentParser(
+        prog="natsched",
+        description="Submit and follow jobs of the natsched cluster scheduler (talks NATS; see docs/OPERATIONS.md).",
+    )
+    sub = p.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    c = sub.add_parser("submit", parents=[common], help="submit a job (flags or a JSON/TOML file)")
+    jobspec.add_flags(c)
+    c.add_argument("--msg-id", help="idempotency key sent as the Nats-Msg-Id header (wins over --request-id)")
+    c.add_argument("--wait", action="store_true", help="ask placement.request: wait for the decision and print it")
+
+    c = sub.add_parser("get", parents=[common], help="a job's record: state, placement, instances, history")
+    c.add_argument("job_id")
+
+    c = sub.add_parser("list", parents=[common], help="jobs, newest first")
+    c.add_argument("--state", help="only jobs in this state (pending, placed, failed, ...)")
+    c.add_argument("--limit", type=int, default=100, help="jobs per page, 1-1000 (default 100)")
+    c.add_argument("--after", help="the cursor printed by the previous page")
+    c.add_argument("--all", action="store_true", help="every page, following the cursor")
+
+    c = sub.add_parser("cancel", parents=[common], help="cancel a job")
+    c.add_argument("job_id")
+
+    c = sub.add_parser("complete", parents=[common], help="report that a job ended")
+    c.add_argument("job_id")
+    c.add_argument("--outcome", choices=["succeeded", "failed"], default="succeeded")
+    c.add_argument("--message", help="why (free text)")
+
+    c = sub.add_parser("nodes", parents=[common], help="the fleet's summary and its nodes: state, free, reserved")
+    c.add_argument("--state", choices=["active", "inactive", "draining", "down"], help="only nodes in this state")
+    c.add_argument("--label", help="only nodes with this label, KEY=VALUE")
+    c.add_argument("--limit", type=int, default=500, help="nodes per page, 1-5000 (default 500)")
+    c.add_argument("--after", help="the cursor printed by the previous page")
+    c.add_argument("--all", action="store_true", help="every page, following the cursor")
+
+    c = sub.add_parser("watch", parents=[common], help="live job, placement and cluster events")
+    c.add_argument("job_id", nargs="?", help="only this job's events")
+    c.add_argument("--history", action="store_true", help="first print the job's past events (job.events)")
+    c.add_argument("--until-done", action="store_true", help="stop at the job's final event")
+    c.add_argument("--count", type=int, help="stop after this many events")
+    c.add_argument("--nodes", action="store_true", help="node status too")
+
+    c = sub.add_parser("simulate-nodes", parents=[common], help="publish the status of N simulated nodes")
+    c.add_argument("count", type=int, metavar="N")
+    c.add_argument("--interval", type=float, default=3.0, help="seconds between rounds (default 3)")
+    c.add_argument("--rounds", type=int, help="stop after this many rounds (default: until Ctrl-C)")
+    c.add_argument("--seed", type=int, default=42)
+    c.add_argument("--prefix", default="node", help="node ids are PREFIX-000, PREFIX-001, ...")
+    c = sub.add_parser("ping", parents=[common], help="the service instances that answer (default timeout 1 s)")
+    c.add_argument("name", nargs="?", help="gateway, intake, placement, metadata, provisioner, teardown")
+    c.add_argument("--host", help="succeed only if an instance on this host answers (container health checks)")
+    return p
