@@ -1,41 +1,54 @@
 """Invariant checker: after a run, prove from the streams that nothing was lost or overbooked.
 
-``check(events, capacities)`` is pure: it takes the events of JOBS, PLACEMENTS and
-CLUSTERS in stream order and each node's capacity, and reports violations:
+``check(events, capacities)`` is pure: it takes the events of JOBS, PLACEMENTS and CLUSTERS
+(PLACEMENTS in its stream order) and each node's capacity, and reports violations:
 
-- every submitted job reaches exactly one decision (``placement.decided``,
-  ``placement.failed`` or ``job.rejected``);
-- every job that ended (cancel, completion, expiry, failed provisioning) with a
-  reservation is released exactly once;
-- one job per idempotency key;
-- replaying decided/released in stream order, no node's reservations ever exceed its
-  capacity (cpu, memory, gpu);
-- every instance launched for a job that ended was torn down (``cluster.torn_down``).
+- every submitted job reaches exactly one decision (revision 1 of ``placement.decided``,
+  ``placement.failed`` or ``job.rejected``); one job per idempotency key;
+- the revisions of a job's placement are 1, 2, 3... in stream order, without gaps or
+  duplicates (§8.1), and none comes after the job's release;
+- a revision's ``changes`` are exactly the replicas whose node differs from the previous
+  revision (``from`` its old node, ``to`` its new one, null where absent), its assignments
+  name each replica below ``wanted`` at most once, and ``constraints.spread`` is kept;
+- replaying the revisions in stream order (the latest revision of each job is booked, the
+  previous one released; ``placement.released`` frees whatever the job holds), no node is
+  ever booked beyond its capacity (cpu, memory, gpu), moves included;
+- every job that ended with a reservation is released exactly once; every instance launched
+  for a job that ended (replacements included) was torn down;
+- a ``placement.degraded`` of revision r names exactly the replicas absent from revision r.
 
-``read_events(js)`` reads the streams of a live server (for tests and benchmarks);
-``submitted_ids`` lets a caller add the job ids whose ``submitted`` reply it received,
-which must all be in the JOBS stream.
+With ``settled=`` (the nodes as they are now, see :class:`Settled`) it also checks that the
+system has settled: every live shared job has all ``wanted`` replicas on nodes that are live
+(reported within ``node_lost_s``), not down and not draining, or is degraded (its latest
+``placement.degraded`` has a revision >= its latest decided one) with a reason; and every
+instance of a live dedicated job is running.
+
+``check_live(js)`` reads the streams of a live server (``tests.support.replay``).
 """
 
 from __future__ import annotations
 
-import asyncio
 from collections import Counter, defaultdict
-from collections.abc import Iterable
+from collections.abc import Iterable, Mapping
+from datetime import UTC, datetime
 
 import msgspec
 from nats.js import JetStreamContext
-from nats.js import api as js_api
 
 from schemas import events as ev
-from schemas import subjects as s
+from tests.support.replay import NodeView, capacities, instance_states, read_events, read_nodes, read_stream
 
 _EPS = 1e-9
+ENDINGS = (ev.JobCancelRequested, ev.JobCompleted, ev.JobExpired, ev.ClusterProvisionFailed)
 
 
 class Report(msgspec.Struct):
     jobs: int = 0
     decided: int = 0
+    """Jobs placed (revision 1 of ``placement.decided``)."""
+    revisions: int = 0
+    """Later revisions (re-placements)."""
+    degraded: int = 0
     failed: int = 0
     rejected: int = 0
     lost: list[str] = msgspec.field(default_factory=list)
@@ -47,30 +60,82 @@ class Report(msgspec.Struct):
     unreleased: list[str] = msgspec.field(default_factory=list)
     overbooked: list[str] = msgspec.field(default_factory=list)
     instances_left: list[str] = msgspec.field(default_factory=list)
+    bad_revisions: list[str] = msgspec.field(default_factory=list)
+    """``job: revision r after q``: a gap, a duplicate or one out of order (d)."""
+    revised_after_release: list[str] = msgspec.field(default_factory=list)
+    bad_changes: list[str] = msgspec.field(default_factory=list)
+    bad_assignments: list[str] = msgspec.field(default_factory=list)
+    bad_degraded: list[str] = msgspec.field(default_factory=list)
+    unsettled: list[str] = msgspec.field(default_factory=list)
+    """Live jobs short of replicas (or on lost/draining nodes) without being degraded (c)."""
+
+    @property
+    def violations(self) -> dict[str, list[str]]:
+        """Every non-empty list of violations, by name."""
+        return {k: v for k in self.__struct_fields__ if isinstance(v := getattr(self, k), list) and v}
 
     @property
     def ok(self) -> bool:
-        return not (
-            self.lost
-            or self.multiply_decided
-            or self.duplicate_keys
-            or self.missing_from_stream
-            or self.double_released
-            or self.unreleased
-            or self.overbooked
-            or self.instances_left
-        )
+        return not self.violations
 
 
-ENDINGS = (ev.JobCancelRequested, ev.JobCompleted, ev.JobExpired, ev.ClusterProvisionFailed)
+class Settled(msgspec.Struct, frozen=True):
+    """What "settled" is measured against: the nodes' last reports, now, and the loss timeout."""
+
+    nodes: Mapping[str, NodeView]
+    now: datetime
+    node_lost_s: float
+    instance_states: Mapping[str, str] | None = None
+    """EC2 state of each instance (``running``, ``stopped``...); None: dedicated jobs not checked."""
+
+    def usable(self, node_id: str) -> bool:
+        n = self.nodes.get(node_id)
+        if n is None or n.state != "active" or n.draining:
+            return False
+        return (self.now - n.last_at).total_seconds() <= self.node_lost_s
+
+
+class _Job(msgspec.Struct):
+    latest: ev.PlacementDecided | None = None
+    booked: tuple[str, ...] = ()
+    released: bool = False
+    degraded: ev.PlacementDegraded | None = None
+
+
+def _nodes(d: ev.PlacementDecided) -> dict[int, str]:
+    return {a.replica: a.node_id for a in d.assignments if a.node_id is not None}
+
+
+def _revision_faults(prev: ev.PlacementDecided | None, d: ev.PlacementDecided) -> tuple[list[str], list[str]]:
+    """(bad changes, bad assignments) of revision ``d`` after ``prev``."""
+    replicas = [a.replica for a in d.assignments]
+    bad_asg = []
+    if len(replicas) != len(set(replicas)) or any(r < 0 or r >= d.wanted for r in replicas):
+        bad_asg.append(f"{d.job_id} r{d.revision}: replicas {sorted(replicas)} of {d.wanted}")
+    nodes = [a.node_id for a in d.assignments if a.node_id]
+    if d.constraints is not None and d.constraints.spread and len(nodes) != len(set(nodes)):
+        bad_asg.append(f"{d.job_id} r{d.revision}: spread broken, nodes {sorted(nodes)}")
+    if prev is None or d.cluster != "shared":
+        return [], bad_asg
+    old, new = _nodes(prev), _nodes(d)
+    moved = {r for r in old.keys() | new.keys() if old.get(r) != new.get(r)}
+    told = {c.replica: c for c in d.changes}
+    bad = [
+        f"{d.job_id} r{d.revision}: replica {r} {old.get(r)}->{new.get(r)}, change says "
+        + (f"{told[r].from_}->{told[r].to}" if r in told else "nothing")
+        for r in sorted(moved | told.keys())
+        if r not in told or r not in moved or (told[r].from_, told[r].to) != (old.get(r), new.get(r))
+    ]
+    return bad, bad_asg
 
 
 def check(
     events: Iterable[ev.Event],
-    capacities: dict[str, tuple[float, int, int]],
+    capacities: Mapping[str, tuple[float, int, int]],
     *,
     submitted_ids: Iterable[str] = (),
     require_release: bool = True,
+    settled: Settled | None = None,
 ) -> Report:
     r = Report()
     submitted: set[str] = set()
@@ -78,11 +143,26 @@ def check(
     decisions: Counter[str] = Counter()
     releases: Counter[str] = Counter()
     ended: set[str] = set()
+    jobs: dict[str, _Job] = defaultdict(_Job)
+    decided_revs: dict[tuple[str, int], ev.PlacementDecided] = {}
+    degraded_events: list[ev.PlacementDegraded] = []
     reserved: dict[str, list[float]] = defaultdict(lambda: [0.0, 0.0, 0.0])
-    holdings: dict[str, tuple[ev.PlacementDecided, tuple[str, ...]]] = {}
     launched: dict[str, set[str]] = defaultdict(set)
+    replaced: dict[str, dict[str, str]] = defaultdict(dict)
     torn: dict[str, set[str]] = defaultdict(set)
     overbooked: set[str] = set()
+
+    def book(d: ev.PlacementDecided, nodes: tuple[str, ...], sign: float) -> None:
+        assert d.resources is not None
+        for nid in nodes:
+            acc = reserved[nid]
+            acc[0] += sign * d.resources.cpu
+            acc[1] += sign * d.resources.memory_mb
+            acc[2] += sign * d.resources.gpu
+            cap = capacities.get(nid)
+            if sign > 0 and cap and (acc[0] > cap[0] + _EPS or acc[1] > cap[1] or acc[2] > cap[2]):
+                overbooked.add(nid)
+
     for e in events:
         match e:
             case ev.JobSubmitted():
@@ -96,38 +176,58 @@ def check(
                 decisions[e.job_id] += 1
                 r.failed += 1
             case ev.PlacementDecided():
-                decisions[e.job_id] += 1
-                r.decided += 1
-                if e.cluster == "shared" and e.resources is not None and e.job_id not in holdings:
-                    nodes = tuple(a.node_id for a in e.assignments if a.node_id)
-                    holdings[e.job_id] = (e, nodes)
-                    for nid in nodes:
-                        acc = reserved[nid]
-                        acc[0] += e.resources.cpu
-                        acc[1] += e.resources.memory_mb
-                        acc[2] += e.resources.gpu
-                        cap = capacities.get(nid)
-                        if cap and (acc[0] > cap[0] + _EPS or acc[1] > cap[1] or acc[2] > cap[2]):
-                            overbooked.add(nid)
+                job = jobs[e.job_id]
+                last = job.latest.revision if job.latest else 0
+                if e.revision == 1:
+                    decisions[e.job_id] += 1
+                    r.decided += 1
+                else:
+                    r.revisions += 1
+                if e.revision != last + 1:
+                    r.bad_revisions.append(f"{e.job_id}: revision {e.revision} after {last}")
+                if e.revision <= last:
+                    continue  # a stale or repeated revision: the ledger keeps the highest
+                if job.released:
+                    r.revised_after_release.append(f"{e.job_id}: revision {e.revision}")
+                    continue
+                changes, assignments = _revision_faults(job.latest, e)
+                r.bad_changes += changes
+                r.bad_assignments += assignments
+                decided_revs[(e.job_id, e.revision)] = e
+                if e.cluster == "shared" and e.resources is not None:
+                    if job.latest is not None and job.latest.resources is not None:
+                        book(job.latest, job.booked, -1.0)
+                    job.booked = tuple(_nodes(e).values())
+                    book(e, job.booked, +1.0)
+                job.latest = e
+            case ev.PlacementDegraded():
+                r.degraded += 1
+                degraded_events.append(e)
+                job = jobs[e.job_id]
+                if job.degraded is None or e.revision > job.degraded.revision:
+                    job.degraded = e
             case ev.PlacementReleased():
                 releases[e.job_id] += 1
-                held = holdings.pop(e.job_id, None)
-                if held:
-                    d, nodes = held
-                    assert d.resources is not None
-                    for nid in nodes:
-                        acc = reserved[nid]
-                        acc[0] -= d.resources.cpu
-                        acc[1] -= d.resources.memory_mb
-                        acc[2] -= d.resources.gpu
+                job = jobs[e.job_id]
+                if job.latest is not None and job.latest.resources is not None and not job.released:
+                    book(job.latest, job.booked, -1.0)
+                job.booked, job.released = (), True
             case ev.ClusterProvisioned() | ev.ClusterProvisioning():
                 launched[e.job_id].update(i.instance_id for i in e.instances)
+            case ev.ClusterInstanceReplaced():
+                launched[e.job_id].add(e.new_instance_id)
+                replaced[e.job_id][e.old_instance_id] = e.new_instance_id
             case ev.ClusterTornDown():
                 torn[e.job_id].update(e.instance_ids)
             case _:
                 pass
         if isinstance(e, ENDINGS):
             ended.add(e.job_id)
+    for g in degraded_events:
+        d = decided_revs.get((g.job_id, g.revision))
+        absent = sorted(set(range(d.wanted)) - set(_nodes(d))) if d else None
+        if d is None or sorted(g.missing) != absent or not g.reason:
+            r.bad_degraded.append(f"{g.job_id} r{g.revision}: missing {sorted(g.missing)}, decided lacks {absent}")
     r.jobs = len(submitted)
     r.lost = sorted(j for j in submitted if decisions[j] == 0)
     r.multiply_decided = sorted(j for j, n in decisions.items() if n > 1)
@@ -135,59 +235,75 @@ def check(
     r.missing_from_stream = sorted(set(submitted_ids) - submitted)
     r.double_released = sorted(j for j, n in releases.items() if n > 1)
     if require_release:
-        r.unreleased = sorted(j for j in ended if j in holdings)
+        r.unreleased = sorted(
+            j for j in ended if (d := jobs[j].latest) and d.cluster == "shared" and d.resources and not jobs[j].released
+        )
     r.overbooked = sorted(overbooked)
     r.instances_left = sorted(f"{j}:{i}" for j in ended for i in launched.get(j, set()) - torn.get(j, set()))
+    if settled is not None:
+        r.unsettled = _unsettled(jobs, ended, launched, replaced, settled)
     return r
 
 
-async def read_stream(js: JetStreamContext, stream: str, timeout: float = 30.0) -> list[ev.Event]:
-    """Every message of a stream, in order, decoded (undecodable ones skipped)."""
-    info = await js.stream_info(stream)
-    last = info.state.last_seq
-    out: list[ev.Event] = []
-    if info.state.messages == 0:
-        return out
-    psub = await js.pull_subscribe(
-        "",
-        stream=stream,
-        config=js_api.ConsumerConfig(
-            ack_policy=js_api.AckPolicy.NONE, deliver_policy=js_api.DeliverPolicy.ALL, inactive_threshold=30
-        ),
-    )
-    loop = asyncio.get_running_loop()
-    deadline = loop.time() + timeout
-    try:
-        while loop.time() < deadline:
-            try:
-                msgs = await psub.fetch(1000, timeout=1)
-            except Exception:
-                continue
-            for m in msgs:
-                try:
-                    out.append(ev.any_event_decoder.decode(m.data))
-                except msgspec.DecodeError:
-                    pass
-                if m.metadata.sequence.stream >= last:
-                    return out
-    finally:
-        await psub.unsubscribe()
-    raise TimeoutError(f"could not read {stream} to sequence {last}")
-
-
-async def read_capacities(js: JetStreamContext) -> dict[str, tuple[float, int, int]]:
-    caps: dict[str, tuple[float, int, int]] = {}
-    for e in await read_stream(js, s.NODES.name):
-        if isinstance(e, ev.NodeStatus):
-            caps[e.node_id] = (e.cpu_cores, e.memory_mb, e.gpus)
-    return caps
+def _unsettled(
+    jobs: Mapping[str, _Job],
+    ended: set[str],
+    launched: Mapping[str, set[str]],
+    replaced: Mapping[str, Mapping[str, str]],
+    at: Settled,
+) -> list[str]:
+    out = []
+    for job_id, job in sorted(jobs.items()):
+        d = job.latest
+        if d is None or job.released or job_id in ended:
+            continue
+        if d.cluster != "shared":
+            if at.instance_states is not None:
+                olds = set(replaced.get(job_id, {}))
+                down = sorted(i for i in launched.get(job_id, set()) - olds if at.instance_states.get(i) != "running")
+                if down:
+                    out.append(f"{job_id}: instances not running {down}")
+            continue
+        nodes = _nodes(d)
+        missing = sorted(set(range(d.wanted)) - set(nodes))
+        unusable = sorted(f"{rep}@{n}" for rep, n in nodes.items() if not at.usable(n))
+        degraded = job.degraded is not None and job.degraded.revision >= d.revision and bool(job.degraded.reason)
+        if unusable:
+            out.append(f"{job_id} r{d.revision}: replicas on lost or draining nodes {unusable}")
+        elif missing and not degraded:
+            out.append(f"{job_id} r{d.revision}: replicas {missing} missing and not degraded")
+    return out
 
 
 async def check_live(
-    js: JetStreamContext, *, submitted_ids: Iterable[str] = (), require_release: bool = True
+    js: JetStreamContext,
+    *,
+    submitted_ids: Iterable[str] = (),
+    require_release: bool = True,
+    node_lost_s: float | None = None,
+    ec2_endpoint: str | None = None,
 ) -> Report:
-    events: list[ev.Event] = []
-    for stream in (s.JOBS.name, s.PLACEMENTS.name, s.CLUSTERS.name):
-        events.extend(await read_stream(js, stream))
-    events.sort(key=lambda e: e.at)  # across streams, by event time (per stream order is kept for ties)
-    return check(events, await read_capacities(js), submitted_ids=submitted_ids, require_release=require_release)
+    """``check`` over a live server's streams; with ``node_lost_s``, also whether it has settled
+    (with ``ec2_endpoint``, dedicated jobs' instances included)."""
+    events = await read_events(js)
+    nodes = await read_nodes(js)
+    settled = None
+    if node_lost_s is not None:
+        states = await instance_states(ec2_endpoint) if ec2_endpoint else None
+        settled = Settled(nodes, datetime.now(UTC), node_lost_s, states)
+    return check(
+        events, capacities(nodes), submitted_ids=submitted_ids, require_release=require_release, settled=settled
+    )
+
+
+__all__ = [
+    "NodeView",
+    "Report",
+    "Settled",
+    "check",
+    "check_live",
+    "instance_states",
+    "read_events",
+    "read_nodes",
+    "read_stream",
+]

@@ -2,28 +2,65 @@
 
 from __future__ import annotations
 
+from collections import defaultdict
+from datetime import UTC, datetime, timedelta
+
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
 from schemas import events as ev
-from schemas.jobs import Defaults, JobSpec, Resources, decode_job_request, normalise
+from schemas import subjects as s
+from schemas.jobs import Constraints, Defaults, JobSpec, Resources, decode_job_request, normalise
+from tests.support.invariants import NodeView, Settled, check
 
 SPEC: JobSpec = normalise(decode_job_request(b'{"name": "x"}'), Defaults())
-CAPS = {"n1": (4.0, 4096, 0)}
+CAPS = {"n1": (4.0, 4096, 0), "n2": (4.0, 4096, 0), "n3": (4.0, 4096, 0)}
 R = Resources(cpu=2.0, memory_mb=1024)
+NOW = datetime(2026, 1, 1, tzinfo=UTC)
 
 
 def submitted(j: str, key: str | None = None) -> ev.JobSubmitted:
     return ev.JobSubmitted(event_id=f"{j}:s", job_id=j, spec=SPEC, idempotency_key=key)
 
 
-def decided(j: str, node: str = "n1") -> ev.PlacementDecided:
+def decided(
+    j: str,
+    node: str | None = "n1",
+    *,
+    revision: int = 1,
+    nodes: dict[int, str] | None = None,
+    changes: list[ev.Change] | None = None,
+    replicas: int | None = None,
+    spread: bool = False,
+) -> ev.PlacementDecided:
+    placed = nodes if nodes is not None else ({0: node} if node else {})
     return ev.PlacementDecided(
-        event_id=f"{j}:d",
+        event_id=ev.revision_event_id(j, s.PLACEMENT_DECIDED, revision),
         job_id=j,
         cluster="shared",
         technology="docker",
         strategy="best_fit",
-        assignments=[ev.Assignment(replica=0, node_id=node)],
+        assignments=[ev.Assignment(replica=r, node_id=n) for r, n in sorted(placed.items())],
         candidates=[],
         resources=R,
+        revision=revision,
+        changes=changes or [],
+        replicas=replicas,
+        constraints=Constraints(spread=spread),
+    )
+
+
+def move(replica: int, src: str | None, dst: str | None, reason: str = "node_lost") -> ev.Change:
+    return ev.Change(replica=replica, from_=src, to=dst, reason=reason)  # type: ignore[arg-type]
+
+
+def degraded(j: str, revision: int, missing: list[int], reason: str = "0/3 nodes available") -> ev.PlacementDegraded:
+    return ev.PlacementDegraded(
+        event_id=ev.revision_event_id(j, s.PLACEMENT_DEGRADED, revision),
+        job_id=j,
+        revision=revision,
+        missing=missing,
+        reason=reason,
     )
 
 
@@ -35,42 +72,246 @@ def cancelled(j: str) -> ev.JobCancelRequested:
     return ev.JobCancelRequested(event_id=f"{j}:c", job_id=j)
 
 
-def test_clean_history_passes() -> None:
-    from tests.support.invariants import check
-
-    events = [
-        submitted("a"),
-        decided("a"),
-        submitted("b"),
-        decided("b"),
-        cancelled("a"),
-        released("a"),
-        submitted("c"),
-        decided("c"),
-    ]
-    r = check(events, CAPS)
-    assert r.ok, r
-    assert (r.jobs, r.decided) == (3, 3)
+def fleet(*, lost: tuple[str, ...] = (), draining: tuple[str, ...] = ()) -> Settled:
+    nodes = {
+        n: NodeView(
+            cpu=c[0],
+            memory_mb=c[1],
+            gpus=c[2],
+            last_at=NOW - timedelta(seconds=60 if n in lost else 1),
+            draining=n in draining,
+        )
+        for n, c in CAPS.items()
+    }
+    return Settled(nodes=nodes, now=NOW, node_lost_s=30)
 
 
-def test_each_violation_is_found() -> None:
-    from tests.support.invariants import check
+class TestFirstWave:
+    def test_clean_history_passes(self) -> None:
+        events = [
+            submitted("a"),
+            decided("a"),
+            submitted("b"),
+            decided("b"),
+            cancelled("a"),
+            released("a"),
+            submitted("c"),
+            decided("c"),
+        ]
+        r = check(events, CAPS)
+        assert r.ok, r
+        assert (r.jobs, r.decided) == (3, 3)
 
-    r = check([submitted("a"), decided("a"), decided("a")], CAPS)
-    assert r.multiply_decided == ["a"]
-    r = check([submitted("a")], CAPS, submitted_ids=["a", "zz"])
-    assert r.lost == ["a"] and r.missing_from_stream == ["zz"]
-    r = check([submitted("a", "k"), submitted("b", "k"), decided("a"), decided("b")], CAPS)
-    assert r.duplicate_keys == ["k"]
-    r = check([submitted(j) for j in "abc"] + [decided(j) for j in "abc"], CAPS)
-    assert r.overbooked == ["n1"]
-    r = check([submitted("a"), decided("a"), cancelled("a")], CAPS)
-    assert r.unreleased == ["a"]
-    r = check([submitted("a"), decided("a"), cancelled("a"), released("a"), released("a")], CAPS)
-    assert r.double_released == ["a"]
-    launched = ev.ClusterProvisioned(
-        event_id="a:p", job_id="a", instances=[ev.Instance(instance_id="i-1", instance_type="t3.medium", replica=0)]
-    )
-    r = check([submitted("a"), launched, cancelled("a")], CAPS)
-    assert r.instances_left == ["a:i-1"]
-    assert not r.ok
+    def test_each_violation_is_found(self) -> None:
+        r = check([submitted("a"), decided("a"), decided("a")], CAPS)
+        assert r.multiply_decided == ["a"]
+        r = check([submitted("a")], CAPS, submitted_ids=["a", "zz"])
+        assert r.lost == ["a"] and r.missing_from_stream == ["zz"]
+        r = check([submitted("a", "k"), submitted("b", "k"), decided("a"), decided("b")], CAPS)
+        assert r.duplicate_keys == ["k"]
+        r = check([submitted(j) for j in "abc"] + [decided(j) for j in "abc"], CAPS)
+        assert r.overbooked == ["n1"]
+        r = check([submitted("a"), decided("a"), cancelled("a")], CAPS)
+        assert r.unreleased == ["a"]
+        r = check([submitted("a"), decided("a"), cancelled("a"), released("a"), released("a")], CAPS)
+        assert r.double_released == ["a"]
+        launched = ev.ClusterProvisioned(
+            event_id="a:p", job_id="a", instances=[ev.Instance(instance_id="i-1", instance_type="t3.medium", replica=0)]
+        )
+        r = check([submitted("a"), launched, cancelled("a")], CAPS)
+        assert r.instances_left == ["a:i-1"]
+        assert not r.ok
+
+
+class TestRevisions:
+    def test_a_move_releases_the_old_node_and_books_the_new_one(self) -> None:
+        # a on n1, b on n1 (full); a moves to n2, c takes n1's room: never over capacity
+        events = [
+            decided("a"),
+            decided("b"),
+            decided("a", revision=2, nodes={0: "n2"}, changes=[move(0, "n1", "n2", "drain")]),
+            decided("c"),
+        ]
+        r = check(events, CAPS)
+        assert r.ok, r.violations
+        assert (r.decided, r.revisions) == (3, 1)
+
+    def test_a_move_onto_a_full_node_is_overbooking(self) -> None:
+        events = [decided("a"), decided("b", "n2"), decided("c", "n2")]
+        events.append(decided("a", revision=2, nodes={0: "n2"}, changes=[move(0, "n1", "n2")]))
+        assert check(events, CAPS).overbooked == ["n2"]
+
+    def test_the_release_frees_the_latest_revision(self) -> None:
+        events = [
+            decided("a"),
+            decided("a", revision=2, nodes={0: "n2"}, changes=[move(0, "n1", "n2")]),
+            cancelled("a"),
+            released("a"),
+            decided("b", "n2"),
+            decided("c", "n2"),
+        ]
+        assert check(events, CAPS).ok
+
+    def test_gaps_duplicates_and_stale_revisions(self) -> None:
+        two = decided("a", revision=2, nodes={0: "n2"}, changes=[move(0, "n1", "n2")])
+        r = check([decided("a"), two, two], CAPS)
+        assert r.bad_revisions == ["a: revision 2 after 2"]
+        r = check([decided("a"), decided("a", revision=3, nodes={0: "n2"}, changes=[move(0, "n1", "n2")])], CAPS)
+        assert r.bad_revisions == ["a: revision 3 after 1"]
+        r = check([decided("a", revision=2, nodes={0: "n2"}, changes=[move(0, None, "n2")])], CAPS)
+        assert r.bad_revisions == ["a: revision 2 after 0"]
+
+    def test_a_revision_after_the_release_is_a_leak(self) -> None:
+        events = [decided("a"), cancelled("a"), released("a")]
+        events.append(decided("a", revision=2, nodes={0: "n2"}, changes=[move(0, "n1", "n2")]))
+        assert check(events, CAPS).revised_after_release == ["a: revision 2"]
+
+    def test_changes_must_match_the_moves(self) -> None:
+        base = decided("a", nodes={0: "n1", 1: "n2"}, replicas=2)
+        silent = decided("a", revision=2, nodes={0: "n3", 1: "n2"}, replicas=2)
+        assert check([base, silent], CAPS).bad_changes == ["a r2: replica 0 n1->n3, change says nothing"]
+        wrong_from = decided("a", revision=2, nodes={0: "n3", 1: "n2"}, changes=[move(0, "n2", "n3")], replicas=2)
+        assert len(check([base, wrong_from], CAPS).bad_changes) == 1
+        phantom = decided("a", revision=2, nodes={0: "n1", 1: "n2"}, changes=[move(1, "n2", "n2")], replicas=2)
+        assert len(check([base, phantom], CAPS).bad_changes) == 1
+
+    def test_assignments_within_wanted_and_spread(self) -> None:
+        r = check([decided("a", nodes={0: "n1", 3: "n2"}, replicas=2)], CAPS)
+        assert r.bad_assignments == ["a r1: replicas [0, 3] of 2"]
+        r = check([decided("a", nodes={0: "n1", 1: "n1"}, replicas=2, spread=True)], {"n1": (8.0, 8192, 0)})
+        assert r.bad_assignments == ["a r1: spread broken, nodes ['n1', 'n1']"]
+
+
+class TestDegraded:
+    def test_a_missing_replica_is_named_by_the_degraded_event_of_its_revision(self) -> None:
+        events = [
+            decided("a", nodes={0: "n1", 1: "n2"}, replicas=2),
+            decided("a", revision=2, nodes={0: "n1"}, changes=[move(1, "n2", None)], replicas=2),
+            degraded("a", 2, [1]),
+        ]
+        r = check(events, CAPS, settled=fleet(lost=("n2",)))
+        assert r.ok, r.violations
+        assert r.degraded == 1
+
+    def test_a_degraded_event_that_names_the_wrong_replicas(self) -> None:
+        events = [
+            decided("a", nodes={0: "n1", 1: "n2"}, replicas=2),
+            decided("a", revision=2, nodes={0: "n1"}, changes=[move(1, "n2", None)], replicas=2),
+            degraded("a", 2, [0]),
+        ]
+        assert check(events, CAPS).bad_degraded == ["a r2: missing [0], decided lacks [1]"]
+        assert check([decided("a"), degraded("a", 2, [0])], CAPS).bad_degraded == [
+            "a r2: missing [0], decided lacks None"
+        ]
+
+
+class TestSettled:
+    def test_a_replica_left_on_a_lost_node(self) -> None:
+        r = check([decided("a", "n2")], CAPS, settled=fleet(lost=("n2",)))
+        assert r.unsettled == ["a r1: replicas on lost or draining nodes ['0@n2']"]
+
+    def test_a_replica_left_on_a_draining_node(self) -> None:
+        r = check([decided("a", "n3")], CAPS, settled=fleet(draining=("n3",)))
+        assert len(r.unsettled) == 1
+
+    def test_missing_without_degraded_is_unsettled_and_a_later_revision_ends_degraded(self) -> None:
+        lost_one = decided("a", revision=2, nodes={0: "n1"}, changes=[move(1, "n2", None)], replicas=2)
+        r = check([decided("a", nodes={0: "n1", 1: "n2"}, replicas=2), lost_one], CAPS, settled=fleet())
+        assert r.unsettled == ["a r2: replicas [1] missing and not degraded"]
+        # degraded at r2, then r3 moves replica 0 but still lacks 1: r2's degraded no longer covers it
+        third = decided("a", revision=3, nodes={0: "n3"}, changes=[move(0, "n1", "n3", "drain")], replicas=2)
+        events = [decided("a", nodes={0: "n1", 1: "n2"}, replicas=2), lost_one, degraded("a", 2, [1]), third]
+        assert check(events, CAPS, settled=fleet()).unsettled == ["a r3: replicas [1] missing and not degraded"]
+        back = decided("a", revision=3, nodes={0: "n1", 1: "n3"}, changes=[move(1, None, "n3")], replicas=2)
+        events = [decided("a", nodes={0: "n1", 1: "n2"}, replicas=2), lost_one, degraded("a", 2, [1]), back]
+        assert check(events, CAPS, settled=fleet(lost=("n2",))).ok
+
+    def test_ended_jobs_are_not_expected_to_run(self) -> None:
+        events = [decided("a", "n2"), cancelled("a"), released("a")]
+        assert check(events, CAPS, settled=fleet(lost=("n2",))).ok
+
+    def test_a_dedicated_job_short_of_a_running_instance(self) -> None:
+        inst = [ev.Instance(instance_id=i, instance_type="t3.medium", replica=n) for n, i in enumerate(["i-1", "i-2"])]
+        dd = ev.PlacementDecided(
+            event_id="d:d",
+            job_id="d",
+            cluster="dedicated",
+            technology="docker",
+            strategy="best_fit",
+            assignments=[ev.Assignment(replica=0, instance_type="t3.medium")],
+            candidates=[],
+        )
+        events: list[ev.Event] = [dd, ev.ClusterProvisioned(event_id="d:p", job_id="d", instances=inst)]
+        at = fleet()
+        stopped = Settled(at.nodes, NOW, 30, {"i-1": "running", "i-2": "stopped"})
+        assert check(events, CAPS, settled=stopped).unsettled == ["d: instances not running ['i-2']"]
+        events.append(
+            ev.ClusterInstanceReplaced(
+                event_id="d:x", job_id="d", replica=1, old_instance_id="i-2", new_instance_id="i-3"
+            )
+        )
+        healed = Settled(at.nodes, NOW, 30, {"i-1": "running", "i-2": "terminated", "i-3": "running"})
+        assert check(events, CAPS, settled=healed).ok
+
+
+@st.composite
+def histories(draw: st.DrawFn) -> list[ev.Event]:
+    """Well-formed histories: jobs placed, moved (with correct changes), left short and
+    degraded, released; the nodes are big enough for nothing to be overbooked."""
+    nodes = ["n1", "n2", "n3"]
+    out: list[ev.Event] = []
+    live: dict[str, tuple[int, int, dict[int, str]]] = {}
+    for step in range(draw(st.integers(1, 30))):
+        op = draw(st.sampled_from(["new", "move", "end"]))
+        if op == "new" or not live:
+            j = f"j{step}"
+            want = draw(st.integers(1, 3))
+            placed = {r: draw(st.sampled_from(nodes)) for r in range(want)}
+            live[j] = (1, want, placed)
+            out.append(decided(j, nodes=placed, replicas=want))
+        elif op == "move":
+            j = draw(st.sampled_from(sorted(live)))
+            rev, want, placed = live[j]
+            r = draw(st.integers(0, want - 1))
+            dst = draw(st.sampled_from([*nodes, None]))
+            new = dict(placed)
+            if dst is None:
+                new.pop(r, None)
+            else:
+                new[r] = dst
+            changes = [move(r, placed.get(r), new.get(r))] if placed.get(r) != new.get(r) else []
+            live[j] = (rev + 1, want, new)
+            out.append(decided(j, revision=rev + 1, nodes=new, changes=changes, replicas=want))
+            short = sorted(set(range(want)) - set(new))
+            if short:
+                out.append(degraded(j, rev + 1, short))
+        else:
+            j = draw(st.sampled_from(sorted(live)))
+            del live[j]
+            out += [cancelled(j), released(j)]
+    return out
+
+
+@settings(max_examples=200, deadline=None)
+@given(histories())
+def test_well_formed_histories_pass_and_the_ledger_matches_a_recount(events: list[ev.Event]) -> None:
+    big = {n: (1000.0, 10**6, 0) for n in CAPS}
+    assert check(events, big).ok, check(events, big).violations
+    # a recount from scratch after every event: the peak booking per node equals what a
+    # capacity of that peak allows, and one less is found overbooked
+    latest: dict[str, dict[int, str]] = {}
+    peak: dict[str, float] = defaultdict(float)
+    for e in events:
+        if isinstance(e, ev.PlacementDecided):
+            latest[e.job_id] = {a.replica: a.node_id for a in e.assignments if a.node_id}
+        elif isinstance(e, ev.PlacementReleased):
+            latest.pop(e.job_id, None)
+        booked: dict[str, float] = defaultdict(float)
+        for placed in latest.values():
+            for n in placed.values():
+                booked[n] += R.cpu
+        for n, v in booked.items():
+            peak[n] = max(peak[n], v)
+    for n, p in peak.items():
+        assert n not in check(events, {n: (p, 10**6, 0)}).overbooked
+        assert check(events, {n: (p - 1, 10**6, 0)}).overbooked == [n]
