@@ -1,4 +1,4 @@
-"""``python -m services.simnodes [--count N] [--interval S]``: publish a simulated fleet's status."""
+"""``python -m services.simnodes [--count N] [--interval S] [--prefix P]``: publish a simulated fleet's status."""
 
 from __future__ import annotations
 
@@ -16,7 +16,7 @@ from services.runtime.log import configure
 from services.simnodes.fleet import Fleet, per_slice
 
 
-async def publish_forever(count: int, interval: float, seed: int) -> None:
+async def publish_forever(count: int, interval: float, seed: int, prefix: str = "node") -> None:
     settings = load_settings()
     log = configure("simnodes", settings.log_format, settings.log_level)
     async with contextlib.AsyncExitStack() as stack:
@@ -26,7 +26,7 @@ async def publish_forever(count: int, interval: float, seed: int) -> None:
         loop = asyncio.get_running_loop()
         for sig in (signal.SIGTERM, signal.SIGINT):
             loop.add_signal_handler(sig, stop.set)
-        fleet = Fleet(count, seed)
+        fleet = Fleet(count, seed, prefix)
         log.info("publishing node status", nodes=count, interval_s=interval)
         # The whole fleet at once first (placement knows every node at start-up), then spread
         # evenly over each interval: a fleet reporting in one burst every few seconds would
@@ -52,8 +52,9 @@ def main() -> None:
     parser.add_argument("--count", type=int, default=int(os.environ.get("SIM_NODES", "50")))
     parser.add_argument("--interval", type=float, default=float(os.environ.get("SIM_INTERVAL_S", "3")))
     parser.add_argument("--seed", type=int, default=42)
+    parser.add_argument("--prefix", default="node", help="node ids are <prefix>-000, ... (several fleets side by side)")
     a = parser.parse_args()
-    asyncio.run(publish_forever(a.count, a.interval, a.seed))
+    asyncio.run(publish_forever(a.count, a.interval, a.seed, a.prefix))
 
 
 if __name__ == "__main__":
