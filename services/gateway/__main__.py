@@ -10,7 +10,7 @@ from services.gateway.handlers import MAX_BODY, Decisions, Gateway
 from services.gateway.lifecycle import JobStates, Lifecycle
 from services.runtime.app import VERSION, Runtime, background, run
 from services.runtime.backoff import sleep_unless
-from services.runtime.micro import MicroService
+from services.runtime.micro import Endpoint, MicroService
 from services.runtime.publisher import Publisher
 
 
@@ -40,33 +40,24 @@ async def main(rt: Runtime) -> None:
                 metadata=rt.metadata(),
             )
         )
-        await svc.add_endpoint(
-            "submit",
-            s.JOB_SUBMIT,
-            gw.submit,
+        await svc.add_endpoints(
+            (
+                Endpoint("submit", s.JOB_SUBMIT, gw.submit, {"request": "JobSpec", "reply": "{job_id, state}"}),
+                Endpoint(
+                    "placement_request",
+                    s.PLACEMENT_REQUEST,
+                    gw.placement_request,
+                    {"request": "JobSpec", "reply": "placement.decided | placement.failed | job.rejected event"},
+                ),
+                Endpoint("cancel", s.JOB_CANCEL, lifecycle.cancel, {"request": "{job_id}", "reply": "{job_id, state}"}),
+                Endpoint(
+                    "complete",
+                    s.JOB_COMPLETE,
+                    lifecycle.complete,
+                    {"request": "{job_id, outcome, message?}", "reply": "{job_id, state}"},
+                ),
+            ),
             max_body=MAX_BODY,
-            metadata={"request": "JobSpec", "reply": "{job_id, state}"},
-        )
-        await svc.add_endpoint(
-            "placement_request",
-            s.PLACEMENT_REQUEST,
-            gw.placement_request,
-            max_body=MAX_BODY,
-            metadata={"request": "JobSpec", "reply": "placement.decided | placement.failed | job.rejected event"},
-        )
-        await svc.add_endpoint(
-            "cancel",
-            s.JOB_CANCEL,
-            lifecycle.cancel,
-            max_body=MAX_BODY,
-            metadata={"request": "{job_id}", "reply": "{job_id, state}"},
-        )
-        await svc.add_endpoint(
-            "complete",
-            s.JOB_COMPLETE,
-            lifecycle.complete,
-            max_body=MAX_BODY,
-            metadata={"request": "{job_id, outcome, message?}", "reply": "{job_id, state}"},
         )
         rt.log.info("started")
         await rt.stop.wait()

@@ -14,8 +14,9 @@ import os
 from schemas import subjects as s
 from services.metadata.adapters import Database, is_unavailable
 from services.metadata.paging import Budget
-from services.metadata.projector import DECODERS, DEFAULT_CACHE_JOBS, Projector
+from services.metadata.projector import DECODERS, Projector
 from services.metadata.queries import Queries
+from services.metadata.views import DEFAULT_CACHE_JOBS
 from services.runtime.app import VERSION, Runtime, run, tune_gc
 from services.runtime.batch import BatchConsumer
 from services.runtime.micro import MicroService
@@ -65,8 +66,7 @@ async def main(rt: Runtime) -> None:
             )
         )
         queries = Queries(db, rt.config.timeouts.node_ttl_s, Budget.for_max_payload(rt.nc.max_payload))
-        for name, subject, handler, meta in queries.endpoints():
-            await svc.add_endpoint(name, subject, handler, max_body=64 * 1024, metadata=meta)
+        await svc.add_endpoints(queries.endpoints(), max_body=64 * 1024)
         if not await db.migrate_until_ready(rt.stop):
             return
         tune_gc()

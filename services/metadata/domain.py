@@ -19,10 +19,8 @@ machine of :mod:`schemas.states` (:func:`~schemas.states.settle`):
 
 from __future__ import annotations
 
-import base64
-import binascii
 from collections.abc import Sequence
-from datetime import datetime, timedelta
+from datetime import datetime
 
 import msgspec
 
@@ -272,102 +270,6 @@ def reservations(view: JobView) -> list[tuple[int, str, Resources | None]]:
     return [(a.replica, a.node_id, res) for a in p.assignments if a.node_id is not None]
 
 
-# --- nodes -----------------------------------------------------------------
-def node_event_key(status: ev.NodeStatus) -> str:
-    """Key of a node status in the events table: its ``event_id``, else node and time.
-
-    The same status re-published (same node, same ``at``) is the same key, so it is
-    recorded once; distinct statuses of a node differ in ``at``.
-    """
-    return status.event_id or f"{s.NODE_STATUS}:{status.node_id}:{status.at.isoformat()}"
-
-
-def node_active(state: str, at: datetime, now: datetime, ttl_s: float) -> bool:
-    """A node is active when it says so and its last status is younger than the TTL."""
-    return state == "active" and now - at < timedelta(seconds=ttl_s)
-
-
-# --- the job.list cursor -----------------------------------------------------
-_CURSOR_PREFIX = b"j1:"
-
-
-class BadCursor(ValueError):
-    pass
-
-
-def encode_cursor(seq: int) -> str:
-    """An opaque ``next`` cursor: the listing position of the last job returned."""
-    return base64.urlsafe_b64encode(_CURSOR_PREFIX + str(seq).encode()).decode().rstrip("=")
-
-
-def decode_cursor(cursor: str) -> int:
-    """The listing position in a cursor made by :func:`encode_cursor`; raises BadCursor."""
-    try:
-        raw = base64.urlsafe_b64decode(cursor + "=" * (-len(cursor) % 4))
-    except (binascii.Error, ValueError):
-        raise BadCursor("not a cursor returned by job.list") from None
-    if not raw.startswith(_CURSOR_PREFIX):
-        raise BadCursor("not a cursor returned by job.list")
-    digits = raw[len(_CURSOR_PREFIX) :]
-    if not digits.isdigit() or len(digits) > 19 or int(digits) >= 2**63:
-        raise BadCursor("not a cursor returned by job.list")
-    return int(digits)
-
-
-# --- the node.list and job.events cursors -------------------------------------
-_NODE_CURSOR = b"n1:"
-_EVENT_CURSOR = b"e1:"
-
-
-def _opaque(prefix: bytes, text: str) -> str:
-    return base64.urlsafe_b64encode(prefix + text.encode()).decode().rstrip("=")
-
-
-def _unwrap(prefix: bytes, cursor: str, what: str) -> str:
-    try:
-        raw = base64.urlsafe_b64decode(cursor + "=" * (-len(cursor) % 4))
-        if raw.startswith(prefix):
-            return raw[len(prefix) :].decode()
-    except (binascii.Error, ValueError):
-        pass
-    raise BadCursor(f"not a cursor returned by {what}")
-
-
-def encode_node_cursor(node_id: str) -> str:
-    """``node.list``'s ``next``: the last node returned (pages are in ``node_id`` order)."""
-    return _opaque(_NODE_CURSOR, node_id)
-
-
-def decode_node_cursor(cursor: str) -> str:
-    node_id = _unwrap(_NODE_CURSOR, cursor, s.NODE_LIST)
-    if not node_id:
-        raise BadCursor(f"not a cursor returned by {s.NODE_LIST}")
-    return node_id
-
-
-def encode_event_cursor(at: datetime, stream_seq: int, event_key: str) -> str:
-    """``job.events``' ``next``: the position of the last event returned (``at, stream_seq, event_key``)."""
-    return _opaque(_EVENT_CURSOR, f"{at.isoformat()}|{stream_seq}|{event_key}")
-
-
-def decode_event_cursor(cursor: str) -> tuple[datetime, int, str]:
-    at, _, rest = _unwrap(_EVENT_CURSOR, cursor, s.JOB_EVENTS).partition("|")
-    seq, _, key = rest.partition("|")
-    try:
-        when = datetime.fromisoformat(at)
-        if when.tzinfo is None or not seq.isdigit() or len(seq) > 19:
-            raise ValueError(at)
-    except ValueError:
-        raise BadCursor(f"not a cursor returned by {s.JOB_EVENTS}") from None
-    return when, int(seq), key
-
-
-def label_filter(label: str) -> dict[str, str]:
-    """``key=value`` as ``{key: value}`` (the request's pattern guarantees the ``=``)."""
-    key, _, value = label.partition("=")
-    return {key: value}
-
-
 def _min(a: datetime | None, b: datetime | None) -> datetime | None:
     if a is None:
         return b
@@ -376,33 +278,15 @@ def _min(a: datetime | None, b: datetime | None) -> datetime | None:
     return min(a, b)
 
 
-def _max(a: datetime | None, b: datetime | None) -> datetime | None:
-    if a is None:
-        return b
-    if b is None:
-        return a
-    return max(a, b)
-
-
 __all__ = [
     "RANK",
-    "BadCursor",
     "Derived",
     "JobView",
     "Mark",
     "apply",
-    "decode_cursor",
-    "decode_event_cursor",
-    "decode_node_cursor",
     "derive",
-    "encode_cursor",
-    "encode_event_cursor",
-    "encode_node_cursor",
-    "label_filter",
     "mark_of",
     "merge",
-    "node_active",
-    "node_event_key",
     "reservations",
     "state_of",
     "to_record",

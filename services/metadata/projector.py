@@ -10,8 +10,6 @@ statuses; the consumer acks after the commit. The next group is prepared while o
 from __future__ import annotations
 
 import asyncio
-import random
-from collections import OrderedDict
 from collections.abc import Sequence
 
 import asyncpg
@@ -20,22 +18,20 @@ import structlog
 
 from schemas import events as ev
 from schemas import subjects as s
-from services.metadata import domain
+from services.metadata import domain, nodes
 from services.metadata.adapters import (
     Database,
     EventRecord,
     JobWrite,
     NodeRow,
-    Reservation,
     Tx,
     Unavailable,
     is_unavailable,
 )
+from services.metadata.views import DEFAULT_CACHE_JOBS, Cached, ViewCache, fold_bodies, job_write
 from services.runtime.delivery import Delivery, stream_sequence
 
 log = structlog.get_logger()
-
-_view_decoder = msgspec.json.Decoder(domain.JobView)
 
 DECODERS: dict[str, msgspec.json.Decoder[ev.Event]] = {
     s.JOBS.name: msgspec.json.Decoder(ev.JobEvents),
@@ -53,77 +49,7 @@ _STREAM_OF: dict[str, str] = {
 }
 """The stream that stores each projected event type (``node.status.*`` holds type ``node.status``)."""
 
-
-def _token() -> int:
-    """A fresh write token for ``jobs.version`` (never 0, the token of rows written before tokens)."""
-    return random.getrandbits(62) + 1
-
-
-def job_write(view: domain.JobView, expected: int | None) -> JobWrite:
-    state, reason = domain.state_of(view)
-    return JobWrite(
-        job_id=view.job_id,
-        expected=expected,
-        version=_token(),
-        state=state,
-        reason=reason,
-        submitted_at=view.submitted_at,
-        updated_at=view.updated_at,
-        released=view.released,
-        reservations=reservations_of(view),
-    )
-
-
-def reservations_of(view: domain.JobView) -> list[Reservation] | None:
-    if view.placement is None:
-        return None
-    return [
-        Reservation(
-            replica=replica,
-            node_id=node_id,
-            cpu=res.cpu if res else None,
-            memory_mb=res.memory_mb if res else None,
-            gpu=res.gpu if res else None,
-        )
-        for replica, node_id, res in domain.reservations(view)
-    ]
-
-
 Items = Sequence[tuple[ev.Event, Delivery]]
-
-DEFAULT_CACHE_JOBS = 20_000
-"""Job views kept in memory (their memory cost: services/metadata/README.md)."""
-
-
-class Cached(msgspec.Struct, frozen=True):
-    """A job's view as stored in its row, with the row's write token."""
-
-    view: domain.JobView
-    version: int
-
-
-class ViewCache:
-    """The views this instance wrote or read last, least recently written evicted first.
-
-    Not authoritative: an entry is only a guess of the row's content, checked by its token
-    when the row is next written (another instance may have written the row since).
-    """
-
-    def __init__(self, capacity: int) -> None:
-        self.capacity = capacity
-        self._entries: OrderedDict[str, Cached] = OrderedDict()
-
-    def get(self, job_id: str) -> Cached | None:
-        return self._entries.get(job_id)
-
-    def put(self, job_id: str, entry: Cached) -> None:
-        self._entries[job_id] = entry
-        self._entries.move_to_end(job_id)
-        if len(self._entries) > self.capacity:
-            self._entries.popitem(last=False)
-
-    def __len__(self) -> int:
-        return len(self._entries)
 
 
 class _Batch(msgspec.Struct):
@@ -285,7 +211,7 @@ class Projector:
                 if isinstance(event, ev.JobEvent):
                     key, job_id, node_id = event.event_id, event.job_id, None
                 elif isinstance(event, ev.NodeStatus):
-                    key, job_id, node_id = domain.node_event_key(event), None, event.node_id
+                    key, job_id, node_id = nodes.node_event_key(event), None, event.node_id
                     cur = latest.get(event.node_id)
                     if cur is None or event.at > cur[0].at:
                         latest[event.node_id] = (event, msg.data)
@@ -313,7 +239,7 @@ class Projector:
             row = job_write(view, base.version if base is not None else None)
             (inserts if base is None else updates).append(row)
             results[job_id] = Cached(view=view, version=row.version)
-        nodes = [
+        node_rows = [
             NodeRow(node_id=n.node_id, state=n.state, at=n.at, status=msgspec.Raw(raw)) for n, raw in latest.values()
         ]
         return _Group(
@@ -323,7 +249,7 @@ class Projector:
             inserts=inserts,
             updates=updates,
             results=results,
-            nodes=nodes,
+            nodes=node_rows,
         )
 
     async def _write(self, g: _Group) -> None:
@@ -378,17 +304,4 @@ class Projector:
             raise _Conflict("job rows appeared while being recreated; the batch is retried")
 
 
-_job_event_decoder: msgspec.json.Decoder[ev.JobEvent] = msgspec.json.Decoder(
-    ev.JobEvents | ev.PlacementEvents | ev.ClusterEvents
-)
-
-
-def fold_bodies(rows: Sequence[tuple[str, str]]) -> dict[str, domain.JobView]:
-    """Each job's view, folded from the recorded bodies of its events (``(job_id, body)`` rows)."""
-    by_job: dict[str, list[ev.JobEvent]] = {}
-    for job_id, body in rows:
-        by_job.setdefault(job_id, []).append(_job_event_decoder.decode(body))
-    return {job_id: domain.merge(None, events) for job_id, events in by_job.items()}
-
-
-__all__ = ["DECODERS", "DEFAULT_CACHE_JOBS", "Projector", "ViewCache", "fold_bodies"]
+__all__ = ["DECODERS", "Projector"]

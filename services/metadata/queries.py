@@ -28,11 +28,11 @@ from schemas.replies import (
     NodeSummaryReply,
     Reserved,
 )
-from services.metadata import domain
+from services.metadata import cursors, domain, nodes
 from services.metadata.adapters import Database, EventPosition, NodeListRow, NodeSummaryRow, is_unavailable
 from services.metadata.paging import Budget, Page
-from services.metadata.projector import fold_bodies
-from services.runtime.micro import RequestError
+from services.metadata.views import fold_bodies
+from services.runtime.micro import Endpoint, RequestError
 
 log = structlog.get_logger()
 
@@ -59,7 +59,7 @@ _FOLD_CHUNK = 100
 def _cursor(decode: Callable[[str], T], cursor: str | None) -> T | None:
     try:
         return decode(cursor) if cursor is not None else None
-    except domain.BadCursor as e:
+    except cursors.BadCursor as e:
         raise RequestError(400, str(e), field="after") from None
 
 
@@ -86,7 +86,7 @@ class Queries:
     async def job_list(self, msg: Msg) -> bytes:
         """Full records, newest first, until ``limit`` or the byte budget; ``next`` follows the last one."""
         req = _list_req.decode(_body(msg))
-        before = _cursor(domain.decode_cursor, req.after)
+        before = _cursor(cursors.decode_cursor, req.after)
         rows = await self._db.list_jobs(req.state, before, req.limit + 1)
         page = Page(self._budget, req.limit)
         last: int | None = None
@@ -103,12 +103,12 @@ class Queries:
             if page.full:
                 break
         more = page.full or len(rows) > req.limit
-        return page.reply("jobs", domain.encode_cursor(last) if more and last is not None else None)
+        return page.reply("jobs", cursors.encode_cursor(last) if more and last is not None else None)
 
     async def job_events(self, msg: Msg) -> bytes:
         """The job's events as published, oldest first, paged like ``job.list``."""
         req = _events_req.decode(msg.data)
-        after = _cursor(domain.decode_event_cursor, req.after)
+        after = _cursor(cursors.decode_event_cursor, req.after)
         rows = await self._db.job_events_page(req.job_id, after, req.limit + 1)
         if not rows and after is None:
             raise RequestError(404, f"unknown job {req.job_id}", field="job_id", job_id=req.job_id)
@@ -119,13 +119,13 @@ class Queries:
                 break
             last = row.position
         more = page.full or len(rows) > req.limit
-        return page.reply("events", domain.encode_event_cursor(*last) if more and last is not None else None)
+        return page.reply("events", cursors.encode_event_cursor(*last) if more and last is not None else None)
 
     async def node_list(self, msg: Msg) -> bytes:
         """A page of nodes in ``node_id`` order, or (``summary``) the matching fleet in one small reply."""
         req = _node_list_req.decode(_body(msg))
-        after = _cursor(domain.decode_node_cursor, req.after)
-        labels = domain.label_filter(req.label) if req.label is not None else None
+        after = _cursor(cursors.decode_node_cursor, req.after)
+        labels = nodes.label_filter(req.label) if req.label is not None else None
         now = datetime.now(UTC)
         stale_before = now - timedelta(seconds=self._node_ttl_s)
         if req.summary:
@@ -140,14 +140,14 @@ class Queries:
                 break
             last = row.node_id
         more = page.full or len(rows) > req.limit
-        return page.reply("nodes", domain.encode_node_cursor(last) if more and last is not None else None)
+        return page.reply("nodes", cursors.encode_node_cursor(last) if more and last is not None else None)
 
     def _node_record(self, row: NodeListRow, now: datetime) -> NodeRecord:
         st = _status_decoder.decode(row.status)
         return NodeRecord(
             node_id=st.node_id,
             state=st.state,
-            active=domain.node_active(st.state, st.at, now, self._node_ttl_s),
+            active=nodes.node_active(st.state, st.at, now, self._node_ttl_s),
             at=st.at,
             technologies=st.technologies,
             labels=st.labels,
@@ -159,10 +159,10 @@ class Queries:
             reserved=Reserved(cpu=row.cpu, memory_mb=row.memory_mb, gpu=row.gpu, replicas=row.replicas),
         )
 
-    def endpoints(self) -> list[tuple[str, str, Callable[[Msg], Awaitable[bytes]], dict[str, str]]]:
-        """(name, subject, handler, metadata) of each endpoint, outages answered with 503."""
+    def endpoints(self) -> list[Endpoint]:
+        """The endpoint table, outages answered with 503."""
         return [
-            (name, subject, _unavailable_is_503(handler), meta)
+            Endpoint(name, subject, _unavailable_is_503(handler), meta)
             for name, subject, handler, meta in (
                 ("get", s.JOB_GET, self.job_get, {"request": "{job_id}", "reply": "job record"}),
                 (

@@ -20,7 +20,8 @@ from __future__ import annotations
 import asyncio
 import re
 import time
-from collections.abc import Awaitable, Callable, Mapping
+from collections.abc import Awaitable, Callable, Iterable, Mapping
+from typing import NamedTuple
 
 import msgspec
 import structlog
@@ -77,6 +78,16 @@ def error_reply(err: RequestError) -> tuple[bytes, dict[str, str]]:
 
 
 Handler = Callable[[Msg], Awaitable[bytes]]
+
+
+class Endpoint(NamedTuple):
+    """One endpoint of a service's table (see :meth:`MicroService.add_endpoints`)."""
+
+    name: str
+    subject: str
+    handler: Handler
+    metadata: Mapping[str, str]
+    """What it takes and answers, for ``nats micro info`` (an object, never null)."""
 
 
 def _count_error(endpoint: object, headers: Mapping[str, str], *, counted: bool = False) -> None:
@@ -169,6 +180,11 @@ class MicroService:
             EndpointConfig(name=name, subject=subject, handler=dispatch, metadata=dict(metadata or {}))
         )
         endpoint_ref.append(natspy.last_endpoint(self._svc))
+
+    async def add_endpoints(self, endpoints: Iterable[Endpoint], *, max_body: int | None = None) -> None:
+        """Every endpoint of a service's table, each with the same body limit."""
+        for e in endpoints:
+            await self.add_endpoint(e.name, e.subject, e.handler, max_body=max_body, metadata=e.metadata)
 
     def _done(self, task: asyncio.Task[None]) -> None:
         self._tasks.discard(task)

@@ -12,7 +12,7 @@ from hypothesis import strategies as st
 
 from schemas import events as ev
 from schemas.jobs import JobSpec, Resources
-from services.metadata import domain, migrations
+from services.metadata import cursors, domain, migrations, nodes
 from tests.support.events import SPEC
 
 T0 = datetime(2025, 1, 1, 12, 0, 0, tzinfo=UTC)
@@ -282,25 +282,25 @@ class TestNodes:
         a = ev.NodeStatus(at=t(0), **base)  # type: ignore[arg-type]
         b = ev.NodeStatus(at=t(0), **base)  # type: ignore[arg-type]
         c = ev.NodeStatus(at=t(3), **base)  # type: ignore[arg-type]
-        assert domain.node_event_key(a) == domain.node_event_key(b) != domain.node_event_key(c)
-        assert domain.node_event_key(ev.NodeStatus(event_id="x", at=t(0), **base)) == "x"  # type: ignore[arg-type]
+        assert nodes.node_event_key(a) == nodes.node_event_key(b) != nodes.node_event_key(c)
+        assert nodes.node_event_key(ev.NodeStatus(event_id="x", at=t(0), **base)) == "x"  # type: ignore[arg-type]
 
     @pytest.mark.parametrize(
         ("state", "age", "active"), [("active", 1, True), ("active", 20, False), ("draining", 1, False)]
     )
     def test_active_means_active_and_fresh(self, state: str, age: float, active: bool) -> None:
-        assert domain.node_active(state, t(0), t(age), ttl_s=15) is active
+        assert nodes.node_active(state, t(0), t(age), ttl_s=15) is active
 
 
 class TestCursor:
     @pytest.mark.parametrize("seq", [1, 42, 2**62])
     def test_round_trip(self, seq: int) -> None:
-        assert domain.decode_cursor(domain.encode_cursor(seq)) == seq
+        assert cursors.decode_cursor(cursors.encode_cursor(seq)) == seq
 
-    @pytest.mark.parametrize("bad", ["", "x", "!!!", "bm9wZQ", domain.encode_cursor(5)[:-2] + "zz", "ajE6LTE"])
+    @pytest.mark.parametrize("bad", ["", "x", "!!!", "bm9wZQ", cursors.encode_cursor(5)[:-2] + "zz", "ajE6LTE"])
     def test_garbage_is_rejected(self, bad: str) -> None:
-        with pytest.raises(domain.BadCursor, match="not a cursor"):
-            domain.decode_cursor(bad)
+        with pytest.raises(cursors.BadCursor, match="not a cursor"):
+            cursors.decode_cursor(bad)
 
 
 class TestMigrationFiles:

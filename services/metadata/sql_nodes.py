@@ -1,0 +1,99 @@
+"""The nodes' rows and SQL: each node's newest status, ``node.list`` pages and its summary."""
+
+from __future__ import annotations
+
+from datetime import datetime
+
+import msgspec
+
+from services.metadata.sql_jobs import rows_enc
+
+UPSERT_NODES = """
+    INSERT INTO nodes (node_id, state, at, status)
+    SELECT * FROM json_to_recordset({param}::json) AS r(node_id text, state text, at timestamptz, status text)
+    ON CONFLICT (node_id) DO UPDATE SET state = EXCLUDED.state, at = EXCLUDED.at, status = EXCLUDED.status
+    WHERE nodes.at < EXCLUDED.at
+"""
+"""Keep each node's newest status (by its ``at``, whatever the arrival order); ``{param}``: a JSON
+array of :class:`NodeRow`."""
+
+
+class NodeRow(msgspec.Struct, frozen=True):
+    node_id: str
+    state: str
+    at: datetime
+    status: msgspec.Raw
+
+
+class NodeListRow(msgspec.Struct, frozen=True, kw_only=True):
+    node_id: str
+    status: str
+    cpu: float
+    memory_mb: int
+    gpu: int
+    replicas: int
+
+
+class NodeSummaryRow(msgspec.Struct, frozen=True, array_like=True):
+    """The matching nodes of one listed state, summed (free: per node as placement counts it)."""
+
+    listed: str
+    nodes: int
+    cpu: float
+    memory_mb: int
+    gpu: int
+    free_cpu: float
+    free_memory_mb: int
+    free_gpu: int
+    reserved_cpu: float
+    reserved_memory_mb: int
+    reserved_gpu: int
+    replicas: int
+
+
+_LISTED_STATE = "CASE WHEN n.state = 'active' AND n.at < $1 THEN 'inactive' ELSE n.state END"
+"""A node's listed state: ``inactive`` when it says active but its last status is older than ``$1``."""
+_NODE_FILTER = f"($2::text IS NULL OR {_LISTED_STATE} = $2) AND ($3::jsonb IS NULL OR n.labels @> $3::jsonb)"
+
+
+def _reserved(where: str) -> str:
+    """Reservations of unreleased jobs summed per node, for the nodes ``where`` selects."""
+    return f"""
+    SELECT r.node_id, sum(r.cpu) AS cpu, sum(r.memory_mb) AS memory_mb, sum(r.gpu) AS gpu, count(*) AS replicas
+    FROM jobs j CROSS JOIN LATERAL json_to_recordset(j.reservations::json)
+                                   AS r(node_id text, cpu float8, memory_mb bigint, gpu integer)
+    WHERE NOT j.released AND j.reservations IS NOT NULL AND {where}
+    GROUP BY r.node_id"""
+
+
+NODE_PAGE = f"""
+WITH page AS (
+    SELECT n.node_id, n.status FROM nodes n
+    WHERE n.node_id > $4 AND {_NODE_FILTER}
+    ORDER BY n.node_id LIMIT $5
+)
+SELECT p.node_id, p.status, COALESCE(r.cpu, 0)::float8 AS cpu, COALESCE(r.memory_mb, 0)::bigint AS memory_mb,
+       COALESCE(r.gpu, 0)::bigint AS gpu, COALESCE(r.replicas, 0)::bigint AS replicas
+FROM page p
+LEFT JOIN ({_reserved("r.node_id IN (SELECT node_id FROM page)")}) r USING (node_id)
+ORDER BY p.node_id
+"""
+NODE_SUMMARY = f"""
+WITH n AS (
+    SELECT n.node_id, {_LISTED_STATE} AS listed, n.cpu_cores, n.cpu_free, n.memory_mb, n.memory_free_mb, n.gpus
+    FROM nodes n WHERE {_NODE_FILTER}
+)
+SELECT n.listed, count(*) AS nodes,
+       COALESCE(sum(n.cpu_cores), 0)::float8, COALESCE(sum(n.memory_mb), 0)::bigint, COALESCE(sum(n.gpus), 0)::bigint,
+       COALESCE(sum(GREATEST(0, LEAST(n.cpu_cores - COALESCE(r.cpu, 0), n.cpu_free))), 0)::float8,
+       COALESCE(sum(GREATEST(0, LEAST(n.memory_mb - COALESCE(r.memory_mb, 0), n.memory_free_mb))), 0)::bigint,
+       COALESCE(sum(GREATEST(0, n.gpus - COALESCE(r.gpu, 0))), 0)::bigint,
+       COALESCE(sum(r.cpu), 0)::float8, COALESCE(sum(r.memory_mb), 0)::bigint, COALESCE(sum(r.gpu), 0)::bigint,
+       COALESCE(sum(r.replicas), 0)::bigint
+FROM n LEFT JOIN ({_reserved("TRUE")}) r USING (node_id)
+GROUP BY n.listed
+"""
+
+
+def label_param(labels: dict[str, str] | None) -> str | None:
+    return rows_enc.encode(labels).decode() if labels else None
