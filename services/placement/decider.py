@@ -12,6 +12,12 @@ was decided before, a duplicate) is undone on the ledger, the ledger catches up 
 stream, and the job is decided again on the new state. So no node is ever booked on a
 stale ledger, whatever the number of instances (optimistic concurrency with the stream
 as the one shared state). A job released before it was decided gets ``placement.failed``.
+
+Re-placements (:meth:`Decider.move`) go through the same chain: the job's next revision
+(:mod:`services.placement.moves`) and, when replicas fit nowhere, its ``placement.degraded``.
+A refused one is undone (the previous revision's reservation restored exactly), the ledger
+catches up, and the job is evaluated again: another instance may have moved it already, or
+it was released, and then there is nothing to do.
 """
 
 from __future__ import annotations
@@ -26,6 +32,7 @@ from schemas import events as ev
 from schemas import subjects as s
 from services.placement.engine import NotPlaced, Placed, place, place_dedicated
 from services.placement.ledger import Ledger
+from services.placement.moves import events_of, replan
 from services.placement.ports import Chain, Clock
 from services.placement.state import World
 from services.runtime.config import InstanceType
@@ -35,6 +42,7 @@ from services.runtime.publisher import MAX_ATOMIC_BATCH, WRONG_LAST_MSG_ID, Ack,
 log = structlog.get_logger()
 
 Decision = ev.PlacementDecided | ev.PlacementFailed
+Stored = ev.PlacementDecided | ev.PlacementFailed | ev.PlacementDegraded
 
 
 @dataclass
@@ -51,7 +59,9 @@ class Pending:
 
 @dataclass
 class _Request:
-    pending: Pending
+    pending: Pending | None
+    """The accepted job to decide; None for a re-placement of ``job_id``."""
+    job_id: str
     final: bool
     future: asyncio.Future[str]
 
@@ -89,8 +99,10 @@ class Decider:
         """Commit as atomic batches: on a replicated PLACEMENTS (see ``Publisher.publish_chain``)."""
         self.tail = 0
         """The last PLACEMENTS sequence known to be stored (own acks run ahead of the ledger)."""
-        self.stats = {"decisions": 0, "commits": 0, "conflicts": 0}
+        self.stats = {"decisions": 0, "commits": 0, "conflicts": 0, "revisions": 0, "degraded": 0}
         self._queue: list[_Request] = []
+        self._moves: dict[str, _Request] = {}
+        """Re-placements queued and not yet taken into a batch, by job id."""
         self._wake = asyncio.Event()
 
     async def decide(self, p: Pending, *, final: bool = False) -> str:
@@ -99,9 +111,21 @@ class Decider:
         Raises when the decision could not be stored (the caller's delivery is then
         nakked or, for a held job, retried on the next pass)."""
         fut: asyncio.Future[str] = asyncio.get_running_loop().create_future()
-        self._queue.append(_Request(p, final, fut))
+        self._queue.append(_Request(p, p.event.job_id, final, fut))
         self._wake.set()
         return await fut
+
+    def move(self, job_id: str) -> asyncio.Future[str]:
+        """Queue a re-placement of a placed shared job (once while it waits for a batch): its
+        replicas on leaving nodes move, its missing ones are tried again. The future's outcome
+        is "moved" (a new revision stored), "degraded" (only a ``placement.degraded``) or
+        "nothing" (nothing to change, or the job is not ours to move: released, unknown)."""
+        r = self._moves.get(job_id)
+        if r is None:
+            r = self._moves[job_id] = _Request(None, job_id, False, asyncio.get_running_loop().create_future())
+            self._queue.append(r)
+            self._wake.set()
+        return r.future
 
     async def run(self, stop: asyncio.Event) -> None:
         """Group-commit whatever is queued until ``stop`` is set and the queue is empty."""
@@ -109,7 +133,16 @@ class Decider:
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(self._wake.wait(), 0.5)
             self._wake.clear()
-            batch, self._queue = self._queue[:MAX_ATOMIC_BATCH], self._queue[MAX_ATOMIC_BATCH:]
+            cut, size = 0, 0
+            for r in self._queue:  # a re-placement may take two messages (decided, degraded)
+                size += 1 if r.pending is not None else 2
+                if size > MAX_ATOMIC_BATCH:
+                    break
+                cut += 1
+            batch, self._queue = self._queue[:cut], self._queue[cut:]
+            for r in batch:
+                if r.pending is None:
+                    self._moves.pop(r.job_id, None)
             if self._queue:
                 self._wake.set()  # the rest goes in the next chain
             if not batch:
@@ -148,8 +181,13 @@ class Decider:
                 candidates=result.candidates,
                 resources=spec.resources,
                 max_runtime_s=spec.max_runtime_s,
+                revision=1,
+                replicas=spec.replicas,
+                constraints=spec.constraints,
+                priority=spec.priority,
             )
-            self.world.apply_decided(out)  # the next decision of the batch sees it
+            if spec.cluster == "shared":
+                self.world.decide_locally(out)  # the next decision of the batch sees it
             return out
         if final or spec.cluster == "dedicated":
             assert isinstance(result, NotPlaced)
@@ -162,54 +200,86 @@ class Decider:
             )
         return None
 
-    def _undo(self, out: Decision) -> None:
-        """Take back a decision the stream refused: free its reservation, and forget the
-        release so the job can be booked again."""
+    def _events(self, r: _Request) -> list[Stored] | str:
+        """What to store for ``r`` (booked locally), or its outcome when there is nothing to store."""
+        if r.pending is not None:
+            if r.job_id in self.decided:
+                return "already"
+            out = self._decision(r.pending, r.final)
+            return "pending" if out is None else [out]
+        res = self.world.reservations.get(r.job_id)
+        if res is None:  # released, dedicated, or never decided
+            return "nothing"
+        plan = replan(res, self.world, self.clock.monotonic(), self.ttl, self.top)
+        if plan is None:
+            return "nothing"
+        moved = events_of(res, plan)
+        for e in moved:
+            if isinstance(e, ev.PlacementDecided):
+                self.world.decide_locally(e)
+        return list(moved)
+
+    def _stored(self, out: Stored) -> None:
+        match out:
+            case ev.PlacementDecided():
+                self.world.confirm(out.job_id)
+                self.decided.add(out.job_id)
+                self.stats["decisions" if out.revision <= 1 else "revisions"] += 1
+                log.info(s.PLACEMENT_DECIDED, job_id=out.job_id, revision=out.revision, changes=len(out.changes))
+            case ev.PlacementDegraded():
+                self.world.note_degraded(out.job_id, out.revision)
+                self.stats["degraded"] += 1
+                log.info(s.PLACEMENT_DEGRADED, job_id=out.job_id, revision=out.revision, missing=out.missing)
+            case _:
+                self.decided.add(out.job_id)
+                self.stats["decisions"] += 1
+                log.info(s.PLACEMENT_FAILED, job_id=out.job_id)
+
+    def _undo(self, out: Stored) -> None:
+        """Take back a decision the stream refused: restore the job's previous reservation."""
         if isinstance(out, ev.PlacementDecided):
-            self.world.release(out.job_id)
-            self.world.released.discard(out.job_id)
+            self.world.undo(out.job_id)
 
     async def _commit(self, batch: list[_Request]) -> None:
         """Decide ``batch`` and store it as chains until every request is resolved or failed."""
-        todo = sorted(batch, key=lambda r: (-r.pending.event.spec.priority, r.pending.order))
+        todo = sorted(batch, key=self._order)
         while todo:
-            chain: list[tuple[_Request, Decision]] = []
+            chain: list[tuple[_Request, Stored]] = []
             for r in todo:
-                if r.pending.event.job_id in self.decided:
-                    r.resolve("already")
-                    continue
-                out = self._decision(r.pending, r.final)
-                if out is None:
-                    r.resolve("pending")
+                outs = self._events(r)
+                if isinstance(outs, str):
+                    r.resolve(outs)
                 else:
-                    chain.append((r, out))
+                    chain.extend((r, out) for out in outs)
             if not chain:
                 return
             base = max(self.tail, self.ledger.applied_seq)
             results = await self.chain.publish_chain([out for _, out in chain], base, atomic=self.atomic)
             self.stats["commits"] += 1
-            redo: list[_Request] = []
+            redo: dict[int, _Request] = {}
+            outcome: dict[int, str] = {}
             behind, ask = 0, False
             for i, ((r, out), res) in enumerate(zip(chain, results, strict=True)):
                 if isinstance(res, Ack) and not res.duplicate:
                     self.tail = max(self.tail, res.seq)
-                    self.decided.add(out.job_id)
-                    self.stats["decisions"] += 1
-                    log.info(out.__struct_config__.tag, job_id=out.job_id)
-                    r.resolve("decided" if isinstance(out, ev.PlacementDecided) else "failed")
+                    self._stored(out)
+                    outcome.setdefault(id(r), _outcome(r, out))
                     continue
                 self._undo(out)
                 if isinstance(res, Ack):  # decided before (a crash, or another instance): the stream's stands
                     behind = max(behind, res.seq)
-                    redo.append(r)
+                    redo[id(r)] = r
                 elif isinstance(res, WrongLastSequence):
                     # a last-msg-id refusal passed the sequence check, made first; a duplicate in an
                     # atomic batch does not say where the stream is: ask it, once
                     known = base + i if res.err_code == WRONG_LAST_MSG_ID else res.last_seq
                     behind, ask = max(behind, known), ask or not known
-                    redo.append(r)
+                    redo[id(r)] = r
                 else:
                     r.fail(res)
+            for r, _ in chain:
+                if id(r) not in redo and id(r) in outcome:
+                    r.resolve(outcome[id(r)])
             if redo:
                 if ask:
                     behind = max(behind, await self.chain.last_seq())
@@ -217,4 +287,19 @@ class Decider:
                 log.debug("placement conflict; catching up", jobs=len(redo), behind=behind)
                 await self.ledger.catch_up(behind)
                 self.tail = max(self.tail, self.ledger.applied_seq)
-            todo = redo
+            todo = list(redo.values())
+
+    def _order(self, r: _Request) -> tuple[int, int, int, str]:
+        """Re-placements first (running work that lost its node), then by priority, then
+        submission order."""
+        if r.pending is None:
+            res = self.world.reservations.get(r.job_id)
+            prio = res.decision.priority if res is not None and res.decision is not None else 0
+            return (0, -prio, 0, r.job_id)
+        return (1, -r.pending.event.spec.priority, r.pending.order, "")
+
+
+def _outcome(r: _Request, out: Stored) -> str:
+    if r.pending is not None:
+        return "decided" if isinstance(out, ev.PlacementDecided) else "failed"
+    return "moved" if isinstance(out, ev.PlacementDecided) else "degraded"

@@ -22,7 +22,8 @@ from __future__ import annotations
 
 import heapq
 import math
-from collections.abc import Callable, Iterator
+from collections import Counter
+from collections.abc import Callable, Iterator, Sequence
 from itertools import islice
 
 import msgspec
@@ -176,22 +177,37 @@ def _ranked(spec: JobSpec, world: World, now: float, ttl: float) -> Iterator[Nod
 
 
 def place(
-    spec: JobSpec, world: World, now: float, ttl: float, top_n: int = 10, *, explain_failure: bool = True
+    spec: JobSpec,
+    world: World,
+    now: float,
+    ttl: float,
+    top_n: int = 10,
+    *,
+    explain_failure: bool = True,
+    kept: Sequence[str] = (),
+    partial: bool = False,
 ) -> Placed | NotPlaced:
     """Decide where each replica of a shared job runs, or explain why it cannot.
 
     Does not reserve: the caller applies the decision to ``world`` once it is taken.
     With ``explain_failure=False`` a job that does not fit costs no full scan, and the
     ``NotPlaced`` carries no counts (used for retries before the deadline).
+
+    Re-placement: ``kept`` are the nodes of the job's replicas that stay where they are
+    (already booked in ``world``); they count for the strategy (``spread``: replicas per
+    node) and for ``constraints.spread`` (never a second replica there). ``partial``: place
+    as many of ``spec.replicas`` as fit and return them (possibly none) as ``Placed``.
     """
     world.expire(now, ttl)
     r = spec.resources
-    head = list(islice(_ranked(spec, world, now, ttl), max(top_n, spec.replicas)))
+    head = list(islice(_ranked(spec, world, now, ttl), max(top_n, spec.replicas + len(kept))))
     key = KEYS[spec.strategy]
     exclusive = spec.constraints.spread
     # nodes this job already uses: a heap of (key, node_id) with their reduced free resources
     used: dict[str, tuple[float, int, int, int]] = {}
     heap: list[tuple[tuple[float | int | str, ...], str]] = []
+    if kept:
+        _seed(spec, world, now, ttl, kept, used, heap)
     nxt = 0  # head[:nxt] are used, head[nxt] is the best untouched node
     assignments: list[Assignment] = []
     for replica in range(spec.replicas):
@@ -201,6 +217,9 @@ def place(
             if k == key(nid, c, m, n) and c >= r.cpu and m >= r.memory_mb and g >= r.gpu:
                 break
             heapq.heappop(heap)
+        if kept:  # the kept nodes are in ``used`` already (and in the heap unless exclusive)
+            while nxt < len(head) and head[nxt].node_id in used:
+                nxt += 1
         choice: str | None = None
         if nxt < len(head):
             node = head[nxt]
@@ -211,6 +230,8 @@ def place(
         if choice is None and heap:
             choice = heap[0][1]
         if choice is None:
+            if partial:
+                break
             return _not_placed(spec, world, now, ttl, replica, explain_failure)
         c, m, g, n = used[choice]
         c, m, g, n = round(c - r.cpu, 6), m - r.memory_mb, g - r.gpu, n + 1
@@ -220,6 +241,34 @@ def place(
         assignments.append(Assignment(replica=replica, node_id=choice))
     candidates = [Candidate(node_id=n.node_id, cpu_free=n.cpu, memory_free_mb=n.memory) for n in head[:top_n]]
     return Placed(assignments, candidates)
+
+
+def _seed(
+    spec: JobSpec,
+    world: World,
+    now: float,
+    ttl: float,
+    kept: Sequence[str],
+    used: dict[str, tuple[float, int, int, int]],
+    heap: list[tuple[tuple[float | int | str, ...], str]],
+) -> None:
+    """Count the kept replicas' nodes as used by the job: offered again (with their replica
+    count, for ``spread``) only if they still qualify and the job allows two replicas there."""
+    allowed = frozenset(spec.constraints.nodes) if spec.constraints.nodes else None
+    key = KEYS[spec.strategy]
+    for nid, n in Counter(kept).items():
+        node = world.nodes.get(nid)
+        if node is None or first_failed(node, spec, now, ttl, allowed) is not None:
+            used[nid] = (0.0, 0, 0, n)  # never offered: not in the heap, skipped in the head
+            continue
+        used[nid] = (node.cpu, node.memory, node.gpu, n)
+        if not spec.constraints.spread:
+            heapq.heappush(heap, (key(nid, node.cpu, node.memory, n), nid))
+
+
+def shortfall(spec: JobSpec, world: World, now: float, ttl: float, fitted: int) -> NotPlaced:
+    """The explanation (full census) for a job of which only ``fitted`` of ``spec.replicas`` fit."""
+    return _not_placed(spec, world, now, ttl, fitted, True)
 
 
 def _not_placed(spec: JobSpec, world: World, now: float, ttl: float, fitted: int, full: bool) -> NotPlaced:

@@ -3,7 +3,9 @@
 One ordered consumer reads the stream from its first message, in stream order, and
 applies each event to the ledger:
 
-- ``placement.decided``: the job's reservation is made, and the job is settled;
+- ``placement.decided``: the job's reservation is made (a higher revision replaces the
+  previous one's, an older or equal one is ignored), and the job is settled;
+- ``placement.degraded``: knowledge only (the job misses replicas since that revision);
 - ``placement.failed``: the job is settled (no reservation);
 - ``placement.released``: the job's reservation is freed; a job released before any
   decision (cancelled while pending) is remembered in ``ended`` and never booked.
@@ -30,7 +32,9 @@ from services.runtime.delivery import stream_sequence
 
 log = structlog.get_logger()
 
-_ledger_decoder = msgspec.json.Decoder(ev.PlacementDecided | ev.PlacementFailed | ev.PlacementReleased)
+_ledger_decoder = msgspec.json.Decoder(
+    ev.PlacementDecided | ev.PlacementFailed | ev.PlacementReleased | ev.PlacementDegraded
+)
 
 
 class Ledger:
@@ -62,6 +66,8 @@ class Ledger:
                 self.world.apply_decided(event)
             case ev.PlacementFailed():
                 self.decided.add(event.job_id)
+            case ev.PlacementDegraded():
+                self.world.note_degraded(event.job_id, event.revision)
             case ev.PlacementReleased():
                 if event.job_id not in self.decided:  # a reservation made after this would never be freed
                     self.ended.add(event.job_id)

@@ -1,83 +1,32 @@
 """The placement service's view of the world: the indexed node table and the reservation ledger.
 
-Pure data structures with no I/O. The node table is fed by ``node.status.*``; the
-ledger by ``placement.decided`` / ``placement.released`` (and rebuilt from the
-PLACEMENTS stream on start). ``free = min(allocatable - reserved, reported free)``.
+Pure data structures with no I/O. The node table is fed by ``node.status.*`` and the
+``node.draining.*`` facts; the ledger by ``placement.decided`` revisions and
+``placement.released`` (and rebuilt from the PLACEMENTS stream on start).
 
-The index (see ``README.md`` in this package): every node whose state is ``active``
-sits in one :class:`Bucket` per technology it supports (plus a second, smaller one per
-technology for nodes with gpus), where ``by_free`` keeps ``(-cpu_free, -memory_free_mb,
-node_id)`` sorted (best_fit order) and ``by_id`` keeps node ids sorted. Each status, reservation or
-release moves a node in O(log n); a decision reads a few entries at one end of a
-bucket instead of scanning every node. Nodes whose last status is older than the TTL
-are dropped from the index by :meth:`World.expire` (they keep their reservations).
+The index (see ``README.md`` in this package): every node whose state is ``active`` and
+that is not drained sits in one :class:`Bucket` per technology it supports (plus a second,
+smaller one per technology for nodes with gpus). Each status, reservation or release
+moves a node in O(log n). Nodes whose last status is older than the TTL are dropped from
+the index by :meth:`World.expire` (they keep their reservations); nodes silent for
+``node_lost_s`` are marked lost by :meth:`World.find_lost`.
+
+Revisions: a job's :class:`Reservation` is the booking of its highest applied revision,
+one node per placed replica. ``holders`` indexes node -> jobs holding replicas there, so
+the replicas of a lost or drained node are found without scanning every reservation;
+``evacuate`` is the set of leaving nodes that still hold replicas.
 """
 
 from __future__ import annotations
 
-from collections import OrderedDict
+from collections import Counter, OrderedDict
 from dataclasses import dataclass, field
-
-from sortedcontainers import SortedList  # type: ignore[import-untyped]
 
 from schemas.events import NodeStatus, PlacementDecided
 from schemas.jobs import Resources
+from services.placement.table import Bucket, FreeKey, Node
 
-FreeKey = tuple[float, int, str]
-"""``(-cpu_free, -memory_free_mb, node_id)``: a node's position in ``Bucket.by_free``,
-which is therefore in best_fit order (most free cpu, then memory, then id)."""
-
-_DIGITS = 6
-"""Free cpu is rounded to a micro-core, so adding and removing fractions leaves no dust."""
-
-
-class Bucket:
-    """Active nodes of one technology (optionally: only those with gpus), in two orders."""
-
-    __slots__ = ("by_free", "by_id")
-
-    def __init__(self) -> None:
-        self.by_free: SortedList = SortedList()
-        self.by_id: SortedList = SortedList()
-
-
-@dataclass(slots=True, eq=False)
-class Node:
-    status: NodeStatus
-    seen: float
-    """When the last accepted status arrived, on the placement service's monotonic clock."""
-    reserved_cpu: float = 0.0
-    reserved_memory_mb: int = 0
-    reserved_gpu: int = 0
-    cpu: float = 0.0
-    """Free cpu: min(allocatable - reserved, reported free), never below 0."""
-    memory: int = 0
-    gpu: int = 0
-    key: FreeKey | None = None
-    """The key under which the node is indexed, None when it is not (not active / stale)."""
-    buckets: tuple[Bucket, ...] = ()
-
-    @property
-    def node_id(self) -> str:
-        return self.status.node_id
-
-    def refresh(self) -> None:
-        st = self.status
-        self.cpu = max(0.0, round(min(st.cpu_cores - self.reserved_cpu, st.cpu_free), _DIGITS))
-        self.memory = max(0, min(st.memory_mb - self.reserved_memory_mb, st.memory_free_mb))
-        self.gpu = max(0, st.gpus - self.reserved_gpu)
-
-    def cpu_free(self) -> float:
-        return self.cpu
-
-    def memory_free_mb(self) -> int:
-        return self.memory
-
-    def gpu_free(self) -> int:
-        return self.gpu
-
-    def active(self, now: float, ttl: float) -> bool:
-        return self.status.state == "active" and now - self.seen < ttl
+__all__ = ["Bucket", "FreeKey", "Node", "Reservation", "World"]
 
 
 @dataclass(slots=True)
@@ -85,19 +34,78 @@ class Reservation:
     job_id: str
     resources: Resources
     node_ids: tuple[str, ...]
+    """The node of each placed replica, in the order of ``replicas``."""
+    revision: int = 1
+    replicas: tuple[int, ...] = ()
+    """The replica numbers placed (a replica that fits nowhere for now is absent)."""
+    decision: PlacementDecided | None = None
+    """The decided event of this revision (what a re-placement needs); None for bookings made
+    without one (tests)."""
+    missing_reasons: dict[int, str] = field(default_factory=dict)
+    """For each missing replica, the reason it lost its node (``node_lost`` / ``drain``)."""
+
+    def assignments(self) -> dict[int, str]:
+        return dict(zip(self.replicas, self.node_ids, strict=True))
+
+    def missing(self) -> list[int]:
+        wanted = self.decision.wanted if self.decision is not None else len(self.replicas)
+        placed = set(self.replicas)
+        return [r for r in range(wanted) if r not in placed]
+
+
+def _booking(e: PlacementDecided, prev: Reservation | None) -> Reservation:
+    assert e.resources is not None
+    pairs = sorted((a.replica, a.node_id) for a in e.assignments if a.node_id is not None)
+    reasons = dict(prev.missing_reasons) if prev is not None else {}
+    for c in e.changes:
+        if c.to is None:
+            reasons[c.replica] = c.reason
+    placed = {r for r, _ in pairs}
+    reasons = {r: why for r, why in reasons.items() if r not in placed and r < e.wanted}
+    return Reservation(
+        e.job_id,
+        e.resources,
+        tuple(n for _, n in pairs),
+        e.revision,
+        tuple(r for r, _ in pairs),
+        e,
+        reasons,
+    )
 
 
 @dataclass
 class World:
-    """Nodes (indexed) plus the reservations held on them, keyed by job (idempotent by job id)."""
+    """Nodes (indexed) plus the reservations held on them, keyed by job (idempotent by job id
+    and revision)."""
 
     nodes: dict[str, Node] = field(default_factory=dict)
     reservations: dict[str, Reservation] = field(default_factory=dict)
     released: set[str] = field(default_factory=set)
+    holders: dict[str, Counter[str]] = field(default_factory=dict)
+    """node_id -> job_id -> replicas of that job booked there."""
+    short: set[str] = field(default_factory=set)
+    """Jobs whose latest revision places fewer replicas than they want (degraded or about to be)."""
+    degraded: dict[str, int] = field(default_factory=dict)
+    """job_id -> revision of its latest ``placement.degraded`` (knowledge only, no booking)."""
+    drained: set[str] = field(default_factory=set)
+    """Nodes drained by a ``node.draining`` fact (known or not yet heard of)."""
+    evacuate: set[str] = field(default_factory=set)
+    """Leaving nodes (lost, down, draining) that still hold replicas."""
+    unheard: set[str] = field(default_factory=set)
+    """Nodes holding replicas whose status this instance has never had (e.g. after a restart)."""
+    epoch: int = 0
+    """Incremented by every change of capacity (a status, a drain, a release)."""
+    _lost_unheard: set[str] = field(default_factory=set)
     _orphan: dict[str, list[tuple[float, int, int]]] = field(default_factory=dict)
     _buckets: dict[tuple[str, bool], Bucket] = field(default_factory=dict)
     _live: OrderedDict[str, None] = field(default_factory=OrderedDict)
     """Indexed nodes, least recently seen first (statuses arrive in clock order)."""
+    _heard: OrderedDict[str, None] = field(default_factory=OrderedDict)
+    """Every node not yet lost, least recently seen first."""
+    _tentative: dict[str, Reservation | None] = field(default_factory=dict)
+    """Jobs decided locally and not yet stored, with the reservation they had before."""
+    _shadow: dict[str, PlacementDecided] = field(default_factory=dict)
+    """Stored decisions of tentative jobs, applied once the tentative one is confirmed or undone."""
 
     # --- node table ---------------------------------------------------------
     def bucket(self, technology: str, gpu: bool) -> Bucket | None:
@@ -105,13 +113,16 @@ class World:
 
     def update_node(self, status: NodeStatus, now: float) -> None:
         node = self.nodes.get(status.node_id)
+        nid = status.node_id
         if node is None:
-            node = Node(status=status, seen=now)
-            for cpu, mem, gpu in self._orphan.pop(status.node_id, ()):
+            node = Node(status=status, seen=now, drained=nid in self.drained)
+            for cpu, mem, gpu in self._orphan.pop(nid, ()):
                 node.reserved_cpu += cpu
                 node.reserved_memory_mb += mem
                 node.reserved_gpu += gpu
-            self.nodes[status.node_id] = node
+            self.nodes[nid] = node
+            self.unheard.discard(nid)
+            self._lost_unheard.discard(nid)
             same_buckets = False
         else:
             old = node.status
@@ -123,14 +134,19 @@ class World:
             )
             node.status = status
             node.seen = now
+        node.lost = False
         node.refresh()
         if same_buckets:
             self._move(node)
         else:
-            self._reindex(node, self._buckets_for(status) if status.state == "active" else ())
+            self._reindex(node, self._buckets_for(status) if status.state == "active" and not node.drained else ())
+            self._leaving_changed(nid)
         if node.key is not None:
-            self._live[status.node_id] = None
-            self._live.move_to_end(status.node_id)
+            self._live[nid] = None
+            self._live.move_to_end(nid)
+        self._heard[nid] = None
+        self._heard.move_to_end(nid)
+        self.epoch += 1
 
     def expire(self, now: float, ttl: float) -> int:
         """Drop nodes not heard of for ``ttl`` from the index; returns how many."""
@@ -145,6 +161,63 @@ class World:
             self._reindex(node, ())
             n += 1
         return n
+
+    def find_lost(self, now: float, lost_s: float) -> list[str]:
+        """Mark nodes silent for ``lost_s`` as lost (their replicas must move); returns them."""
+        out = []
+        heard = self._heard
+        while heard:
+            nid = next(iter(heard))
+            node = self.nodes[nid]
+            if now - node.seen < lost_s:
+                break
+            del heard[nid]
+            node.lost = True
+            self._leaving_changed(nid)
+            out.append(nid)
+        return out
+
+    def mark_lost(self, node_id: str) -> None:
+        """A node holding replicas that has never reported to this instance is lost."""
+        if node_id not in self.nodes:
+            self._lost_unheard.add(node_id)
+            self._leaving_changed(node_id)
+
+    def set_drained(self, node_id: str, drained: bool) -> None:
+        """Apply a ``node.draining`` fact: a drained node leaves the index and its replicas move."""
+        if drained:
+            self.drained.add(node_id)
+        else:
+            self.drained.discard(node_id)
+        node = self.nodes.get(node_id)
+        if node is not None and node.drained != drained:
+            node.drained = drained
+            active = node.status.state == "active" and not drained
+            self._reindex(node, self._buckets_for(node.status) if active else ())
+            if node.key is not None:
+                self._live[node_id] = None
+                self._live.move_to_end(node_id)
+        self._leaving_changed(node_id)
+        self.epoch += 1
+
+    def leaving(self, node_id: str) -> str | None:
+        """``node_lost`` / ``drain`` when the replicas on ``node_id`` must move, else None."""
+        node = self.nodes.get(node_id)
+        if node is None:
+            if node_id in self._lost_unheard:
+                return "node_lost"
+            return "drain" if node_id in self.drained else None
+        return node.leaving()
+
+    def jobs_to_move(self) -> list[str]:
+        """Jobs holding replicas on leaving nodes (each once)."""
+        return list(dict.fromkeys(j for nid in self.evacuate for j in self.holders.get(nid, ())))
+
+    def _leaving_changed(self, node_id: str) -> None:
+        if self.leaving(node_id) is not None and self.holders.get(node_id):
+            self.evacuate.add(node_id)
+        else:
+            self.evacuate.discard(node_id)
 
     def _buckets_for(self, status: NodeStatus) -> tuple[Bucket, ...]:
         keys = [(t, False) for t in dict.fromkeys(status.technologies)]
@@ -188,37 +261,115 @@ class World:
 
     # --- ledger -------------------------------------------------------------
     def reserve(self, job_id: str, resources: Resources, node_ids: tuple[str, ...]) -> bool:
-        """Record a job's reservation once; False if it is known already or was released."""
+        """Record a job's reservation once (revision 1, replica i on ``node_ids[i]``); False if it
+        is known already or was released."""
         if job_id in self.reservations or job_id in self.released:
             return False
-        self.reservations[job_id] = Reservation(job_id, resources, node_ids)
-        self._apply(resources, node_ids, +1)
+        self._book(Reservation(job_id, resources, node_ids, 1, tuple(range(len(node_ids)))))
         return True
 
     def release(self, job_id: str) -> bool:
         """Release a job's reservation exactly once; False if it had none."""
         self.released.add(job_id)
-        r = self.reservations.pop(job_id, None)
+        self.short.discard(job_id)
+        self.degraded.pop(job_id, None)
+        r = self.reservations.get(job_id)
         if r is None:
             return False
-        self._apply(r.resources, r.node_ids, -1)
+        self._unbook(r)
+        self.epoch += 1
         return True
 
     def apply_decided(self, e: PlacementDecided) -> bool:
-        if e.cluster != "shared" or e.resources is None:
+        """A stored ``placement.decided``: book its revision if it is the job's highest (releasing
+        the previous one once). Ignored for dedicated and released jobs and older revisions."""
+        if e.cluster != "shared" or e.resources is None or e.job_id in self.released:
             return False
-        nodes = tuple(a.node_id for a in e.assignments if a.node_id is not None)
-        return self.reserve(e.job_id, e.resources, nodes)
+        if e.job_id in self._tentative:  # ours is in flight: keep the stream's for later
+            shadow = self._shadow.get(e.job_id)
+            if shadow is None or e.revision > shadow.revision:
+                self._shadow[e.job_id] = e
+            return False
+        return self._supersede(e)
 
-    def _apply(self, r: Resources, node_ids: tuple[str, ...], sign: int) -> None:
-        for nid in node_ids:
+    def decide_locally(self, e: PlacementDecided) -> None:
+        """The decider's decision, booked before it is stored: :meth:`confirm` or :meth:`undo` it."""
+        if e.job_id not in self._tentative:
+            self._tentative[e.job_id] = self.reservations.get(e.job_id)
+        self._supersede(e)
+
+    def confirm(self, job_id: str) -> None:
+        """The local decision was stored: it stands (unless the stream already holds a later one)."""
+        self._tentative.pop(job_id, None)
+        shadow = self._shadow.pop(job_id, None)
+        if shadow is not None:
+            self.apply_decided(shadow)
+
+    def undo(self, job_id: str) -> None:
+        """The local decision was refused: restore the previous revision's reservation exactly,
+        then apply whatever the stream stored for the job meanwhile."""
+        if job_id not in self._tentative:
+            return
+        prev = self._tentative.pop(job_id)
+        shadow = self._shadow.pop(job_id, None)
+        cur = self.reservations.get(job_id)
+        if job_id not in self.released:
+            if cur is not None:
+                self._unbook(cur)
+            if prev is not None:
+                self._book(prev)
+        if shadow is not None:
+            self.apply_decided(shadow)
+
+    def note_degraded(self, job_id: str, revision: int) -> None:
+        if job_id not in self.released and revision > self.degraded.get(job_id, 0):
+            self.degraded[job_id] = revision
+
+    def _supersede(self, e: PlacementDecided) -> bool:
+        prev = self.reservations.get(e.job_id)
+        if prev is not None and e.revision <= prev.revision:
+            return False
+        if prev is not None:
+            self._unbook(prev)
+        self._book(_booking(e, prev))
+        return True
+
+    def _book(self, r: Reservation) -> None:
+        self.reservations[r.job_id] = r
+        self._apply(r, +1)
+        if r.missing():
+            self.short.add(r.job_id)
+        else:
+            self.short.discard(r.job_id)
+
+    def _unbook(self, r: Reservation) -> None:
+        del self.reservations[r.job_id]
+        self.short.discard(r.job_id)
+        self._apply(r, -1)
+
+    def _apply(self, r: Reservation, sign: int) -> None:
+        res = r.resources
+        for nid in r.node_ids:
+            jobs = self.holders.get(nid)
+            if jobs is None:
+                jobs = self.holders[nid] = Counter()
+            jobs[r.job_id] += sign
+            if jobs[r.job_id] <= 0:
+                del jobs[r.job_id]
             node = self.nodes.get(nid)
+            if not jobs:
+                del self.holders[nid]
+                self.unheard.discard(nid)
+            elif node is None:
+                self.unheard.add(nid)
+            if node is None or node.key is None or node.lost or nid in self.evacuate:  # not an active node
+                self._leaving_changed(nid)
             if node is None:  # decided before this node's status arrived (e.g. during replay)
-                self._orphan.setdefault(nid, []).append((sign * r.cpu, sign * r.memory_mb, sign * r.gpu))
+                self._orphan.setdefault(nid, []).append((sign * res.cpu, sign * res.memory_mb, sign * res.gpu))
                 continue
-            node.reserved_cpu += sign * r.cpu
-            node.reserved_memory_mb += sign * r.memory_mb
-            node.reserved_gpu += sign * r.gpu
+            node.reserved_cpu += sign * res.cpu
+            node.reserved_memory_mb += sign * res.memory_mb
+            node.reserved_gpu += sign * res.gpu
             node.refresh()
             if node.key is not None:
                 self._move(node)

@@ -216,7 +216,7 @@ class TestAnUncontendedChain:
         assert outcomes == dict.fromkeys(JOBS, "decided")
         assert rig.stream.bases == [0]
         assert list(rig.stored()) == list(JOBS)  # priority ties in submission order
-        assert rig.decider.stats == {"decisions": 3, "commits": 1, "conflicts": 0}
+        assert rig.decider.stats == {"decisions": 3, "commits": 1, "conflicts": 0, "revisions": 0, "degraded": 0}
         assert rig.decider.tail == 3
         rig.assert_consistent()
 

@@ -1,0 +1,144 @@
+"""Re-placement of a running shared job's replicas (§8.1-8.2): pure, over the world and the
+job's latest decision.
+
+A replica must move when its node is leaving (lost: silent for ``node_lost_s`` or
+reporting ``down``; draining: drained by ``node.drain`` or reporting ``draining``); a
+replica is missing when the latest revision left it out (it fit nowhere). Both are placed
+again with the job's own strategy and constraints, counting the replicas that stay
+(:func:`services.placement.engine.place` with ``kept``), as many as fit. The result is the
+next revision's complete assignments and its changes, and for the replicas that fit
+nowhere the explanation (``placement.failed``'s format), or None when nothing changes.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from schemas import events as ev
+from schemas import subjects as s
+from schemas.jobs import Constraints, JobSpec, Workload
+from services.placement.engine import NotPlaced, Placed, place, shortfall
+from services.placement.state import Reservation, World
+
+MISSING_REASON: ev.ChangeReason = "node_lost"
+"""The reason of a missing replica placed again when its revisions do not say why it went
+missing (events written before revisions): it had lost its node."""
+
+
+@dataclass(frozen=True, slots=True)
+class Replan:
+    assignments: list[ev.Assignment]
+    """The complete assignments of the next revision (unchanged when ``changes`` is empty)."""
+    changes: list[ev.Change]
+    candidates: list[ev.Candidate]
+    missing: list[int]
+    """Replicas that fit nowhere after this revision."""
+    failure: NotPlaced | None
+    """Why ``missing`` fit nowhere (a full census), when a ``placement.degraded`` is due."""
+
+
+def spec_of(d: ev.PlacementDecided, replicas: int) -> JobSpec:
+    """The JobSpec that places ``replicas`` more replicas of the job of decision ``d``."""
+    assert d.resources is not None
+    return JobSpec(
+        name=d.job_id,
+        technology=d.technology,
+        replicas=replicas,
+        resources=d.resources,
+        constraints=d.constraints if d.constraints is not None else Constraints(),
+        cluster="shared",
+        workload=Workload(),
+        strategy=d.strategy,  # type: ignore[arg-type]  # a strategy the engine knows (it decided it)
+        max_runtime_s=d.max_runtime_s if isinstance(d.max_runtime_s, int) else None,
+        priority=d.priority,
+    )
+
+
+def replan(res: Reservation, world: World, now: float, ttl: float, top_n: int = 10) -> Replan | None:
+    """The next revision of ``res``'s job, or None when none is due: no replica is on a leaving
+    node, and the missing ones still fit nowhere (and their degraded event is already known)."""
+    d = res.decision
+    if d is None or d.resources is None:
+        return None
+    current = res.assignments()
+    moving: dict[int, str] = {}
+    for replica, nid in current.items():
+        why = world.leaving(nid)
+        if why is not None:
+            moving[replica] = why
+    missing = res.missing()
+    if not moving and not missing:
+        return None
+    kept = [nid for replica, nid in current.items() if replica not in moving]
+    todo = sorted([*moving, *missing])
+    spec = spec_of(d, len(todo))
+    result = place(spec, world, now, ttl, top_n, explain_failure=False, kept=kept, partial=True)
+    assert isinstance(result, Placed)
+    placed = result.assignments
+    after = {replica: nid for replica, nid in current.items() if replica not in moving}
+    changes: list[ev.Change] = []
+    for i, replica in enumerate(todo):
+        to = placed[i].node_id if i < len(placed) else None
+        was = current.get(replica)
+        if was is None and to is None:
+            continue  # still missing: no change
+        why = moving.get(replica) or res.missing_reasons.get(replica, MISSING_REASON)
+        changes.append(ev.Change(replica=replica, from_=was, to=to, reason=why))  # type: ignore[arg-type]
+        if to is not None:
+            after[replica] = to
+    still = todo[len(placed) :]
+    degraded_known = world.degraded.get(res.job_id, 0) >= res.revision
+    failure = None
+    if still and (changes or not degraded_known):
+        failure = shortfall(spec, world, now, ttl, len(placed))
+    if not changes and failure is None:
+        return None
+    return Replan(
+        [ev.Assignment(replica=r, node_id=n) for r, n in sorted(after.items())],
+        changes,
+        result.candidates,
+        still,
+        failure,
+    )
+
+
+def events_of(res: Reservation, plan: Replan) -> list[ev.PlacementDecided | ev.PlacementDegraded]:
+    """The events that store ``plan``: the next revision (if anything moved) and, when replicas
+    fit nowhere, a ``placement.degraded`` of the job's resulting revision."""
+    d = res.decision
+    assert d is not None
+    out: list[ev.PlacementDecided | ev.PlacementDegraded] = []
+    revision = res.revision
+    if plan.changes:
+        revision += 1
+        out.append(
+            ev.PlacementDecided(
+                event_id=ev.revision_event_id(d.job_id, s.PLACEMENT_DECIDED, revision),
+                job_id=d.job_id,
+                cluster=d.cluster,
+                technology=d.technology,
+                strategy=d.strategy,
+                assignments=plan.assignments,
+                candidates=plan.candidates,
+                resources=d.resources,
+                max_runtime_s=d.max_runtime_s,
+                revision=revision,
+                changes=plan.changes,
+                replicas=d.wanted,
+                constraints=d.constraints,
+                priority=d.priority,
+            )
+        )
+    if plan.failure is not None:
+        out.append(
+            ev.PlacementDegraded(
+                event_id=ev.revision_event_id(d.job_id, s.PLACEMENT_DEGRADED, revision),
+                job_id=d.job_id,
+                revision=revision,
+                missing=plan.missing,
+                reason=plan.failure.reason,
+                nodes_total=plan.failure.nodes_total,
+                excluded=plan.failure.excluded,
+            )
+        )
+    return out
