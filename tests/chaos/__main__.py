@@ -5,10 +5,12 @@ overbooked nodes, time to recover) and writes it to bench-results/chaos.md."""
 from __future__ import annotations
 
 import asyncio
+import json
 import os
 import sys
 import time
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Mapping
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -16,6 +18,8 @@ from nats.aio.client import Client
 
 from schemas import subjects as s
 from schemas.events import DeadLetter
+from tests.chaos import living
+from tests.chaos.living import Injected
 from tests.chaos.load import Load
 from tests.support.invariants import check_live, read_stream
 from tests.support.procs import present
@@ -25,8 +29,9 @@ from tests.support.system import SERVICES, System, system
 LOAD_S = float(os.environ.get("CHAOS_LOAD_S", "20"))
 RATE = float(os.environ.get("CHAOS_RATE", "25"))
 NODES = int(os.environ.get("CHAOS_NODES", "200"))
+LIVING_NODES = int(os.environ.get("CHAOS_LIVING_NODES", "1000"))
 
-Fault = Callable[[System, Client], Awaitable[int]]
+Fault = Callable[[System, Client, Load], Awaitable[Injected]]
 
 
 async def _settle(load: Load, js: Any, timeout: float = 90.0) -> float:
@@ -48,7 +53,7 @@ async def _settle(load: Load, js: Any, timeout: float = 90.0) -> float:
     return time.perf_counter() - t0
 
 
-async def kill9_each(sysm: System, nc: Client) -> int:
+async def kill9_each(sysm: System, nc: Client, load: Load) -> Injected:
     faults = 0
     for name in [n for n in SERVICES if n in sysm.procs]:
         victim = sysm.procs[name][-1]
@@ -56,38 +61,37 @@ async def kill9_each(sysm: System, nc: Client) -> int:
         faults += 1
         await asyncio.sleep(LOAD_S / (2 * len(sysm.procs)))
         sysm.spawn(name)
-    return faults
+    return Injected(faults)
 
 
-async def twins_one_killed(sysm: System, nc: Client) -> int:
+async def twins_one_killed(sysm: System, nc: Client, load: Load) -> Injected:
     faults = 0
     await asyncio.sleep(LOAD_S / 3)
     for name in ("intake", "metadata", "provisioner"):
         if name in sysm.procs and len(sysm.procs[name]) > 1:
             sysm.procs[name][0].kill()
             faults += 1
-    return faults
+    return Injected(faults)
 
 
-async def nats_restart(sysm: System, nc: Client) -> int:
+async def _outage(stop: Callable[[], object], start: Callable[[], object], down_s: float) -> Injected:
+    """A third into the load, ``stop`` a server, and ``start`` it again ``down_s`` later."""
     await asyncio.sleep(LOAD_S / 3)
-    sysm.nats.kill()
-    await asyncio.sleep(2)
-    sysm.nats.start()
-    return 1
+    stop()
+    await asyncio.sleep(down_s)
+    start()
+    return Injected(1)
 
 
-async def postgres_restart(sysm: System, nc: Client) -> int:
-    if sysm.pg is None:
-        return 0
-    await asyncio.sleep(LOAD_S / 3)
-    sysm.pg.stop()
-    await asyncio.sleep(5)
-    sysm.pg.start()
-    return 1
+async def nats_restart(sysm: System, nc: Client, load: Load) -> Injected:
+    return await _outage(sysm.nats.kill, sysm.nats.start, 2)
 
 
-async def poison(sysm: System, nc: Client) -> int:
+async def postgres_restart(sysm: System, nc: Client, load: Load) -> Injected:
+    return Injected(0) if sysm.pg is None else await _outage(sysm.pg.stop, sysm.pg.start, 5)
+
+
+async def poison(sysm: System, nc: Client, load: Load) -> Injected:
     js = nc.jetstream()
     await asyncio.sleep(LOAD_S / 4)
     n = 0
@@ -99,10 +103,10 @@ async def poison(sysm: System, nc: Client) -> int:
             headers={"Nats-Msg-Id": f"poison-type-{subject}"},
         )
         n += 2
-    return n
+    return Injected(n)
 
 
-async def cluster_leader_killed(sysm: System, nc: Client) -> int:
+async def cluster_leader_killed(sysm: System, nc: Client, load: Load) -> Injected:
     """3-node cluster, R3 streams: SIGKILL the server leading JOBS mid-load, restart it after a while."""
     await asyncio.sleep(LOAD_S / 3)
     info = await nc.jetstream(timeout=5).stream_info(s.JOBS.name)
@@ -113,50 +117,85 @@ async def cluster_leader_killed(sysm: System, nc: Client) -> int:
     await asyncio.sleep(max(3.0, LOAD_S / 4))
     victim.start()
     sys.stderr.write("   restarted it\n")
-    return 1
+    return Injected(1)
+
+
+def _living(fault: Callable[[System, Client, Load, float], Awaitable[Injected]]) -> Fault:
+    async def inject(sysm: System, nc: Client, load: Load) -> Injected:
+        return await fault(sysm, nc, load, LOAD_S / 3)
+
+    return inject
+
+
+@dataclass(frozen=True)
+class Scenario:
+    fault: Fault
+    instances: Mapping[str, int] = field(default_factory=dict)
+    nats_servers: int = 1
+    living: bool = False
+    """A living-fleet row (§8.2): short node timeouts, the fleet in five parts, 2-replica jobs,
+    and the end state checked for settling (``living.settle``)."""
 
 
 CLUSTER_SCENARIO = "3-node NATS cluster, JOBS leader killed and restarted"
 
-SCENARIOS: dict[str, tuple[Fault, dict[str, int]]] = {
-    "kill -9 each service": (kill9_each, {}),
-    "two instances, one killed": (twins_one_killed, {"intake": 2, "metadata": 2, "provisioner": 2}),
-    "nats-server killed and restarted": (nats_restart, {}),
-    "PostgreSQL stopped and restarted": (postgres_restart, {}),
-    "poison messages on every stream": (poison, {}),
-    CLUSTER_SCENARIO: (cluster_leader_killed, {}),
+SCENARIOS: dict[str, Scenario] = {
+    "kill -9 each service": Scenario(kill9_each),
+    "two instances, one killed": Scenario(twins_one_killed, {"intake": 2, "metadata": 2, "provisioner": 2}),
+    "nats-server killed and restarted": Scenario(nats_restart),
+    "PostgreSQL stopped and restarted": Scenario(postgres_restart),
+    "poison messages on every stream": Scenario(poison),
+    CLUSTER_SCENARIO: Scenario(cluster_leader_killed, nats_servers=3),
+    "20% of node agents killed at once": Scenario(_living(living.kill_fifth_of_agents), living=True),
+    "10 nodes drained under load": Scenario(_living(living.drain_ten), living=True),
+    "2 dedicated instances stopped in EC2": Scenario(_living(living.stop_two_instances), living=True),
 }
-NATS_SERVERS: dict[str, int] = {CLUSTER_SCENARIO: 3}
-"""Scenarios run against a NATS cluster of this size (streams with as many replicas)."""
 
 
-async def run_scenario(name: str, fault: Fault, instances: dict[str, int]) -> dict[str, Any]:
+async def run_scenario(name: str, sc: Scenario) -> dict[str, Any]:
+    nodes = LIVING_NODES if sc.living else NODES
     async with system(
         SERVICES,
-        instances=instances,
-        sim_nodes=NODES,
-        sim_interval=3.0,
+        instances=sc.instances,
+        sim_nodes=nodes,
+        sim_interval=living.SIM_INTERVAL if sc.living else 3.0,
         env={"LOG_LEVEL": "info"},
-        nats_servers=NATS_SERVERS.get(name, 1),
+        nats_servers=sc.nats_servers,
+        sim_fleets=living.FLEETS if sc.living else 1,
+        settings=living.SETTINGS if sc.living else None,
     ) as (sysm, nc):
-        load = Load(nc, rate=RATE)
+        load = Load(nc, rate=RATE, replicas=2 if sc.living else 1)
+        if sc.living:
+            load.pinned = living.pinned_nodes(nodes)
         await load.start()
         t = time.perf_counter()
         load_task = asyncio.create_task(load.run(LOAD_S))
-        faults = await fault(sysm, nc)
+        injected = await sc.fault(sysm, nc, load)
         fault_done = time.perf_counter()
+        ec2 = sysm.moto.endpoint_url if sysm.moto else None
+        settling = (
+            asyncio.create_task(living.settle(nc, injected.effect_at, ec2_endpoint=ec2)) if injected.effect_at else None
+        )
         await load_task
         await load.cancels_done()
         await wait_for_services(nc, [n for n in SERVICES if present(n)], timeout=60)
         recover = await _settle(load, nc.jetstream())
-        report = await check_live(nc.jetstream(), submitted_ids=load.submitted.values(), require_release=True)
+        settled_s, _ = await settling if settling else (None, None)
+        report = await check_live(
+            nc.jetstream(),
+            submitted_ids=load.submitted.values(),
+            require_release=True,
+            node_lost_s=living.LOST_S if sc.living else None,
+            ec2_endpoint=ec2 if sc.living else None,
+        )
         letters = [e for e in await read_stream(nc.jetstream(), s.DEADLETTERS.name) if isinstance(e, DeadLetter)]
         keys = [(d.service, d.stream, d.stream_seq) for d in letters]
         repeated_letters = len(keys) - len(set(keys))
         return {
             "scenario": name,
+            "nodes": nodes,
             "jobs": len(load.submitted),
-            "faults": faults,
+            "faults": injected.faults,
             "lost": len(report.lost) + len(report.missing_from_stream),
             "duplicates": len(report.duplicate_keys)
             + len(report.multiply_decided)
@@ -166,49 +205,68 @@ async def run_scenario(name: str, fault: Fault, instances: dict[str, int]) -> di
             "unreleased": len(report.unreleased),
             "instances_left": len(report.instances_left),
             "deadletters": len(letters),
+            "revisions": report.revisions,
+            "degraded": report.degraded,
             "client_retries": load.retries,
             "recover_s": round(max(0.0, time.perf_counter() - fault_done - (LOAD_S - (fault_done - t))), 1)
             if recover
             else 0.0,
-            "settle_s": round(recover, 1),
-            "ok": report.ok and not repeated_letters,
+            "settle_s": (round(settled_s, 1) if settled_s is not None else "never")
+            if injected.effect_at
+            else round(recover, 1),
+            "error": injected.error,
+            "ok": report.ok and not repeated_letters and not injected.error and (settled_s is not None or not settling),
             "_report": report,
         }
 
 
 def markdown(rows: list[dict[str, Any]]) -> str:
     out = [
-        f"Load: {RATE:g} jobs/s for {LOAD_S:g} s per scenario, {NODES} simulated nodes, every 5th placed job "
-        "cancelled.",
+        f"Load: {RATE:g} jobs/s for {LOAD_S:g} s per scenario, every 5th placed job cancelled; "
+        f"{NODES} simulated nodes, 1-replica jobs (living-fleet rows: {LIVING_NODES} nodes in {living.FLEETS} "
+        f"fleet processes reporting every {living.SIM_INTERVAL:g} s, 2-replica jobs, every 10th pinned to 3 nodes "
+        f"of the first fleet, node_lost_s {living.LOST_S:g}). Time to settle: until every decision is stored; for "
+        "the living-fleet rows, from the fault's effect (the loss detected: node_lost_s after the last status; "
+        "the last drain reply; the EC2 stop) until the checker finds every live job whole on live, undrained "
+        "nodes or degraded, and every dedicated instance running (polled, about 0.5 s resolution).",
         "",
-        "| scenario | jobs submitted | faults injected | jobs lost | duplicates | overbooked nodes | unreleased "
-        "| instances left | dead letters | time to settle (s) | invariants |",
-        "|---|---|---|---|---|---|---|---|---|---|---|",
+        "| scenario | nodes | jobs submitted | faults injected | jobs lost | duplicates | overbooked nodes "
+        "| unreleased | instances left | dead letters | re-placements | degraded | time to settle (s) | invariants |",
+        "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|",
     ]
     for r in rows:
         out.append(
-            f"| {r['scenario']} | {r['jobs']} | {r['faults']} | {r['lost']} | {r['duplicates']} | "
-            f"{r['overbooked']} | {r['unreleased']} | {r['instances_left']} | {r['deadletters']} | "
-            f"{r['settle_s']} | {'green' if r['ok'] else 'RED'} |"
+            f"| {r['scenario']} | {r.get('nodes', NODES)} | {r['jobs']} | {r['faults']} | {r['lost']} | "
+            f"{r['duplicates']} | {r['overbooked']} | {r['unreleased']} | {r['instances_left']} | "
+            f"{r['deadletters']} | {r.get('revisions', '')} | {r.get('degraded', '')} | {r['settle_s']} | "
+            f"{'green' if r['ok'] else 'RED'} |"
         )
     return "\n".join(out)
 
 
 async def main(names: list[str]) -> int:
-    rows = []
-    for name, (fault, inst) in SCENARIOS.items():
+    """Run the scenarios whose names contain one of ``names`` (all without), and merge their
+    rows into bench-results/chaos.json, so a partial run updates its rows of the table."""
+    out = Path("bench-results")
+    out.mkdir(exist_ok=True)
+    store = out / "chaos.json"
+    kept: dict[str, dict[str, Any]] = json.loads(store.read_text()) if store.exists() else {}
+    ran = []
+    for name, sc in SCENARIOS.items():
         if names and not any(n.lower() in name.lower() for n in names):
             continue
         sys.stderr.write(f"== {name} ==\n")
-        row = await run_scenario(name, fault, inst)
+        row = await run_scenario(name, sc)
+        report = row.pop("_report")
         if not row["ok"]:
-            sys.stderr.write(f"   violations: {row['_report']}\n")
-        rows.append(row)
-    md = markdown(rows)
-    Path("bench-results").mkdir(exist_ok=True)
-    Path("bench-results/chaos.md").write_text(md + "\n")
-    sys.stdout.write(md + "\n")
-    return 0 if all(r["ok"] for r in rows) else 1
+            sys.stderr.write(f"   violations: {report.violations} {row['error'] or ''}\n")
+        kept[name] = row
+        ran.append(row)
+        store.write_text(json.dumps(kept, indent=2))
+    md = markdown([kept[n] for n in SCENARIOS if n in kept])
+    (out / "chaos.md").write_text(md + "\n")
+    sys.stdout.write(markdown(ran) + "\n")
+    return 0 if all(r["ok"] for r in ran) else 1
 
 
 if __name__ == "__main__":

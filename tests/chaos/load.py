@@ -2,7 +2,9 @@
 
 A client that gets no answer (timeout, no responders, 503) retries with the *same*
 ``request_id``, as the idempotency contract intends; a job counts as submitted once
-its ``submitted`` reply arrived. Every fifth placed shared job is cancelled.
+its ``submitted`` reply arrived. Every fifth placed shared job is cancelled. With ``pinned``
+nodes, every ``pin_every``-th job may run only on them (``constraints.nodes``): when those
+nodes are lost it fits nowhere, and must be ``degraded`` rather than forgotten.
 """
 
 from __future__ import annotations
@@ -12,6 +14,7 @@ import json
 import time
 import uuid
 from dataclasses import dataclass, field
+from typing import Any
 
 import nats.errors
 from nats.aio.client import Client
@@ -26,6 +29,8 @@ class Load:
     rate: float = 50.0
     replicas: int = 1
     cancel_every: int = 5
+    pinned: list[str] = field(default_factory=list)
+    pin_every: int = 10
     run_id: str = field(default_factory=lambda: uuid.uuid4().hex[:8])
     submitted: dict[str, str] = field(default_factory=dict)
     """request_id -> job_id of every job whose ``submitted`` reply arrived."""
@@ -46,7 +51,8 @@ class Load:
             return  # a poison message published by a scenario
         jid = data.get("job_id", "")
         self.decided.add(jid)
-        if msg.subject == s.PLACEMENT_DECIDED and data.get("cluster") == "shared":
+        first = data.get("revision", 1) == 1  # a later revision is a move, not a new placement
+        if msg.subject == s.PLACEMENT_DECIDED and data.get("cluster") == "shared" and first:
             self._n += 1
             if self.cancel_every and self._n % self.cancel_every == 0:
                 task = asyncio.get_running_loop().create_task(self._cancel(jid))
@@ -71,16 +77,17 @@ class Load:
         while self._cancels:
             await asyncio.gather(*list(self._cancels), return_exceptions=True)
 
-    async def submit_one(self, i: int) -> None:
+    def spec(self, i: int) -> dict[str, Any]:
+        spec: dict[str, Any] = {"name": f"chaos-{i}", "replicas": self.replicas}
+        spec["resources"] = {"cpu": 0.5, "memory_mb": 256}
+        if self.pinned and i % self.pin_every == 0:
+            spec["constraints"] = {"nodes": self.pinned}
+        return spec
+
+    async def submit_one(self, i: int, spec: dict[str, Any] | None = None) -> str | None:
+        """Submit job ``i`` (``spec``, else :meth:`spec`) until a ``submitted`` reply; its job id."""
         key = f"chaos-{self.run_id}-{i}"
-        body = json.dumps(
-            {
-                "name": f"chaos-{i}",
-                "replicas": self.replicas,
-                "resources": {"cpu": 0.5, "memory_mb": 256},
-                "request_id": key,
-            }
-        ).encode()
+        body = json.dumps({**(spec or self.spec(i)), "request_id": key}).encode()
         for attempt in range(60):
             try:
                 r = await self.nc.request(s.JOB_SUBMIT, body, timeout=3)
@@ -92,8 +99,10 @@ class Load:
                 self.retries += 1
                 await asyncio.sleep(min(2.0, 0.2 * (attempt + 1)))
                 continue
-            self.submitted[key] = json.loads(r.data)["job_id"]
-            return
+            job_id: str = json.loads(r.data)["job_id"]
+            self.submitted[key] = job_id
+            return job_id
+        return None
 
     async def run(self, duration: float) -> None:
         tasks = []

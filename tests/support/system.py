@@ -11,6 +11,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import os
+import re
 import shutil
 import sys
 import tempfile
@@ -38,6 +39,18 @@ from tests.support.procs import present, proc_usage, tree_usage
 from tests.support.servers import REPO, nats_auth, wait_for_services
 
 SERVICES = supervisor.SERVICES
+
+
+def tuned_config(tmp: Path, settings: Mapping[str, float]) -> Path:
+    """``defaults.toml`` with some of its settings changed (e.g. ``node_lost_s``), written to ``tmp``."""
+    text = (REPO / "services" / "runtime" / "defaults.toml").read_text()
+    for key, value in settings.items():
+        text, n = re.subn(rf"^{re.escape(key)} = [^#\n]*", f"{key} = {value} ", text, flags=re.M)
+        if n != 1:
+            raise KeyError(f"{key} is not a setting of defaults.toml")
+    path = tmp / "scheduler.toml"
+    path.write_text(text)
+    return path
 
 
 def discard(tmp: Path) -> None:
@@ -81,6 +94,11 @@ class System:
         p = spawn_service(name, env, log_path=self.tmp / f"{name}-{len(ps)}.log")
         ps.append(p)
         return p
+
+    @property
+    def fleets(self) -> list[ServiceProcess]:
+        """The simulated fleet's processes (``system(..., sim_fleets=N)``): stopping one silences its nodes."""
+        return self.procs.get("simnodes", [])
 
     def usage(self) -> dict[str, dict[str, float]]:
         out: dict[str, dict[str, float]] = {}
@@ -132,11 +150,16 @@ async def system(
     env: Mapping[str, str] | None = None,
     service_env: Mapping[str, Mapping[str, str]] | None = None,
     nats_servers: int = 1,
+    sim_fleets: int = 1,
+    settings: Mapping[str, float] | None = None,
 ) -> AsyncIterator[tuple[System, Client]]:
     """nats-server (+ PostgreSQL + moto) and the services, each a real process; stopped on exit.
 
     ``nats_servers=3``: a routed 3-node NATS cluster with streams of 3 replicas instead of one
     server. ``service_env``: extra environment for one service's instances only (e.g. a log level).
+    ``sim_fleets=N``: the ``sim_nodes`` as N simnodes processes of equal size, node ids
+    ``f<g>-000``... (``System.fleets[g]``), so a part of the fleet can be silenced at once.
+    ``settings``: keys of ``defaults.toml`` to change (e.g. ``{"node_lost_s": 6}``).
     """
     if nats_servers not in (1, 3):
         raise ValueError("nats_servers must be 1 or 3")
@@ -162,6 +185,8 @@ async def system(
         **({"STREAM_REPLICAS": "3"} if cluster else {}),
         **(env or {}),
     }
+    if settings:
+        base["SCHEDULER_CONFIG"] = str(tuned_config(tmp, settings))
     names = [n for n in services if present(n)]
     try:
         if cluster:
@@ -194,15 +219,16 @@ async def system(
         for n in names:
             for _ in range((instances or {}).get(n, 1)):
                 sysm.spawn(n)
-        if sim_nodes:
-            sysm.procs["simnodes"] = [
+        for g in range(sim_fleets if sim_nodes else 0):
+            part = ["--prefix", f"f{g}", "--seed", str(42 + g)] if sim_fleets > 1 else []
+            sysm.procs.setdefault("simnodes", []).append(
                 spawn_service(
                     "simnodes",
                     base,
-                    ["--count", str(sim_nodes), "--interval", str(sim_interval)],
-                    log_path=tmp / "simnodes.log",
+                    ["--count", str(sim_nodes // sim_fleets), "--interval", str(sim_interval), *part],
+                    log_path=tmp / f"simnodes-{g}.log",
                 )
-            ]
+            )
         nc = await nats.connect(
             nats_url.split(","),
             pending_size=256 * 1024 * 1024,
