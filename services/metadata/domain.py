@@ -27,10 +27,11 @@ import msgspec
 from schemas import events as ev
 from schemas import subjects as s
 from schemas.jobs import JobSpec, Resources
-from schemas.replies import InstanceRecord, JobRecord, PlacementRecord, Transition
-from schemas.states import RANK, cancelled_at, lifecycle_key, settle, shows_reason, state_after
-
-_INSTANCE_RANK = {s.CLUSTER_PROVISIONING: 0, s.CLUSTER_PROVISIONED: 1}
+from schemas.replies import JobRecord, Transition
+from schemas.states import DEGRADED, RANK, cancelled_at, lifecycle_key, overlay, settle, shows_reason, state_after
+from services.metadata import instances, revisions
+from services.metadata.instances import InstanceMark
+from services.metadata.revisions import Degraded, Placed, RevisionMark
 
 
 class Mark(msgspec.Struct, frozen=True, kw_only=True, omit_defaults=True, gc=False):
@@ -42,26 +43,6 @@ class Mark(msgspec.Struct, frozen=True, kw_only=True, omit_defaults=True, gc=Fal
 
     def key(self) -> tuple[datetime, str, str]:
         return (self.at, self.state or "", self.reason or "")
-
-
-class InstanceMark(msgspec.Struct, frozen=True, kw_only=True, omit_defaults=True, gc=False):
-    instance_id: str
-    instance_type: str
-    replica: int
-    state: str
-    private_ip: str | None = None
-    rank: int = 0
-    """0 from ``cluster.provisioning``, 1 from ``cluster.provisioned`` (which supersedes)."""
-
-    def key(self) -> tuple[int, bool, str, str]:
-        return (self.rank, self.private_ip is not None, self.state, self.private_ip or "")
-
-
-class Placed(msgspec.Struct, frozen=True, kw_only=True, gc=False):
-    at: datetime
-    assignments: list[ev.Assignment]
-    candidates: list[ev.Candidate]
-    resources: Resources | None = None
 
 
 class JobView(msgspec.Struct, kw_only=True, omit_defaults=True, gc=False):
@@ -76,9 +57,15 @@ class JobView(msgspec.Struct, kw_only=True, omit_defaults=True, gc=False):
     updated_at: datetime | None = None
     marks: dict[str, Mark] = {}
     placement: Placed | None = None
+    """The current (highest) revision's decision."""
+    revisions: dict[int, RevisionMark] = {}
+    degraded: Degraded | None = None
+    """The latest ``placement.degraded`` (the job is degraded while it is of the current revision)."""
     instances: dict[str, InstanceMark] = {}
     torn_down: list[str] = []
     """Instance ids reported torn down (sorted)."""
+    replaced: list[str] = []
+    """Instance ids another instance replaced (``cluster.instance_replaced``; sorted)."""
 
     @property
     def released(self) -> bool:
@@ -115,6 +102,8 @@ def mark_of(event: ev.JobEvent, kind: str | None = None) -> Mark:
             reason = f"ran longer than max_runtime_s={limit}" if limit else "ran longer than its max runtime"
         case ev.ClusterProvisionFailed(error_code=code, message=message):
             reason = f"provisioning failed: {code}: {message}"
+        case ev.PlacementDegraded(reason=reason):
+            pass
         case ev.ClusterTornDown():
             reason = getattr(event, "reason", None)
     return Mark(at=event.at, state=state_after(kind or event_type(event), outcome), reason=reason)
@@ -165,31 +154,38 @@ def merge(view: JobView | None, events: Sequence[ev.JobEvent]) -> JobView:
             new.spec = new.spec or event.spec
             new.submitted_at = _min(new.submitted_at, event.submitted_at)
         elif isinstance(event, ev.PlacementDecided):
-            if new.placement is None or at < new.placement.at:
-                new.placement = Placed(
-                    at=at, assignments=event.assignments, candidates=event.candidates, resources=event.resources
-                )
+            new.placement = revisions.decided(new.placement, event)
+            new.revisions = revisions.revision_marks(new.revisions, event)
+        elif isinstance(event, ev.PlacementDegraded):
+            new.degraded = revisions.degraded(new.degraded, event)
+        elif isinstance(event, ev.ClusterInstanceReplaced):
+            new.instances = instances.replaced(new.instances, event)
+            new.replaced = sorted(set(new.replaced) | {event.old_instance_id})
         elif isinstance(event, ev.ClusterProvisioning | ev.ClusterProvisioned):
-            rank = _INSTANCE_RANK[kind]
-            merged = dict(new.instances)
-            for i in event.instances:
-                cand = InstanceMark(
-                    instance_id=i.instance_id,
-                    instance_type=i.instance_type,
-                    replica=i.replica,
-                    state=i.state,
-                    private_ip=i.private_ip,
-                    rank=rank,
-                )
-                cur = merged.get(i.instance_id)
-                if cur is None or cand.key() > cur.key():
-                    merged[i.instance_id] = cand
-            new.instances = dict(sorted(merged.items()))
+            new.instances = instances.launched(new.instances, event, kind)
         elif isinstance(event, ev.ClusterTornDown):
             new.torn_down = sorted(set(new.torn_down) | set(event.instance_ids))
     if own_marks:
         new.marks = dict(sorted(marks.items()))  # canonical: same JSON in any order
     return new
+
+
+def degraded_now(view: JobView) -> Degraded | None:
+    """The latest ``placement.degraded`` if it still holds: of the current revision or later
+    (:func:`schemas.states.overlay`'s rule), else None."""
+    d = view.degraded
+    if d is None or (view.placement is not None and view.placement.revision > d.revision):
+        return None
+    return d
+
+
+def _overlaid(view: JobView, state: str, reason: str | None) -> tuple[str, str | None]:
+    """``degraded`` (with its reason) over a live state while replicas are missing."""
+    d = view.degraded
+    if d is None:
+        return state, reason
+    shown = overlay(state, d.revision, view.placement.revision if view.placement is not None else None)
+    return (shown, d.reason) if shown == DEGRADED else (state, reason)
 
 
 def _taken(view: JobView) -> list[tuple[str, Mark]]:
@@ -213,7 +209,7 @@ def state_of(view: JobView) -> tuple[str | None, str | None]:
     if not taken:
         return None, None
     (state, m), _ = settle(taken)
-    return state, _reason(state, m)
+    return _overlaid(view, state, _reason(state, m))
 
 
 def derive(view: JobView) -> Derived:
@@ -221,13 +217,16 @@ def derive(view: JobView) -> Derived:
     taken = _taken(view)
     if not taken:
         return Derived(state=None, reason=None, history=[])
-    (state, m), steps = settle(taken)
+    (base, m), steps = settle(taken)
     steps.sort(key=lifecycle_key)
     history: list[Transition] = []
     for step, mark in steps:
         if not history or history[-1].state != step:
             history.append(Transition(state=step, at=mark.at))
-    return Derived(state=state, reason=_reason(state, m), history=history)
+    state, reason = _overlaid(view, base, _reason(base, m))
+    if state != base and view.degraded is not None:
+        history.append(Transition(state=state, at=view.degraded.at))
+    return Derived(state=state, reason=reason, history=history)
 
 
 def to_record(view: JobView, derived: Derived | None = None) -> JobRecord | None:
@@ -236,25 +235,15 @@ def to_record(view: JobView, derived: Derived | None = None) -> JobRecord | None
     if d.state is None:
         return None
     torn_all = s.CLUSTER_TORN_DOWN in view.marks and not view.torn_down
-    torn = set(view.torn_down)
-    instances = [
-        InstanceRecord(
-            instance_id=i.instance_id,
-            instance_type=i.instance_type,
-            replica=i.replica,
-            state="terminated" if torn_all or i.instance_id in torn else i.state,
-            private_ip=i.private_ip,
-        )
-        for i in sorted(view.instances.values(), key=lambda i: (i.replica, i.instance_id))
-    ]
+    listed = instances.records(view.instances, view.torn_down, view.replaced, torn_all=torn_all)
     p = view.placement
     return JobRecord(
         job_id=view.job_id,
         state=d.state,
         reason=d.reason,
         spec=view.spec,
-        placement=PlacementRecord(assignments=p.assignments, candidates=p.candidates) if p else None,
-        instances=instances,
+        placement=revisions.record(p, view.revisions, degraded_now(view)) if p else None,
+        instances=listed,
         submitted_at=view.submitted_at,
         updated_at=view.updated_at,
         history=d.history,
@@ -262,7 +251,8 @@ def to_record(view: JobView, derived: Derived | None = None) -> JobRecord | None
 
 
 def reservations(view: JobView) -> list[tuple[int, str, Resources | None]]:
-    """(replica, node_id, per-replica resources) the job reserves on shared nodes."""
+    """(replica, node_id, per-replica resources) the job reserves on shared nodes: the current
+    revision's assignments (a missing replica reserves nothing)."""
     p = view.placement
     if p is None:
         return []
@@ -284,6 +274,7 @@ __all__ = [
     "JobView",
     "Mark",
     "apply",
+    "degraded_now",
     "derive",
     "mark_of",
     "merge",

@@ -1,0 +1,103 @@
+"""A dedicated job's instances in the projection (pure): merged from ``cluster.provisioning``,
+``cluster.provisioned`` and ``cluster.instance_replaced``, per instance the greatest mark winning,
+so any order gives the same list."""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+
+import msgspec
+
+from schemas import events as ev
+from schemas import subjects as s
+from schemas.replies import InstanceRecord
+
+_LAUNCH_RANK = {s.CLUSTER_PROVISIONING: 0, s.CLUSTER_PROVISIONED: 1}
+_REPLACEMENT_RANK = 2
+"""A replacement instance's mark supersedes what provisioning said of the same id."""
+
+
+class InstanceMark(msgspec.Struct, frozen=True, kw_only=True, omit_defaults=True, gc=False):
+    instance_id: str
+    instance_type: str
+    replica: int
+    state: str
+    private_ip: str | None = None
+    rank: int = 0
+    """0 from ``cluster.provisioning``, 1 from ``cluster.provisioned`` (which supersedes), 2 from
+    ``cluster.instance_replaced`` (the new instance)."""
+
+    def key(self) -> tuple[int, bool, str, str]:
+        return (self.rank, self.private_ip is not None, self.state, self.private_ip or "")
+
+
+def _merged(instances: dict[str, InstanceMark], marks: Iterable[InstanceMark]) -> dict[str, InstanceMark]:
+    """``instances`` with ``marks`` merged in (per instance the greatest key wins), sorted by id."""
+    merged = dict(instances)
+    for cand in marks:
+        cur = merged.get(cand.instance_id)
+        if cur is None or cand.key() > cur.key():
+            merged[cand.instance_id] = cand
+    return dict(sorted(merged.items()))
+
+
+def launched(
+    instances: dict[str, InstanceMark], event: ev.ClusterProvisioning | ev.ClusterProvisioned, kind: str
+) -> dict[str, InstanceMark]:
+    rank = _LAUNCH_RANK[kind]
+    return _merged(
+        instances,
+        (
+            InstanceMark(
+                instance_id=i.instance_id,
+                instance_type=i.instance_type,
+                replica=i.replica,
+                state=i.state,
+                private_ip=i.private_ip,
+                rank=rank,
+            )
+            for i in event.instances
+        ),
+    )
+
+
+def replaced(instances: dict[str, InstanceMark], event: ev.ClusterInstanceReplaced) -> dict[str, InstanceMark]:
+    """With the new instance that runs the replica now (the old one is listed ``replaced``)."""
+    new = InstanceMark(
+        instance_id=event.new_instance_id,
+        instance_type=event.instance_type or "",
+        replica=event.replica,
+        state="running",
+        private_ip=event.private_ip,
+        rank=_REPLACEMENT_RANK,
+    )
+    return _merged(instances, (new,))
+
+
+def records(
+    instances: dict[str, InstanceMark], torn_down: list[str], replaced: list[str], *, torn_all: bool
+) -> list[InstanceRecord]:
+    """The job record's ``instances``, by replica: ``terminated`` once torn down, ``replaced``
+    once another instance runs its replica."""
+    torn, gone = set(torn_down), set(replaced)
+
+    def state(i: InstanceMark) -> str:
+        return "terminated" if torn_all or i.instance_id in torn else "replaced" if i.instance_id in gone else i.state
+
+    return [
+        InstanceRecord(
+            instance_id=i.instance_id,
+            instance_type=i.instance_type,
+            replica=i.replica,
+            state="terminated"
+            if torn_all or i.instance_id in torn
+            else "replaced"
+            if i.instance_id in gone
+            else i.state,
+            private_ip=i.private_ip,
+        )
+        for i in sorted(instances.values(), key=lambda i: (i.replica, i.instance_id))
+    ]
+
+
+__all__ = ["InstanceMark", "launched", "records", "replaced"]
