@@ -210,6 +210,19 @@ class ClusterInstanceReplaced(JobEvent, tag=s.CLUSTER_INSTANCE_REPLACED, kw_only
     private_ip: str | None = None
 
 
+class ClusterInstanceLost(JobEvent, tag=s.CLUSTER_INSTANCE_LOST, kw_only=True):
+    """An instance of a running dedicated job found stopped, terminated or gone without the
+    scheduler asking: the claim to replace it, stored on ``cluster.instance_lost.<instance_id>``
+    at most once per instance (the provisioner publishes it expecting no earlier message on that
+    subject), then handled by one provisioner (``cluster.instance_replaced`` follows)."""
+
+    replica: int
+    instance_id: str
+    state: str
+    """What EC2 said of it (``stopped``, ``terminated``, ...; ``missing``: no longer listed)."""
+    instance_type: str | None = None
+
+
 class ClusterTornDown(JobEvent, tag=s.CLUSTER_TORN_DOWN, kw_only=True):
     instance_ids: list[str] = []
     reason: str | None = None
@@ -266,6 +279,7 @@ ClusterEvents = (
     | ClusterTeardownRequested
     | ClusterTornDown
     | ClusterInstanceReplaced
+    | ClusterInstanceLost
 )
 NodeEvents = NodeStatus | NodeDraining
 AnyEvent = JobEvents | PlacementEvents | ClusterEvents | NodeEvents | DeadLetter
@@ -289,6 +303,7 @@ EVENT_TYPES: dict[str, type[Event]] = {
         ClusterTeardownRequested,
         ClusterTornDown,
         ClusterInstanceReplaced,
+        ClusterInstanceLost,
         NodeStatus,
         NodeDraining,
         DeadLetter,
@@ -314,6 +329,8 @@ def subject_of(event: Event) -> str:
         return s.node_status_subject(event.node_id)
     if isinstance(event, NodeDraining):
         return s.node_draining_subject(event.node_id)
+    if isinstance(event, ClusterInstanceLost):
+        return s.instance_lost_subject(event.instance_id)
     tag = event.__struct_config__.tag
     assert isinstance(tag, str)
     return tag
@@ -324,6 +341,7 @@ __all__ = [
     "Assignment",
     "Candidate",
     "Change",
+    "ClusterInstanceLost",
     "ClusterInstanceReplaced",
     "ClusterProvisionFailed",
     "ClusterProvisioned",

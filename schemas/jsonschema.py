@@ -131,6 +131,7 @@ _EVENT_SUBJECTS: dict[str, str] = {
     s.NODE_STATUS: s.node_status_subject("<node_id>"),
     s.NODE_DRAINING: s.node_draining_subject("<node_id>"),
     s.DEADLETTER: s.deadletter_subject("<service>"),
+    s.CLUSTER_INSTANCE_LOST: s.instance_lost_subject("<instance_id>"),
 }
 """Event types published on a subject other than their type (one per node / per service)."""
 

@@ -30,6 +30,14 @@ class JobLifecycle(msgspec.Struct, kw_only=True):
     """True once ``cluster.torn_down`` (dedicated) and ``placement.released`` are stored."""
     instance_ids: list[str] = []
     """Instances the provisioner reported for this job."""
+    replicas: dict[str, int] = {}
+    """instance id -> the replica it runs, for every instance reported with one (healing, §8.2)."""
+    replaced: list[str] = []
+    """Instances replaced after they stopped or terminated outside the scheduler
+    (``cluster.instance_replaced``): a replica's current instance is its one not listed here."""
+    instance_types: list[str] = []
+    """A dedicated job's instance types in preference order (its decision's assignments, then
+    candidates): the fallback order of a replacement, as at launch."""
 
 
 _enc = msgspec.json.Encoder()

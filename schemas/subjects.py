@@ -54,6 +54,10 @@ CLUSTER_PROVISION_FAILED = "cluster.provision_failed"
 CLUSTER_TEARDOWN_REQUESTED = "cluster.teardown_requested"
 CLUSTER_TORN_DOWN = "cluster.torn_down"
 CLUSTER_INSTANCE_REPLACED = "cluster.instance_replaced"
+CLUSTER_INSTANCE_LOST = "cluster.instance_lost"
+"""The event type of a dead instance's replacement claim; its subject is
+``cluster.instance_lost.<instance_id>``, stored at most once per instance (see PROVISIONER_REPAIRS)."""
+CLUSTER_INSTANCE_LOST_ALL = CLUSTER_INSTANCE_LOST + ".*"
 
 NODE_STATUS = "node.status"
 """The event type of node status; its subject is ``node.status.<node_id>``."""
@@ -76,6 +80,10 @@ def node_draining_subject(node_id: str) -> str:
     return f"{NODE_DRAINING}.{node_id}"
 
 
+def instance_lost_subject(instance_id: str) -> str:
+    return f"{CLUSTER_INSTANCE_LOST}.{instance_id}"
+
+
 def deadletter_subject(service: str) -> str:
     return f"{DEADLETTER}.{service}"
 
@@ -84,6 +92,7 @@ def deadletter_subject(service: str) -> str:
 MSG_ID_HEADER = "Nats-Msg-Id"
 EXPECTED_LAST_SEQ_HEADER = "Nats-Expected-Last-Sequence"
 EXPECTED_LAST_MSG_ID_HEADER = "Nats-Expected-Last-Msg-Id"
+EXPECTED_LAST_SUBJECT_SEQ_HEADER = "Nats-Expected-Last-Subject-Sequence"
 BATCH_ID_HEADER = "Nats-Batch-Id"
 BATCH_SEQUENCE_HEADER = "Nats-Batch-Sequence"
 BATCH_COMMIT_HEADER = "Nats-Batch-Commit"
@@ -152,6 +161,7 @@ CLUSTERS = StreamSpec(
         CLUSTER_TEARDOWN_REQUESTED,
         CLUSTER_TORN_DOWN,
         CLUSTER_INSTANCE_REPLACED,
+        CLUSTER_INSTANCE_LOST_ALL,
     ),
     description="Dedicated clusters of cloud instances: provisioning and teardown.",
 )
@@ -230,6 +240,16 @@ PROVISIONER_DECISIONS = ConsumerSpec(
     ack_wait_s=30.0,
     max_deliver=8,
 )
+PROVISIONER_REPAIRS = ConsumerSpec(
+    stream=CLUSTERS.name,
+    durable="provisioner-repairs",
+    filter_subjects=(CLUSTER_INSTANCE_LOST_ALL,),
+    description="provisioner: replaces each lost instance of a running dedicated job (one claim per instance)",
+    # A replacement waits for its instance to run (in-progress pings keep the claim ours); a
+    # crash hands it back after ack_wait. Never given up: a running job must not stay short.
+    ack_wait_s=30.0,
+    max_deliver=-1,
+)
 TEARDOWN_JOBS = ConsumerSpec(
     stream=JOBS.name,
     durable="teardown-jobs",
@@ -245,7 +265,7 @@ TEARDOWN_PLACEMENTS = ConsumerSpec(
 TEARDOWN_CLUSTERS = ConsumerSpec(
     stream=CLUSTERS.name,
     durable="teardown-clusters",
-    filter_subjects=(CLUSTER_PROVISIONING, CLUSTER_PROVISIONED, CLUSTER_PROVISION_FAILED),
+    filter_subjects=(CLUSTER_PROVISIONING, CLUSTER_PROVISIONED, CLUSTER_PROVISION_FAILED, CLUSTER_INSTANCE_REPLACED),
     description="teardown: launched instances (tracked for teardown) and failed provisioning",
 )
 

@@ -43,6 +43,7 @@ def _info(raw: dict[str, Any], tags: TagScheme) -> InstanceInfo:
         job_id=tag.get(tags.job_key),
         replica=int(replica) if replica and replica.isdigit() else None,
         launch_time=raw.get("LaunchTime"),
+        replaces=tag.get(tags.replaces_key),
     )
 
 
@@ -76,10 +77,13 @@ class Ec2:
             raise _wrap(e) from e
         return result
 
-    async def launch(self, job_id: str, replica: int, instance_type: str, token: str) -> InstanceInfo:
-        """RunInstances for one replica, tagged at launch (so a crash never leaves it untagged)."""
+    async def launch(
+        self, job_id: str, replica: int, instance_type: str, token: str, *, replaces: str | None = None
+    ) -> InstanceInfo:
+        """RunInstances for one replica, tagged at launch (so a crash never leaves it untagged);
+        ``replaces``: the instance this one replaces (tagged too, so a retry finds it)."""
         c = self.conf
-        tags = [{"Key": k, "Value": v} for k, v in self.tags.for_replica(job_id, replica).items()]
+        tags = [{"Key": k, "Value": v} for k, v in self.tags.for_replica(job_id, replica, replaces).items()]
         kwargs: dict[str, Any] = {
             "ImageId": c.image_id,
             "InstanceType": instance_type,
@@ -123,12 +127,21 @@ class Ec2:
             ]
         )
 
-    async def project_instances(self) -> list[InstanceInfo]:
-        """Every live instance carrying our project tag (for the orphan reaper)."""
+    async def project_instances(self, *, every_state: bool = False) -> list[InstanceInfo]:
+        """Every live instance carrying our project tag (for the orphan reaper); ``every_state``:
+        also those shutting down or terminated (EC2 lists those for about an hour; for healing)."""
+        filters = [{"Name": f"tag:{self.tags.project_key}", "Values": [self.tags.project]}]
+        if not every_state:
+            filters.append({"Name": "instance-state-name", "Values": sorted(LIVE_STATES)})
+        return await self._describe(Filters=filters)
+
+    async def replacements(self, job_id: str, replaces: str) -> list[InstanceInfo]:
+        """The instances (in any state) launched to replace instance ``replaces`` of the job."""
         return await self._describe(
             Filters=[
                 {"Name": f"tag:{self.tags.project_key}", "Values": [self.tags.project]},
-                {"Name": "instance-state-name", "Values": sorted(LIVE_STATES)},
+                {"Name": f"tag:{self.tags.job_key}", "Values": [job_id]},
+                {"Name": f"tag:{self.tags.replaces_key}", "Values": [replaces]},
             ]
         )
 

@@ -17,6 +17,8 @@ class InstanceInfo:
     job_id: str | None = None
     replica: int | None = None
     launch_time: datetime | None = None
+    replaces: str | None = None
+    """For a replacement (§8.2): the instance it replaces (its ``<prefix>:replaces`` tag)."""
 
 
 LIVE_STATES = frozenset({"pending", "running", "stopping", "stopped"})
@@ -43,13 +45,21 @@ class TagScheme:
     def replica_key(self) -> str:
         return f"{self.prefix}:replica"
 
-    def for_replica(self, job_id: str, replica: int) -> dict[str, str]:
-        return {
+    @property
+    def replaces_key(self) -> str:
+        return f"{self.prefix}:replaces"
+
+    def for_replica(self, job_id: str, replica: int, replaces: str | None = None) -> dict[str, str]:
+        """A replica's tags; a replacement also names the instance it replaces (looked up by it)."""
+        tags = {
             self.project_key: self.project,
             self.job_key: job_id,
             self.replica_key: str(replica),
             "Name": f"{self.project}-{job_id}-{replica}",
         }
+        if replaces:
+            tags[self.replaces_key] = replaces
+        return tags
 
 
 __all__ = ["DEAD_STATES", "LIVE_STATES", "InstanceInfo", "TagScheme"]

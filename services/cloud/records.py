@@ -2,18 +2,27 @@
 read a job's record (:class:`schemas.lifecycle.JobLifecycle`).
 
 Teardown is the only writer (compare-and-set, in ``services/teardown/store.py``); the
-provisioner reads it to skip jobs that ended before their cluster was launched.
+provisioner reads it to skip jobs that ended before their cluster was launched, and follows it
+to know which dedicated jobs run (healing).
 """
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
+from collections.abc import Callable
+
+import msgspec
 import nats.js.errors
+import structlog
 from nats.js import JetStreamContext
 from nats.js import api as js_api
-from nats.js.kv import KeyValue
+from nats.js.kv import KV_DEL, KV_PURGE, KeyValue
 
 from schemas import subjects as s
 from schemas.lifecycle import JobLifecycle, decode_record
+
+log = structlog.get_logger()
 
 
 async def lifecycle_bucket(js: JetStreamContext, replicas: int = 1) -> KeyValue:
@@ -51,6 +60,33 @@ class JobRecords:
         """Whether teardown recorded an end for the job."""
         rec, _ = await self.get(job_id)
         return rec is not None and rec.end is not None
+
+    async def follow(
+        self, keep: Callable[[JobLifecycle], bool], into: dict[str, JobLifecycle], caught_up: asyncio.Event
+    ) -> None:
+        """Keep ``into`` equal to the records for which ``keep`` holds, following the bucket (all of
+        it replayed first; ``caught_up`` is set then) until cancelled."""
+        watcher = await self._kv.watchall()
+        try:
+            async for entry in watcher:
+                if entry is None:  # the replay is done
+                    caught_up.set()
+                    continue
+                if entry.operation in (KV_DEL, KV_PURGE) or not entry.value:
+                    into.pop(entry.key, None)
+                    continue
+                try:
+                    rec = decode_record(entry.value)
+                except msgspec.DecodeError:
+                    log.warning("undecodable lifecycle record", job_id=entry.key)
+                    continue
+                if keep(rec):
+                    into[entry.key] = rec
+                else:
+                    into.pop(entry.key, None)
+        finally:
+            with contextlib.suppress(Exception):
+                await watcher.stop()  # type: ignore[no-untyped-call]
 
 
 __all__ = ["JobRecords", "lifecycle_bucket"]

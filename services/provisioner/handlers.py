@@ -17,6 +17,7 @@ launched and releases the job. Transient errors raise, so the consumer naks with
 from __future__ import annotations
 
 import asyncio
+import functools
 import time
 from collections.abc import Awaitable, Callable, Sequence
 from typing import Protocol
@@ -45,7 +46,9 @@ POLL_BASE_S, POLL_FACTOR, POLL_CAP_S = 0.2, 1.6, 5.0
 
 
 class Ec2Port(Protocol):
-    async def launch(self, job_id: str, replica: int, instance_type: str, token: str) -> InstanceInfo: ...
+    async def launch(
+        self, job_id: str, replica: int, instance_type: str, token: str, *, replaces: str | None = None
+    ) -> InstanceInfo: ...
     async def job_instances(self, job_id: str) -> list[InstanceInfo]: ...
     async def describe(self, instance_ids: Sequence[str]) -> list[InstanceInfo]: ...
     async def terminate(self, instance_ids: Sequence[str]) -> list[str]: ...
@@ -116,7 +119,7 @@ class Provisioner:
                     instances=[_instance(i) for i in launched],
                 )
             )
-            running = await self._wait_running(event.job_id, [i.instance_id for i in launched], d, blog)
+            running = await self.wait_running([i.instance_id for i in launched], d)
         except AwsError as e:
             last_try = self.max_deliver > 0 and d.num_delivered >= self.max_deliver
             if e.kind is ErrorKind.TRANSIENT and not last_try:
@@ -154,32 +157,51 @@ class Provisioner:
         exhausted: set[str] = set()
         launched = dict(plan.keep)
         for a in plan.missing:
-            while True:
-                itype = next_type(ranked, a.instance_type, exhausted)
-                if itype is None:
-                    raise AwsError(
-                        "InsufficientInstanceCapacity",
-                        f"no capacity for any ranked instance type ({', '.join(ranked)})",
-                    )
-                try:
-                    inst = await self.ec2.launch(
-                        event.job_id, a.replica, itype, client_token(event.job_id, a.replica, itype)
-                    )
-                except AwsError as e:
-                    if e.kind is not ErrorKind.CAPACITY:
-                        raise
-                    blog.warning("no capacity for instance type; trying the next", instance_type=itype, code=e.code)
-                    exhausted.add(itype)
-                    continue
-                launched[a.replica] = inst
-                blog.info("launched", replica=a.replica, instance_id=inst.instance_id, instance_type=itype)
-                break
+            launched[a.replica] = await self.launch_one(
+                event.job_id,
+                a.replica,
+                [t for t in [a.instance_type, *ranked] if t],
+                exhausted,
+                functools.partial(client_token, event.job_id, a.replica),
+                blog,
+            )
             await d.in_progress()
         return [launched[r] for r in sorted(launched)]
 
-    async def _wait_running(
-        self, job_id: str, ids: list[str], d: DeliveryPort, blog: structlog.stdlib.BoundLogger
-    ) -> list[InstanceInfo]:
+    async def launch_one(
+        self,
+        job_id: str,
+        replica: int,
+        types: Sequence[str],
+        exhausted: set[str],
+        token: Callable[[str], str],
+        blog: structlog.stdlib.BoundLogger,
+        *,
+        replaces: str | None = None,
+    ) -> InstanceInfo:
+        """Launch one replica on the first of ``types`` with capacity (types found without any
+        are added to ``exhausted``, shared by the replicas of one launch)."""
+        while True:
+            itype = next_type(types, None, exhausted)
+            if itype is None:
+                raise AwsError(
+                    "InsufficientInstanceCapacity",
+                    f"no capacity for any ranked instance type ({', '.join(dict.fromkeys(types))})",
+                )
+            try:
+                inst = await self.ec2.launch(job_id, replica, itype, token(itype), replaces=replaces)
+            except AwsError as e:
+                if e.kind is not ErrorKind.CAPACITY:
+                    raise
+                blog.warning("no capacity for instance type; trying the next", instance_type=itype, code=e.code)
+                exhausted.add(itype)
+                continue
+            blog.info("launched", replica=replica, instance_id=inst.instance_id, instance_type=itype, replaces=replaces)
+            return inst
+
+    async def wait_running(self, ids: Sequence[str], d: DeliveryPort) -> list[InstanceInfo]:
+        """Poll until every instance runs (sorted by replica); ``AwsError`` when one stopped or
+        terminated on the way (``InstanceTerminated``) or after ``aws.running_timeout_s``."""
         deadline = self._clock() + self.conf.running_timeout_s
         attempt = 1
         while True:

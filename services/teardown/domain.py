@@ -30,6 +30,7 @@ TeardownEvent = (
     | ev.ClusterProvisioning
     | ev.ClusterProvisioned
     | ev.ClusterProvisionFailed
+    | ev.ClusterInstanceReplaced
 )
 
 
@@ -71,6 +72,12 @@ def _end_of(event: TeardownEvent) -> tuple[str, str | None] | None:
     return None
 
 
+def _ranked_types(event: ev.PlacementDecided) -> list[str]:
+    """A dedicated decision's instance types in preference order: assigned, then candidates."""
+    types = [a.instance_type for a in event.assignments] + [c.instance_type for c in event.candidates]
+    return list(dict.fromkeys(t for t in types if t))
+
+
 def _deadline(rec: JobLifecycle) -> datetime | None:
     if rec.end is not None or rec.started_at is None or not rec.max_runtime_s:
         return None
@@ -95,6 +102,8 @@ def apply(rec: JobLifecycle | None, event: TeardownEvent, now: datetime) -> tupl
     """Fold ``event`` into the job's record; return the new record and the effect owed."""
     r = msgspec.structs.replace(rec) if rec is not None else JobLifecycle(job_id=event.job_id)
     r.instance_ids = list(r.instance_ids)
+    r.replicas = dict(r.replicas)
+    r.replaced = list(r.replaced)
     new_ids: list[str] = []
     match event:
         case ev.JobAccepted():
@@ -106,14 +115,25 @@ def apply(rec: JobLifecycle | None, event: TeardownEvent, now: datetime) -> tupl
                 r.max_runtime_s = event.max_runtime_s
             if event.cluster == "shared" and r.started_at is None:
                 r.started_at = event.at
+            if event.cluster == "dedicated":
+                r.instance_types = _ranked_types(event)
         case ev.ClusterProvisionFailed():
             r.cluster = r.cluster or "dedicated"
         case ev.ClusterProvisioning() | ev.ClusterProvisioned():
             r.cluster = r.cluster or "dedicated"
             new_ids = [i.instance_id for i in event.instances if i.instance_id not in r.instance_ids]
             r.instance_ids.extend(new_ids)
+            r.replicas.update({i.instance_id: i.replica for i in event.instances if i.replica >= 0})
             if isinstance(event, ev.ClusterProvisioned) and r.started_at is None:
                 r.started_at = event.at
+        case ev.ClusterInstanceReplaced():
+            r.cluster = r.cluster or "dedicated"
+            new_ids = [event.new_instance_id] if event.new_instance_id not in r.instance_ids else []
+            r.instance_ids.extend(new_ids)
+            r.replicas[event.new_instance_id] = event.replica
+            r.replicas.setdefault(event.old_instance_id, event.replica)
+            if event.old_instance_id not in r.replaced:
+                r.replaced.append(event.old_instance_id)
         case _:
             pass
     end = _end_of(event)
@@ -136,6 +156,8 @@ def apply(rec: JobLifecycle | None, event: TeardownEvent, now: datetime) -> tupl
             instance_ids=tuple(r.instance_ids),
         )
     if r.released and new_ids:
+        if isinstance(event, ev.ClusterInstanceReplaced):  # a replacement racing the job's end
+            new_ids.append(event.old_instance_id)
         return r, TerminateLate(tuple(new_ids))
     return r, None
 

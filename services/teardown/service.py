@@ -2,7 +2,7 @@
 
 - ``teardown-jobs`` (JOBS: accepted, cancel_requested, completed, expired),
   ``teardown-placements`` (PLACEMENTS: decided, failed) and ``teardown-clusters``
-  (CLUSTERS: provisioning, provisioned, provision_failed) all go through
+  (CLUSTERS: provisioning, provisioned, provision_failed, instance_replaced) all go through
   :func:`services.teardown.domain.apply` on the job's KV record (compare-and-set).
 - A release terminates the job's instances (by id and by tag), publishes
   ``cluster.torn_down`` (dedicated jobs) and ``placement.released`` with deterministic

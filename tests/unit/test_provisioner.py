@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Awaitable, Callable, Sequence
+from collections.abc import Awaitable, Callable
 from datetime import UTC, datetime
 
 import pytest
@@ -20,6 +20,7 @@ from services.provisioner.domain import (
 )
 from services.provisioner.handlers import Provisioner
 from services.runtime.config import AwsConf
+from tests.support.provisioner import FakeDelivery, FakeEc2, FakePublisher, no_sleep
 
 
 @pytest.mark.parametrize(
@@ -130,81 +131,6 @@ def test_launch_progress(states: list[str], expected: int, progress: Progress) -
 
 
 # --- the handler with fakes ---------------------------------------------------
-class FakeEc2:
-    """Instances in memory; a type in ``no_capacity``/``unsupported`` fails like EC2 would."""
-
-    def __init__(self, *, no_capacity: Sequence[str] = (), unsupported: Sequence[str] = (), polls_pending: int = 0):
-        self.instances: dict[str, InstanceInfo] = {}
-        self.no_capacity = set(no_capacity)
-        self.unsupported = set(unsupported)
-        self.polls_pending = polls_pending
-        self.launch_calls: list[tuple[int, str]] = []
-        self.terminated: list[str] = []
-        self.transient_failures = 0
-
-    async def launch(self, job_id: str, replica: int, instance_type: str, token: str) -> InstanceInfo:
-        self.launch_calls.append((replica, instance_type))
-        if self.transient_failures:
-            self.transient_failures -= 1
-            raise AwsError("RequestLimitExceeded", "slow down", http_status=503)
-        if instance_type in self.no_capacity:
-            raise AwsError("InsufficientInstanceCapacity", "none left", http_status=500)
-        if instance_type in self.unsupported:
-            raise AwsError("Unsupported", "not here", http_status=400)
-        iid = f"i-{len(self.instances):04d}"
-        i = InstanceInfo(iid, instance_type, "pending", f"10.0.0.{len(self.instances)}", job_id, replica)
-        self.instances[iid] = i
-        return i
-
-    async def job_instances(self, job_id: str) -> list[InstanceInfo]:
-        return [i for i in self.instances.values() if i.job_id == job_id and i.state in ("pending", "running")]
-
-    async def describe(self, instance_ids: Sequence[str]) -> list[InstanceInfo]:
-        if self.polls_pending:
-            self.polls_pending -= 1
-        else:
-            for iid in instance_ids:
-                i = self.instances[iid]
-                if i.state == "pending":
-                    self.instances[iid] = InstanceInfo(
-                        i.instance_id, i.instance_type, "running", i.private_ip, i.job_id, i.replica
-                    )
-        return [self.instances[i] for i in instance_ids]
-
-    async def terminate(self, instance_ids: Sequence[str]) -> list[str]:
-        self.terminated.extend(instance_ids)
-        return list(instance_ids)
-
-
-class FakePublisher:
-    def __init__(self) -> None:
-        self.events: list[ev.Event] = []
-
-    async def publish(self, event: ev.Event) -> object:
-        self.events.append(event)
-        return None
-
-    def types(self) -> list[str]:
-        return [ev.subject_of(e) for e in self.events]
-
-
-class FakeDelivery:
-    def __init__(self, num_delivered: int = 1) -> None:
-        self._n = num_delivered
-        self.pings = 0
-
-    @property
-    def num_delivered(self) -> int:
-        return self._n
-
-    async def in_progress(self) -> None:
-        self.pings += 1
-
-
-async def no_sleep(_: float) -> None:
-    return None
-
-
 def decided(cluster: str = "dedicated", replicas: int = 2) -> ev.PlacementDecided:
     return ev.PlacementDecided(
         event_id="j:placement.decided",

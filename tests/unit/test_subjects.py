@@ -58,6 +58,7 @@ def test_every_event_type_has_a_stream() -> None:
         subject = s.node_status_subject("n1") if tag == s.NODE_STATUS else tag
         subject = s.node_draining_subject("n1") if tag == s.NODE_DRAINING else subject
         subject = s.deadletter_subject("x") if tag == s.DEADLETTER else subject
+        subject = s.instance_lost_subject("i-1") if tag == s.CLUSTER_INSTANCE_LOST else subject
         assert any(s.matches(p, subject) for st in s.STREAMS for p in st.subjects), tag
 
 

@@ -141,6 +141,48 @@ class TestReleaseExactlyOnce:
         assert isinstance(eff2, Release) and eff2.sweep and eff2.dedicated
 
 
+def replaced(old: str, new: str, replica: int = 0) -> ev.ClusterInstanceReplaced:
+    return ev.ClusterInstanceReplaced(
+        event_id=f"r:{old}", job_id=J, replica=replica, old_instance_id=old, new_instance_id=new
+    )
+
+
+class TestReplacedInstances:
+    """``cluster.instance_replaced`` (healing, §8.2): the record learns the new instance, so the
+    job's end terminates it too, once; the record says which instance runs each replica."""
+
+    def test_the_end_terminates_replacements_and_old_instances_alike(self) -> None:
+        _, effects = fold(accepted(), decided("dedicated"), provisioned("i-1", "i-2"), replaced("i-1", "i-3"), CANCEL)
+        assert effects[3] is None
+        rel = effects[-1]
+        assert isinstance(rel, Release) and rel.instance_ids == ("i-1", "i-2", "i-3") and rel.sweep
+        assert sum(isinstance(e, Release) for e in effects) == 1
+
+    def test_record_maps_replicas_to_current_instances_in_any_order(self) -> None:
+        events = (decided("dedicated"), provisioned("i-1", "i-2"), replaced("i-1", "i-3"), replaced("i-3", "i-4"))
+        rec, _ = fold(*events)
+        rec2, _ = fold(*reversed(events))
+        for r in (rec, rec2):
+            assert r.replicas == {"i-1": 0, "i-2": 1, "i-3": 0, "i-4": 0}
+            assert sorted(r.replaced) == ["i-1", "i-3"]
+            assert sorted(r.instance_ids) == ["i-1", "i-2", "i-3", "i-4"]
+
+    def test_replacement_reported_after_the_release_is_terminated_with_its_old_one(self) -> None:
+        rec, effects = fold(accepted(), decided("dedicated"), provisioned("i-1"), CANCEL, replaced("i-1", "i-5"))
+        assert effects[-1] == TerminateLate(("i-5", "i-1"))
+        _, again = apply(rec, replaced("i-1", "i-5"), T0)
+        assert again is None  # redelivered: nothing new
+
+    def test_dedicated_decision_records_the_fallback_order(self) -> None:
+        d = msgspec.structs.replace(
+            decided("dedicated"),
+            assignments=[ev.Assignment(replica=0, instance_type="m5.large")],
+            candidates=[ev.Candidate(instance_type=t) for t in ("t3.medium", "m5.large", "c5.xlarge")],
+        )
+        rec, _ = fold(d)
+        assert rec.instance_types == ["m5.large", "t3.medium", "c5.xlarge"]
+
+
 class TestDeadline:
     def test_shared_job_runs_from_its_decision(self) -> None:
         rec, _ = fold(accepted("shared", 60), decided("shared", at=T0))
