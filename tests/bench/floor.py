@@ -43,6 +43,7 @@ from services.runtime.publisher import Publisher
 from services.teardown.domain import nothing_to_track
 from services.teardown.service import decoder as teardown_decoder
 from tests.bench import pipeline
+from tests.bench._table import table
 from tests.support.servers import wait_for_services
 from tests.support.system import system
 
@@ -170,14 +171,18 @@ def markdown(r: dict[str, Any]) -> str:
     lines = [
         f"### Topology floor: the same messages per job, services doing no work ({r['nodes']} nodes)",
         "",
-        "| offered/s | jobs/s | p50 ms | p99 ms | errors | CPU µs/job (total) | steal % |",
-        "|---|---|---|---|---|---|---|",
+        *table(
+            ["offered/s", "jobs/s", "p50 ms", "p99 ms", "errors", "CPU µs/job (total)", "steal %"],
+            (
+                [
+                    *(x[k] for k in ("offered_per_s", "jobs_per_s", "p50_ms", "p99_ms", "errors")),
+                    x["cpu_us_per_job"]["total"],
+                    x["steal_pct"],
+                ]
+                for x in r["open"]
+            ),
+        ),
     ]
-    for x in r["open"]:
-        lines.append(
-            f"| {x['offered_per_s']} | {x['jobs_per_s']} | {x['p50_ms']} | {x['p99_ms']} | {x['errors']} | "
-            f"{x['cpu_us_per_job']['total']} | {x['steal_pct']} |"
-        )
     lines += ["", "CPU µs per decided job, by process:", "", *pipeline.cpu_table(r["open"])]
     return "\n".join(lines)
 

@@ -16,7 +16,6 @@ import asyncio
 import json
 import os
 import statistics
-import tempfile
 import time
 import uuid
 from datetime import UTC, datetime, timedelta
@@ -28,11 +27,9 @@ from nats.aio.client import Client
 
 from schemas import events as ev
 from schemas import subjects as s
-from services.devstack import NatsServer, Postgres, database_url_from_env, spawn_service
-from services.runtime import credentials
-from services.runtime.streams import ensure_streams
-from tests.support.servers import REPO, create_database, nats_auth
-from tests.support.system import discard
+from services.devstack import NatsServer, spawn_service
+from tests.support.servers import create_database, nats_auth
+from tests.support.system import servers_only
 
 
 def _status(i: int, now: datetime) -> ev.NodeStatus:
@@ -134,34 +131,8 @@ async def _one(
 
 async def run() -> dict[str, Any]:
     sizes = [int(x) for x in os.environ.get("BENCH_LISTING_NODES", "10000,100000").split(",") if x.strip()]
-    credentials.apply_server_defaults()
-    tmp = Path(tempfile.mkdtemp(prefix="natsched-bench-listing-"))
-    server = NatsServer(config=REPO / "nats.conf", store_dir=tmp / "js", log_dir=tmp)
-    server.start()
-    pg: Postgres | None = None
-    try:
-        admin_url = database_url_from_env()
-        if not admin_url:
-            pg = Postgres(tmp / "pg")
-            pg.start()
-            admin_url = pg.dsn
-        env = {
-            "NATS_URL": server.url,
-            "LOG_FORMAT": "json",
-            "LOG_LEVEL": "warning",
-            **credentials.client_environ("services"),
-        }
-        nc = await nats.connect(server.url, **nats_auth("admin"))
-        try:
-            await ensure_streams(nc.jetstream())
-            runs = [await _one(nc, server, admin_url, env, n, tmp) for n in sizes]
-        finally:
-            await nc.close()
-    finally:
-        server.stop()
-        if pg is not None:
-            pg.stop()
-        discard(tmp)
+    async with servers_only("listing") as b:
+        runs = [await _one(b.nc, b.nats, b.admin_url, b.env, n, b.tmp) for n in sizes]
     return {"runs": runs}
 
 

@@ -22,7 +22,6 @@ from __future__ import annotations
 import asyncio
 import os
 import random
-import tempfile
 import time
 import uuid
 from datetime import UTC, datetime, timedelta
@@ -38,12 +37,10 @@ from nats.js.errors import NotFoundError
 from schemas import events as ev
 from schemas import subjects as s
 from schemas.jobs import Constraints, JobSpec, Resources, Workload
-from services.devstack import NatsServer, Postgres, database_url_from_env, spawn_service
-from services.runtime import credentials
-from services.runtime.streams import ensure_streams
+from services.devstack import NatsServer, spawn_service
 from tests.support.procs import TICK, cpu_seconds
-from tests.support.servers import REPO, create_database, nats_auth
-from tests.support.system import discard
+from tests.support.servers import create_database
+from tests.support.system import servers_only
 from tests.support.waiting import eventually
 
 NODES = 500
@@ -267,40 +264,14 @@ async def _one_run(
 async def run() -> dict[str, Any]:
     jobs = int(os.environ.get("BENCH_METADATA_JOBS", "12000"))
     batches = [int(b) for b in os.environ.get("BENCH_METADATA_BATCHES", "1000,250").split(",") if b.strip()]
-    credentials.apply_server_defaults()
-    tmp = Path(tempfile.mkdtemp(prefix="natsched-bench-metadata-"))
-    server = NatsServer(config=REPO / "nats.conf", store_dir=tmp / "js", log_dir=tmp)
-    server.start()
-    pg: Postgres | None = None
-    try:
-        admin_url = database_url_from_env()
-        if not admin_url:
-            pg = Postgres(tmp / "pg")
-            pg.start()
-            admin_url = pg.dsn
-        env = {
-            "NATS_URL": server.url,
-            "LOG_FORMAT": "json",
-            "LOG_LEVEL": "warning",
-            **credentials.client_environ("services"),
-        }
-        nc = await nats.connect(server.url, pending_size=256 * 1024 * 1024, **nats_auth("admin"))
-        try:
-            js = nc.jetstream(timeout=30)
-            await ensure_streams(js)
-            events = backlog(jobs, datetime.now(UTC) - timedelta(hours=1))
-            t = time.perf_counter()
-            await _prefill(js, events)
-            prefill_s = time.perf_counter() - t
-            pg_pid = pg.pid if pg else None
-            runs = [await _one_run(nc, js, server, pg_pid, admin_url, env, b, tmp) for b in batches]
-        finally:
-            await nc.close()
-    finally:
-        if pg:
-            pg.stop()
-        server.stop()
-        discard(tmp)
+    async with servers_only("metadata") as b:
+        js = b.nc.jetstream(timeout=30)
+        events = backlog(jobs, datetime.now(UTC) - timedelta(hours=1))
+        t = time.perf_counter()
+        await _prefill(js, events)
+        prefill_s = time.perf_counter() - t
+        pg_pid = b.pg.pid if b.pg else None
+        runs = [await _one_run(b.nc, js, b.nats, pg_pid, b.admin_url, b.env, n, b.tmp) for n in batches]
     return {
         "jobs": jobs,
         "published": len(events),

@@ -24,6 +24,7 @@ from schemas import subjects as s
 from services.gateway.handlers import job_id_for
 from services.runtime import direct
 from tests.bench._machine import Steal
+from tests.bench._table import table
 from tests.support.system import System, system
 
 NODES = int(os.environ.get("BENCH_NODES", "10000"))
@@ -87,6 +88,15 @@ class Collector:
         if fut is not None and not fut.done():
             fut.set_result(None)
 
+    def expect(self) -> tuple[str, str, asyncio.Future[None]]:
+        """A new job (idempotency key, job id) and the future its decision resolves, timed from now."""
+        key = uuid.uuid4().hex
+        jid = job_id_for(key)
+        fut: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+        self.waiters[jid] = fut
+        self.start[jid] = time.perf_counter()
+        return key, jid, fut
+
 
 async def closed_loop(nc: Client, col: Collector, clients: int, duration: float) -> dict[str, Any]:
     lat: list[float] = []
@@ -98,13 +108,8 @@ async def closed_loop(nc: Client, col: Collector, clients: int, duration: float)
 
     async def worker() -> None:
         nonlocal errors
-        loop = asyncio.get_running_loop()
         while time.perf_counter() < stop_at:
-            key = uuid.uuid4().hex
-            jid = job_id_for(key)
-            fut = loop.create_future()
-            col.waiters[jid] = fut
-            col.start[jid] = time.perf_counter()
+            key, jid, fut = col.expect()
             try:
                 await replies.send(key, jid)
                 await asyncio.wait_for(fut, 10)  # the decision, or an error reply
@@ -205,11 +210,7 @@ async def warm_up(nc: Client, col: Collector) -> None:
     loop = asyncio.get_running_loop()
     deadline = loop.time() + 60
     while loop.time() < deadline:
-        key = uuid.uuid4().hex
-        jid = job_id_for(key)
-        fut = loop.create_future()
-        col.waiters[jid] = fut
-        col.start[jid] = time.perf_counter()
+        key, jid, fut = col.expect()
         await nc.request(s.JOB_SUBMIT, body(key), timeout=10)
         try:
             await asyncio.wait_for(fut, 5)
@@ -305,11 +306,10 @@ def cpu_table(runs: list[dict[str, Any]]) -> list[str]:
     if not runs:
         return []
     procs = [*sorted({k for x in runs for k in x["cpu_us_per_job"]} - {"total"}), "total"]
-    head = " | ".join(f"{x['offered_per_s']}/s" for x in runs)
-    lines = [f"| process | {head} |", "|---|" + "---|" * len(runs)]
-    for k in procs:
-        lines.append(f"| {k} | " + " | ".join(str(x["cpu_us_per_job"].get(k, "")) for x in runs) + " |")
-    return lines
+    return table(
+        ["process", *(f"{x['offered_per_s']}/s" for x in runs)],
+        ([k, *(x["cpu_us_per_job"].get(k, "") for x in runs)] for k in procs),
+    )
 
 
 def _own_cpu() -> float:
@@ -335,35 +335,34 @@ def _delta(a: dict[str, dict[str, float]], b: dict[str, dict[str, float]]) -> di
     }
 
 
+def _latencies(x: dict[str, Any]) -> list[object]:
+    return [x["jobs_per_s"], x["p50_ms"], x["p90_ms"], x["p99_ms"], x["max_ms"], x["errors"]]
+
+
 def markdown(r: dict[str, Any]) -> str:
     lines = [
         f"### End-to-end placement ({r['nodes']} nodes; services: {', '.join(r.get('services', []))})",
         "",
-        "| load | jobs/s | p50 ms | p90 ms | p99 ms | max ms | errors | steal % |",
-        "|---|---|---|---|---|---|---|---|",
+        *table(
+            ["load", "jobs/s", "p50 ms", "p90 ms", "p99 ms", "max ms", "errors", "steal %"],
+            [
+                *([f"closed, {x['clients']} clients", *_latencies(x), ""] for x in r["closed"]),
+                *([f"open, {x['offered_per_s']}/s offered", *_latencies(x), x.get("steal_pct", "")] for x in r["open"]),
+            ],
+        ),
     ]
-    for x in r["closed"]:
-        lines.append(
-            f"| closed, {x['clients']} clients | {x['jobs_per_s']} | {x['p50_ms']} | {x['p90_ms']} | "
-            f"{x['p99_ms']} | {x['max_ms']} | {x['errors']} | |"
-        )
-    for x in r["open"]:
-        lines.append(
-            f"| open, {x['offered_per_s']}/s offered | {x['jobs_per_s']} | {x['p50_ms']} | {x['p90_ms']} | "
-            f"{x['p99_ms']} | {x['max_ms']} | {x['errors']} | {x.get('steal_pct', '')} |"
-        )
-    table = cpu_table(r["open"])
-    if table:
-        lines += ["", "CPU µs per decided job, by process (open loop; includes the node fleet's own load):", "", *table]
+    cpu = cpu_table(r["open"])
+    if cpu:
+        lines += ["", "CPU µs per decided job, by process (open loop; includes the node fleet's own load):", "", *cpu]
     g = r["gateway_alone"]
     lines += [
         "",
         f"Gateway alone (`job.submit` until the JetStream ack, 256 clients): **{g['requests_per_s']} req/s**, "
         f"{g['errors']} errors",
         "",
-        "| process | CPU s (whole run) | peak RSS MiB |",
-        "|---|---|---|",
+        *table(
+            ["process", "CPU s (whole run)", "peak RSS MiB"],
+            ([k, v["cpu_s"], v["peak_rss_mb"]] for k, v in sorted(r.get("footprint", {}).items())),
+        ),
     ]
-    for k, v in sorted(r.get("footprint", {}).items()):
-        lines.append(f"| {k} | {v['cpu_s']} | {v['peak_rss_mb']} |")
     return "\n".join(lines)

@@ -148,7 +148,8 @@ def check(
     degraded_events: list[ev.PlacementDegraded] = []
     reserved: dict[str, list[float]] = defaultdict(lambda: [0.0, 0.0, 0.0])
     launched: dict[str, set[str]] = defaultdict(set)
-    replaced: dict[str, dict[str, str]] = defaultdict(dict)
+    running: dict[str, set[str]] = {}
+    """A provisioned dedicated job's current instances (replacements swapped in)."""
     torn: dict[str, set[str]] = defaultdict(set)
     overbooked: set[str] = set()
 
@@ -214,9 +215,12 @@ def check(
                 job.booked, job.released = (), True
             case ev.ClusterProvisioned() | ev.ClusterProvisioning():
                 launched[e.job_id].update(i.instance_id for i in e.instances)
+                if isinstance(e, ev.ClusterProvisioned):
+                    running[e.job_id] = {i.instance_id for i in e.instances}
             case ev.ClusterInstanceReplaced():
                 launched[e.job_id].add(e.new_instance_id)
-                replaced[e.job_id][e.old_instance_id] = e.new_instance_id
+                if e.job_id in running:
+                    running[e.job_id] = (running[e.job_id] - {e.old_instance_id}) | {e.new_instance_id}
             case ev.ClusterTornDown():
                 torn[e.job_id].update(e.instance_ids)
             case _:
@@ -241,15 +245,14 @@ def check(
     r.overbooked = sorted(overbooked)
     r.instances_left = sorted(f"{j}:{i}" for j in ended for i in launched.get(j, set()) - torn.get(j, set()))
     if settled is not None:
-        r.unsettled = _unsettled(jobs, ended, launched, replaced, settled)
+        r.unsettled = _unsettled(jobs, ended, running, settled)
     return r
 
 
 def _unsettled(
     jobs: Mapping[str, _Job],
     ended: set[str],
-    launched: Mapping[str, set[str]],
-    replaced: Mapping[str, Mapping[str, str]],
+    running: Mapping[str, set[str]],
     at: Settled,
 ) -> list[str]:
     out = []
@@ -259,8 +262,7 @@ def _unsettled(
             continue
         if d.cluster != "shared":
             if at.instance_states is not None:
-                olds = set(replaced.get(job_id, {}))
-                down = sorted(i for i in launched.get(job_id, set()) - olds if at.instance_states.get(i) != "running")
+                down = sorted(i for i in running.get(job_id, set()) if at.instance_states.get(i) != "running")
                 if down:
                     out.append(f"{job_id}: instances not running {down}")
             continue

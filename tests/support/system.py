@@ -119,6 +119,51 @@ class System:
         return out
 
 
+@dataclass
+class Servers:
+    """A nats-server with the streams declared and PostgreSQL, no services (``servers_only``)."""
+
+    nats: NatsServer
+    nc: Client
+    """An admin connection."""
+    admin_url: str
+    """PostgreSQL's admin DSN (``DATABASE_URL``'s server, else one of our own)."""
+    env: dict[str, str]
+    """The environment of a service process talking to this server."""
+    tmp: Path
+    pg: Postgres | None = None
+
+
+@asynccontextmanager
+async def servers_only(name: str) -> AsyncIterator[Servers]:
+    """nats-server (the repo's nats.conf) and PostgreSQL for a benchmark that starts its own
+    service processes (one per run, each on a fresh database); stopped and removed on exit."""
+    credentials.apply_server_defaults()
+    tmp = Path(tempfile.mkdtemp(prefix=f"natsched-bench-{name}-"))
+    server = NatsServer(config=REPO / "nats.conf", store_dir=tmp / "js", log_dir=tmp)
+    server.start()
+    pg: Postgres | None = None
+    try:
+        admin_url = database_url_from_env()
+        if not admin_url:
+            pg = Postgres(tmp / "pg")
+            pg.start()
+            admin_url = pg.dsn
+        env = {"NATS_URL": server.url, "LOG_FORMAT": "json", "LOG_LEVEL": "warning"}
+        env.update(credentials.client_environ("services"))
+        nc = await nats.connect(server.url, pending_size=256 * 1024 * 1024, **nats_auth("admin"))
+        try:
+            await ensure_streams(nc.jetstream(timeout=30))
+            yield Servers(server, nc, admin_url, env, tmp, pg)
+        finally:
+            await nc.close()
+    finally:
+        server.stop()
+        if pg is not None:
+            pg.stop()
+        discard(tmp)
+
+
 async def _declare_streams(urls: str, timeout: float = 60) -> None:
     """Create the streams with 3 replicas once the cluster's JetStream meta leader is elected."""
     nc = await nats.connect(urls.split(","), **nats_auth("admin"))
