@@ -14,8 +14,9 @@ Two halves, so that the work survives a crash and is done once whatever the numb
    a time, in-progress pings while it waits, redelivered after a crash): skip if the job ended;
    look the replacement up by its ``replaces`` tag (adopt a live one: a retry after a crash), else
    launch one tagged with job, replica and ``replaces`` (the type fallback of a launch: the lost
-   instance's type, then the job's ranked types); wait until it runs; publish
-   ``cluster.instance_replaced`` (deterministic event id); terminate the old instance.
+   instance's type, then the job's ranked types); wait until it runs; terminate the old
+   instance; publish ``cluster.instance_replaced`` (deterministic event id): once it is
+   stored, the replacement runs and the old instance is gone.
 """
 
 from __future__ import annotations
@@ -185,6 +186,7 @@ class Healer:
                 blog.error("replacement died before running; will launch another", code=e.code, error=e.message)
                 await self.ec2.terminate([new.instance_id])
             raise
+        await self.ec2.terminate([event.instance_id])  # first: a stopped instance still costs its volume
         await self.provisioner.publisher.publish(
             ev.ClusterInstanceReplaced(
                 event_id=replaced_event_id(event.job_id, event.instance_id),
@@ -196,7 +198,6 @@ class Healer:
                 private_ip=running.private_ip,
             )
         )
-        await self.ec2.terminate([event.instance_id])  # a stopped instance still costs its volume
         blog.info("instance replaced", new_instance_id=running.instance_id, instance_type=running.instance_type)
 
 

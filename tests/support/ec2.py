@@ -28,3 +28,19 @@ async def instances(endpoint: str, job_id: str | None = None, states: list[str] 
     for i in found:
         i["tags"] = {t["Key"]: t["Value"] for t in i.get("Tags", [])}
     return found
+
+
+async def _act(endpoint: str, op: str, ids: list[str]) -> None:
+    session = aioboto3.Session(aws_access_key_id="testing", aws_secret_access_key="testing", region_name="eu-central-1")
+    async with session.client("ec2", endpoint_url=endpoint) as ec2:
+        await getattr(ec2, op)(InstanceIds=ids)
+
+
+async def stop(endpoint: str, ids: list[str]) -> None:
+    """Stop instances through the EC2 API, as a spot reclaim or an operator outside the scheduler would."""
+    await _act(endpoint, "stop_instances", ids)
+
+
+async def terminate(endpoint: str, ids: list[str]) -> None:
+    """Terminate instances through the EC2 API, outside the scheduler."""
+    await _act(endpoint, "terminate_instances", ids)

@@ -146,3 +146,9 @@ class Events:
         async with self._changed:
             await asyncio.wait_for(self._changed.wait_for(lambda: job_id in self.by_job), timeout)
             return self.by_job[job_id][0]
+
+    async def wait_many(self, job_id: str, count: int, timeout: float = 10.0) -> list[dict[str, Any]]:
+        """The first ``count`` events of the job, once that many arrived."""
+        async with self._changed:
+            await asyncio.wait_for(self._changed.wait_for(lambda: len(self.by_job.get(job_id, [])) >= count), timeout)
+            return self.by_job[job_id][:count]
