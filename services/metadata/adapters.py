@@ -22,7 +22,7 @@ from services.metadata import migrations
 from services.metadata import sql_jobs as jobs
 from services.metadata import sql_nodes as nodes
 from services.metadata.sql_jobs import EVENT_COLUMNS, EventPageRow, EventPosition, EventRecord, JobWrite, StoredJob
-from services.metadata.sql_nodes import NodeListRow, NodeRow, NodeSummaryRow
+from services.metadata.sql_nodes import DrainRow, NodeListRow, NodeRow, NodeSummaryRow
 from services.runtime import backoff
 
 log = structlog.get_logger()
@@ -52,10 +52,10 @@ def is_unavailable(e: BaseException) -> bool:
 
 _WRITE_GROUP = f"""
 WITH ins AS ({jobs.insert_jobs("$1")}), upd AS ({jobs.update_jobs("$2")}),
-     node AS ({nodes.UPSERT_NODES.format(param="$3")})
+     node AS ({nodes.UPSERT_NODES.format(param="$3")}), drain AS ({nodes.UPSERT_DRAINS.format(param="$4")})
 SELECT job_id FROM ins UNION ALL SELECT job_id FROM upd
 """
-"""One round trip per group: new job rows, cached job rows under their token, node statuses."""
+"""One round trip per group: new job rows, cached job rows under their token, node statuses and drains."""
 
 
 class Tx:
@@ -79,13 +79,18 @@ class Tx:
         await self._conn.execute(jobs.INSERT_STAGED_EVENTS)
 
     async def write_group(
-        self, inserts: Sequence[JobWrite], updates: Sequence[JobWrite], nodes: Sequence[NodeRow]
+        self,
+        inserts: Sequence[JobWrite],
+        updates: Sequence[JobWrite],
+        statuses: Sequence[NodeRow],
+        drains: Sequence[DrainRow] = (),
     ) -> set[str]:
         """One round trip: insert new job rows (in the given order: the listing order), update cached ones
-        where their token is still ``expected``, keep each node's newest status. The job ids written."""
-        ordered: list[NodeRow] = sorted(nodes, key=lambda r: r.node_id)
+        where their token is still ``expected``, keep each node's newest status and drain fact. The job
+        ids written."""
+        by_node = sorted(statuses, key=lambda r: r.node_id), sorted(drains, key=lambda r: r.node_id)
         recs = await self._conn.fetch(
-            _WRITE_GROUP, jobs.json_rows(inserts), jobs.json_rows(updates), jobs.json_rows(ordered)
+            _WRITE_GROUP, jobs.json_rows(inserts), jobs.json_rows(updates), *(jobs.json_rows(r) for r in by_node)
         )
         return {r[0] for r in recs}
 
@@ -212,7 +217,10 @@ class Database:
     ) -> list[NodeListRow]:
         """Up to ``limit`` nodes in ``node_id`` order after ``after``, filtered by listed state and labels."""
         rows = await self._query(nodes.NODE_PAGE, stale_before, state, nodes.label_param(labels), after, limit)
-        return [NodeListRow(node_id=r[0], status=r[1], cpu=r[2], memory_mb=r[3], gpu=r[4], replicas=r[5]) for r in rows]
+        return [
+            NodeListRow(node_id=r[0], status=r[1], cpu=r[2], memory_mb=r[3], gpu=r[4], replicas=r[5], draining=r[6])
+            for r in rows
+        ]
 
     async def node_summary(
         self, state: str | None, labels: dict[str, str] | None, stale_before: datetime

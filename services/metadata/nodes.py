@@ -1,20 +1,54 @@
-"""The node side of the projection (pure): keys of node facts, the listed state, label filters."""
+"""The node side of the projection (pure): keys of node facts, each node's newest status and drain
+fact in a group, activity, label filters."""
 
 from __future__ import annotations
 
 from datetime import datetime, timedelta
 
+import msgspec
+
 from schemas import events as ev
 from schemas import subjects as s
+from services.metadata.sql_nodes import DrainRow, NodeRow
 
 
-def node_event_key(status: ev.NodeStatus) -> str:
-    """Key of a node status in the events table: its ``event_id``, else node and time.
+def node_event_key(fact: ev.NodeStatus | ev.NodeDraining) -> str:
+    """Key of a node fact in the events table: its ``event_id``, else type, node and time.
 
-    The same status re-published (same node, same ``at``) is the same key, so it is
-    recorded once; distinct statuses of a node differ in ``at``.
+    The same fact re-published (same node, same ``at``) is the same key, so it is
+    recorded once; distinct facts of a node differ in ``at``.
     """
-    return status.event_id or f"{s.NODE_STATUS}:{status.node_id}:{status.at.isoformat()}"
+    kind = s.NODE_STATUS if isinstance(fact, ev.NodeStatus) else s.NODE_DRAINING
+    return fact.event_id or f"{kind}:{fact.node_id}:{fact.at.isoformat()}"
+
+
+class Latest:
+    """The newest status and the newest drain fact of each node among a group's events (by ``at``)."""
+
+    def __init__(self) -> None:
+        self._statuses: dict[str, tuple[ev.NodeStatus, bytes]] = {}
+        self._drains: dict[str, ev.NodeDraining] = {}
+
+    def add(self, fact: ev.NodeStatus | ev.NodeDraining, raw: bytes) -> None:
+        if isinstance(fact, ev.NodeStatus):
+            cur = self._statuses.get(fact.node_id)
+            if cur is None or fact.at > cur[0].at:
+                self._statuses[fact.node_id] = (fact, raw)
+        else:
+            old = self._drains.get(fact.node_id)
+            if old is None or fact.at > old.at:
+                self._drains[fact.node_id] = fact
+
+    def status_rows(self) -> list[NodeRow]:
+        return [
+            NodeRow(node_id=n.node_id, state=n.state, at=n.at, status=msgspec.Raw(raw))
+            for n, raw in self._statuses.values()
+        ]
+
+    def drain_rows(self) -> list[DrainRow]:
+        return [
+            DrainRow(node_id=d.node_id, draining=d.draining, at=d.at, reason=d.reason) for d in self._drains.values()
+        ]
 
 
 def node_active(state: str, at: datetime, now: datetime, ttl_s: float) -> bool:
@@ -28,4 +62,4 @@ def label_filter(label: str) -> dict[str, str]:
     return {key: value}
 
 
-__all__ = ["label_filter", "node_active", "node_event_key"]
+__all__ = ["Latest", "label_filter", "node_active", "node_event_key"]

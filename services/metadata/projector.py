@@ -28,6 +28,7 @@ from services.metadata.adapters import (
     Unavailable,
     is_unavailable,
 )
+from services.metadata.sql_nodes import DrainRow
 from services.metadata.views import DEFAULT_CACHE_JOBS, Cached, ViewCache, fold_bodies, job_write
 from services.runtime.delivery import Delivery, stream_sequence
 
@@ -37,7 +38,7 @@ DECODERS: dict[str, msgspec.json.Decoder[ev.Event]] = {
     s.JOBS.name: msgspec.json.Decoder(ev.JobEvents),
     s.PLACEMENTS.name: msgspec.json.Decoder(ev.PlacementEvents),
     s.CLUSTERS.name: msgspec.json.Decoder(ev.ClusterEvents),
-    s.NODES.name: msgspec.json.Decoder(ev.NodeStatus),
+    s.NODES.name: msgspec.json.Decoder(ev.NodeEvents),
 }
 """How each projected stream's payloads decode (a payload of another type is poison)."""
 
@@ -70,6 +71,7 @@ class _Group(msgspec.Struct, kw_only=True):
     results: dict[str, Cached]
     """The view and token of each written job, as they will be once committed."""
     nodes: list[NodeRow]
+    drains: list[DrainRow]
 
 
 _YIELD_EVERY = 200
@@ -202,7 +204,7 @@ class Projector:
         events: list[EventRecord] = []
         seen: set[str] = set()
         by_job: dict[str, list[ev.JobEvent]] = {}
-        latest: dict[str, tuple[ev.NodeStatus, bytes]] = {}
+        latest = nodes.Latest()
         for b in batches:
             await asyncio.sleep(0)
             for event, d in b.items:
@@ -210,11 +212,9 @@ class Projector:
                 body = msg.data.decode()
                 if isinstance(event, ev.JobEvent):
                     key, job_id, node_id = event.event_id, event.job_id, None
-                elif isinstance(event, ev.NodeStatus):
+                elif isinstance(event, ev.NodeStatus | ev.NodeDraining):
                     key, job_id, node_id = nodes.node_event_key(event), None, event.node_id
-                    cur = latest.get(event.node_id)
-                    if cur is None or event.at > cur[0].at:
-                        latest[event.node_id] = (event, msg.data)
+                    latest.add(event, msg.data)
                 else:  # pragma: no cover - the decoders yield nothing else
                     raise TypeError(f"cannot project {type(event).__name__}")
                 if key in seen:
@@ -239,9 +239,6 @@ class Projector:
             row = job_write(view, base.version if base is not None else None)
             (inserts if base is None else updates).append(row)
             results[job_id] = Cached(view=view, version=row.version)
-        node_rows = [
-            NodeRow(node_id=n.node_id, state=n.state, at=n.at, status=msgspec.Raw(raw)) for n, raw in latest.values()
-        ]
         return _Group(
             batches=batches,
             events=events,
@@ -249,7 +246,8 @@ class Projector:
             inserts=inserts,
             updates=updates,
             results=results,
-            nodes=node_rows,
+            nodes=latest.status_rows(),
+            drains=latest.drain_rows(),
         )
 
     async def _write(self, g: _Group) -> None:
@@ -271,7 +269,7 @@ class Projector:
         async with self._db.transaction() as tx:
             if g.events:
                 await tx.insert_events(g.events, seen_before=seen_before)
-            written = await tx.write_group(g.inserts, g.updates, g.nodes)
+            written = await tx.write_group(g.inserts, g.updates, g.nodes, g.drains)
             conflicts = [r.job_id for rows in (g.inserts, g.updates) for r in rows if r.job_id not in written]
             if conflicts:
                 self.stats["conflicts"] += len(conflicts)

@@ -157,6 +157,7 @@ class Queries:
             memory_free_mb=st.memory_free_mb,
             gpus=st.gpus,
             reserved=Reserved(cpu=row.cpu, memory_mb=row.memory_mb, gpu=row.gpu, replicas=row.replicas),
+            draining=row.draining or st.state == "draining",
         )
 
     def endpoints(self) -> list[Endpoint]:

@@ -18,6 +18,22 @@ UPSERT_NODES = """
 array of :class:`NodeRow`."""
 
 
+UPSERT_DRAINS = """
+    INSERT INTO node_drains (node_id, draining, at, reason)
+    SELECT * FROM json_to_recordset({param}::json) AS r(node_id text, draining boolean, at timestamptz, reason text)
+    ON CONFLICT (node_id) DO UPDATE SET draining = EXCLUDED.draining, at = EXCLUDED.at, reason = EXCLUDED.reason
+    WHERE node_drains.at < EXCLUDED.at
+"""
+"""Keep each node's newest drain fact; ``{param}``: a JSON array of :class:`DrainRow`."""
+
+
+class DrainRow(msgspec.Struct, frozen=True):
+    node_id: str
+    draining: bool
+    at: datetime
+    reason: str | None
+
+
 class NodeRow(msgspec.Struct, frozen=True):
     node_id: str
     state: str
@@ -32,6 +48,7 @@ class NodeListRow(msgspec.Struct, frozen=True, kw_only=True):
     memory_mb: int
     gpu: int
     replicas: int
+    draining: bool
 
 
 class NodeSummaryRow(msgspec.Struct, frozen=True, array_like=True):
@@ -51,8 +68,13 @@ class NodeSummaryRow(msgspec.Struct, frozen=True, array_like=True):
     replicas: int
 
 
-_LISTED_STATE = "CASE WHEN n.state = 'active' AND n.at < $1 THEN 'inactive' ELSE n.state END"
-"""A node's listed state: ``inactive`` when it says active but its last status is older than ``$1``."""
+_LISTED_STATE = (
+    "CASE WHEN n.state = 'active' AND n.at < $1 THEN 'inactive'"
+    " WHEN n.state = 'active' AND COALESCE(d.draining, false) THEN 'draining' ELSE n.state END"
+)
+"""A node's listed state: ``inactive`` when it says active but its last status is older than ``$1``;
+``draining`` when it says active but is drained (``node_drains``, joined as ``d``); else as it says."""
+_NODES = "nodes n LEFT JOIN node_drains d ON d.node_id = n.node_id"
 _NODE_FILTER = f"($2::text IS NULL OR {_LISTED_STATE} = $2) AND ($3::jsonb IS NULL OR n.labels @> $3::jsonb)"
 
 
@@ -68,12 +90,12 @@ def _reserved(where: str) -> str:
 
 NODE_PAGE = f"""
 WITH page AS (
-    SELECT n.node_id, n.status FROM nodes n
+    SELECT n.node_id, n.status, COALESCE(d.draining, false) AS draining FROM {_NODES}
     WHERE n.node_id > $4 AND {_NODE_FILTER}
     ORDER BY n.node_id LIMIT $5
 )
 SELECT p.node_id, p.status, COALESCE(r.cpu, 0)::float8 AS cpu, COALESCE(r.memory_mb, 0)::bigint AS memory_mb,
-       COALESCE(r.gpu, 0)::bigint AS gpu, COALESCE(r.replicas, 0)::bigint AS replicas
+       COALESCE(r.gpu, 0)::bigint AS gpu, COALESCE(r.replicas, 0)::bigint AS replicas, p.draining
 FROM page p
 LEFT JOIN ({_reserved("r.node_id IN (SELECT node_id FROM page)")}) r USING (node_id)
 ORDER BY p.node_id
@@ -81,7 +103,7 @@ ORDER BY p.node_id
 NODE_SUMMARY = f"""
 WITH n AS (
     SELECT n.node_id, {_LISTED_STATE} AS listed, n.cpu_cores, n.cpu_free, n.memory_mb, n.memory_free_mb, n.gpus
-    FROM nodes n WHERE {_NODE_FILTER}
+    FROM {_NODES} WHERE {_NODE_FILTER}
 )
 SELECT n.listed, count(*) AS nodes,
        COALESCE(sum(n.cpu_cores), 0)::float8, COALESCE(sum(n.memory_mb), 0)::bigint, COALESCE(sum(n.gpus), 0)::bigint,
