@@ -39,9 +39,10 @@ class Injected(NamedTuple):
 
 
 def pinned_nodes(nodes: int, count: int = 3) -> list[str]:
-    """Active docker nodes of fleet 0 (the one killed): jobs pinned to them become degraded."""
+    """The largest active docker nodes of fleet 0 (the one killed): jobs pinned to them become degraded."""
     fleet = Fleet(nodes // FLEETS, 42, "f0")
-    return [n.node_id for n in fleet.base if n.state == "active" and "docker" in n.technologies][:count]
+    fits = [n for n in fleet.base if n.state == "active" and "docker" in n.technologies]
+    return [n.node_id for n in sorted(fits, key=lambda n: -n.cpu_cores)][:count]
 
 
 async def kill_fifth_of_agents(sysm: System, nc: Client, load: Load, after: float) -> Injected:
