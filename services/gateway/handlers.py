@@ -58,6 +58,9 @@ class Decisions:
     ``job.submit`` traffic is not handed every decision. A waiter registers, and the
     subscription is sent, before the job is published on the same connection, which the
     server processes in order: no answer is missed.
+
+    The answer is the job's *first* decision: a ``placement.decided`` of a later revision
+    (§8.1: replicas moved) is not an answer to ``placement.request`` and is passed over.
     """
 
     SUBJECTS = (s.PLACEMENT_DECIDED, s.PLACEMENT_FAILED, s.JOB_REJECTED)
@@ -95,7 +98,7 @@ class Decisions:
         except Exception:  # no metadata service, 404, timeout: wait for the live event instead
             return None
         for e in found:
-            if e.get("type") in self.SUBJECTS:
+            if e.get("type") in self.SUBJECTS and first_decision(e.get("revision")):
                 return _enc_ref.encode(e)
         return None
 
@@ -113,6 +116,8 @@ class Decisions:
             ref = _job_ref_decoder.decode(msg.data)
         except msgspec.DecodeError:
             return
+        if not first_decision(ref.revision):
+            return
         fut = self._waiters.pop(ref.job_id, None)
         if fut is not None and not fut.done():
             fut.set_result(msg.data)
@@ -120,6 +125,13 @@ class Decisions:
 
 class _JobRef(msgspec.Struct):
     job_id: str
+    revision: int | None = None
+    """``placement.decided``'s revision (absent: 1, and on the other answers)."""
+
+
+def first_decision(revision: object) -> bool:
+    """Whether an answer event is the job's first decision: no revision, or revision 1."""
+    return revision is None or revision == 1
 
 
 _job_ref_decoder = msgspec.json.Decoder(_JobRef)

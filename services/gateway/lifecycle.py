@@ -7,7 +7,9 @@ Only the events that change an answer are folded (:data:`VIEW_SUBJECTS`): that a
 exists, that it was asked to end, and how it ended. Accepted, placed, provisioning and
 running are all "live" to ``job.cancel``/``job.complete``, so ``job.accepted``,
 ``placement.decided`` and the launch events (two of a shared job's three events) are not
-delivered to the gateway at all.
+delivered to the gateway at all; nor are a job's later revisions, ``placement.degraded``
+(``degraded`` is live too: cancel and complete work as for a placed job) and
+``cluster.instance_replaced``.
 
 Read-your-writes: before answering, :meth:`JobStates.sync` reads the last sequence of each
 folded subject and waits until the view has applied at least that far (bounded by

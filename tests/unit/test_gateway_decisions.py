@@ -1,0 +1,33 @@
+"""placement.request answers with the job's first decision, never a later revision (§8.1)."""
+
+from __future__ import annotations
+
+import asyncio
+from typing import Any
+
+import msgspec
+from nats.aio.msg import Msg
+
+from schemas import subjects as s
+from services.gateway.handlers import Decisions
+
+
+def event(job_id: str, **fields: Any) -> Msg:
+    body = {"type": s.PLACEMENT_DECIDED, "event_id": f"{job_id}:x", "job_id": job_id, **fields}
+    return Msg(_client=None, subject=s.PLACEMENT_DECIDED, data=msgspec.json.encode(body))  # type: ignore[arg-type]
+
+
+async def test_a_later_revision_is_not_the_answer_revision_1_is() -> None:
+    decisions = Decisions()
+    fut = await decisions.expect("j1")
+    await decisions.on_event(event("j1", revision=2, changes=[]))
+    assert not fut.done()
+    await decisions.on_event(event("j1", revision=1))
+    assert msgspec.json.decode(await asyncio.wait_for(fut, 1))["revision"] == 1
+
+
+async def test_a_decision_written_before_revisions_is_the_answer() -> None:
+    decisions = Decisions()
+    fut = await decisions.expect("j2")
+    await decisions.on_event(event("j2"))
+    assert msgspec.json.decode(await asyncio.wait_for(fut, 1))["job_id"] == "j2"
