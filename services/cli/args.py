@@ -52,12 +52,19 @@ def parser() -> argparse.ArgumentParser:
     c.add_argument("--after", help="the cursor printed by the previous page")
     c.add_argument("--all", action="store_true", help="every page, following the cursor")
 
+    c = sub.add_parser("drain", parents=[common], help="drain a node: no new replicas, its replicas move")
+    c.add_argument("node_id", metavar="NODE")
+    c.add_argument("--reason", help="why (free text, shown in node.draining)")
+
+    c = sub.add_parser("undrain", parents=[common], help="end a node's drain: it takes replicas again")
+    c.add_argument("node_id", metavar="NODE")
+
     c = sub.add_parser("watch", parents=[common], help="live job, placement and cluster events")
     c.add_argument("job_id", nargs="?", help="only this job's events")
     c.add_argument("--history", action="store_true", help="first print the job's past events (job.events)")
     c.add_argument("--until-done", action="store_true", help="stop at the job's final event")
     c.add_argument("--count", type=int, help="stop after this many events")
-    c.add_argument("--nodes", action="store_true", help="node status too")
+    c.add_argument("--nodes", action="store_true", help="node status and drain facts too")
 
     c = sub.add_parser("simulate-nodes", parents=[common], help="publish the status of N simulated nodes")
     c.add_argument("count", type=int, metavar="N")
@@ -65,6 +72,9 @@ def parser() -> argparse.ArgumentParser:
     c.add_argument("--rounds", type=int, help="stop after this many rounds (default: until Ctrl-C)")
     c.add_argument("--seed", type=int, default=42)
     c.add_argument("--prefix", default="node", help="node ids are PREFIX-000, PREFIX-001, ...")
+    c.add_argument(
+        "--offset", type=int, default=0, help="number the nodes from this one: a second fleet to Ctrl-C (lose) by hand"
+    )
     c = sub.add_parser("ping", parents=[common], help="the service instances that answer (default timeout 1 s)")
     c.add_argument("name", nargs="?", help="gateway, intake, placement, metadata, provisioner, teardown")
     c.add_argument("--host", help="succeed only if an instance on this host answers (container health checks)")

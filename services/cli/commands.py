@@ -1,4 +1,4 @@
-"""The request-reply commands: submit, get, list, cancel, complete, nodes."""
+"""The request-reply commands: submit, get, list, cancel, complete, nodes, drain, undrain."""
 
 from __future__ import annotations
 
@@ -10,7 +10,7 @@ from nats.aio.client import Client
 
 from schemas import subjects as s
 from services.cli import jobspec, render
-from services.cli.client import request
+from services.cli.client import CliError, request
 from services.cli.output import Io
 
 
@@ -121,3 +121,33 @@ async def cmd_nodes(a: argparse.Namespace, nc: Client, io: Io) -> None:
     shown, more = await show_pages(a, nc, io, s.NODE_LIST, {**filters, "limit": a.limit}, "nodes", render.nodes_table)
     if not io.as_json:
         io.note(f"{shown} node(s) shown" + (f"; more: natsched nodes --after {more} (or --all)" if more else ""))
+
+
+async def cmd_drain(a: argparse.Namespace, nc: Client, io: Io) -> None:
+    """``node.drain``: the node takes no new replicas and its replicas move (reason ``drain``)."""
+    body: dict[str, Any] = {"node_id": a.node_id}
+    if a.reason:
+        body["reason"] = a.reason
+    await _drain_request(a, nc, io, s.NODE_DRAIN, body)
+
+
+async def cmd_undrain(a: argparse.Namespace, nc: Client, io: Io) -> None:
+    """``node.undrain``: the node takes replicas again."""
+    await _drain_request(a, nc, io, s.NODE_UNDRAIN, {"node_id": a.node_id})
+
+
+async def _drain_request(a: argparse.Namespace, nc: Client, io: Io, subject: str, body: dict[str, Any]) -> None:
+    try:
+        reply = await request(nc, subject, body, timeout=a.timeout)
+    except CliError as e:
+        code = ((e.body or {}).get("error") or {}).get("code") if isinstance(e.body, dict) else None
+        if code == 404:
+            e.message += " (`natsched nodes` lists the nodes that have reported)"
+        raise
+    if io.as_json:
+        io.json(reply)
+        return
+    node, draining = reply.get("node_id"), reply.get("draining")
+    io.text(f"{node}  {io.style.state('draining' if draining else 'active')}")
+    if draining:
+        io.note(f"its replicas move elsewhere; follow them with: natsched watch (undo: natsched undrain {node})")

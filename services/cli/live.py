@@ -38,7 +38,7 @@ async def cmd_watch(a: argparse.Namespace, nc: Client, io: Io) -> None:
         if isinstance(event, dict) and (a.job_id is None or event.get("job_id") == a.job_id):
             queue.put_nowait(event)
 
-    subjects = WATCHED + ((s.NODE_STATUS_ALL,) if a.nodes else ())
+    subjects = WATCHED + ((s.NODE_STATUS_ALL, s.NODE_DRAINING_ALL) if a.nodes else ())
     subs = [await nc.subscribe(subject, cb=on_event) for subject in subjects]
     await nc.flush()  # subscribed before history is read: nothing falls in between
     seen: set[str] = set()
@@ -103,7 +103,7 @@ def _stop_on_signals() -> asyncio.Future[None]:
 
 
 async def cmd_simulate_nodes(a: argparse.Namespace, nc: Client, io: Io) -> None:
-    fleet = Fleet(a.count, a.seed, prefix=a.prefix)
+    fleet = Fleet(a.count, a.seed, prefix=a.prefix, offset=a.offset)
     if not io.as_json:
         io.note(f"publishing the status of {a.count} simulated node(s) every {a.interval:g} s (Ctrl-C stops)")
     stop = _stop_on_signals()

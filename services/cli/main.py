@@ -1,4 +1,4 @@
-"""``natsched``: submit, get, list, cancel, complete, nodes, watch, simulate-nodes, ping.
+"""``natsched``: submit, get, list, cancel, complete, nodes, drain, undrain, watch, simulate-nodes, ping.
 
 Tables and colours on a terminal, plain JSON with ``--json``. Connects to ``NATS_URL``
 as ``NATS_USER``/``NATS_PASSWORD`` (or ``--server``/``--user``/``--password``); without
@@ -19,7 +19,16 @@ from typing import IO
 from services.cli import jobspec
 from services.cli.args import parser
 from services.cli.client import EXIT_UNREACHABLE, CliError, Target, connect
-from services.cli.commands import cmd_cancel, cmd_complete, cmd_get, cmd_list, cmd_nodes, cmd_submit
+from services.cli.commands import (
+    cmd_cancel,
+    cmd_complete,
+    cmd_drain,
+    cmd_get,
+    cmd_list,
+    cmd_nodes,
+    cmd_submit,
+    cmd_undrain,
+)
 from services.cli.live import cmd_ping, cmd_simulate_nodes, cmd_watch
 from services.cli.output import Command, Io
 from services.runtime.credentials import Role
@@ -31,6 +40,8 @@ COMMANDS: dict[str, tuple[Command, Role]] = {
     "cancel": (cmd_cancel, "manager"),
     "complete": (cmd_complete, "manager"),
     "nodes": (cmd_nodes, "manager"),
+    "drain": (cmd_drain, "manager"),
+    "undrain": (cmd_undrain, "manager"),
     "watch": (cmd_watch, "manager"),
     "simulate-nodes": (cmd_simulate_nodes, "node"),
     "ping": (cmd_ping, "monitor"),

@@ -20,6 +20,8 @@ STATE_COLOURS = {
     "provisioning": YELLOW,
     "cancelling": YELLOW,
     "draining": YELLOW,
+    "degraded": YELLOW,
+    "replaced": GREY,
     "rejected": RED,
     "failed": RED,
     "down": RED,
@@ -121,11 +123,14 @@ def nodes_table(nodes: Sequence[Mapping[str, Any]], style: Style, *, header: boo
         state = str(n.get("state", "?"))
         if n.get("active") is False and state == "active":
             state = "inactive"  # reported active, but its last status is older than the node TTL
+        elif n.get("draining") and state == "active":
+            state = "draining"  # drained by node.drain: takes no new replicas
         labels = n.get("labels") or {}
         rows.append(
             [
                 str(n.get("node_id", "")),
                 style.state(state),
+                "yes" if n.get("draining") else "-",
                 f"{num(n.get('cpu_free'))}/{num(n.get('cpu_cores'))}",
                 num(reserved.get("cpu", 0)),
                 f"{num(n.get('memory_free_mb'))}/{num(n.get('memory_mb'))}",
@@ -136,7 +141,7 @@ def nodes_table(nodes: Sequence[Mapping[str, Any]], style: Style, *, header: boo
                 ",".join(f"{k}={v}" for k, v in sorted(labels.items())),
             ]
         )
-    headers = ["NODE", "STATE", "CPU_FREE", "CPU_RSV", "MEM_FREE_MB", "MEM_RSV_MB", "GPUS", "REPLICAS", "TECH"]
+    headers = ["NODE", "STATE", "DRAIN", "CPU_FREE", "CPU_RSV", "MEM_FREE_MB", "MEM_RSV_MB", "GPUS", "REPLICAS", "TECH"]
     return table([*headers, "LABELS"], rows, style, header=header)
 
 
@@ -170,9 +175,15 @@ def job_detail(job: Mapping[str, Any], style: Style) -> str:
     out = "\n".join(lines) + "\n"
     placement = job.get("placement") or {}
     assignments = placement.get("assignments") or []
+    if placement:
+        out += placement_line(placement, style)
     if assignments:
         rows = [[num(a.get("replica")), str(a.get("node_id") or a.get("instance_type") or "-")] for a in assignments]
         out += "\n" + table(["REPLICA", "NODE/TYPE"], rows, style)
+    revisions = placement.get("revisions") or []
+    if len(revisions) > 1:
+        rows = [[num(r.get("revision")), when(r.get("at")), changes_text(r.get("changes") or [])] for r in revisions]
+        out += "\n" + table(["REVISION", "AT", "CHANGES"], rows, style)
     instances = job.get("instances") or []
     if instances:
         rows = [
@@ -193,6 +204,32 @@ def job_detail(job: Mapping[str, Any], style: Style) -> str:
     return out
 
 
+def placement_line(placement: Mapping[str, Any], style: Style) -> str:
+    """``placement  revision 2: 1 of 2 replica(s) placed, missing 1 (0/3 nodes available: ...)``."""
+    placed = len(placement.get("assignments") or [])
+    wanted = placement.get("replicas") or placed
+    revision = num(placement.get("revision", 1))
+    line = f"{style.bold('placement')}  revision {revision}: {placed} of {wanted} replica(s) placed"
+    missing = placement.get("missing") or []
+    if missing:
+        line += style.paint(f", missing {', '.join(num(r) for r in missing)}", YELLOW)
+        if placement.get("degraded_reason"):
+            line += f" ({placement['degraded_reason']})"
+    return line + "\n"
+
+
+def changes_text(changes: Sequence[Mapping[str, Any]]) -> str:
+    """``replica 1 n2 -> n5 (node_lost); replica 0 n1 -> none (drain)``."""
+    parts = []
+    for c in changes:
+        by = f" by {c['by']}" if c.get("by") else ""
+        parts.append(
+            f"replica {num(c.get('replica'))} {c.get('from') or 'none'} -> {c.get('to') or 'none'}"
+            f" ({c.get('reason', '?')}{by})"
+        )
+    return "; ".join(parts)
+
+
 def event_line(event: Mapping[str, Any], style: Style) -> str:
     """``2026-11-28 16:08:34  placement.decided  <job>  replicas on node-7, node-3``."""
     kind = str(event.get("type", "?"))
@@ -203,6 +240,8 @@ def event_line(event: Mapping[str, Any], style: Style) -> str:
 def _event_colour(kind: str) -> str | None:
     if kind.endswith(("failed", "rejected", "expired")) or kind.startswith("deadletter"):
         return RED
+    if kind.endswith(("degraded", "draining", "replaced")):
+        return YELLOW
     if kind.endswith(("decided", "accepted", "provisioned", "completed")):
         return GREEN
     return BLUE
@@ -210,6 +249,18 @@ def _event_colour(kind: str) -> str | None:
 
 def summary(event: Mapping[str, Any]) -> str:
     kind = event.get("type")
+    if kind == "placement.decided" and (event.get("revision") or 1) > 1:
+        where = [str(a.get("node_id") or a.get("instance_type")) for a in event.get("assignments") or []]
+        return f"revision {num(event['revision'])}: {changes_text(event.get('changes') or [])}; {len(where)} placed"
+    if kind == "placement.degraded":
+        missing = ", ".join(num(r) for r in event.get("missing") or [])
+        return f"revision {num(event.get('revision'))}: replica(s) {missing} fit nowhere: {event.get('reason', '')}"
+    if kind == "node.draining":
+        return ("draining" if event.get("draining") else "undrained") + (
+            f": {event['reason']}" if event.get("reason") else ""
+        )
+    if kind == "cluster.instance_replaced":
+        return f"replica {num(event.get('replica'))}: {event.get('old_instance_id')} -> {event.get('new_instance_id')}"
     if event.get("reason"):
         return str(event["reason"])
     if kind == "placement.decided":

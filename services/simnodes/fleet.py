@@ -13,14 +13,15 @@ SIZES = ((4, 16384), (8, 32768), (16, 65536), (32, 131072), (64, 262144))
 
 
 class Fleet:
-    """``count`` nodes with varied technologies, sizes, labels and a few inactive ones."""
+    """``count`` nodes with varied technologies, sizes, labels and a few inactive ones, numbered
+    from ``offset`` (``<prefix>-<offset>``, ...): fleets with other prefixes or offsets run side by side."""
 
-    def __init__(self, count: int, seed: int = 42, prefix: str = "node") -> None:
+    def __init__(self, count: int, seed: int = 42, prefix: str = "node", offset: int = 0) -> None:
         self._rng = random.Random(seed)
         rng = self._rng
         self.base: list[NodeStatus] = []
-        width = max(3, len(str(count - 1)))
-        for i in range(count):
+        width = max(3, len(str(offset + count - 1)))
+        for i in range(offset, offset + count):
             cores, mem = SIZES[rng.randrange(len(SIZES))]
             roll = rng.random()
             state = "active" if roll > 0.06 else ("draining" if roll > 0.03 else "down")

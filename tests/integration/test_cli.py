@@ -14,6 +14,7 @@ from services.cli.main import run
 from services.devstack import NatsServer
 from tests.support.cli import Output
 from tests.support.servers import Spawn
+from tests.support.waiting import eventually
 
 pytestmark = pytest.mark.integration
 
@@ -135,3 +136,27 @@ async def test_submit_get_list_nodes_cancel(services: Spawn, nats_server: NatsSe
     assert out.split()[0] == job_id and out.split()[1] in ("cancelling", "cancelled")
     code, _, err = await cli(nats_server, "cancel", "no-such-job")
     assert code == 1 and "error 404" in err
+
+
+async def test_drain_and_undrain_a_node_with_clear_errors(services: Spawn, nats_server: NatsServer) -> None:
+    await services("placement")
+    code, _, err = await cli(nats_server, "simulate-nodes", "2", "--rounds", "1", "--prefix", "dr", "--json")
+    assert code == 0, err
+
+    result: tuple[int, str, str] = (0, "", "")
+
+    async def drained() -> bool:
+        # placement learns of the nodes from their status; until then the node is unknown (404)
+        nonlocal result
+        result = await cli(nats_server, "drain", "dr-000", "--reason", "kernel upgrade")
+        return result[0] == 0
+
+    await eventually(drained, what="natsched drain dr-000 succeeds")
+    code, out, err = result
+    assert out.split() == ["dr-000", "draining"] and "natsched undrain dr-000" in err
+    code, out, _ = await cli(nats_server, "undrain", "dr-000", "--json")
+    assert code == 0 and json.loads(out) == {"node_id": "dr-000", "draining": False}
+    code, _, err = await cli(nats_server, "drain", "no-such-node")
+    assert code == 1 and "error 404" in err and "natsched nodes" in err
+    code, _, err = await cli(nats_server, "undrain", "not a node id")
+    assert code == 1 and "error 400" in err and "node_id" in err

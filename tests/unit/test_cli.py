@@ -124,3 +124,66 @@ class TestTables:
     @pytest.mark.parametrize(("value", "text"), [(6.0, "6"), (1.5, "1.5"), (0.333333, "0.33"), (None, "-"), (7, "7")])
     def test_numbers(self, value: object, text: str) -> None:
         assert render.num(value) == text
+
+
+class TestLivingFleet:
+    """Revisions, degraded jobs and drained nodes, readably (§8.1-8.2)."""
+
+    def test_a_drained_node_is_marked(self) -> None:
+        text = render.nodes_table(
+            [
+                {"node_id": "n1", "state": "active", "active": True, "draining": True, "cpu_cores": 8.0},
+                {"node_id": "n2", "state": "active", "active": True, "draining": False, "cpu_cores": 8.0},
+            ],
+            render.Style(False),
+        )
+        n1, n2 = text.splitlines()[1:]
+        assert n1.split()[:3] == ["n1", "draining", "yes"] and n2.split()[:3] == ["n2", "active", "-"]
+
+    def test_a_new_revision_shows_its_changes(self) -> None:
+        event = {
+            "type": "placement.decided",
+            "job_id": "j1",
+            "revision": 2,
+            "assignments": [{"replica": 0, "node_id": "n1"}, {"replica": 1, "node_id": "n5"}],
+            "changes": [{"replica": 1, "from": "n2", "to": "n5", "reason": "drain"}],
+        }
+        assert render.summary(event) == "revision 2: replica 1 n2 -> n5 (drain); 2 placed"
+        assert render.summary({**event, "revision": 1}) == "2 replica(s) on n1, n5"
+
+    def test_degraded_names_the_missing_replicas_and_why(self) -> None:
+        event = {"type": "placement.degraded", "revision": 3, "missing": [1, 2], "reason": "0/4 nodes available"}
+        assert render.summary(event) == "revision 3: replica(s) 1, 2 fit nowhere: 0/4 nodes available"
+        lost = {"replica": 1, "from": "n2", "reason": "node_lost"}  # "to" omitted: null
+        assert render.changes_text([lost]) == "replica 1 n2 -> none (node_lost)"
+
+    def test_get_shows_revision_and_missing(self) -> None:
+        job = {
+            "job_id": "j1",
+            "state": "degraded",
+            "spec": {"replicas": 2},
+            "placement": {
+                "assignments": [{"replica": 0, "node_id": "n1"}],
+                "candidates": [],
+                "revision": 2,
+                "replicas": 2,
+                "missing": [1],
+                "degraded_reason": "0/3 nodes available",
+                "revisions": [
+                    {"revision": 1, "at": "2026-01-01T00:00:00Z", "changes": []},
+                    {"revision": 2, "at": "2026-01-01T00:01:00Z", "changes": [lost_change()]},
+                ],
+            },
+        }
+        text = render.job_detail(job, render.Style(False))
+        assert "revision 2: 1 of 2 replica(s) placed, missing 1 (0/3 nodes available)" in text
+        assert "replica 1 n2 -> none (node_lost)" in text
+
+    def test_drain_and_undrain_parse(self) -> None:
+        a = parser().parse_args(["drain", "n7", "--reason", "kernel upgrade"])
+        assert (a.command, a.node_id, a.reason) == ("drain", "n7", "kernel upgrade")
+        assert parser().parse_args(["undrain", "n7"]).node_id == "n7"
+
+
+def lost_change() -> dict[str, object]:
+    return {"replica": 1, "from": "n2", "reason": "node_lost"}

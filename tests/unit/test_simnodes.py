@@ -24,3 +24,10 @@ def test_fleet_is_deterministic_and_each_status_is_fresh_but_the_same_node() -> 
     s1, s2 = a.status(4), a.status(4)
     assert s1.node_id == s2.node_id == a.base[4].node_id and s1.technologies == a.base[4].technologies
     assert 0 < s1.cpu_free <= s1.cpu_cores and len(a) == 20
+
+
+def test_a_second_fleet_with_an_offset_has_other_node_ids() -> None:
+    first, second = Fleet(50), Fleet(5, seed=7, offset=50)
+    assert [n.node_id for n in second.base] == [f"node-{i:03d}" for i in range(50, 55)]
+    assert not {n.node_id for n in first.base} & {n.node_id for n in second.base}
+    assert Fleet(2, offset=998).base[1].node_id == "node-999"
