@@ -206,6 +206,7 @@ async def run_scenario(name: str, sc: Scenario) -> dict[str, Any]:
             "instances_left": len(report.instances_left),
             "deadletters": len(letters),
             "revisions": report.revisions,
+            "instances_replaced": report.instances_replaced,
             "degraded": report.degraded,
             "client_retries": load.retries,
             "recover_s": round(max(0.0, time.perf_counter() - fault_done - (LOAD_S - (fault_done - t))), 1)
@@ -231,14 +232,16 @@ def markdown(rows: list[dict[str, Any]]) -> str:
         "nodes or degraded, and every dedicated instance running (polled, about 0.5 s resolution).",
         "",
         "| scenario | nodes | jobs submitted | faults injected | jobs lost | duplicates | overbooked nodes "
-        "| unreleased | instances left | dead letters | re-placements | degraded | time to settle (s) | invariants |",
+        "| unreleased | instances left | dead letters | revisions / instances replaced | degraded | time to settle (s) "
+        "| invariants |",
         "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|",
     ]
     for r in rows:
         out.append(
             f"| {r['scenario']} | {r.get('nodes', NODES)} | {r['jobs']} | {r['faults']} | {r['lost']} | "
             f"{r['duplicates']} | {r['overbooked']} | {r['unreleased']} | {r['instances_left']} | "
-            f"{r['deadletters']} | {r.get('revisions', '')} | {r.get('degraded', '')} | {r['settle_s']} | "
+            f"{r['deadletters']} | {r.get('revisions', '')} / {r.get('instances_replaced', '')} | "
+            f"{r.get('degraded', '')} | {r['settle_s']} | "
             f"{'green' if r['ok'] else 'RED'} |"
         )
     return "\n".join(out)

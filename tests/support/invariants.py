@@ -49,6 +49,7 @@ class Report(msgspec.Struct):
     revisions: int = 0
     """Later revisions (re-placements)."""
     degraded: int = 0
+    instances_replaced: int = 0
     failed: int = 0
     rejected: int = 0
     lost: list[str] = msgspec.field(default_factory=list)
@@ -218,6 +219,7 @@ def check(
                 if isinstance(e, ev.ClusterProvisioned):
                     running[e.job_id] = {i.instance_id for i in e.instances}
             case ev.ClusterInstanceReplaced():
+                r.instances_replaced += 1
                 launched[e.job_id].add(e.new_instance_id)
                 if e.job_id in running:
                     running[e.job_id] = (running[e.job_id] - {e.old_instance_id}) | {e.new_instance_id}
