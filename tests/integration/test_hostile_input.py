@@ -1,5 +1,5 @@
 """Hostile input: hypothesis throws random bytes, deep nesting, huge numbers, NaN, unicode and
-oversize strings at the request endpoints and at ``node.status``; every request gets a
+oversize strings at the request endpoints and at ``node.status`` and ``node.draining``; every request gets a
 well-formed reply per the error contract, and no service dies or blows up in memory."""
 
 from __future__ import annotations
@@ -144,6 +144,28 @@ def test_queries_always_answer_per_contract(live: Live, payload: bytes) -> None:
 @given(payload=st.one_of(anything, json_values.map(lambda v: json.dumps(v).encode())), node=st.integers(0, 5))
 def test_node_status_garbage_never_hurts_placement(live: Live, payload: bytes, node: int) -> None:
     live.run(live.nc.jetstream().publish(s.node_status_subject(f"fuzz-{node}"), payload))
+
+
+drain_like = st.fixed_dictionaries(
+    {"node_id": st.one_of(st.text(max_size=200), st.sampled_from(["fuzz-1", "solid", "a b", "x.y", "*", ">"]))},
+    optional={"reason": st.one_of(json_values, st.text(min_size=4000, max_size=5000)), "draining": json_values},
+).map(lambda d: json.dumps(d).encode())
+
+
+@SETTINGS
+@given(payload=st.one_of(anything, drain_like, oversize), undrain=st.booleans())
+def test_node_drain_and_undrain_always_answer_per_contract(live: Live, payload: bytes, undrain: bool) -> None:
+    subject = s.NODE_UNDRAIN if undrain else s.NODE_DRAIN
+    reply = live.run(live.nc.request(subject, payload, timeout=10))
+    body = assert_well_formed(reply, (400, 404, 413))
+    if not (reply.headers and s.ERROR_CODE_HEADER in reply.headers):
+        assert isinstance(body["node_id"], str) and body["draining"] is (not undrain)
+
+
+@SETTINGS
+@given(payload=st.one_of(anything, json_values.map(lambda v: json.dumps(v).encode())), node=st.integers(0, 5))
+def test_node_draining_garbage_never_hurts_placement_or_metadata(live: Live, payload: bytes, node: int) -> None:
+    live.run(live.nc.jetstream().publish(s.node_draining_subject(f"fuzz-{node}"), payload))
 
 
 def test_after_the_fuzzing_the_system_still_places_jobs(live: Live) -> None:
