@@ -66,6 +66,8 @@ class JobView(msgspec.Struct, kw_only=True, omit_defaults=True, gc=False):
     """Instance ids reported torn down (sorted)."""
     replaced: list[str] = []
     """Instance ids another instance replaced (``cluster.instance_replaced``; sorted)."""
+    lost: dict[str, str] = {}
+    """Instance id -> what EC2 said of it when it was found lost (``cluster.instance_lost``)."""
 
     @property
     def released(self) -> bool:
@@ -161,6 +163,8 @@ def merge(view: JobView | None, events: Sequence[ev.JobEvent]) -> JobView:
         elif isinstance(event, ev.ClusterInstanceReplaced):
             new.instances = instances.replaced(new.instances, event)
             new.replaced = sorted(set(new.replaced) | {event.old_instance_id})
+        elif isinstance(event, ev.ClusterInstanceLost):
+            new.lost = instances.lost(new.lost, event)
         elif isinstance(event, ev.ClusterProvisioning | ev.ClusterProvisioned):
             new.instances = instances.launched(new.instances, event, kind)
         elif isinstance(event, ev.ClusterTornDown):
@@ -235,7 +239,7 @@ def to_record(view: JobView, derived: Derived | None = None) -> JobRecord | None
     if d.state is None:
         return None
     torn_all = s.CLUSTER_TORN_DOWN in view.marks and not view.torn_down
-    listed = instances.records(view.instances, view.torn_down, view.replaced, torn_all=torn_all)
+    listed = instances.records(view.instances, view.torn_down, view.replaced, view.lost, torn_all=torn_all)
     p = view.placement
     return JobRecord(
         job_id=view.job_id,

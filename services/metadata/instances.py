@@ -1,6 +1,6 @@
 """A dedicated job's instances in the projection (pure): merged from ``cluster.provisioning``,
-``cluster.provisioned`` and ``cluster.instance_replaced``, per instance the greatest mark winning,
-so any order gives the same list."""
+``cluster.provisioned``, ``cluster.instance_lost`` and ``cluster.instance_replaced``, per instance
+the greatest mark winning, so any order gives the same list."""
 
 from __future__ import annotations
 
@@ -74,30 +74,42 @@ def replaced(instances: dict[str, InstanceMark], event: ev.ClusterInstanceReplac
     return _merged(instances, (new,))
 
 
+def lost(found: dict[str, str], event: ev.ClusterInstanceLost) -> dict[str, str]:
+    """With what EC2 said of a lost instance (``stopped``, ``terminated``, ``missing``); of two
+    claims on one instance (there is one per instance) the smaller state, for any order."""
+    old = found.get(event.instance_id)
+    if old is not None and old <= event.state:
+        return found
+    return dict(sorted({**found, event.instance_id: event.state}.items()))
+
+
 def records(
-    instances: dict[str, InstanceMark], torn_down: list[str], replaced: list[str], *, torn_all: bool
+    instances: dict[str, InstanceMark],
+    torn_down: list[str],
+    replaced: list[str],
+    lost_states: dict[str, str],
+    *,
+    torn_all: bool,
 ) -> list[InstanceRecord]:
     """The job record's ``instances``, by replica: ``terminated`` once torn down, ``replaced``
-    once another instance runs its replica."""
+    once another instance runs its replica, else what EC2 said of it when it was found lost."""
     torn, gone = set(torn_down), set(replaced)
 
     def state(i: InstanceMark) -> str:
-        return "terminated" if torn_all or i.instance_id in torn else "replaced" if i.instance_id in gone else i.state
+        if torn_all or i.instance_id in torn:
+            return "terminated"
+        return "replaced" if i.instance_id in gone else lost_states.get(i.instance_id, i.state)
 
     return [
         InstanceRecord(
             instance_id=i.instance_id,
             instance_type=i.instance_type,
             replica=i.replica,
-            state="terminated"
-            if torn_all or i.instance_id in torn
-            else "replaced"
-            if i.instance_id in gone
-            else i.state,
+            state=state(i),
             private_ip=i.private_ip,
         )
         for i in sorted(instances.values(), key=lambda i: (i.replica, i.instance_id))
     ]
 
 
-__all__ = ["InstanceMark", "launched", "records", "replaced"]
+__all__ = ["InstanceMark", "launched", "lost", "records", "replaced"]

@@ -155,7 +155,13 @@ class TestInstanceReplaced:
             instance_type="t3.small",
             private_ip="10.0.0.2",
         )
-        for order in ([provisioned, replaced], [replaced, provisioned]):
+        lost = ev.ClusterInstanceLost(
+            event_id=f"{J}:cluster.instance_lost:i-1", job_id=J, at=t(8), replica=0, instance_id="i-1", state="stopped"
+        )
+        assert [(i.instance_id, i.state) for i in record([*base(), lost, provisioned]).instances] == [
+            ("i-1", "stopped")
+        ]
+        for order in ([provisioned, lost, replaced], [replaced, provisioned, lost], [lost, replaced, provisioned]):
             rec = record([*base(), *order])
             assert [(i.instance_id, i.replica, i.state) for i in rec.instances] == [
                 ("i-1", 0, "replaced"),
