@@ -1,10 +1,11 @@
 """``python -m services.placement``: node table and ledger first, then decisions.
 
-Start-up order: the micro service, the node snapshot, the ledger replay (no job is
-decided before the ledger has caught up with PLACEMENTS), then the decider and the
-retry loop, and last the job consumer. On SIGTERM the stack unwinds in reverse: the
-consumer stops fetching, the retry loop ends, the decider commits what is queued, the
-endpoints stop.
+Start-up order: the micro service, the node snapshot, the drain facts, the ledger replay
+(no job is decided before the ledger has caught up with PLACEMENTS), the ``node.drain`` /
+``node.undrain`` endpoints, then the decider, the retry loop and the fleet loop (lost and
+drained nodes, degraded jobs), and last the job consumer. On SIGTERM the stack unwinds in
+reverse: the consumer stops fetching, the loops end, the decider commits what is queued,
+the endpoints stop.
 """
 
 from __future__ import annotations
@@ -20,7 +21,7 @@ from services.runtime.micro import MicroService
 async def main(rt: Runtime) -> None:
     p = Placement(rt)
     async with contextlib.AsyncExitStack() as stack:
-        await stack.enter_async_context(
+        svc = await stack.enter_async_context(
             MicroService(
                 rt.nc,
                 name="placement",
@@ -30,7 +31,14 @@ async def main(rt: Runtime) -> None:
             )
         )
         await p.follow_nodes()
+        drains = await p.follow_drains()
+        stack.push_async_callback(drains.unsubscribe)  # type: ignore[attr-defined]
         await p.replay_ledger()
+        for name, subject, handler in (
+            ("drain", s.NODE_DRAIN, p.drains.drain),
+            ("undrain", s.NODE_UNDRAIN, p.drains.undrain),
+        ):
+            await svc.add_endpoint(name, subject, handler, max_body=64 * 1024)
 
         async def log_stats() -> None:  # once the decider has finished
             rt.log.info("placement stats", **p.stats)
@@ -38,6 +46,7 @@ async def main(rt: Runtime) -> None:
         stack.push_async_callback(log_stats)
         background(stack, rt.stop, p.decider_loop())
         background(stack, rt.stop, p.retry_loop())
+        background(stack, rt.stop, p.fleet_loop())
         rt.log.info("started")
         await p.consumer().run(rt.stop)
 

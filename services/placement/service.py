@@ -6,10 +6,15 @@
 - :class:`~services.placement.decider.Decider`: the one writer of decisions, behind the
   :class:`~services.placement.ports.Chain` and :class:`~services.placement.ports.Clock` ports;
 - :class:`~services.placement.jobs.Jobs`: accepted jobs from the durable ``placement``
-  consumer, held while they do not fit, retried, failed at their deadline.
+  consumer, held while they do not fit, retried, failed at their deadline;
+- :class:`~services.placement.drains.Drains`: ``node.drain``/``node.undrain`` and the
+  ``node.draining`` facts;
+- :class:`~services.placement.fleet.Fleet`: lost and drained nodes' jobs, and degraded
+  jobs, queued for re-placement with the decider.
 
-Start-up order (``__main__``): node snapshot, ledger replay, then the decider, the retry
-loop and the job consumer, so no job is decided on a ledger that has not caught up.
+Start-up order (``__main__``): node snapshot, drain facts, ledger replay, then the decider,
+the retry loop, the fleet loop and the job consumer, so no job is decided on a ledger that
+has not caught up.
 """
 
 from __future__ import annotations
@@ -21,6 +26,8 @@ import msgspec
 from schemas import events as ev
 from schemas import subjects as s
 from services.placement.decider import Decider
+from services.placement.drains import Drains
+from services.placement.fleet import Fleet
 from services.placement.jobs import Jobs
 from services.placement.ledger import Ledger
 from services.placement.nodes import NodeFeed
@@ -28,6 +35,7 @@ from services.placement.ports import Clock, PlacementsStream, SystemClock
 from services.placement.state import World
 from services.runtime.app import Runtime
 from services.runtime.consumer import Consumer
+from services.runtime.publisher import Publisher
 
 __all__ = ["Placement"]
 
@@ -55,8 +63,14 @@ class Placement:
             instance_types=rt.config.instance_types,
         )
         self.jobs = Jobs(self.ledger, self.decider, clock, t.placement_deadline_s, capacity_changed)
+        self.fleet = Fleet(self.world, self.decider.move, clock, lost_s=t.node_lost_s)
+        self.drains = Drains(self.world, Publisher(rt.js).publish, self.fleet.wake)
         self.decide = self.decider.decide
+        self.move = self.decider.move
         self.stats = self.decider.stats
+
+    async def follow_drains(self, timeout: float = 60) -> object:
+        return await self.drains.follow(self.rt.js, timeout)
 
     async def follow_nodes(self, timeout: float = 60) -> None:
         await self.nodes.follow(self.rt.nc, self.rt.js, timeout)
@@ -75,6 +89,9 @@ class Placement:
 
     async def retry_loop(self) -> None:
         await self.jobs.retry_loop(self.rt.stop)
+
+    async def fleet_loop(self) -> None:
+        await self.fleet.run(self.rt.stop)
 
     def consumer(self) -> Consumer[ev.JobAccepted]:
         return Consumer(self.rt.js, s.PLACEMENT_JOBS, _accepted_decoder, self.jobs.on_accepted, service="placement")
