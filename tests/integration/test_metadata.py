@@ -173,7 +173,7 @@ async def test_migrations_are_applied_once_when_instances_start_together(databas
         await db.open()
     try:
         applied = await asyncio.gather(*(db.migrate() for db in dbs))
-        assert sorted(len(a) for a in applied) == [0, 0, 5]
+        assert sorted(len(a) for a in applied) == [0, 0, 6]
         async with await _connect(database_url) as conn:
             rows = await conn.fetch("SELECT version, name FROM schema_migrations ORDER BY version")
         assert [(r["version"], r["name"]) for r in rows] == [
@@ -182,6 +182,7 @@ async def test_migrations_are_applied_once_when_instances_start_together(databas
             (3, "views_from_events"),
             (4, "reservations_in_jobs"),
             (5, "node_columns"),
+            (6, "node_drains"),
         ]
         assert await dbs[0].migrate() == []
     finally:
