@@ -47,17 +47,19 @@ class Degraded(msgspec.Struct, frozen=True, kw_only=True, gc=False):
     event_id: str = ""
 
 
-def _wins(revision: int, at: datetime, event_id: str, old_revision: int, old_at: datetime, old_id: str) -> bool:
-    if revision != old_revision:
-        return revision > old_revision
-    return (at, event_id) < (old_at, old_id)
+def _stands(current: Placed | Degraded | None, event: ev.PlacementDecided | ev.PlacementDegraded) -> bool:
+    """Whether ``current`` stays against ``event``: a higher revision wins; of the same revision,
+    the earlier, then the smaller event id."""
+    if current is None:
+        return False
+    if event.revision != current.revision:
+        return current.revision > event.revision
+    return (current.at, current.event_id) <= (event.at, event.event_id)
 
 
 def decided(current: Placed | None, event: ev.PlacementDecided) -> Placed:
     """The current decision after ``event``."""
-    if current is not None and not _wins(
-        event.revision, event.at, event.event_id, current.revision, current.at, current.event_id
-    ):
+    if _stands(current, event):
         return current
     return Placed(
         at=event.at,
@@ -81,9 +83,7 @@ def revision_marks(marks: dict[int, RevisionMark], event: ev.PlacementDecided) -
 
 def degraded(current: Degraded | None, event: ev.PlacementDegraded) -> Degraded:
     """The latest ``placement.degraded`` after ``event``."""
-    if current is not None and not _wins(
-        event.revision, event.at, event.event_id, current.revision, current.at, current.event_id
-    ):
+    if _stands(current, event):
         return current
     return Degraded(
         at=event.at,
