@@ -23,6 +23,7 @@ from tests.chaos.living import Injected
 from tests.chaos.load import Load
 from tests.support.invariants import check_live, read_stream
 from tests.support.procs import present
+from tests.support.replay import wait_for_nodes
 from tests.support.servers import wait_for_services
 from tests.support.system import SERVICES, System, system
 
@@ -167,6 +168,7 @@ async def run_scenario(name: str, sc: Scenario) -> dict[str, Any]:
         load = Load(nc, rate=RATE, replicas=2 if sc.living else 1)
         if sc.living:
             load.pinned = living.pinned_nodes(nodes)
+            await wait_for_nodes(nc.jetstream(), nodes)  # every fleet process is up before the fault
         await load.start()
         t = time.perf_counter()
         load_task = asyncio.create_task(load.run(LOAD_S))

@@ -111,3 +111,14 @@ async def instance_states(endpoint: str) -> dict[str, str]:
     async with session.client("ec2", endpoint_url=endpoint) as ec2:
         out = await ec2.describe_instances()
     return {i["InstanceId"]: i["State"]["Name"] for res in out["Reservations"] for i in res["Instances"]}
+
+
+async def wait_for_nodes(js: JetStreamContext, count: int, timeout: float = 120.0) -> None:
+    """Until the NODES stream holds the status of at least ``count`` nodes (it keeps one message
+    per subject, so its message count is the number of nodes, plus any drain facts)."""
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + timeout
+    while (info := await js.stream_info(s.NODES.name)).state.messages < count:
+        if loop.time() > deadline:
+            raise TimeoutError(f"only {info.state.messages} of {count} nodes reported in {timeout} s")
+        await asyncio.sleep(0.2)
