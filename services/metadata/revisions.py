@@ -59,7 +59,7 @@ def _stands(current: Placed | Degraded | None, event: ev.PlacementDecided | ev.P
 
 def decided(current: Placed | None, event: ev.PlacementDecided) -> Placed:
     """The current decision after ``event``."""
-    if _stands(current, event):
+    if current is not None and _stands(current, event):
         return current
     return Placed(
         at=event.at,
@@ -83,7 +83,7 @@ def revision_marks(marks: dict[int, RevisionMark], event: ev.PlacementDecided) -
 
 def degraded(current: Degraded | None, event: ev.PlacementDegraded) -> Degraded:
     """The latest ``placement.degraded`` after ``event``."""
-    if _stands(current, event):
+    if current is not None and _stands(current, event):
         return current
     return Degraded(
         at=event.at,
