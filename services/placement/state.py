@@ -173,6 +173,8 @@ class World:
                 break
             del heard[nid]
             node.lost = True
+            if node.key is not None:  # stale by now anyway (node_lost_s >= the TTL)
+                self._reindex(node, ())
             self._leaving_changed(nid)
             out.append(nid)
         return out

@@ -70,7 +70,7 @@ class Node:
         return self.gpu
 
     def active(self, now: float, ttl: float) -> bool:
-        return self.status.state == "active" and not self.drained and now - self.seen < ttl
+        return self.status.state == "active" and not (self.drained or self.lost) and now - self.seen < ttl
 
     def leaving(self) -> str | None:
         """Why this node's replicas must move (``node_lost`` / ``drain``), None while it may keep them."""

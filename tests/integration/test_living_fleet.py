@@ -92,7 +92,8 @@ async def alive(nc: Client) -> AsyncIterator[dict[str, float]]:
 async def place(nc: Client, body: bytes) -> dict[str, Any]:
     code, reply = await request(nc, s.PLACEMENT_REQUEST, body)
     assert code == 200 and reply["type"] == s.PLACEMENT_DECIDED, reply
-    return reply
+    out: dict[str, Any] = reply
+    return out
 
 
 def nodes_of(e: dict[str, Any]) -> dict[int, str]:

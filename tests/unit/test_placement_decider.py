@@ -11,11 +11,11 @@ the real follower, so a redo that did not wait for the catch-up would be refused
 from __future__ import annotations
 
 import asyncio
-from collections import Counter
 from collections.abc import AsyncIterator, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 
+import msgspec
 import pytest
 
 from schemas import events as ev
@@ -156,11 +156,22 @@ class Rig:
         return {e.job_id: e for e in self.stream.messages if isinstance(e, ev.JobEvent)}
 
     def booked_by_the_stream(self) -> dict[str, float]:
-        cpu: Counter[str] = Counter()
+        """Each live job's highest revision's assignments."""
+        latest: dict[str, ev.PlacementDecided] = {}
+        released = {e.job_id for e in self.stream.messages if isinstance(e, ev.PlacementReleased)}
         for e in self.stream.messages:
-            if isinstance(e, ev.PlacementDecided) and e.resources is not None:
-                for a in e.assignments:
-                    cpu[a.node_id or ""] += e.resources.cpu
+            if (
+                isinstance(e, ev.PlacementDecided)
+                and e.resources is not None
+                and e.job_id not in released
+                and (e.job_id not in latest or e.revision > latest[e.job_id].revision)
+            ):
+                latest[e.job_id] = e
+        cpu: dict[str, float] = {}
+        for e in latest.values():
+            assert e.resources is not None
+            for a in e.assignments:
+                cpu[a.node_id or ""] = cpu.get(a.node_id or "", 0.0) + e.resources.cpu
         return {n: c for n, c in cpu.items() if c}
 
     def booked_locally(self) -> dict[str, float]:
@@ -354,3 +365,89 @@ class TestOtherOutcomes:
 
         assert await rig.decide(job("j1")) == {"j1": "already"}
         assert rig.stream.bases == []
+
+
+def moved(job_id: str, node_id: str, was: str, revision: int = 2) -> ev.PlacementDecided:
+    """Another instance's re-placement of ``job_id`` (the same event id as ours would be)."""
+    return msgspec.structs.replace(
+        foreign(job_id, node_id),
+        event_id=ev.revision_event_id(job_id, s.PLACEMENT_DECIDED, revision),
+        revision=revision,
+        changes=[ev.Change(replica=0, from_=was, to=node_id, reason="node_lost")],
+    )
+
+
+def down(rig: Rig, node_id: str) -> None:
+    st = rig.world.nodes[node_id].status
+    rig.world.update_node(msgspec.structs.replace(st, state="down"), NOW)
+
+
+class TestARePlacement:
+    async def test_moves_a_lost_node_s_replica_in_a_new_revision(self, rig: Rig) -> None:
+        await rig.decide(job("j1"))
+        down(rig, "a")
+
+        assert await rig.decider.move("j1") == "moved"
+        await rig.ledger.catch_up(len(rig.stream.messages), timeout=5)
+
+        second = rig.stream.messages[-1]
+        assert isinstance(second, ev.PlacementDecided) and second.revision == 2
+        assert second.event_id == "j1:placement.decided:2"
+        assert [(a.replica, a.node_id) for a in second.assignments] == [(0, "b")]
+        assert second.changes == [ev.Change(replica=0, from_="a", to="b", reason="node_lost")]
+        assert second.replicas == 1 and second.resources == Resources(cpu=2, memory_mb=512)
+        assert rig.decider.stats["revisions"] == 1
+        rig.assert_consistent()
+
+    async def test_refused_on_conflict_is_undone_and_redone_on_the_caught_up_ledger(self, rig: Rig) -> None:
+        await rig.decide(job("j1"))
+        down(rig, "a")
+        rig.stream.slip_in = {0: [foreign("f", "b", cpu=1)]}  # b has 2 left, still room for j1
+
+        assert await rig.decider.move("j1") == "moved"
+        await rig.ledger.catch_up(len(rig.stream.messages), timeout=5)
+
+        assert rig.stream.bases == [0, 1, 2]  # j1's first decision, the refused move, the redo
+        assert rig.decider.stats["conflicts"] == 1
+        assert [e.job_id for e in rig.stream.messages] == ["j1", "f", "j1"]
+        assert rig.world.reservations["j1"].revision == 2
+        rig.assert_consistent()
+
+    async def test_refused_because_another_instance_moved_it_first_stores_nothing(self, rig: Rig) -> None:
+        await rig.decide(job("j1"))
+        down(rig, "a")
+        rig.stream.slip_in = {0: [moved("j1", "b", "a")]}
+
+        assert await rig.decider.move("j1") == "nothing"
+        await rig.ledger.catch_up(len(rig.stream.messages), timeout=5)
+
+        assert sum(isinstance(e, ev.PlacementDecided) and e.revision == 2 for e in rig.stream.messages) == 1
+        assert rig.world.reservations["j1"].node_ids == ("b",)  # theirs, applied once ours was undone
+        rig.assert_consistent()
+
+    async def test_refused_because_the_job_was_released_stores_nothing(self, rig: Rig) -> None:
+        await rig.decide(job("j1"))
+        down(rig, "a")
+        rig.stream.slip_in = {0: [released("j1")]}
+
+        assert await rig.decider.move("j1") == "nothing"
+        await rig.ledger.catch_up(len(rig.stream.messages), timeout=5)
+
+        assert rig.world.reservations == {} and rig.booked_locally() == {}
+        rig.assert_consistent()
+
+    async def test_fitting_nowhere_stores_the_revision_and_its_degraded_event_in_one_chain(self, rig: Rig) -> None:
+        await rig.decide(job("j1", cpu=4))
+        await rig.decide(job("j2", cpu=4))
+        down(rig, "a")
+
+        assert await rig.decider.move("j1") == "moved"
+        await rig.ledger.catch_up(len(rig.stream.messages), timeout=5)
+
+        second, gone = rig.stream.messages[-2:]
+        assert isinstance(second, ev.PlacementDecided) and second.assignments == []
+        assert second.changes == [ev.Change(replica=0, from_="a", to=None, reason="node_lost")]
+        assert isinstance(gone, ev.PlacementDegraded) and (gone.revision, gone.missing) == (2, [0])
+        assert rig.stream.bases[-1] == 2 and rig.world.degraded == {"j1": 2} and rig.world.short == {"j1"}
+        assert await rig.decider.move("j1") == "nothing"  # no capacity yet: nothing new to say
+        rig.assert_consistent()
