@@ -107,7 +107,7 @@ class Excluded(msgspec.Struct, kw_only=True):
 ChangeReason = Literal["node_lost", "drain", "scale", "preempted"]
 
 
-class Change(msgspec.Struct, kw_only=True, omit_defaults=True, frozen=True):
+class Change(msgspec.Struct, kw_only=True, frozen=True):
     """One replica that moved between two revisions of a job's placement."""
 
     replica: int
