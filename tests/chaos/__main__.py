@@ -231,7 +231,8 @@ def markdown(rows: list[dict[str, Any]]) -> str:
         f"of the first fleet, node_lost_s {living.LOST_S:g}). Time to settle: until every decision is stored; for "
         "the living-fleet rows, from the fault's effect (the loss detected: node_lost_s after the last status; "
         "the last drain reply; the EC2 stop) until the checker finds every live job whole on live, undrained "
-        "nodes or degraded, and every dedicated instance running (polled, about 0.5 s resolution).",
+        "nodes or degraded, and every dedicated instance running (polled every 0.25 s plus the time to read the "
+        "streams; the end of the read that found it settled counts, an upper bound).",
         "",
         "| scenario | nodes | jobs submitted | faults injected | jobs lost | duplicates | overbooked nodes "
         "| unreleased | instances left | dead letters | revisions / instances replaced | degraded | time to settle (s) "

@@ -123,15 +123,16 @@ async def settle(
     nc: Client, effect_at: datetime, *, ec2_endpoint: str | None = None, timeout: float = 120
 ) -> tuple[float | None, Report]:
     """Watch the streams until, after ``effect_at``, every live job is whole on usable nodes (or
-    degraded) and dedicated instances run: (seconds from ``effect_at``, or None on timeout; report)."""
+    degraded) and dedicated instances run: (seconds from ``effect_at`` to the end of the read that
+    found it settled, an upper bound; None on timeout; the report)."""
     loop = asyncio.get_running_loop()
     deadline = loop.time() + timeout
     js = nc.jetstream(timeout=10)
     while True:
         now = datetime.now(UTC)
         report = await check_live(js, require_release=False, node_lost_s=LOST_S, ec2_endpoint=ec2_endpoint)
-        if now >= effect_at and not report.unsettled:
-            return (now - effect_at).total_seconds(), report
+        if now >= effect_at and not report.unsettled:  # settled by the end of this read at the latest
+            return (datetime.now(UTC) - effect_at).total_seconds(), report
         if loop.time() > deadline:
             return None, report
         await asyncio.sleep(0.25)
