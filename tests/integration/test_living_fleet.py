@@ -115,7 +115,7 @@ async def test_a_silent_node_s_replicas_move_and_it_comes_back_empty(
     del alive["a"]  # a falls silent
     second = await placements.wait(first["job_id"], decided(2))
     assert nodes_of(second) == {0: "c", 1: "b"}  # spread: not b again
-    assert second["changes"] == [{"replica": 0, "from": "a", "to": "c", "reason": "node_lost"}]
+    assert second["changes"] == [{"replica": 0, "from": "a", "to": "c", "reason": "node_lost", "by": None}]
     assert second["event_id"] == f"{first['job_id']}:placement.decided:2"
 
     # a reports again: an ordinary empty node, its old reservation gone (8 cpu fit there)
@@ -140,7 +140,7 @@ async def test_a_fleet_too_small_degrades_the_job_until_a_node_appears_even_acro
 
     del alive[lost]
     second = await placements.wait(job_id, decided(2))
-    assert second["changes"] == [{"replica": 0, "from": lost, "reason": "node_lost"}]  # "to": null is omitted
+    assert second["changes"] == [{"replica": 0, "from": lost, "to": None, "reason": "node_lost", "by": None}]
     assert [a["replica"] for a in second["assignments"]] == [1]
     gone = await placements.wait(job_id, degraded(2))
     assert gone["missing"] == [0] and gone["nodes_total"] == 2
@@ -153,7 +153,7 @@ async def test_a_fleet_too_small_degrades_the_job_until_a_node_appears_even_acro
     await node(nc, "c", 4.0)
     third = await placements.wait(job_id, decided(3), timeout=20)
     assert nodes_of(third) == {0: "c", 1: nodes_of(first)[1]}
-    assert third["changes"] == [{"replica": 0, "to": "c", "reason": "node_lost"}]  # "from": null is omitted
+    assert third["changes"] == [{"replica": 0, "from": None, "to": "c", "reason": "node_lost", "by": None}]
 
 
 async def test_a_drained_node_s_replicas_move_it_stays_drained_across_a_restart_and_undrain_restores_it(
@@ -171,7 +171,7 @@ async def test_a_drained_node_s_replicas_move_it_stays_drained_across_a_restart_
     code, reply = await request(nc, s.NODE_DRAIN, {"node_id": "a", "reason": "kernel upgrade"})
     assert (code, reply) == (200, {"node_id": "a", "draining": True})
     second = await placements.wait(first["job_id"], decided(2))
-    assert second["changes"] == [{"replica": 0, "from": "a", "to": "b", "reason": "drain"}]
+    assert second["changes"] == [{"replica": 0, "from": "a", "to": "b", "reason": "drain", "by": None}]
 
     placement.kill()
     await services("placement", env=env)
