@@ -37,10 +37,12 @@ _enc = msgspec.json.Encoder()
 
 
 class Drains:
-    def __init__(self, world: World, publish: Callable[[ev.Event], Awaitable[Ack]], wake: asyncio.Event) -> None:
+    def __init__(self, world: World, publish: Callable[[ev.Event], Awaitable[Ack]], *wake: asyncio.Event) -> None:
         self.world = world
         self.publish = publish
         self.wake = wake
+        """Set when a fact is applied: the fleet loop (replicas to move) and pending jobs (an
+        undrained node has room again)."""
         self.applied: dict[str, int] = {}
         """node_id -> NODES sequence of the last fact applied."""
 
@@ -80,7 +82,8 @@ class Drains:
             return
         self.applied[fact.node_id] = seq
         self.world.set_drained(fact.node_id, fact.draining)
-        self.wake.set()
+        for event in self.wake:
+            event.set()
 
     async def follow(self, js: JetStreamContext, timeout: float = 60) -> object:
         """Apply the last fact of every node, then follow new ones; returns the subscription once

@@ -19,7 +19,7 @@ the replicas of a lost or drained node are found without scanning every reservat
 
 from __future__ import annotations
 
-from collections import Counter, OrderedDict
+from collections import OrderedDict
 from dataclasses import dataclass, field
 
 from schemas.events import NodeStatus, PlacementDecided
@@ -81,7 +81,7 @@ class World:
     nodes: dict[str, Node] = field(default_factory=dict)
     reservations: dict[str, Reservation] = field(default_factory=dict)
     released: set[str] = field(default_factory=set)
-    holders: dict[str, Counter[str]] = field(default_factory=dict)
+    holders: dict[str, dict[str, int]] = field(default_factory=dict)
     """node_id -> job_id -> replicas of that job booked there."""
     short: set[str] = field(default_factory=set)
     """Jobs whose latest revision places fewer replicas than they want (degraded or about to be)."""
@@ -273,8 +273,10 @@ class World:
     def release(self, job_id: str) -> bool:
         """Release a job's reservation exactly once; False if it had none."""
         self.released.add(job_id)
-        self.short.discard(job_id)
-        self.degraded.pop(job_id, None)
+        if self.short:
+            self.short.discard(job_id)
+        if self.degraded:
+            self.degraded.pop(job_id, None)
         r = self.reservations.get(job_id)
         if r is None:
             return False
@@ -339,29 +341,35 @@ class World:
     def _book(self, r: Reservation) -> None:
         self.reservations[r.job_id] = r
         self._apply(r, +1)
-        if r.missing():
+        if r.decision is not None and len(r.replicas) < r.decision.wanted:
             self.short.add(r.job_id)
-        else:
+        elif self.short:
             self.short.discard(r.job_id)
 
     def _unbook(self, r: Reservation) -> None:
         del self.reservations[r.job_id]
-        self.short.discard(r.job_id)
+        if self.short:
+            self.short.discard(r.job_id)
         self._apply(r, -1)
 
     def _apply(self, r: Reservation, sign: int) -> None:
         res = r.resources
+        job_id = r.job_id
+        holders = self.holders
         for nid in r.node_ids:
-            jobs = self.holders.get(nid)
+            jobs = holders.get(nid)
             if jobs is None:
-                jobs = self.holders[nid] = Counter()
-            jobs[r.job_id] += sign
-            if jobs[r.job_id] <= 0:
-                del jobs[r.job_id]
+                jobs = holders[nid] = {}
+            n = jobs.get(job_id, 0) + sign
+            if n > 0:
+                jobs[job_id] = n
+            else:
+                del jobs[job_id]
             node = self.nodes.get(nid)
             if not jobs:
-                del self.holders[nid]
-                self.unheard.discard(nid)
+                del holders[nid]
+                if node is None:
+                    self.unheard.discard(nid)
             elif node is None:
                 self.unheard.add(nid)
             if node is None or node.key is None or node.lost or nid in self.evacuate:  # not an active node
