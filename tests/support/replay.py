@@ -31,7 +31,13 @@ class NodeView(msgspec.Struct, frozen=True):
 
 
 async def read_stream(js: JetStreamContext, stream: str, timeout: float = 60.0) -> list[ev.Event]:
-    """Every message of a stream up to its last sequence now, in order, decoded (undecodable ones skipped)."""
+    """Every message of a stream up to its last sequence now, in order, decoded (undecodable ones skipped).
+
+    Once that sequence is reached, the stream's last sequence is asked again and read up to once
+    more: in a stream that keeps one message per subject (NODES), a node's message can be
+    replaced while the read is under way, the old one deleted before it was reached and the new
+    one beyond the first last sequence; the second round reads every subject's newest message
+    as of when it was asked (a message passed over was deleted, so a newer one exists)."""
     info = await js.stream_info(stream)
     last = info.state.last_seq
     out: list[ev.Event] = []
@@ -46,6 +52,7 @@ async def read_stream(js: JetStreamContext, stream: str, timeout: float = 60.0) 
     )
     loop = asyncio.get_running_loop()
     deadline = loop.time() + timeout
+    again = False
     try:
         while loop.time() < deadline:
             try:
@@ -58,7 +65,12 @@ async def read_stream(js: JetStreamContext, stream: str, timeout: float = 60.0) 
                 except msgspec.DecodeError:
                     pass
                 if m.metadata.sequence.stream >= last:
-                    return out
+                    if again:
+                        return out
+                    again, before = True, last
+                    last = (await js.stream_info(stream)).state.last_seq
+                    if last <= before:
+                        return out
     finally:
         await psub.unsubscribe()
     raise TimeoutError(f"could not read {stream} to sequence {last}")
