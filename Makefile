@@ -35,12 +35,12 @@ integration: venv
 test: lint           ## ruff, mypy, then every unit and integration test against real servers
 	$(VENV)/bin/pytest -q -p no:cacheprovider tests
 
-bench: venv          ## benchmarks; results in bench-results/ (JSON, markdown, PNG)
+bench: venv          ## benchmarks; results in bench-results/ (JSON, markdown, PNG); BENCH="replace" runs only those
 	$(PY) -m pip install -q -e '.[dev,bench]'
-	$(PY) -m tests.bench
+	$(PY) -m tests.bench $(BENCH)
 
-chaos: venv          ## fault scenarios under load, checked by the invariant checker; table in bench-results/chaos.md
-	$(PY) -m tests.chaos
+chaos: venv          ## fault scenarios under load, checked by the invariant checker; table in bench-results/chaos.md; ROWS="living" (or words of row names) runs only those rows
+	$(PY) -m tests.chaos $(ROWS)
 
 schemas: venv        ## regenerate the JSON Schemas of the wire contract in schemas/json/ (checked by a unit test)
 	$(PY) -m schemas.jsonschema

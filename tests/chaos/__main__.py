@@ -251,7 +251,8 @@ def markdown(rows: list[dict[str, Any]]) -> str:
 
 
 async def main(names: list[str]) -> int:
-    """Run the scenarios whose names contain one of ``names`` (all without), and merge their
+    """Run the scenarios whose names contain one of ``names`` (all without; ``living``: the
+    living-fleet rows), and merge their
     rows into bench-results/chaos.json, so a partial run updates its rows of the table."""
     out = Path("bench-results")
     out.mkdir(exist_ok=True)
@@ -259,7 +260,7 @@ async def main(names: list[str]) -> int:
     kept: dict[str, dict[str, Any]] = json.loads(store.read_text()) if store.exists() else {}
     ran = []
     for name, sc in SCENARIOS.items():
-        if names and not any(n.lower() in name.lower() for n in names):
+        if names and not any(n.lower() in name.lower() for n in names) and not ("living" in names and sc.living):
             continue
         sys.stderr.write(f"== {name} ==\n")
         row = await run_scenario(name, sc)
