@@ -1,6 +1,7 @@
 """The placement service's view of the world: the indexed node table and the reservation ledger.
 
-Pure data structures with no I/O. The node table is fed by ``node.status.*`` and the
+Pure data structures with no I/O. The node table (:class:`NodeTable` in ``table.py``,
+which :class:`World` extends) is fed by ``node.status.*`` and the
 ``node.draining.*`` facts; the ledger by ``placement.decided`` revisions and
 ``placement.released`` (and rebuilt from the PLACEMENTS stream on start).
 
@@ -19,14 +20,13 @@ the replicas of a lost or drained node are found without scanning every reservat
 
 from __future__ import annotations
 
-from collections import OrderedDict
 from dataclasses import dataclass, field
 
-from schemas.events import NodeStatus, PlacementDecided
+from schemas.events import PlacementDecided
 from schemas.jobs import Resources
-from services.placement.table import Bucket, FreeKey, Node
+from services.placement.table import Bucket, FreeKey, Node, NodeTable
 
-__all__ = ["Bucket", "FreeKey", "Node", "Reservation", "World"]
+__all__ = ["Bucket", "FreeKey", "Node", "NodeTable", "Reservation", "World"]
 
 
 @dataclass(slots=True)
@@ -74,11 +74,10 @@ def _booking(e: PlacementDecided, prev: Reservation | None) -> Reservation:
 
 
 @dataclass
-class World:
+class World(NodeTable):
     """Nodes (indexed) plus the reservations held on them, keyed by job (idempotent by job id
     and revision)."""
 
-    nodes: dict[str, Node] = field(default_factory=dict)
     reservations: dict[str, Reservation] = field(default_factory=dict)
     released: set[str] = field(default_factory=set)
     holders: dict[str, dict[str, int]] = field(default_factory=dict)
@@ -87,120 +86,31 @@ class World:
     """Jobs whose latest revision places fewer replicas than they want (degraded or about to be)."""
     degraded: dict[str, int] = field(default_factory=dict)
     """job_id -> revision of its latest ``placement.degraded`` (knowledge only, no booking)."""
-    drained: set[str] = field(default_factory=set)
-    """Nodes drained by a ``node.draining`` fact (known or not yet heard of)."""
     evacuate: set[str] = field(default_factory=set)
     """Leaving nodes (lost, down, draining) that still hold replicas."""
     unheard: set[str] = field(default_factory=set)
     """Nodes holding replicas whose status this instance has never had (e.g. after a restart)."""
-    epoch: int = 0
-    """Incremented by every change of capacity (a status, a drain, a release)."""
     _lost_unheard: set[str] = field(default_factory=set)
     _orphan: dict[str, list[tuple[float, int, int]]] = field(default_factory=dict)
-    _buckets: dict[tuple[str, bool], Bucket] = field(default_factory=dict)
-    _live: OrderedDict[str, None] = field(default_factory=OrderedDict)
-    """Indexed nodes, least recently seen first (statuses arrive in clock order)."""
-    _heard: OrderedDict[str, None] = field(default_factory=OrderedDict)
-    """Every node not yet lost, least recently seen first."""
     _tentative: dict[str, Reservation | None] = field(default_factory=dict)
     """Jobs decided locally and not yet stored, with the reservation they had before."""
     _shadow: dict[str, PlacementDecided] = field(default_factory=dict)
     """Stored decisions of tentative jobs, applied once the tentative one is confirmed or undone."""
 
-    # --- node table ---------------------------------------------------------
-    def bucket(self, technology: str, gpu: bool) -> Bucket | None:
-        return self._buckets.get((technology, gpu))
-
-    def update_node(self, status: NodeStatus, now: float) -> None:
-        node = self.nodes.get(status.node_id)
-        nid = status.node_id
-        if node is None:
-            node = Node(status=status, seen=now, drained=nid in self.drained)
-            for cpu, mem, gpu in self._orphan.pop(nid, ()):
-                node.reserved_cpu += cpu
-                node.reserved_memory_mb += mem
-                node.reserved_gpu += gpu
-            self.nodes[nid] = node
-            self.unheard.discard(nid)
-            self._lost_unheard.discard(nid)
-            same_buckets = False
-        else:
-            old = node.status
-            same_buckets = (
-                old.state == status.state
-                and old.technologies == status.technologies
-                and (old.gpus > 0) == (status.gpus > 0)
-                and node.key is not None
-            )
-            node.status = status
-            node.seen = now
-        node.lost = False
-        node.refresh()
-        if same_buckets:
-            self._move(node)
-        else:
-            self._reindex(node, self._buckets_for(status) if status.state == "active" and not node.drained else ())
-            self._leaving_changed(nid)
-        if node.key is not None:
-            self._live[nid] = None
-            self._live.move_to_end(nid)
-        self._heard[nid] = None
-        self._heard.move_to_end(nid)
-        self.epoch += 1
-
-    def expire(self, now: float, ttl: float) -> int:
-        """Drop nodes not heard of for ``ttl`` from the index; returns how many."""
-        n = 0
-        live = self._live
-        while live:
-            nid = next(iter(live))
-            node = self.nodes[nid]
-            if now - node.seen < ttl:
-                break
-            del live[nid]
-            self._reindex(node, ())
-            n += 1
-        return n
-
-    def find_lost(self, now: float, lost_s: float) -> list[str]:
-        """Mark nodes silent for ``lost_s`` as lost (their replicas must move); returns them."""
-        out = []
-        heard = self._heard
-        while heard:
-            nid = next(iter(heard))
-            node = self.nodes[nid]
-            if now - node.seen < lost_s:
-                break
-            del heard[nid]
-            node.lost = True
-            if node.key is not None:  # stale by now anyway (node_lost_s >= the TTL)
-                self._reindex(node, ())
-            self._leaving_changed(nid)
-            out.append(nid)
-        return out
+    def _adopt(self, node: Node) -> None:
+        nid = node.node_id
+        for cpu, mem, gpu in self._orphan.pop(nid, ()):
+            node.reserved_cpu += cpu
+            node.reserved_memory_mb += mem
+            node.reserved_gpu += gpu
+        self.unheard.discard(nid)
+        self._lost_unheard.discard(nid)
 
     def mark_lost(self, node_id: str) -> None:
         """A node holding replicas that has never reported to this instance is lost."""
         if node_id not in self.nodes:
             self._lost_unheard.add(node_id)
             self._leaving_changed(node_id)
-
-    def set_drained(self, node_id: str, drained: bool) -> None:
-        """Apply a ``node.draining`` fact: a drained node leaves the index and its replicas move."""
-        if drained:
-            self.drained.add(node_id)
-        else:
-            self.drained.discard(node_id)
-        node = self.nodes.get(node_id)
-        if node is not None and node.drained != drained:
-            node.drained = drained
-            active = node.status.state == "active" and not drained
-            self._reindex(node, self._buckets_for(node.status) if active else ())
-            if node.key is not None:
-                self._live[node_id] = None
-                self._live.move_to_end(node_id)
-        self._leaving_changed(node_id)
-        self.epoch += 1
 
     def leaving(self, node_id: str) -> str | None:
         """``node_lost`` / ``drain`` when the replicas on ``node_id`` must move, else None."""
@@ -221,47 +131,6 @@ class World:
         else:
             self.evacuate.discard(node_id)
 
-    def _buckets_for(self, status: NodeStatus) -> tuple[Bucket, ...]:
-        keys = [(t, False) for t in dict.fromkeys(status.technologies)]
-        if status.gpus > 0:
-            keys += [(t, True) for t, _ in keys]
-        out = []
-        for k in keys:
-            b = self._buckets.get(k)
-            if b is None:
-                b = self._buckets[k] = Bucket()
-            out.append(b)
-        return tuple(out)
-
-    def _move(self, node: Node) -> None:
-        """Re-key an indexed node after its free resources changed (same buckets)."""
-        key = (-node.cpu, -node.memory, node.node_id)
-        old = node.key
-        if key == old:
-            return
-        for b in node.buckets:
-            b.by_free.remove(old)
-            b.by_free.add(key)
-        node.key = key
-
-    def _reindex(self, node: Node, buckets: tuple[Bucket, ...]) -> None:
-        nid = node.node_id
-        if node.key is not None:
-            for b in node.buckets:
-                b.by_free.remove(node.key)
-                if b not in buckets:
-                    b.by_id.remove(nid)
-        key = (-node.cpu, -node.memory, nid) if buckets else None
-        for b in buckets:
-            b.by_free.add(key)
-            if b not in node.buckets or node.key is None:
-                b.by_id.add(nid)
-        node.buckets = buckets
-        node.key = key
-        if key is None:
-            self._live.pop(nid, None)
-
-    # --- ledger -------------------------------------------------------------
     def reserve(self, job_id: str, resources: Resources, node_ids: tuple[str, ...]) -> bool:
         """Record a job's reservation once (revision 1, replica i on ``node_ids[i]``); False if it
         is known already or was released."""

@@ -1,12 +1,14 @@
-"""The rows of the node table: :class:`Node` (a node's last status, its reservations and its
-effective free resources) and :class:`Bucket` (the index of active nodes of one technology).
+"""The node table: :class:`Node` (a node's last status, its reservations and its effective
+free resources), :class:`Bucket` (the index of active nodes of one technology) and
+:class:`NodeTable` (the nodes, their index, and which are stale, lost or drained).
 
 ``free = min(allocatable - reserved, reported free)``. See ``README.md`` in this package.
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from collections import OrderedDict
+from dataclasses import dataclass, field
 
 from sortedcontainers import SortedList  # type: ignore[import-untyped]
 
@@ -80,3 +82,154 @@ class Node:
         if self.drained or state == "draining":
             return "drain"
         return None
+
+
+@dataclass
+class NodeTable:
+    """Nodes by id, the index of the active ones, and their liveness (TTL, lost, drained).
+
+    Pure, no I/O. :class:`services.placement.state.World` adds the reservations, through
+    two hooks: :meth:`_adopt` (a node heard of for the first time) and :meth:`_leaving_changed`
+    (a node may have started or stopped leaving)."""
+
+    nodes: dict[str, Node] = field(default_factory=dict)
+    drained: set[str] = field(default_factory=set)
+    """Nodes drained by a ``node.draining`` fact (known or not yet heard of)."""
+    epoch: int = 0
+    """Incremented by every change of capacity (a status, a drain, a release)."""
+    _buckets: dict[tuple[str, bool], Bucket] = field(default_factory=dict)
+    _live: OrderedDict[str, None] = field(default_factory=OrderedDict)
+    """Indexed nodes, least recently seen first (statuses arrive in clock order)."""
+    _heard: OrderedDict[str, None] = field(default_factory=OrderedDict)
+    """Every node not yet lost, least recently seen first."""
+
+    def bucket(self, technology: str, gpu: bool) -> Bucket | None:
+        return self._buckets.get((technology, gpu))
+
+    def update_node(self, status: NodeStatus, now: float) -> None:
+        node = self.nodes.get(status.node_id)
+        nid = status.node_id
+        if node is None:
+            node = Node(status=status, seen=now, drained=nid in self.drained)
+            self.nodes[nid] = node
+            self._adopt(node)
+            same_buckets = False
+        else:
+            old = node.status
+            same_buckets = (
+                old.state == status.state
+                and old.technologies == status.technologies
+                and (old.gpus > 0) == (status.gpus > 0)
+                and node.key is not None
+            )
+            node.status = status
+            node.seen = now
+        node.lost = False
+        node.refresh()
+        if same_buckets:
+            self._move(node)
+        else:
+            self._reindex(node, self._buckets_for(status) if status.state == "active" and not node.drained else ())
+            self._leaving_changed(nid)
+        if node.key is not None:
+            self._live[nid] = None
+            self._live.move_to_end(nid)
+        self._heard[nid] = None
+        self._heard.move_to_end(nid)
+        self.epoch += 1
+
+    def expire(self, now: float, ttl: float) -> int:
+        """Drop nodes not heard of for ``ttl`` from the index; returns how many."""
+        n = 0
+        live = self._live
+        while live:
+            nid = next(iter(live))
+            node = self.nodes[nid]
+            if now - node.seen < ttl:
+                break
+            del live[nid]
+            self._reindex(node, ())
+            n += 1
+        return n
+
+    def find_lost(self, now: float, lost_s: float) -> list[str]:
+        """Mark nodes silent for ``lost_s`` as lost (their replicas must move); returns them."""
+        out = []
+        heard = self._heard
+        while heard:
+            nid = next(iter(heard))
+            node = self.nodes[nid]
+            if now - node.seen < lost_s:
+                break
+            del heard[nid]
+            node.lost = True
+            if node.key is not None:  # stale by now anyway (node_lost_s >= the TTL)
+                self._reindex(node, ())
+            self._leaving_changed(nid)
+            out.append(nid)
+        return out
+
+    def set_drained(self, node_id: str, drained: bool) -> None:
+        """Apply a ``node.draining`` fact: a drained node leaves the index and its replicas move."""
+        if drained:
+            self.drained.add(node_id)
+        else:
+            self.drained.discard(node_id)
+        node = self.nodes.get(node_id)
+        if node is not None and node.drained != drained:
+            node.drained = drained
+            active = node.status.state == "active" and not drained
+            self._reindex(node, self._buckets_for(node.status) if active else ())
+            if node.key is not None:
+                self._live[node_id] = None
+                self._live.move_to_end(node_id)
+        self._leaving_changed(node_id)
+        self.epoch += 1
+
+    def _adopt(self, node: Node) -> None:
+        """A node heard of for the first time (before its free resources are computed)."""
+
+    def _leaving_changed(self, node_id: str) -> None:
+        """``node_id`` may have started or stopped leaving (lost, down, drained, draining)."""
+
+    def _buckets_for(self, status: NodeStatus) -> tuple[Bucket, ...]:
+        keys = [(t, False) for t in dict.fromkeys(status.technologies)]
+        if status.gpus > 0:
+            keys += [(t, True) for t, _ in keys]
+        out = []
+        for k in keys:
+            b = self._buckets.get(k)
+            if b is None:
+                b = self._buckets[k] = Bucket()
+            out.append(b)
+        return tuple(out)
+
+    def _move(self, node: Node) -> None:
+        """Re-key an indexed node after its free resources changed (same buckets)."""
+        key = (-node.cpu, -node.memory, node.node_id)
+        old = node.key
+        if key == old:
+            return
+        for b in node.buckets:
+            b.by_free.remove(old)
+            b.by_free.add(key)
+        node.key = key
+
+    def _reindex(self, node: Node, buckets: tuple[Bucket, ...]) -> None:
+        nid = node.node_id
+        if node.key is not None:
+            for b in node.buckets:
+                b.by_free.remove(node.key)
+                if b not in buckets:
+                    b.by_id.remove(nid)
+        key = (-node.cpu, -node.memory, nid) if buckets else None
+        for b in buckets:
+            b.by_free.add(key)
+            if b not in node.buckets or node.key is None:
+                b.by_id.add(nid)
+        node.buckets = buckets
+        node.key = key
+        if key is None:
+            self._live.pop(nid, None)
+
+    # --- ledger -------------------------------------------------------------
