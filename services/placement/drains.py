@@ -96,7 +96,7 @@ class Drains:
         async def on_message(msg: Msg) -> None:
             try:
                 fact = _fact.decode(msg.data)
-            except msgspec.DecodeError as e:
+            except (msgspec.DecodeError, RecursionError) as e:  # msgspec recurses on deep nesting
                 log.warning("bad node.draining fact ignored", subject=msg.subject, error=repr(e)[:500])
             else:
                 self.apply(stream_sequence(msg.reply), fact)
