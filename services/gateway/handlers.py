@@ -123,7 +123,7 @@ class Decisions:
             fut.set_result(msg.data)
 
 
-class _JobRef(msgspec.Struct):
+class _JobRef(msgspec.Struct, omit_defaults=True):
     job_id: str
     revision: int | None = None
     """``placement.decided``'s revision (absent: 1, and on the other answers)."""

@@ -31,3 +31,12 @@ async def test_a_decision_written_before_revisions_is_the_answer() -> None:
     fut = await decisions.expect("j2")
     await decisions.on_event(event("j2"))
     assert msgspec.json.decode(await asyncio.wait_for(fut, 1))["job_id"] == "j2"
+
+
+def test_the_look_up_asks_job_events_with_a_body_metadata_accepts() -> None:
+    """The look-up's request body decodes as ``job.events``' request (unknown fields are a 400 there)."""
+    from schemas.replies import JobEventsRequest
+    from services.gateway.handlers import _enc_ref, _JobRef
+
+    body = _enc_ref.encode(_JobRef("j1"))
+    assert msgspec.json.decode(body, type=JobEventsRequest).job_id == "j1"
