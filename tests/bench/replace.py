@@ -9,9 +9,8 @@ stopped: a tenth of the nodes fall silent at once.
 
 A node's loss is detected ``node_lost_s`` after its last status (the short ``node_lost_s`` below
 instead of the default 30 s; the fleet reports every 5 s; a node silent for ``node_ttl_s`` takes
-no new replicas, so a replica is rarely moved onto a node about to be lost, but it can be: a job
-whose replica moved twice counts until its second move, and the jobs moved more than once are
-counted). For each job with a replica on a lost
+no new replicas, so a replica is rarely moved onto a node about to be lost, but it can be: such a
+job counts until its second move, and these jobs are counted). For each job with a replica on a lost
 node, the re-placement time is from the detection of the loss of the last of its nodes to the
 arrival of the revision that moved its last affected replica (or the ``placement.degraded`` of
 that revision); p50/p99/max over the jobs, and the total from the first detection to the last
@@ -187,6 +186,11 @@ async def run() -> dict[str, Any]:
         report = await check_live(nc.jetstream(timeout=30), require_release=False, node_lost_s=SETTINGS["node_lost_s"])
         degraded = sum(1 for _, e in watch.later if isinstance(e, ev.PlacementDegraded))
         revisions = Counter(e.job_id for _, e in watch.later if isinstance(e, ev.PlacementDecided))
+        onto_lost = {
+            e.job_id
+            for _, e in watch.later
+            if isinstance(e, ev.PlacementDecided) and any((c.to or "").startswith(lost_prefix) for c in e.changes)
+        }
     return {
         "nodes": NODES,
         "nodes_lost": len(detect),
@@ -197,7 +201,8 @@ async def run() -> dict[str, Any]:
         "affected_replicas": sum(len(r) for r in affected.values()),
         "degraded_events": degraded,
         "revisions": sum(revisions.values()),
-        "moved_twice": sum(1 for n in revisions.values() if n > 1),
+        "revised_twice": sum(1 for n in revisions.values() if n > 1),
+        "moved_onto_lost": len(onto_lost),
         "detection_spread_s": round((last_detect - first_detect).total_seconds(), 2),
         "replace_p50_s": round(statistics.median(latency), 2) if latency else 0.0,
         "replace_p99_s": _pct(latency, 0.99),
@@ -222,8 +227,9 @@ def markdown(r: dict[str, Any]) -> str:
             f"({r['jobs']:,} jobs, {r['replicas']:,} replicas; node_lost_s {r['node_lost_s']:g})",
             "",
             f"{r['affected_replicas']:,} replicas of {r['affected_jobs']:,} jobs were on the lost nodes (placing "
-            f"all jobs first took {r['place_all_s']} s); {r['revisions']:,} revisions, {r['moved_twice']} jobs "
-            f"moved twice (onto a node lost soon after). Times from the detection of the loss (node_lost_s after "
+            f"all jobs first took {r['place_all_s']} s); {r['revisions']:,} revisions; {r['revised_twice']} jobs "
+            f"had two (replicas on two lost nodes detected apart, or a move onto a node lost soon after: "
+            f"{r['moved_onto_lost']} jobs). Times from the detection of the loss (node_lost_s after "
             f"the node's last status; the detections spread over {r['detection_spread_s']} s) to the revision "
             "that moved the job's last affected replica:",
             "",
