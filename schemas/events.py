@@ -73,6 +73,14 @@ class JobExpired(JobEvent, tag=s.JOB_EXPIRED, kw_only=True):
     max_runtime_s: int | None = None
 
 
+class JobScaleRequested(JobEvent, tag=s.JOB_SCALE_REQUESTED, kw_only=True):
+    """``job.scale`` stored (§8.3): the job should now run ``replicas`` replicas. Placement makes
+    it a new revision (reason ``scale``); the latest request of a job wins."""
+
+    replicas: int
+    idempotency_key: str | None = None
+
+
 # --- PLACEMENTS -------------------------------------------------------------
 class Assignment(msgspec.Struct, kw_only=True, omit_defaults=True, frozen=True):
     replica: int
@@ -270,7 +278,9 @@ class DeadLetter(Event, tag=s.DEADLETTER, kw_only=True):
     """The original payload (decoded as UTF-8 with replacement, truncated)."""
 
 
-JobEvents = JobSubmitted | JobAccepted | JobRejected | JobCancelRequested | JobCompleted | JobExpired
+JobEvents = (
+    JobSubmitted | JobAccepted | JobRejected | JobCancelRequested | JobCompleted | JobExpired | JobScaleRequested
+)
 PlacementEvents = PlacementDecided | PlacementFailed | PlacementReleased | PlacementDegraded
 ClusterEvents = (
     ClusterProvisioning
@@ -293,6 +303,7 @@ EVENT_TYPES: dict[str, type[Event]] = {
         JobCancelRequested,
         JobCompleted,
         JobExpired,
+        JobScaleRequested,
         PlacementDecided,
         PlacementFailed,
         PlacementReleased,
@@ -358,6 +369,7 @@ __all__ = [
     "JobEvent",
     "JobExpired",
     "JobRejected",
+    "JobScaleRequested",
     "JobSubmitted",
     "NodeDraining",
     "NodeStatus",

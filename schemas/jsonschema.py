@@ -110,6 +110,24 @@ REQUESTS: dict[str, RequestContract] = {
             "`summary: true`, counts per state and the fleet's capacity in one small reply (an empty body means {})."
         ),
     ),
+    s.JOB_SCALE: RequestContract(
+        served_by="gateway",
+        request=(rp.ScaleRequest,),
+        reply=(rp.ScaleReply,),
+        description=(
+            "Resize a live job to `replicas` (answered once job.scale_requested is stored; 400 bad count, "
+            "404 unknown job, 409 ended job). Growth that fits nowhere leaves the job degraded, explained."
+        ),
+    ),
+    s.PLACEMENT_PLAN: RequestContract(
+        served_by="placement",
+        request=_JOB_SPEC_REQUEST,
+        reply=(rp.PlanReply,),
+        description=(
+            "What would be decided for this JobSpec right now (`decision` and the `preemptions` it would cause, "
+            "or the `failure` explanation), booking nothing and storing nothing."
+        ),
+    ),
     s.NODE_DRAIN: RequestContract(
         served_by="placement",
         request=(rp.NodeDrainRequest,),

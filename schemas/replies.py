@@ -8,10 +8,10 @@ from typing import Annotated, Literal
 import msgspec
 from msgspec import Meta
 
-from schemas.events import Assignment, Candidate, Change
+from schemas.events import Assignment, Candidate, Change, Excluded
 from schemas.jobs import JobSpec
 from schemas.types import Inbound as _Inbound
-from schemas.types import JobId, JobState, NodeId, Outcome, ShortText
+from schemas.types import JobId, JobState, NodeId, Outcome, Replicas, ShortText
 
 
 class SubmitReply(msgspec.Struct, kw_only=True):
@@ -229,3 +229,48 @@ class NodeUndrainRequest(_Inbound):
 class NodeDrainReply(msgspec.Struct, kw_only=True):
     node_id: str
     draining: bool
+
+
+# --- gateway: job.scale ------------------------------------------------------
+class ScaleRequest(_Inbound):
+    """Body of ``job.scale``: run ``replicas`` replicas from now on (1 to the configured
+    ``limits.max_replicas``). ``request_id`` (or the ``Nats-Msg-Id`` header) makes a retry idempotent."""
+
+    job_id: JobId
+    replicas: Replicas
+    request_id: Annotated[str, Meta(min_length=1, max_length=128)] | None = None
+
+
+class ScaleReply(msgspec.Struct, kw_only=True):
+    job_id: str
+    replicas: int
+    state: str
+
+
+# --- placement: placement.plan -----------------------------------------------
+class PlanDecision(msgspec.Struct, kw_only=True):
+    assignments: list[Assignment]
+    candidates: list[Candidate]
+
+
+class Preemption(msgspec.Struct, kw_only=True):
+    """A replica of a lower-priority job that this decision would move or leave missing (§8.3)."""
+
+    job_id: str
+    replica: int
+    node_id: str
+
+
+class PlanFailure(msgspec.Struct, kw_only=True):
+    reason: str
+    nodes_total: int = 0
+    excluded: Excluded = msgspec.field(default_factory=Excluded)
+
+
+class PlanReply(msgspec.Struct, kw_only=True, omit_defaults=True):
+    """The reply of ``placement.plan``: what would be decided right now, booking nothing and
+    storing nothing. Exactly one of ``decision`` and ``failure`` is set."""
+
+    decision: PlanDecision | None = None
+    failure: PlanFailure | None = None
+    preemptions: list[Preemption] = []

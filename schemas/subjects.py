@@ -19,6 +19,8 @@ JOB_GET = "job.get"
 JOB_LIST = "job.list"
 JOB_EVENTS = "job.events"
 NODE_LIST = "node.list"
+JOB_SCALE = "job.scale"
+PLACEMENT_PLAN = "placement.plan"
 NODE_DRAIN = "node.drain"
 NODE_UNDRAIN = "node.undrain"
 
@@ -33,6 +35,8 @@ REQUEST_SUBJECTS: tuple[str, ...] = (
     NODE_LIST,
     NODE_DRAIN,
     NODE_UNDRAIN,
+    JOB_SCALE,
+    PLACEMENT_PLAN,
 )
 
 # --- events (JetStream) -----------------------------------------------------
@@ -42,6 +46,7 @@ JOB_REJECTED = "job.rejected"
 JOB_CANCEL_REQUESTED = "job.cancel_requested"
 JOB_COMPLETED = "job.completed"
 JOB_EXPIRED = "job.expired"
+JOB_SCALE_REQUESTED = "job.scale_requested"
 
 PLACEMENT_DECIDED = "placement.decided"
 PLACEMENT_FAILED = "placement.failed"
@@ -125,7 +130,15 @@ class StreamSpec(msgspec.Struct, frozen=True, kw_only=True):
 
 JOBS = StreamSpec(
     name="JOBS",
-    subjects=(JOB_SUBMITTED, JOB_ACCEPTED, JOB_REJECTED, JOB_CANCEL_REQUESTED, JOB_COMPLETED, JOB_EXPIRED),
+    subjects=(
+        JOB_SUBMITTED,
+        JOB_ACCEPTED,
+        JOB_REJECTED,
+        JOB_CANCEL_REQUESTED,
+        JOB_COMPLETED,
+        JOB_EXPIRED,
+        JOB_SCALE_REQUESTED,
+    ),
     description="Job lifecycle events; the duplicate window is the idempotency window of job.submit.",
     duplicate_window_s=24 * 3600.0,
 )
