@@ -221,6 +221,7 @@ def check(
             case ev.ClusterInstanceReplaced():
                 r.instances_replaced += 1
                 launched[e.job_id].add(e.new_instance_id)
+                torn[e.job_id].add(e.old_instance_id)  # terminated by the healer before this event
                 if e.job_id in running:
                     running[e.job_id] = (running[e.job_id] - {e.old_instance_id}) | {e.new_instance_id}
             case ev.ClusterTornDown():

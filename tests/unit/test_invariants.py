@@ -252,6 +252,9 @@ class TestSettled:
         )
         healed = Settled(at.nodes, NOW, 30, {"i-1": "running", "i-2": "terminated", "i-3": "running"})
         assert check(events, CAPS, settled=healed).ok
+        # the job ends: its current instances are torn down, the replaced one was terminated by the healer
+        events += [cancelled("d"), ev.ClusterTornDown(event_id="d:t", job_id="d", instance_ids=["i-1"])]
+        assert check(events, CAPS).instances_left == ["d:i-3"]
 
 
 @st.composite
