@@ -63,7 +63,7 @@ class Placement:
             instance_types=rt.config.instance_types,
         )
         self.jobs = Jobs(self.ledger, self.decider, clock, t.placement_deadline_s, capacity_changed)
-        self.fleet = Fleet(self.world, self.decider.move, clock, lost_s=t.node_lost_s)
+        self.fleet = Fleet(self.world, self.decider.move, clock, lost_s=t.lost_after_s)
         self.drains = Drains(self.world, Publisher(rt.js).publish, self.fleet.wake, capacity_changed)
         self.decide = self.decider.decide
         self.move = self.decider.move

@@ -52,16 +52,16 @@ class Timeouts(_Conf, kw_only=True):
     """The JOBS stream's duplicate window: how long a ``Nats-Msg-Id``/request_id is remembered."""
     node_lost_s: PositiveS = 30.0
     """A node silent this long (or reporting ``down``) is lost: its replicas are placed again
-    elsewhere (reason ``node_lost``). At least ``node_ttl_s``."""
+    elsewhere (reason ``node_lost``). Never below ``node_ttl_s``: a smaller value is raised to it
+    (see :attr:`lost_after_s`), so raising the TTL alone never stops a service."""
     instance_check_s: PositiveS = 30.0
     """How often the instances of running dedicated jobs are checked against EC2 (by tag), so
     one stopped or terminated outside the scheduler is replaced."""
 
-    def __post_init__(self) -> None:
-        if self.node_lost_s < self.node_ttl_s:
-            raise ValueError(
-                f"timeouts.node_lost_s ({self.node_lost_s}) must be at least node_ttl_s ({self.node_ttl_s})"
-            )
+    @property
+    def lost_after_s(self) -> float:
+        """When a silent node is lost: ``node_lost_s``, at least the TTL."""
+        return max(self.node_lost_s, self.node_ttl_s)
 
 
 class PlacementConf(_Conf, kw_only=True):

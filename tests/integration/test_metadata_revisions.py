@@ -77,10 +77,10 @@ async def test_revisions_in_any_order_degraded_and_reservations(nc: Client, serv
     assert (p["revision"], p["replicas"], p["missing"]) == (2, 2, [1])
     assert p["degraded_reason"].startswith("0/3 nodes available")
     assert [a["node_id"] for a in p["assignments"]] == ["n1"]
-    # Change omits its null fields on the wire (omit_defaults): an absent "to" is null
+    # a change says its null fields: "to": null is a replica that fits nowhere for now
     assert [(r["revision"], r["changes"]) for r in p["revisions"]] == [
         (1, []),
-        (2, [{"replica": 1, "from": "n2", "reason": "node_lost"}]),
+        (2, [{"replica": 1, "from": "n2", "to": None, "reason": "node_lost", "by": None}]),
     ]
     code, listed = await request(nc, s.JOB_LIST, {"state": "degraded"})
     assert code == 200 and [j["job_id"] for j in listed["jobs"]] == ["job-r"]

@@ -60,3 +60,10 @@ def test_natspy_checks_the_version_pyproject_pins() -> None:
     pyproject = tomllib.loads((Path(__file__).parents[2] / "pyproject.toml").read_text())
     assert f"nats-py=={natspy.PINNED}" in pyproject["project"]["dependencies"]
     assert natspy.INSTALLED == natspy.PINNED
+
+
+def test_node_lost_s_is_never_below_the_ttl() -> None:
+    from services.runtime.config import Timeouts
+
+    assert Timeouts(node_ttl_s=120).lost_after_s == 120  # raising the TTL alone never stops a service
+    assert Timeouts(node_ttl_s=15, node_lost_s=30).lost_after_s == 30
