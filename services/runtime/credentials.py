@@ -18,9 +18,9 @@ import re
 from collections.abc import Mapping, MutableMapping
 from typing import Literal
 
-Role = Literal["services", "manager", "node", "monitor", "admin", "sys"]
+Role = Literal["services", "manager", "node", "monitor", "console", "admin", "sys"]
 
-ROLES: tuple[Role, ...] = ("services", "manager", "node", "monitor", "admin", "sys")
+ROLES: tuple[Role, ...] = ("services", "manager", "node", "monitor", "console", "admin", "sys")
 """The user name of each role equals the role; ``sys`` is the system account's user."""
 
 DEV_PASSWORDS: dict[Role, str] = {
@@ -28,6 +28,7 @@ DEV_PASSWORDS: dict[Role, str] = {
     "manager": "dev-manager",
     "node": "dev-node",
     "monitor": "dev-monitor",
+    "console": "dev-console",
     "admin": "dev-admin",
     "sys": "dev-sys",
 }
