@@ -8,6 +8,7 @@ from schemas import subjects as s
 from services.gateway.admission import Admission
 from services.gateway.handlers import MAX_BODY, Decisions, Gateway
 from services.gateway.lifecycle import JobStates, Lifecycle
+from services.gateway.scale import Scaler
 from services.runtime.app import VERSION, Runtime, background, run
 from services.runtime.backoff import sleep_unless
 from services.runtime.micro import Endpoint, MicroService
@@ -31,12 +32,13 @@ async def main(rt: Runtime) -> None:
         await states.start(rt.js)
         stack.push_async_callback(states.stop)
         lifecycle = Lifecycle(rt.js, Publisher(rt.js), states, rt.config.lifecycle.state_sync_timeout_s)
+        scaler = Scaler(lifecycle, rt.config.limits.max_replicas)
         svc = await stack.enter_async_context(
             MicroService(
                 rt.nc,
                 name="gateway",
                 version=VERSION,
-                description="Request-reply front door: submits jobs and answers placement requests",
+                description="Request-reply front door: submits, ends and resizes jobs; answers placement requests",
                 metadata=rt.metadata(),
             )
         )
@@ -55,6 +57,12 @@ async def main(rt: Runtime) -> None:
                     s.JOB_COMPLETE,
                     lifecycle.complete,
                     {"request": "{job_id, outcome, message?}", "reply": "{job_id, state}"},
+                ),
+                Endpoint(
+                    "scale",
+                    s.JOB_SCALE,
+                    scaler.scale,
+                    {"request": "{job_id, replicas, request_id?}", "reply": "{job_id, replicas, state}"},
                 ),
             ),
             max_body=MAX_BODY,

@@ -177,7 +177,7 @@ class Lifecycle:
         self.states = states
         self.sync_timeout_s = sync_timeout_s
 
-    async def _state(self, job_id: str) -> str:
+    async def state(self, job_id: str) -> str:
         try:
             await self.states.sync(self.js, self.sync_timeout_s)
         except Exception as e:
@@ -197,7 +197,7 @@ class Lifecycle:
 
     async def cancel(self, msg: Msg) -> bytes:
         req = _ref_decoder.decode(msg.data)
-        state = await self._state(req.job_id)
+        state = await self.state(req.job_id)
         if state in (CANCELLING, "cancelled"):
             return _reply(req.job_id, state)
         if state in TERMINAL_STATES:
@@ -215,7 +215,7 @@ class Lifecycle:
 
     async def complete(self, msg: Msg) -> bytes:
         req = _complete_decoder.decode(msg.data)
-        state = await self._state(req.job_id)
+        state = await self.state(req.job_id)
         if state == req.outcome:
             return _reply(req.job_id, state)
         if state in TERMINAL_STATES or state == CANCELLING:
