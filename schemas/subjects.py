@@ -242,6 +242,19 @@ PLACEMENT_JOBS = ConsumerSpec(
     max_ack_pending=50_000,
 )
 
+PLACEMENT_SCALES = ConsumerSpec(
+    stream=JOBS.name,
+    durable="placement-scales",
+    filter_subjects=(JOB_SCALE_REQUESTED,),
+    description="placement: job.scale requests made revisions (reason scale), one at a time in stream order",
+    # One request in flight across every instance (max_ack_pending=1), consumed in order:
+    # a job's requests apply in stream order and the latest wins, whichever instance takes
+    # them. A request for a job not decided yet waits (in-progress pings) for its decision.
+    ack_wait_s=9.0,
+    max_deliver=-1,
+    max_ack_pending=1,
+)
+
 
 PROVISIONER_DECISIONS = ConsumerSpec(
     stream=PLACEMENTS.name,

@@ -2,10 +2,10 @@
 
 Start-up order: the micro service, the node snapshot, the drain facts, the ledger replay
 (no job is decided before the ledger has caught up with PLACEMENTS), the ``node.drain`` /
-``node.undrain`` endpoints, then the decider, the retry loop and the fleet loop (lost and
-drained nodes, degraded jobs), and last the job consumer. On SIGTERM the stack unwinds in
-reverse: the consumer stops fetching, the loops end, the decider commits what is queued,
-the endpoints stop.
+``node.undrain`` / ``placement.plan`` endpoints, then the decider, the retry loop, the fleet
+loop (lost and drained nodes, degraded jobs) and the scale consumer, and last the job
+consumer. On SIGTERM the stack unwinds in reverse: the consumers stop fetching, the loops
+end, the decider commits what is queued, the endpoints stop.
 """
 
 from __future__ import annotations
@@ -13,6 +13,7 @@ from __future__ import annotations
 import contextlib
 
 from schemas import subjects as s
+from services.placement.plan import MAX_BODY as PLAN_MAX_BODY
 from services.placement.service import Placement
 from services.runtime.app import VERSION, Runtime, background, run
 from services.runtime.micro import MicroService
@@ -27,7 +28,9 @@ async def main(rt: Runtime) -> None:
                 name="placement",
                 version=VERSION,
                 description="Filters and ranks nodes, reserves capacity, decides placements",
-                metadata=rt.metadata(consumers=f"{s.JOBS.name}/{s.PLACEMENT_JOBS.durable}"),
+                metadata=rt.metadata(
+                    consumers=",".join(f"{c.stream}/{c.durable}" for c in (s.PLACEMENT_JOBS, s.PLACEMENT_SCALES))
+                ),
             )
         )
         await p.follow_nodes()
@@ -39,6 +42,7 @@ async def main(rt: Runtime) -> None:
             ("undrain", s.NODE_UNDRAIN, p.drains.undrain),
         ):
             await svc.add_endpoint(name, subject, handler, max_body=64 * 1024)
+        await svc.add_endpoint("plan", s.PLACEMENT_PLAN, p.planner.handle, max_body=PLAN_MAX_BODY)
 
         async def log_stats() -> None:  # once the decider has finished
             rt.log.info("placement stats", **p.stats)
@@ -47,6 +51,7 @@ async def main(rt: Runtime) -> None:
         background(stack, rt.stop, p.decider_loop())
         background(stack, rt.stop, p.retry_loop())
         background(stack, rt.stop, p.fleet_loop())
+        background(stack, rt.stop, p.scale_consumer().run(rt.stop))
         rt.log.info("started")
         await p.consumer().run(rt.stop)
 

@@ -34,6 +34,7 @@ from services.placement.engine import NotPlaced, Placed, place, place_dedicated
 from services.placement.ledger import Ledger
 from services.placement.moves import events_of, replan
 from services.placement.ports import Chain, Clock
+from services.placement.scaling import rescale_dedicated, rescale_shared
 from services.placement.state import World
 from services.runtime.config import InstanceType
 from services.runtime.delivery import Delivery
@@ -64,6 +65,8 @@ class _Request:
     job_id: str
     final: bool
     future: asyncio.Future[str]
+    replicas: int | None = None
+    """For a ``job.scale``: the job's new number of replicas."""
 
     def resolve(self, outcome: str) -> None:
         if not self.future.done():
@@ -115,6 +118,15 @@ class Decider:
         self._wake.set()
         return await fut
 
+    def scale(self, job_id: str, replicas: int) -> asyncio.Future[str]:
+        """Queue a resize of a placed job (``job.scale``). The future's outcome is "scaled" (a
+        new revision stored, with its ``placement.degraded`` when replicas fit nowhere) or
+        "nothing" (it has that many already, or it is released or unknown)."""
+        fut: asyncio.Future[str] = asyncio.get_running_loop().create_future()
+        self._queue.append(_Request(None, job_id, False, fut, replicas))
+        self._wake.set()
+        return fut
+
     def move(self, job_id: str) -> asyncio.Future[str]:
         """Queue a re-placement of a placed shared job (once while it waits for a batch): its
         replicas on leaving nodes move, its missing ones are tried again. The future's outcome
@@ -141,8 +153,8 @@ class Decider:
                 cut += 1
             batch, self._queue = self._queue[:cut], self._queue[cut:]
             for r in batch:
-                if r.pending is None:
-                    self._moves.pop(r.job_id, None)
+                if self._moves.get(r.job_id) is r:
+                    del self._moves[r.job_id]
             if self._queue:
                 self._wake.set()  # the rest goes in the next chain
             if not batch:
@@ -207,6 +219,8 @@ class Decider:
                 return "already"
             out = self._decision(r.pending, r.final)
             return "pending" if out is None else [out]
+        if r.replicas is not None:
+            return self._rescale(r.job_id, r.replicas)
         res = self.world.reservations.get(r.job_id)
         if res is None:  # released, dedicated, or never decided
             return "nothing"
@@ -219,9 +233,28 @@ class Decider:
                 self.world.decide_locally(e)
         return list(moved)
 
+    def _rescale(self, job_id: str, replicas: int) -> list[Stored] | str:
+        """A ``job.scale`` of a decided job, on the local ledger (shared: booked tentatively)."""
+        if job_id in self.world.released:
+            return "nothing"
+        d = self.ledger.dedicated.get(job_id)
+        if d is not None:
+            out = rescale_dedicated(d, replicas)
+            return "nothing" if out is None else [out]
+        res = self.world.reservations.get(job_id)
+        if res is None:
+            return "nothing"
+        outs = rescale_shared(res, replicas, self.world, self.clock.monotonic(), self.ttl, self.top)
+        for e in outs:
+            if isinstance(e, ev.PlacementDecided):
+                self.world.decide_locally(e)
+        return list(outs) or "nothing"
+
     def _stored(self, out: Stored) -> None:
         match out:
             case ev.PlacementDecided():
+                if out.cluster == "dedicated":
+                    self.ledger.note_dedicated(out)  # the next resize builds on it at once
                 self.world.confirm(out.job_id)
                 self.decided.add(out.job_id)
                 self.stats["decisions" if out.revision <= 1 else "revisions"] += 1
@@ -245,14 +278,23 @@ class Decider:
         todo = sorted(batch, key=self._order)
         while todo:
             chain: list[tuple[_Request, Stored]] = []
+            later: list[_Request] = []
+            jobs: set[str] = set()
             for r in todo:
+                if r.job_id in jobs:  # one revision per job and chain: the next builds on it once stored
+                    later.append(r)
+                    continue
                 outs = self._events(r)
                 if isinstance(outs, str):
                     r.resolve(outs)
                 else:
+                    jobs.add(r.job_id)
                     chain.extend((r, out) for out in outs)
             if not chain:
-                return
+                if not later:
+                    return
+                todo = later
+                continue
             base = max(self.tail, self.ledger.applied_seq)
             results = await self.chain.publish_chain([out for _, out in chain], base, atomic=self.atomic)
             self.stats["commits"] += 1
@@ -287,19 +329,21 @@ class Decider:
                 log.debug("placement conflict; catching up", jobs=len(redo), behind=behind)
                 await self.ledger.catch_up(behind)
                 self.tail = max(self.tail, self.ledger.applied_seq)
-            todo = list(redo.values())
+            todo = sorted([*redo.values(), *later], key=self._order)
 
     def _order(self, r: _Request) -> tuple[int, int, int, str]:
         """Re-placements first (running work that lost its node), then by priority, then
         submission order."""
-        if r.pending is None:
+        if r.pending is None:  # a re-placement, then a resize (in the order asked) of the same priority
             res = self.world.reservations.get(r.job_id)
             prio = res.decision.priority if res is not None and res.decision is not None else 0
-            return (0, -prio, 0, r.job_id)
+            return (0, -prio, 0 if r.replicas is None else 1, r.job_id)
         return (1, -r.pending.event.spec.priority, r.pending.order, "")
 
 
 def _outcome(r: _Request, out: Stored) -> str:
     if r.pending is not None:
         return "decided" if isinstance(out, ev.PlacementDecided) else "failed"
+    if r.replicas is not None:
+        return "scaled"
     return "moved" if isinstance(out, ev.PlacementDecided) else "degraded"

@@ -4,7 +4,8 @@ One ordered consumer reads the stream from its first message, in stream order, a
 applies each event to the ledger:
 
 - ``placement.decided``: the job's reservation is made (a higher revision replaces the
-  previous one's, an older or equal one is ignored), and the job is settled;
+  previous one's, an older or equal one is ignored), and the job is settled; a dedicated
+  job's highest revision is kept in ``dedicated`` (no reservation: its instances are its own);
 - ``placement.degraded``: knowledge only (the job misses replicas since that revision);
 - ``placement.failed``: the job is settled (no reservation);
 - ``placement.released``: the job's reservation is freed; a job released before any
@@ -47,6 +48,9 @@ class Ledger:
         """Jobs with a stored decision (``placement.decided`` or ``placement.failed``)."""
         self.ended: set[str] = set()
         """Jobs released (ended, e.g. cancelled) before any decision: never reserve for them."""
+        self.dedicated: dict[str, ev.PlacementDecided] = {}
+        """The highest stored revision of each live dedicated job (never booked: what a
+        ``job.scale`` of it builds on)."""
         self.applied_seq = 0
         """The last PLACEMENTS sequence applied to the ledger."""
         self._advanced = asyncio.Event()
@@ -63,7 +67,10 @@ class Ledger:
         match event:
             case ev.PlacementDecided():
                 self.decided.add(event.job_id)
-                self.world.apply_decided(event)
+                if event.cluster == "dedicated":
+                    self.note_dedicated(event)
+                else:
+                    self.world.apply_decided(event)
             case ev.PlacementFailed():
                 self.decided.add(event.job_id)
             case ev.PlacementDegraded():
@@ -72,11 +79,23 @@ class Ledger:
                 if event.job_id not in self.decided:  # a reservation made after this would never be freed
                     self.ended.add(event.job_id)
                     self.capacity_changed.set()
+                self.dedicated.pop(event.job_id, None)
                 if self.world.release(event.job_id):
                     self.capacity_changed.set()
 
+    def note_dedicated(self, e: ev.PlacementDecided) -> None:
+        """A stored revision of a dedicated job: kept if it is the job's highest and the job lives."""
+        prev = self.dedicated.get(e.job_id)
+        if e.job_id not in self.world.released and (prev is None or e.revision > prev.revision):
+            self.dedicated[e.job_id] = e
+
     async def on_message(self, msg: Msg) -> None:
         self.apply(stream_sequence(msg.reply), msg.data)
+
+    async def advanced(self) -> None:
+        """Return once the next event is applied."""
+        self._advanced.clear()
+        await self._advanced.wait()
 
     async def catch_up(self, seq: int, timeout: float = 10.0) -> None:
         """Wait until the ledger has applied the stream up to ``seq``; ``TimeoutError`` if stuck."""

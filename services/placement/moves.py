@@ -35,6 +35,11 @@ class Replan:
     """Replicas that fit nowhere after this revision."""
     failure: NotPlaced | None
     """Why ``missing`` fit nowhere (a full census), when a ``placement.degraded`` is due."""
+    wanted: int
+    """The number of replicas the job wants from this revision on."""
+    resized: bool = False
+    """``wanted`` differs from the previous revision's (a ``job.scale``): a revision is due even
+    when no replica changed node (growth that fits nowhere)."""
 
 
 def spec_of(d: ev.PlacementDecided, replicas: int) -> JobSpec:
@@ -54,51 +59,73 @@ def spec_of(d: ev.PlacementDecided, replicas: int) -> JobSpec:
     )
 
 
-def replan(res: Reservation, world: World, now: float, ttl: float, top_n: int = 10) -> Replan | None:
+def replan(
+    res: Reservation, world: World, now: float, ttl: float, top_n: int = 10, *, wanted: int | None = None
+) -> Replan | None:
     """The next revision of ``res``'s job, or None when none is due: no replica is on a leaving
-    node, and the missing ones still fit nowhere (and their degraded event is already known)."""
+    node, the missing ones still fit nowhere (and their degraded event is already known), and
+    the job keeps its number of replicas.
+
+    ``wanted`` (``job.scale``): the job's new number of replicas. Shrinking removes the replicas
+    numbered ``wanted`` and up (``to: null``, reason ``scale``); growing places the new ones
+    with the job's strategy and constraints (reason ``scale``) together with any that must move
+    or are missing, so one revision says everything that changed in this pass."""
     d = res.decision
     if d is None or d.resources is None:
         return None
+    old = d.wanted
+    new = old if wanted is None else wanted
     current = res.assignments()
     moving: dict[int, str] = {}
+    removed: dict[int, str] = {}
     for replica, nid in current.items():
+        if replica >= new:
+            removed[replica] = nid
+            continue
         why = world.leaving(nid)
         if why is not None:
             moving[replica] = why
-    missing = res.missing()
-    if not moving and not missing:
+    missing = [r for r in res.missing() if r < new]
+    added = list(range(old, new))
+    if not moving and not missing and not removed and not added:
         return None
-    kept = [nid for replica, nid in current.items() if replica not in moving]
-    todo = sorted([*moving, *missing])
+    kept = [nid for replica, nid in current.items() if replica not in moving and replica not in removed]
+    todo = sorted([*moving, *missing, *added])
     spec = spec_of(d, len(todo))
-    result = place(spec, world, now, ttl, top_n, explain_failure=False, kept=kept, partial=True)
-    assert isinstance(result, Placed)
-    placed = result.assignments
-    after = {replica: nid for replica, nid in current.items() if replica not in moving}
-    changes: list[ev.Change] = []
+    placed: list[ev.Assignment] = []
+    candidates: list[ev.Candidate] = []
+    if todo:
+        result = place(spec, world, now, ttl, top_n, explain_failure=False, kept=kept, partial=True)
+        assert isinstance(result, Placed)
+        placed, candidates = result.assignments, result.candidates
+    after = {replica: nid for replica, nid in current.items() if replica not in moving and replica not in removed}
+    changes = [ev.Change(replica=r, from_=nid, to=None, reason="scale") for r, nid in sorted(removed.items())]
     for i, replica in enumerate(todo):
         to = placed[i].node_id if i < len(placed) else None
         was = current.get(replica)
         if was is None and to is None:
-            continue  # still missing: no change
-        why = moving.get(replica) or res.missing_reasons.get(replica, MISSING_REASON)
+            continue  # still missing (or added and fitting nowhere): no change of node
+        why = moving.get(replica) or ("scale" if replica >= old else res.missing_reasons.get(replica, MISSING_REASON))
         changes.append(ev.Change(replica=replica, from_=was, to=to, reason=why))  # type: ignore[arg-type]
         if to is not None:
             after[replica] = to
+    changes.sort(key=lambda c: c.replica)
     still = todo[len(placed) :]
+    resized = new != old
     degraded_known = world.degraded.get(res.job_id, 0) >= res.revision
     failure = None
-    if still and (changes or not degraded_known):
+    if still and (changes or resized or not degraded_known):
         failure = shortfall(spec, world, now, ttl, len(placed))
-    if not changes and failure is None:
+    if not changes and not resized and failure is None:
         return None
     return Replan(
         [ev.Assignment(replica=r, node_id=n) for r, n in sorted(after.items())],
         changes,
-        result.candidates,
+        candidates if todo else list(d.candidates),  # a shrink places nothing: the ranking stands
         still,
         failure,
+        new,
+        resized,
     )
 
 
@@ -109,7 +136,7 @@ def events_of(res: Reservation, plan: Replan) -> list[ev.PlacementDecided | ev.P
     assert d is not None
     out: list[ev.PlacementDecided | ev.PlacementDegraded] = []
     revision = res.revision
-    if plan.changes:
+    if plan.changes or plan.resized:
         revision += 1
         out.append(
             ev.PlacementDecided(
@@ -124,7 +151,7 @@ def events_of(res: Reservation, plan: Replan) -> list[ev.PlacementDecided | ev.P
                 max_runtime_s=d.max_runtime_s,
                 revision=revision,
                 changes=plan.changes,
-                replicas=d.wanted,
+                replicas=plan.wanted,
                 constraints=d.constraints,
                 priority=d.priority,
             )

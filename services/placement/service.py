@@ -10,7 +10,10 @@
 - :class:`~services.placement.drains.Drains`: ``node.drain``/``node.undrain`` and the
   ``node.draining`` facts;
 - :class:`~services.placement.fleet.Fleet`: lost and drained nodes' jobs, and degraded
-  jobs, queued for re-placement with the decider.
+  jobs, queued for re-placement with the decider;
+- :class:`~services.placement.scales.Scales`: ``job.scale_requested`` from the durable
+  ``placement-scales`` consumer, made revisions by the decider;
+- :class:`~services.placement.plan.Planner`: the ``placement.plan`` endpoint.
 
 Start-up order (``__main__``): node snapshot, drain facts, ledger replay, then the decider,
 the retry loop, the fleet loop and the job consumer, so no job is decided on a ledger that
@@ -31,7 +34,10 @@ from services.placement.fleet import Fleet
 from services.placement.jobs import Jobs
 from services.placement.ledger import Ledger
 from services.placement.nodes import NodeFeed
+from services.placement.plan import Planner
 from services.placement.ports import Clock, PlacementsStream, SystemClock
+from services.placement.scales import Scales
+from services.placement.scales import decoder as _scale_decoder
 from services.placement.state import World
 from services.runtime.app import Runtime
 from services.runtime.consumer import Consumer
@@ -40,6 +46,9 @@ from services.runtime.publisher import Publisher
 __all__ = ["Placement"]
 
 _accepted_decoder = msgspec.json.Decoder(ev.JobAccepted)
+_SCALE_GRACE_S = 10.0
+"""How long past the placement deadline a scale request waits for its job's decision (a job
+accepted before the request is decided or failed by its deadline; one rejected never is)."""
 
 
 class Placement:
@@ -65,6 +74,15 @@ class Placement:
         self.jobs = Jobs(self.ledger, self.decider, clock, t.placement_deadline_s, capacity_changed)
         self.fleet = Fleet(self.world, self.decider.move, clock, lost_s=t.lost_after_s)
         self.drains = Drains(self.world, Publisher(rt.js).publish, self.fleet.wake, capacity_changed)
+        self.scales = Scales(self.ledger, self.decider.scale, clock, wait_s=t.placement_deadline_s + _SCALE_GRACE_S)
+        self.planner = Planner(
+            self.world,
+            clock,
+            rt.config.defaults,
+            rt.config.instance_types,
+            ttl=t.node_ttl_s,
+            top_candidates=rt.config.placement.top_candidates,
+        )
         self.decide = self.decider.decide
         self.move = self.decider.move
         self.stats = self.decider.stats
@@ -95,3 +113,8 @@ class Placement:
 
     def consumer(self) -> Consumer[ev.JobAccepted]:
         return Consumer(self.rt.js, s.PLACEMENT_JOBS, _accepted_decoder, self.jobs.on_accepted, service="placement")
+
+    def scale_consumer(self) -> Consumer[ev.JobScaleRequested]:
+        return Consumer(
+            self.rt.js, s.PLACEMENT_SCALES, _scale_decoder, self.scales.on_scale, service="placement", in_order=True
+        )

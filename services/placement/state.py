@@ -42,7 +42,8 @@ class Reservation:
     """The decided event of this revision (what a re-placement needs); None for bookings made
     without one (tests)."""
     missing_reasons: dict[int, str] = field(default_factory=dict)
-    """For each missing replica, the reason it lost its node (``node_lost`` / ``drain``)."""
+    """For each missing replica, the reason it lost its node (``node_lost`` / ``drain``), or
+    ``scale`` for one added by ``job.scale`` that has never fit."""
 
     def assignments(self) -> dict[int, str]:
         return dict(zip(self.replicas, self.node_ids, strict=True))
@@ -60,6 +61,9 @@ def _booking(e: PlacementDecided, prev: Reservation | None) -> Reservation:
     for c in e.changes:
         if c.to is None:
             reasons[c.replica] = c.reason
+    if prev is not None and prev.decision is not None:
+        for r in range(prev.decision.wanted, e.wanted):  # added by job.scale: missing until placed
+            reasons.setdefault(r, "scale")
     placed = {r for r, _ in pairs}
     reasons = {r: why for r, why in reasons.items() if r not in placed and r < e.wanted}
     return Reservation(
