@@ -196,6 +196,10 @@ class ClusterProvisioning(JobEvent, tag=s.CLUSTER_PROVISIONING, kw_only=True):
 
 class ClusterProvisioned(JobEvent, tag=s.CLUSTER_PROVISIONED, kw_only=True):
     instances: list[Instance]
+    revision: int | None = None
+    """The dedicated job's ``placement.decided`` revision these instances run (§8.3: a resize is
+    a new revision; null on the first launch, i.e. revision 1). From revision 2 on, ``instances``
+    is the job's complete current set: an instance listed before and not here was removed."""
 
 
 class ClusterProvisionFailed(JobEvent, tag=s.CLUSTER_PROVISION_FAILED, kw_only=True):

@@ -38,6 +38,13 @@ class JobLifecycle(msgspec.Struct, kw_only=True):
     instance_types: list[str] = []
     """A dedicated job's instance types in preference order (its decision's assignments, then
     candidates): the fallback order of a replacement, as at launch."""
+    revision: int = 0
+    """The highest ``placement.decided`` revision seen (§8.3: a dedicated job's resize is a new revision)."""
+    wanted: int | None = None
+    """How many replicas that revision wants (null: unknown, records written before resizing):
+    a replica numbered at or above it was removed by a shrink and is never healed."""
+    provisioned_revision: int = 0
+    """The highest revision whose ``cluster.provisioned`` is stored (1: the first launch)."""
 
 
 _enc = msgspec.json.Encoder()

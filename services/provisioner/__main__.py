@@ -1,5 +1,5 @@
 """``python -m services.provisioner``: consumes ``placement.decided``, launches dedicated clusters,
-and heals them (checks their instances against EC2, replaces the lost ones)."""
+resizes them (later revisions) and heals them (checks their instances against EC2, replaces the lost ones)."""
 
 from __future__ import annotations
 
@@ -16,6 +16,7 @@ from services.cloud.records import JobRecords, lifecycle_bucket
 from services.provisioner.handlers import Provisioner, not_dedicated
 from services.provisioner.healer import Healer, StreamClaims
 from services.provisioner.healing import running_dedicated
+from services.provisioner.scaling import Revisions
 from services.runtime.app import VERSION, Runtime, run
 from services.runtime.consumer import Consumer
 from services.runtime.micro import MicroService
@@ -37,6 +38,8 @@ async def main(rt: Runtime) -> None:
     async with contextlib.AsyncExitStack() as stack:  # stopped in reverse: endpoints, then EC2
         ec2 = await stack.enter_async_context(Ec2.open(rt.settings, conf))
         provisioner = Provisioner(ec2, Publisher(rt.js), records.ended, conf, max_deliver=spec.max_deliver)
+        # a revision waits for the one before: at most a launch's wait for running, twice
+        revisions = Revisions(provisioner, record, wait_s=2 * conf.running_timeout_s)
         healer = Healer(provisioner, ec2, StreamClaims(rt.js), record, check_s=rt.config.timeouts.instance_check_s)
         await stack.enter_async_context(
             MicroService(
@@ -50,7 +53,7 @@ async def main(rt: Runtime) -> None:
             )
         )
         consumer = Consumer(
-            rt.js, spec, decoder, provisioner.on_decided, service="provisioner", batch=16, skip=not_dedicated
+            rt.js, spec, decoder, revisions.on_decided, service="provisioner", batch=16, skip=not_dedicated
         )
         repairs = Consumer(rt.js, repairs_spec, lost_decoder, healer.on_lost, service="provisioner", batch=16)
         caught_up = asyncio.Event()

@@ -13,6 +13,7 @@ from datetime import datetime
 from enum import Enum
 
 from schemas.events import Assignment, Candidate
+from schemas.lifecycle import JobLifecycle
 from services.cloud.instances import DEAD_STATES, LIVE_STATES, InstanceInfo
 
 
@@ -67,6 +68,34 @@ def plan_launch(assignments: Sequence[Assignment], existing: Iterable[InstanceIn
     return plan
 
 
+class Step(Enum):
+    """What a provisioner does with a dedicated job's revision, given teardown's record."""
+
+    ENDED = "ended"
+    """The job ended (or was released): nothing to launch or terminate."""
+    DONE = "done"
+    """Its ``cluster.provisioned`` is stored already (a redelivery, or a stale revision)."""
+    WAIT = "wait"
+    """Not yet: the record has not seen this revision, or the one before is not provisioned."""
+    GO = "go"
+
+
+def revision_step(rec: JobLifecycle | None, revision: int) -> Step:
+    """Revisions of a dedicated job are applied one after another, each once (§8.3). Revision 1
+    is the first launch; revision *n* waits until revision *n - 1* is provisioned and teardown has
+    recorded revision *n* (so healing knows which replicas a shrink removes before they go)."""
+    if rec is None:
+        return Step.GO if revision <= 1 else Step.WAIT
+    if rec.end is not None or rec.released:
+        return Step.ENDED
+    provisioned = max(rec.provisioned_revision, 1 if rec.started_at is not None else 0)
+    if provisioned >= revision:
+        return Step.DONE
+    if revision > 1 and (rec.revision < revision or provisioned < revision - 1):
+        return Step.WAIT
+    return Step.GO
+
+
 class Progress(Enum):
     RUNNING = "running"
     WAITING = "waiting"
@@ -86,9 +115,11 @@ def launch_progress(instances: Iterable[InstanceInfo], expected: int) -> Progres
 __all__ = [
     "LaunchPlan",
     "Progress",
+    "Step",
     "client_token",
     "launch_progress",
     "next_type",
     "plan_launch",
     "ranked_types",
+    "revision_step",
 ]

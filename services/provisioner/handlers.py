@@ -68,7 +68,7 @@ JobEnded = Callable[[str], Awaitable[bool]]
 Sleep = Callable[[float], Awaitable[None]]
 
 
-def _instance(i: InstanceInfo) -> ev.Instance:
+def event_instance(i: InstanceInfo) -> ev.Instance:
     return ev.Instance(
         instance_id=i.instance_id,
         instance_type=i.instance_type,
@@ -116,7 +116,7 @@ class Provisioner:
                 ev.ClusterProvisioning(
                     event_id=ev.event_id_for(event.job_id, s.CLUSTER_PROVISIONING),
                     job_id=event.job_id,
-                    instances=[_instance(i) for i in launched],
+                    instances=[event_instance(i) for i in launched],
                 )
             )
             running = await self.wait_running([i.instance_id for i in launched], d)
@@ -139,7 +139,7 @@ class Provisioner:
             ev.ClusterProvisioned(
                 event_id=ev.event_id_for(event.job_id, s.CLUSTER_PROVISIONED),
                 job_id=event.job_id,
-                instances=[_instance(i) for i in running],
+                instances=[event_instance(i) for i in running],
             )
         )
         blog.info("cluster provisioned", instances=[i.instance_id for i in running])
@@ -226,4 +226,4 @@ class Provisioner:
             attempt += 1
 
 
-__all__ = ["Provisioner"]
+__all__ = ["Provisioner", "event_instance", "not_dedicated"]

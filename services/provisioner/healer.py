@@ -39,6 +39,7 @@ from services.provisioner.healing import (
     LostInstance,
     lost_instances,
     plan_replacement,
+    removed,
     replacement_token,
     replacement_types,
 )
@@ -155,6 +156,9 @@ class Healer:
         rec = await self.record(event.job_id)
         if rec is None or rec.end is not None or rec.released:
             blog.info("job ended; no replacement", end=rec.end if rec else None)
+            return
+        if removed(rec, event.replica):
+            blog.info("replica removed by a resize; no replacement", wanted=rec.wanted)
             return
         plan = plan_replacement(await self.ec2.replacements(event.job_id, event.instance_id))
         if plan.extra:

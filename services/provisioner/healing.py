@@ -6,7 +6,8 @@ A job is *running dedicated* while teardown's record says so (dedicated, provisi
 recorded). Each replica's *current* instance is the one reported for it (``cluster.provisioned``,
 ``cluster.instance_replaced``) and not replaced since. A replica whose current instance is not
 ``pending``/``running`` (stopped, stopping, shutting down, terminated, or no longer listed by EC2)
-and which has no other live instance (a replacement launched but not recorded yet) is lost.
+and which has no other live instance (a replacement launched but not recorded yet) is lost,
+unless a shrink removed it (its number is at or above the latest revision's count, §8.3).
 """
 
 from __future__ import annotations
@@ -29,6 +30,12 @@ def running_dedicated(rec: JobLifecycle) -> bool:
     """Whether the record is of a dedicated job whose cluster runs and whose end is not recorded
     (a cancel teardown has seen counts as an end: such a job never gets a replacement)."""
     return rec.cluster == "dedicated" and rec.started_at is not None and rec.end is None and not rec.released
+
+
+def removed(rec: JobLifecycle, replica: int) -> bool:
+    """Whether a shrink removed ``replica`` (§8.3: the latest revision wants fewer): its
+    instance was terminated on purpose and must not be healed."""
+    return rec.wanted is not None and replica >= rec.wanted
 
 
 @dataclass(frozen=True, slots=True)
@@ -83,7 +90,7 @@ def lost_instances(records: Iterable[JobLifecycle], described: Iterable[Instance
         seen = by_job.get(rec.job_id, {})
         alive = {i.replica for i in seen.values() if i.state in ALIVE and i.replica is not None}
         for replica, ids in sorted(current_instances(rec, seen).items()):
-            if replica in alive:
+            if replica in alive or removed(rec, replica):
                 continue
             iid = _latest(ids, seen)
             info = seen.get(iid)
@@ -141,6 +148,7 @@ __all__ = [
     "current_instances",
     "lost_instances",
     "plan_replacement",
+    "removed",
     "replacement_token",
     "replacement_types",
     "running_dedicated",

@@ -115,8 +115,10 @@ def apply(rec: JobLifecycle | None, event: TeardownEvent, now: datetime) -> tupl
                 r.max_runtime_s = event.max_runtime_s
             if event.cluster == "shared" and r.started_at is None:
                 r.started_at = event.at
-            if event.cluster == "dedicated":
-                r.instance_types = _ranked_types(event)
+            if event.revision >= r.revision:  # a late older revision changes nothing
+                r.revision, r.wanted = event.revision, event.wanted
+                if event.cluster == "dedicated":
+                    r.instance_types = _ranked_types(event)
         case ev.ClusterProvisionFailed():
             r.cluster = r.cluster or "dedicated"
         case ev.ClusterProvisioning() | ev.ClusterProvisioned():
@@ -124,8 +126,9 @@ def apply(rec: JobLifecycle | None, event: TeardownEvent, now: datetime) -> tupl
             new_ids = [i.instance_id for i in event.instances if i.instance_id not in r.instance_ids]
             r.instance_ids.extend(new_ids)
             r.replicas.update({i.instance_id: i.replica for i in event.instances if i.replica >= 0})
-            if isinstance(event, ev.ClusterProvisioned) and r.started_at is None:
-                r.started_at = event.at
+            if isinstance(event, ev.ClusterProvisioned):
+                r.started_at = r.started_at or event.at
+                r.provisioned_revision = max(r.provisioned_revision, event.revision or 1)
         case ev.ClusterInstanceReplaced():
             r.cluster = r.cluster or "dedicated"
             new_ids = [event.new_instance_id] if event.new_instance_id not in r.instance_ids else []
