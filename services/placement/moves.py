@@ -87,7 +87,7 @@ def replan(
             moving[replica] = why
     missing = [r for r in res.missing() if r < new]
     added = list(range(old, new))
-    if not moving and not missing and not removed and not added:
+    if not moving and not missing and not removed and new == old:
         return None
     kept = [nid for replica, nid in current.items() if replica not in moving and replica not in removed]
     todo = sorted([*moving, *missing, *added])

@@ -451,3 +451,99 @@ class TestARePlacement:
         assert rig.stream.bases[-1] == 2 and rig.world.degraded == {"j1": 2} and rig.world.short == {"j1"}
         assert await rig.decider.move("j1") == "nothing"  # no capacity yet: nothing new to say
         rig.assert_consistent()
+
+
+class TestAScale:
+    async def test_shrink_and_growth_are_new_revisions_with_reason_scale(self, rig: Rig) -> None:
+        await rig.decide(job("j1", cpu=1))
+        assert await rig.decider.scale("j1", 3) == "scaled"
+        assert await rig.decider.scale("j1", 2) == "scaled"
+        await rig.ledger.catch_up(len(rig.stream.messages), timeout=5)
+
+        second, third = rig.stream.messages[-2:]
+        assert isinstance(second, ev.PlacementDecided) and (second.revision, second.replicas) == (2, 3)
+        assert {c.reason for c in second.changes} == {"scale"} and len(second.changes) == 2
+        assert isinstance(third, ev.PlacementDecided) and (third.revision, third.replicas) == (3, 2)
+        assert [(c.replica, c.to) for c in third.changes] == [(2, None)]
+        assert rig.booked_by_the_stream() == {"a": 1, "b": 1}
+        rig.assert_consistent()
+
+    async def test_refused_on_conflict_is_undone_and_redone_on_the_caught_up_ledger(self, rig: Rig) -> None:
+        await rig.decide(job("j1"))
+        rig.stream.slip_in = {0: [foreign("f", "b", cpu=4)]}  # b is full now: the growth must go to a
+
+        assert await rig.decider.scale("j1", 2) == "scaled"
+        await rig.ledger.catch_up(len(rig.stream.messages), timeout=5)
+
+        assert rig.decider.stats["conflicts"] == 1
+        assert [e.job_id for e in rig.stream.messages] == ["j1", "f", "j1"]
+        second = rig.stream.messages[-1]
+        assert isinstance(second, ev.PlacementDecided) and second.revision == 2
+        assert second.changes == [ev.Change(replica=1, from_=None, to="a", reason="scale")]
+        rig.assert_consistent()
+
+    async def test_growth_that_fits_nowhere_is_degraded_in_the_same_chain(self, rig: Rig) -> None:
+        await rig.decide(job("j1", cpu=4))
+
+        assert await rig.decider.scale("j1", 3) == "scaled"
+        await rig.ledger.catch_up(len(rig.stream.messages), timeout=5)
+
+        second, gone = rig.stream.messages[-2:]
+        assert isinstance(second, ev.PlacementDecided) and len(second.assignments) == 2
+        assert isinstance(gone, ev.PlacementDegraded) and (gone.revision, gone.missing) == (2, [2])
+        assert rig.world.short == {"j1"}
+        rig.assert_consistent()
+
+    async def test_of_a_released_job_or_to_the_same_count_stores_nothing(self, rig: Rig) -> None:
+        await rig.decide(job("j1"), job("j2"))
+        assert await rig.decider.scale("j1", 1) == "nothing"
+        rig.stream.store(released("j2"))
+        await rig.ledger.catch_up(len(rig.stream.messages), timeout=5)
+
+        assert await rig.decider.scale("j2", 2) == "nothing"
+        assert len(rig.stream.messages) == 3
+        rig.assert_consistent()
+
+    async def test_released_while_in_flight_stores_nothing(self, rig: Rig) -> None:
+        await rig.decide(job("j1"))
+        rig.stream.slip_in = {0: [released("j1")]}
+
+        assert await rig.decider.scale("j1", 2) == "nothing"
+        await rig.ledger.catch_up(len(rig.stream.messages), timeout=5)
+
+        assert rig.world.reservations == {} and rig.booked_locally() == {}
+        rig.assert_consistent()
+
+    async def test_requests_of_one_job_in_one_batch_apply_in_order_and_the_latest_wins(self, rig: Rig) -> None:
+        await rig.decide(job("j1", cpu=1))
+        down(rig, "a")  # and a move of the same job in the same batch
+
+        outcomes = await asyncio.gather(rig.decider.move("j1"), rig.decider.scale("j1", 4), rig.decider.scale("j1", 2))
+        await rig.ledger.catch_up(len(rig.stream.messages), timeout=5)
+
+        assert outcomes == ["moved", "scaled", "scaled"]
+        revisions = [e for e in rig.stream.messages if isinstance(e, ev.PlacementDecided)]
+        assert [(e.revision, e.wanted) for e in revisions] == [(1, 1), (2, 1), (3, 4), (4, 2)]
+        assert rig.world.reservations["j1"].replicas == (0, 1)
+        rig.assert_consistent()
+
+    async def test_a_dedicated_job_gets_instance_types_for_the_new_count(self, rig: Rig) -> None:
+        d = ev.PlacementDecided(
+            event_id=ev.event_id_for("d1", s.PLACEMENT_DECIDED),
+            job_id="d1",
+            cluster="dedicated",
+            technology="docker",
+            strategy="best_fit",
+            assignments=[ev.Assignment(replica=0, instance_type="t3.large")],
+            candidates=[],
+            resources=Resources(cpu=2, memory_mb=512),
+        )
+        rig.stream.store(d)
+        await rig.ledger.catch_up(1, timeout=1)
+
+        assert await rig.decider.scale("d1", 2) == "scaled"
+        assert await rig.decider.scale("d1", 2) == "nothing"  # known at once, before the follower has it
+        second = rig.stream.messages[-1]
+        assert isinstance(second, ev.PlacementDecided) and second.revision == 2
+        assert [(a.replica, a.instance_type) for a in second.assignments] == [(0, "t3.large"), (1, "t3.large")]
+        assert rig.world.reservations == {}  # dedicated jobs book no node
