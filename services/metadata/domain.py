@@ -68,6 +68,8 @@ class JobView(msgspec.Struct, kw_only=True, omit_defaults=True, gc=False):
     """Instance ids another instance replaced (``cluster.instance_replaced``; sorted)."""
     lost: dict[str, str] = {}
     """Instance id -> what EC2 said of it when it was found lost (``cluster.instance_lost``)."""
+    listed: dict[str, int] = {}
+    """Instance id -> the highest revision whose ``cluster.provisioned`` listed it (resizes, §8.3)."""
 
     @property
     def released(self) -> bool:
@@ -167,6 +169,8 @@ def merge(view: JobView | None, events: Sequence[ev.JobEvent]) -> JobView:
             new.lost = instances.lost(new.lost, event)
         elif isinstance(event, ev.ClusterProvisioning | ev.ClusterProvisioned):
             new.instances = instances.launched(new.instances, event, kind)
+            if isinstance(event, ev.ClusterProvisioned):
+                new.listed = instances.listed(new.listed, event)
         elif isinstance(event, ev.ClusterTornDown):
             new.torn_down = sorted(set(new.torn_down) | set(event.instance_ids))
     if own_marks:
@@ -239,7 +243,14 @@ def to_record(view: JobView, derived: Derived | None = None) -> JobRecord | None
     if d.state is None:
         return None
     torn_all = s.CLUSTER_TORN_DOWN in view.marks and not view.torn_down
-    listed = instances.records(view.instances, view.torn_down, view.replaced, view.lost, torn_all=torn_all)
+    listed = instances.records(
+        view.instances,
+        view.torn_down,
+        view.replaced,
+        view.lost,
+        torn_all=torn_all,
+        resized_away=instances.removed(view.listed),
+    )
     p = view.placement
     return JobRecord(
         job_id=view.job_id,

@@ -83,6 +83,23 @@ def lost(found: dict[str, str], event: ev.ClusterInstanceLost) -> dict[str, str]
     return dict(sorted({**found, event.instance_id: event.state}.items()))
 
 
+def listed(seen: dict[str, int], event: ev.ClusterProvisioned) -> dict[str, int]:
+    """Instance id -> the highest revision whose ``cluster.provisioned`` lists it (the first
+    launch's has no revision: 1), merged by maximum, so any order gives the same map."""
+    revision = event.revision or 1
+    out = dict(seen)
+    for i in event.instances:
+        out[i.instance_id] = max(out.get(i.instance_id, 0), revision)
+    return dict(sorted(out.items()))
+
+
+def removed(seen: dict[str, int]) -> set[str]:
+    """Instances a resize removed (§8.3): from revision 2 on a ``cluster.provisioned`` lists the
+    job's complete current set, so one listed only by an earlier revision was terminated."""
+    latest = max(seen.values(), default=0)
+    return {iid for iid, revision in seen.items() if latest >= 2 and revision < latest}
+
+
 def records(
     instances: dict[str, InstanceMark],
     torn_down: list[str],
@@ -90,10 +107,12 @@ def records(
     lost_states: dict[str, str],
     *,
     torn_all: bool,
+    resized_away: set[str] | None = None,
 ) -> list[InstanceRecord]:
-    """The job record's ``instances``, by replica: ``terminated`` once torn down, ``replaced``
-    once another instance runs its replica, else what EC2 said of it when it was found lost."""
-    torn, gone = set(torn_down), set(replaced)
+    """The job record's ``instances``, by replica: ``terminated`` once torn down or removed by a
+    resize, ``replaced`` once another instance runs its replica, else what EC2 said of it when it
+    was found lost."""
+    torn, gone = set(torn_down) | (resized_away or set()), set(replaced)
 
     def state(i: InstanceMark) -> str:
         if torn_all or i.instance_id in torn:
@@ -112,4 +131,4 @@ def records(
     ]
 
 
-__all__ = ["InstanceMark", "launched", "lost", "records", "replaced"]
+__all__ = ["InstanceMark", "launched", "listed", "lost", "records", "removed", "replaced"]
