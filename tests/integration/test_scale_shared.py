@@ -1,0 +1,158 @@
+"""Resizing a shared job through real nats-server and service processes (§8.3, placement side):
+``job.scale_requested`` (as the gateway stores it) becomes a revision with reason ``scale``;
+growth is placed, shrink frees its reservations, growth without room leaves the job degraded
+until capacity appears, and a repeated count stores nothing."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import uuid
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import pytest
+from nats.aio.client import Client
+from nats.aio.msg import Msg
+
+from schemas import events as ev
+from schemas import subjects as s
+from services.runtime.publisher import Publisher
+from tests.support.api import job, request
+from tests.support.config import config
+from tests.support.events import node
+from tests.support.servers import Spawn
+
+pytestmark = pytest.mark.integration
+
+Event = dict[str, Any]
+
+
+class Placements:
+    """Every ``placement.decided`` / ``placement.degraded`` by job, to wait on a revision itself."""
+
+    def __init__(self) -> None:
+        self.by_job: dict[str, list[Event]] = {}
+        self._changed = asyncio.Condition()
+
+    async def cb(self, msg: Msg) -> None:
+        data = json.loads(msg.data)
+        async with self._changed:
+            self.by_job.setdefault(data["job_id"], []).append(data)
+            self._changed.notify_all()
+
+    async def wait(self, job_id: str, pred: Callable[[Event], bool], timeout: float = 15.0) -> Event:
+        def found() -> Event | None:
+            return next((e for e in self.by_job.get(job_id, []) if pred(e)), None)
+
+        async with self._changed:
+            await asyncio.wait_for(self._changed.wait_for(lambda: found() is not None), timeout)
+            hit = found()
+            assert hit is not None
+            return hit
+
+
+def decided(revision: int) -> Callable[[Event], bool]:
+    return lambda e: e["type"] == s.PLACEMENT_DECIDED and e.get("revision", 1) == revision
+
+
+def degraded(revision: int) -> Callable[[Event], bool]:
+    return lambda e: e["type"] == s.PLACEMENT_DEGRADED and e["revision"] == revision
+
+
+@pytest.fixture
+async def placements(nc: Client) -> Placements:
+    p = Placements()
+    for subject in (s.PLACEMENT_DECIDED, s.PLACEMENT_DEGRADED):
+        await nc.subscribe(subject, cb=p.cb)
+    await nc.flush()
+    return p
+
+
+async def scale(nc: Client, job_id: str, replicas: int, key: str | None = None) -> None:
+    """Store ``job.scale_requested`` as the gateway does (event id from the key, else unique)."""
+    key = key or uuid.uuid4().hex
+    e = ev.JobScaleRequested(
+        event_id=f"{job_id}:{s.JOB_SCALE_REQUESTED}:{key}", job_id=job_id, replicas=replicas, idempotency_key=key
+    )
+    await Publisher(nc.jetstream()).publish(e)
+
+
+async def place(nc: Client, body: bytes) -> Event:
+    code, reply = await request(nc, s.PLACEMENT_REQUEST, body)
+    assert code == 200 and reply["type"] == s.PLACEMENT_DECIDED, reply
+    out: Event = reply
+    return out
+
+
+def nodes_of(e: Event) -> dict[int, str]:
+    return {a["replica"]: a["node_id"] for a in e["assignments"]}
+
+
+async def test_grow_then_shrink_are_revisions_and_a_shrink_frees_its_reservations(
+    nc: Client, services: Spawn, placements: Placements, tmp_path: Path
+) -> None:
+    await services("gateway", "intake", "placement", env=config(tmp_path))
+    await node(nc, "a", 8.0)
+    await node(nc, "b", 8.0)
+    first = await place(nc, job("web", 4, constraints={"spread": True}))
+    job_id = first["job_id"]
+    assert nodes_of(first) == {0: "a"}
+
+    await scale(nc, job_id, 2, key="grow")
+    second = await placements.wait(job_id, decided(2))
+    assert second["replicas"] == 2 and nodes_of(second) == {0: "a", 1: "b"}  # spread kept
+    assert second["changes"] == [{"replica": 1, "from": None, "to": "b", "reason": "scale", "by": None}]
+
+    await scale(nc, job_id, 2, key="grow")  # a retry with the same key: deduplicated by JOBS
+    await scale(nc, job_id, 2)  # the same count again: a no-op
+    await scale(nc, job_id, 1)
+    third = await placements.wait(job_id, decided(3))  # revision 3 is the shrink: nothing in between
+    assert third["replicas"] == 1 and nodes_of(third) == {0: "a"}
+    assert third["changes"] == [{"replica": 1, "from": "b", "to": None, "reason": "scale", "by": None}]
+
+    big = await place(nc, job("big", 8))  # only b's 8 cpu, freed by the shrink, can take it
+    assert nodes_of(big) == {0: "b"}
+
+
+async def test_growth_without_room_is_degraded_then_placed_when_capacity_appears(
+    nc: Client, services: Spawn, placements: Placements, tmp_path: Path
+) -> None:
+    await services("gateway", "intake", "placement", env=config(tmp_path))
+    await node(nc, "a", 4.0)
+    first = await place(nc, job("grow", 4))
+    job_id = first["job_id"]
+
+    await scale(nc, job_id, 3)
+    second = await placements.wait(job_id, decided(2))
+    assert second["replicas"] == 3 and nodes_of(second) == {0: "a"} and second["changes"] == []
+    gone = await placements.wait(job_id, degraded(2))
+    assert gone["missing"] == [1, 2] and gone["nodes_total"] == 1
+    assert gone["excluded"]["cpu"] == 1 and "insufficient cpu" in gone["reason"]
+
+    await node(nc, "b", 4.0)  # room for one more: placed, the last still missing
+    third = await placements.wait(job_id, decided(3))
+    assert third["changes"] == [{"replica": 1, "from": None, "to": "b", "reason": "scale", "by": None}]
+    still = await placements.wait(job_id, degraded(3))
+    assert still["missing"] == [2]
+
+    await node(nc, "c", 4.0)
+    fourth = await placements.wait(job_id, decided(4))
+    assert nodes_of(fourth) == {0: "a", 1: "b", 2: "c"}
+    assert fourth["changes"] == [{"replica": 2, "from": None, "to": "c", "reason": "scale", "by": None}]
+
+
+async def test_a_scale_right_after_submission_waits_for_the_decision(
+    nc: Client, services: Spawn, placements: Placements, tmp_path: Path
+) -> None:
+    await services("gateway", "intake", "placement", env=config(tmp_path))
+    await node(nc, "a", 8.0)
+    code, reply = await request(nc, s.JOB_SUBMIT, job("early", 1))
+    assert code == 200
+    job_id = reply["job_id"]
+    await scale(nc, job_id, 3)  # most likely stored before the job is even accepted
+
+    await placements.wait(job_id, decided(1))
+    second = await placements.wait(job_id, decided(2))
+    assert second["replicas"] == 3 and len(second["assignments"]) == 3
