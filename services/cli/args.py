@@ -28,6 +28,14 @@ def parser() -> argparse.ArgumentParser:
     c.add_argument("--msg-id", help="idempotency key sent as the Nats-Msg-Id header (wins over --request-id)")
     c.add_argument("--wait", action="store_true", help="ask placement.request: wait for the decision and print it")
 
+    c = sub.add_parser("plan", parents=[common], help="what placement would decide for a job now (books nothing)")
+    jobspec.add_flags(c)
+
+    c = sub.add_parser("scale", parents=[common], help="resize a live job to N replicas (the latest request wins)")
+    c.add_argument("job_id")
+    c.add_argument("replicas", type=int, metavar="N")
+    c.add_argument("--msg-id", help="idempotency key sent as the Nats-Msg-Id header")
+
     c = sub.add_parser("get", parents=[common], help="a job's record: state, placement, instances, history")
     c.add_argument("job_id")
 

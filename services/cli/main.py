@@ -1,4 +1,4 @@
-"""``natsched``: submit, get, list, cancel, complete, nodes, drain, undrain, watch, simulate-nodes, ping.
+"""``natsched``: submit, plan, scale, get, list, cancel, complete, nodes, drain, undrain, watch, simulate-nodes, ping.
 
 Tables and colours on a terminal, plain JSON with ``--json``. Connects to ``NATS_URL``
 as ``NATS_USER``/``NATS_PASSWORD`` (or ``--server``/``--user``/``--password``); without
@@ -31,10 +31,13 @@ from services.cli.commands import (
 )
 from services.cli.live import cmd_ping, cmd_simulate_nodes, cmd_watch
 from services.cli.output import Command, Io
+from services.cli.plan import cmd_plan, cmd_scale
 from services.runtime.credentials import Role
 
 COMMANDS: dict[str, tuple[Command, Role]] = {
     "submit": (cmd_submit, "manager"),
+    "plan": (cmd_plan, "manager"),
+    "scale": (cmd_scale, "manager"),
     "get": (cmd_get, "manager"),
     "list": (cmd_list, "manager"),
     "cancel": (cmd_cancel, "manager"),

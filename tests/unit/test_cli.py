@@ -187,3 +187,29 @@ class TestLivingFleet:
 
 def lost_change() -> dict[str, object]:
     return {"replica": 1, "from": "n2", "reason": "node_lost"}
+
+
+class TestScaleAndPlan:
+    def test_scale_takes_a_job_and_a_count_and_plan_the_submit_flags(self) -> None:
+        a = parser().parse_args(["scale", "j1", "4", "--msg-id", "k"])
+        assert (a.job_id, a.replicas, a.msg_id) == ("j1", 4, "k")
+        p = parser().parse_args(["plan", "--replicas", "3", "--cpu", "2"])
+        assert jobspec.build(p)["replicas"] == 3 and jobspec.build(p)["resources"]["cpu"] == 2
+
+    def test_a_decision_reads_as_tables_and_a_failure_as_its_explanation(self) -> None:
+        from services.cli.plan import plan_text
+
+        style = render.Style(False)
+        decision = {
+            "decision": {
+                "assignments": [{"replica": 0, "node_id": "node-7"}, {"replica": 1, "node_id": "node-3"}],
+                "candidates": [{"node_id": "node-7", "cpu_free": 7.5, "memory_free_mb": 30000}],
+            },
+            "preemptions": [{"job_id": "low", "replica": 0, "node_id": "node-3"}],
+        }
+        text = plan_text(decision, style)
+        assert "would place" in text and "node-7" in text and "node-3" in text
+        assert "7.5" in text and "would preempt" in text and "low" in text
+        failure = {"failure": {"reason": "0/5 nodes available: 5 insufficient cpu", "excluded": {"cpu": 5, "gpu": 0}}}
+        text = plan_text(failure, style)
+        assert "insufficient cpu" in text and "cpu 5" in text and "gpu" not in text
