@@ -1,6 +1,7 @@
 """`make run`: nats-server, PostgreSQL, moto and every service under one supervisor.
 
-Environment: NATS_PORT (4222), NATS_MONITOR_PORT (8222), PG_PORT (55432), MOTO_PORT (5055),
+Environment: NATS_PORT (4222), NATS_MONITOR_PORT (8222), NATS_WS_PORT (9222, the websocket listener of the
+web console), CONSOLE_PORT (8090, the console page), PG_PORT (55432), MOTO_PORT (5055),
 DATA_DIR (.data), SIM_NODES (50), DATABASE_URL (use it instead of starting PostgreSQL),
 AWS_ENDPOINT_URL (use it instead of starting moto), NATS_<ROLE>_PASSWORD (the passwords nats.conf
 reads; development defaults from services/runtime/credentials.py). The services connect as `services`.
@@ -21,6 +22,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Protocol
 
+from services.console import ConsoleServer
+from services.console import config as console_config
 from services.devstack import _util
 from services.devstack.moto import Moto
 from services.devstack.nats import NatsServer
@@ -30,7 +33,7 @@ from services.runtime import credentials
 from services.runtime.backoff import delay, sleep_unless
 
 SERVICES = ("gateway", "intake", "placement", "metadata", "provisioner", "teardown")
-INFRA_LABELS = ("nats", "postgres", "moto", "devstack")
+INFRA_LABELS = ("nats", "postgres", "moto", "console", "devstack")
 COLOURS = (36, 33, 32, 35, 34, 91, 92, 93, 94, 95, 96)
 STOP_TIMEOUT = 10.0
 MAX_BACKOFF = 30.0
@@ -47,6 +50,8 @@ class Server(Protocol):
 class Settings:
     nats_port: int
     nats_monitor_port: int
+    nats_ws_port: int
+    console_port: int
     pg_port: int
     moto_port: int
     data_dir: Path
@@ -60,6 +65,8 @@ class Settings:
         return cls(
             nats_port=int(env.get("NATS_PORT", "4222")),
             nats_monitor_port=int(env.get("NATS_MONITOR_PORT", "8222")),
+            nats_ws_port=int(env.get("NATS_WS_PORT", "9222")),
+            console_port=int(env.get("CONSOLE_PORT", "8090")),
             pg_port=int(env.get("PG_PORT", "55432")),
             moto_port=int(env.get("MOTO_PORT", "5055")),
             data_dir=Path(env.get("DATA_DIR", ".data")).absolute(),
@@ -196,7 +203,10 @@ class Supervisor:
             settings.nats_monitor_port,
             store_dir=data / "nats",
             log_dir=data / "logs",
+            websocket_port=settings.nats_ws_port,
         )
+        page = console_config.from_environment((self.nats.websocket_url,))
+        self.web = ConsoleServer(page, settings.console_port, log_dir=data / "logs")
         self.postgres = None if settings.database_url else Postgres(data / "pg", settings.pg_port)
         self.moto = None if settings.aws_endpoint_url else Moto(settings.moto_port, log_dir=data / "logs")
 
@@ -212,7 +222,7 @@ class Supervisor:
         return self.settings.aws_endpoint_url or (self.moto.endpoint_url if self.moto else "")
 
     def _infra(self) -> dict[str, Server]:
-        infra: dict[str, Server] = {"nats": self.nats}
+        infra: dict[str, Server] = {"nats": self.nats, "console": self.web}
         if self.postgres is not None:
             infra["postgres"] = self.postgres
         if self.moto is not None:
@@ -294,6 +304,7 @@ class Supervisor:
             "              users services, manager, node, monitor, admin (passwords: docs/OPERATIONS.md)",
             f"  PostgreSQL  {self.database_url}",
             f"  EC2 (moto)  {self.aws_endpoint_url}   region eu-central-1",
+            f"  console     {self.web.url}   (NATS websocket {self.nats.websocket_url}, user console)",
             f"  services    {services}",
             "  Ctrl-C stops everything",
         ):
