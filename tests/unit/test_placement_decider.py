@@ -521,7 +521,7 @@ class TestAScale:
         outcomes = await asyncio.gather(rig.decider.move("j1"), rig.decider.scale("j1", 4), rig.decider.scale("j1", 2))
         await rig.ledger.catch_up(len(rig.stream.messages), timeout=5)
 
-        assert outcomes == ["moved", "scaled", "scaled"]
+        assert list(outcomes) == ["moved", "scaled", "scaled"]
         revisions = [e for e in rig.stream.messages if isinstance(e, ev.PlacementDecided)]
         assert [(e.revision, e.wanted) for e in revisions] == [(1, 1), (2, 1), (3, 4), (4, 2)]
         assert rig.world.reservations["j1"].replicas == (0, 1)
