@@ -24,57 +24,28 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-from dataclasses import dataclass
 
 import structlog
 
 from schemas import events as ev
 from schemas import subjects as s
 from services.placement.engine import NotPlaced, Placed, place, place_dedicated
-from services.placement.ledger import Ledger
+from services.placement.ledger import Ledger, shrinks
 from services.placement.moves import events_of, replan
 from services.placement.ports import Chain, Clock
+from services.placement.requests import Pending
+from services.placement.requests import Request as _Request
 from services.placement.scaling import rescale_dedicated, rescale_shared
 from services.placement.state import World
 from services.runtime.config import InstanceType
-from services.runtime.delivery import Delivery
 from services.runtime.publisher import MAX_ATOMIC_BATCH, WRONG_LAST_MSG_ID, Ack, WrongLastSequence
+
+__all__ = ["Decider", "Pending"]
 
 log = structlog.get_logger()
 
 Decision = ev.PlacementDecided | ev.PlacementFailed
 Stored = ev.PlacementDecided | ev.PlacementFailed | ev.PlacementDegraded
-
-
-@dataclass
-class Pending:
-    """An accepted job waiting for a decision, with the delivery to ack once it has one."""
-
-    event: ev.JobAccepted
-    delivery: Delivery
-    deadline: float
-    """On the monotonic clock: when it is tried a last time, with an explanation."""
-    order: int
-    """Submission order (the JOBS stream sequence), the tie-break after priority."""
-
-
-@dataclass
-class _Request:
-    pending: Pending | None
-    """The accepted job to decide; None for a re-placement of ``job_id``."""
-    job_id: str
-    final: bool
-    future: asyncio.Future[str]
-    replicas: int | None = None
-    """For a ``job.scale``: the job's new number of replicas."""
-
-    def resolve(self, outcome: str) -> None:
-        if not self.future.done():
-            self.future.set_result(outcome)
-
-    def fail(self, error: BaseException) -> None:
-        if not self.future.done():
-            self.future.set_exception(error)
 
 
 class Decider:
@@ -255,6 +226,8 @@ class Decider:
             case ev.PlacementDecided():
                 if out.cluster == "dedicated":
                     self.ledger.note_dedicated(out)  # the next resize builds on it at once
+                elif shrinks(out):
+                    self.ledger.freed()
                 self.world.confirm(out.job_id)
                 self.decided.add(out.job_id)
                 self.stats["decisions" if out.revision <= 1 else "revisions"] += 1

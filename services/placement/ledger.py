@@ -38,6 +38,11 @@ _ledger_decoder = msgspec.json.Decoder(
 )
 
 
+def shrinks(e: ev.PlacementDecided) -> bool:
+    """A revision that removes replicas (a ``job.scale`` down), so frees room."""
+    return any(c.to is None and c.reason == "scale" for c in e.changes)
+
+
 class Ledger:
     """Reservations in ``world``, the settled jobs, and how far the stream has been applied."""
 
@@ -69,8 +74,8 @@ class Ledger:
                 self.decided.add(event.job_id)
                 if event.cluster == "dedicated":
                     self.note_dedicated(event)
-                else:
-                    self.world.apply_decided(event)
+                elif self.world.apply_decided(event) and shrinks(event):
+                    self.freed()
             case ev.PlacementFailed():
                 self.decided.add(event.job_id)
             case ev.PlacementDegraded():
@@ -82,6 +87,11 @@ class Ledger:
                 self.dedicated.pop(event.job_id, None)
                 if self.world.release(event.job_id):
                     self.capacity_changed.set()
+
+    def freed(self) -> None:
+        """A booking shrank (``job.scale``): pending and degraded jobs may fit now."""
+        self.world.epoch += 1
+        self.capacity_changed.set()
 
     def note_dedicated(self, e: ev.PlacementDecided) -> None:
         """A stored revision of a dedicated job: kept if it is the job's highest and the job lives."""

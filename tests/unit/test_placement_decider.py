@@ -23,6 +23,8 @@ from schemas import subjects as s
 from schemas.jobs import Defaults, Resources, decode_job_request, normalise
 from services.placement.decider import Decider, Pending
 from services.placement.ledger import Ledger
+from services.placement.ports import SystemClock
+from services.placement.scales import Scales
 from services.placement.state import World
 from services.runtime.publisher import WRONG_LAST_MSG_ID, Ack, PublishError, WrongLastSequence
 
@@ -457,6 +459,7 @@ class TestAScale:
     async def test_shrink_and_growth_are_new_revisions_with_reason_scale(self, rig: Rig) -> None:
         await rig.decide(job("j1", cpu=1))
         assert await rig.decider.scale("j1", 3) == "scaled"
+        rig.capacity_changed.clear()
         assert await rig.decider.scale("j1", 2) == "scaled"
         await rig.ledger.catch_up(len(rig.stream.messages), timeout=5)
 
@@ -465,6 +468,7 @@ class TestAScale:
         assert {c.reason for c in second.changes} == {"scale"} and len(second.changes) == 2
         assert isinstance(third, ev.PlacementDecided) and (third.revision, third.replicas) == (3, 2)
         assert [(c.replica, c.to) for c in third.changes] == [(2, None)]
+        assert rig.capacity_changed.is_set()  # the shrink freed room: pending jobs are tried again
         assert rig.booked_by_the_stream() == {"a": 1, "b": 1}
         rig.assert_consistent()
 
@@ -547,3 +551,47 @@ class TestAScale:
         assert isinstance(second, ev.PlacementDecided) and second.revision == 2
         assert [(a.replica, a.instance_type) for a in second.assignments] == [(0, "t3.large"), (1, "t3.large")]
         assert rig.world.reservations == {}  # dedicated jobs book no node
+
+
+class FakeDelivery:
+    def __init__(self) -> None:
+        self.pings = 0
+
+    async def in_progress(self) -> None:
+        self.pings += 1
+
+
+class TestAScaleRequest:
+    """:class:`Scales`, the handler of ``job.scale_requested``, on the rig's ledger and decider."""
+
+    def request(self, job_id: str, replicas: int) -> ev.JobScaleRequested:
+        return ev.JobScaleRequested(event_id=f"{job_id}:scale:{replicas}", job_id=job_id, replicas=replicas)
+
+    async def test_for_a_job_not_decided_yet_waits_for_its_decision(self, rig: Rig) -> None:
+        scales = Scales(rig.ledger, rig.decider.scale, SystemClock(), wait_s=10, ping_s=0.01)
+        d = FakeDelivery()
+        handled = asyncio.create_task(scales.on_scale(self.request("j1", 2), d))  # type: ignore[arg-type]
+        await asyncio.sleep(0.05)  # let it wait (and ping) a little
+        assert not handled.done() and d.pings > 0
+
+        rig.stream.store(foreign("j1", "a"))
+        await asyncio.wait_for(handled, 5)
+
+        second = rig.stream.messages[-1]
+        assert isinstance(second, ev.PlacementDecided) and (second.revision, second.replicas) == (2, 2)
+        await rig.ledger.catch_up(len(rig.stream.messages), timeout=5)
+        rig.assert_consistent()
+
+    async def test_for_a_job_that_never_gets_a_decision_gives_up_after_wait_s(self, rig: Rig) -> None:
+        scales = Scales(rig.ledger, rig.decider.scale, SystemClock(), wait_s=0.1, ping_s=0.02)
+        await asyncio.wait_for(scales.on_scale(self.request("rejected", 2), FakeDelivery()), 5)  # type: ignore[arg-type]
+        assert rig.stream.messages == []
+
+    async def test_for_a_released_job_does_nothing(self, rig: Rig) -> None:
+        await rig.decide(job("j1"))
+        rig.stream.store(released("j1"))
+        await rig.ledger.catch_up(2, timeout=1)
+        scales = Scales(rig.ledger, rig.decider.scale, SystemClock(), wait_s=10)
+        await asyncio.wait_for(scales.on_scale(self.request("j1", 3), FakeDelivery()), 5)  # type: ignore[arg-type]
+        assert len(rig.stream.messages) == 2
+        rig.assert_consistent()
