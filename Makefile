@@ -4,7 +4,7 @@ VENV   ?= .venv
 PY     := $(VENV)/bin/python
 STAMP  := $(VENV)/.installed-$(shell $(PYTHON) -c 'import hashlib,sys;print(hashlib.sha1(open("pyproject.toml","rb").read()).hexdigest()[:12])' 2>/dev/null)
 
-.PHONY: run test lint unit integration bench chaos cluster venv clean schemas
+.PHONY: run test lint unit integration e2e bench chaos cluster venv clean schemas
 
 venv: $(STAMP)
 
@@ -15,7 +15,7 @@ $(STAMP): pyproject.toml
 	$(PY) -m pip install -q -e '.[dev]'
 	@rm -f $(VENV)/.installed-* && touch $@
 
-run: venv            ## the whole system: nats-server, PostgreSQL, moto, every service, simulated nodes
+run: venv            ## the whole system: nats-server, PostgreSQL, moto, every service, simulated nodes, the web console
 	$(PY) -m services.devstack
 
 cluster: venv        ## a 3-node NATS cluster (routes, replicated JetStream) on 4222-4224, until Ctrl-C
@@ -32,7 +32,10 @@ unit: venv
 integration: venv
 	$(VENV)/bin/pytest -q tests/integration
 
-test: lint           ## ruff, mypy, then every unit and integration test against real servers
+e2e: venv            ## the web console in headless Chromium (/usr/bin/chromium: apt-get install -y chromium)
+	$(VENV)/bin/pytest -q tests/e2e
+
+test: lint           ## ruff, mypy, then every unit, integration and e2e (browser) test against real servers
 	$(VENV)/bin/pytest -q -p no:cacheprovider tests
 
 bench: venv          ## benchmarks; results in bench-results/ (JSON, markdown, PNG); BENCH="replace" runs only those

@@ -38,8 +38,8 @@ export async function keepConnected(config, ui, open) {
       });
     } catch (err) {
       failures += 1;
-      const wait = Math.min(RETRY_MAX_S, 2 ** Math.min(failures, 4));
-      ui.connection("error", `${describe(err, config)}. Retrying in ${wait} s.`);
+      const wait = Math.min(RETRY_MAX_S, 2 ** Math.min(failures - 1, 4));
+      ui.connection("error", `${describe(err, config)}. Attempt ${failures} failed; retrying in ${wait} s.`);
       await sleep(wait * 1000);
       continue;
     }

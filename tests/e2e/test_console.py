@@ -1,0 +1,150 @@
+"""The web console in a real headless Chromium, against real nats-server and service processes: it shows
+a job submitted over NATS in the live feed and the job list, its detail, a drained node marked and the job's
+new revision; and it says so, and retries, when the credentials are wrong or NATS is unreachable."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import re
+from collections.abc import AsyncIterator
+from datetime import UTC, datetime
+from pathlib import Path
+
+import pytest
+from nats.aio.client import Client
+from playwright.async_api import Page, expect
+
+from schemas import events as ev
+from schemas import subjects as s
+from services.console import ConsoleServer
+from services.devstack import NatsServer, free_port
+from tests.e2e.conftest import Serve
+from tests.support.api import job, request, start_metadata, submit
+from tests.support.events import node_status
+from tests.support.servers import REPO, Spawn
+
+pytestmark = pytest.mark.integration
+
+NODES = ("n0", "n1", "n2")
+WAIT_MS = 20_000
+
+
+@pytest.fixture
+async def agents(nc: Client) -> AsyncIterator[None]:
+    """Node agents: each node of NODES reports 4 free cores every 0.25 s until the test ends (core NATS
+    publishes, as agents do: the NODES stream captures them once the services have declared it)."""
+    stop = asyncio.Event()
+
+    async def beat() -> None:
+        while not stop.is_set():
+            for node_id in NODES:
+                status = node_status(node_id, datetime.now(UTC), cpu_free=4.0)
+                await nc.publish(ev.subject_of(status), ev.encode(status))
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(stop.wait(), 0.25)
+
+    task = asyncio.create_task(beat())
+    yield
+    stop.set()
+    await asyncio.wait_for(task, 10)
+
+
+async def connected(page: Page) -> None:
+    await expect(page.locator("#conn")).to_have_attribute("data-state", "connected", timeout=WAIT_MS)
+
+
+async def test_a_submitted_job_appears_in_the_feed_and_the_list_and_a_drained_node_is_marked(
+    nc: Client,
+    services: Spawn,
+    database_url: str,
+    agents: None,
+    console: ConsoleServer,
+    page: Page,
+    tmp_path: Path,
+) -> None:
+    await services("gateway", "intake", "placement")
+    await start_metadata(nc, services, database_url)
+    await page.goto(console.url)
+    await connected(page)
+    active = page.locator('#fleet-counts [data-count-state="active"] b')
+    await expect(active).to_have_text(str(len(NODES)), timeout=WAIT_MS)
+
+    job_id = await submit(nc, job("console-e2e", 1))
+    decided = page.locator(f'#feed-list li[data-job-id="{job_id}"][data-type="{s.PLACEMENT_DECIDED}"]')
+    await expect(decided).to_have_count(1, timeout=WAIT_MS)
+    row = page.locator(f'#job-table tr[data-job-id="{job_id}"]')
+    await expect(row).to_have_attribute("data-state", "placed", timeout=WAIT_MS)
+    await expect(row).to_contain_text("console-e2e")
+
+    await row.click()  # the detail: spec, revision 1 with its assignment, history
+    detail = page.locator("#job-detail")
+    await expect(detail.locator('.revision[data-revision="1"]')).to_be_visible(timeout=WAIT_MS)
+    await expect(detail.locator("pre.spec")).to_contain_text('"name": "console-e2e"')
+    await expect(detail.locator(".history")).to_contain_text("placed")
+    first = await page.locator(f'#feed-list li[data-job-id="{job_id}"] .what').inner_text()
+    (where,) = (n for n in NODES if re.search(rf"\b{n}\b", first))
+    await page.screenshot(path=tmp_path / "console-placed.png", full_page=True)
+
+    code, reply = await request(nc, s.NODE_DRAIN, {"node_id": where, "reason": "e2e"})
+    assert (code, reply) == (200, {"node_id": where, "draining": True})
+    marked = page.locator(f'#fleet-marked li[data-node-id="{where}"]')
+    await expect(marked).to_have_attribute("data-state", "draining", timeout=WAIT_MS)
+    await expect(page.locator('#fleet-counts [data-count-state="draining"] b')).to_have_text("1")
+    await expect(decided).to_have_count(2, timeout=WAIT_MS)  # revision 2: the replica moved off the node
+    await expect(detail.locator('.revision[data-revision="2"]')).to_contain_text("drain", timeout=WAIT_MS)
+    await page.screenshot(path=tmp_path / "console-drained.png", full_page=True)
+
+
+async def test_a_job_id_search_shows_the_job_or_says_there_is_none(
+    nc: Client, services: Spawn, database_url: str, console: ConsoleServer, page: Page
+) -> None:
+    await services("gateway", "intake")
+    await start_metadata(nc, services, database_url)
+    job_id = await submit(nc, json.dumps({"name": "too-big", "resources": {"cpu": 1000}}).encode())
+    await page.goto(console.url)
+    await connected(page)
+    await page.fill("#job-id", job_id)
+    await page.click("#job-search button")
+    detail = page.locator("#job-detail")
+    await expect(detail.locator("h3")).to_contain_text(job_id, timeout=WAIT_MS)
+    await expect(detail.locator("h3 .state")).to_have_text("rejected", timeout=WAIT_MS)
+    await expect(detail.locator("[data-explanation]")).to_contain_text("cpu")  # the rejection's reason
+    await page.fill("#job-id", "no-such-job")
+    await page.click("#job-search button")
+    await expect(detail.locator('[data-job-missing="no-such-job"]')).to_have_text("no job no-such-job")
+
+
+async def test_a_wrong_password_is_shown_as_such_and_retried(
+    nats_server: NatsServer, serve: Serve, page: Page, tmp_path: Path
+) -> None:
+    wrong = serve((nats_server.websocket_url,), pw="not-the-console-password")
+    await page.goto(wrong.url)
+    banner = page.locator("#banner")
+    await expect(banner).to_have_attribute("data-state", "error", timeout=WAIT_MS)
+    await expect(banner).to_contain_text("refused the console's credentials")
+    await expect(page.locator("#conn")).to_have_text("offline")
+    await expect(page.locator("#fleet h2")).to_be_visible()  # never a blank page
+    await expect(banner).to_contain_text("Attempt 2 failed", timeout=WAIT_MS)  # it tries again
+    await expect(banner).to_contain_text("refused the console's credentials")
+    await page.screenshot(path=tmp_path / "console-refused.png", full_page=True)
+
+
+async def test_an_unreachable_nats_is_shown_and_the_page_connects_once_it_is_up(
+    serve: Serve, page: Page, tmp_path: Path
+) -> None:
+    ws_port = free_port()
+    console = serve((f"ws://127.0.0.1:{ws_port}",))
+    await page.goto(console.url)
+    banner = page.locator("#banner")
+    await expect(banner).to_contain_text("cannot reach NATS", timeout=WAIT_MS)
+    await expect(page.locator("#conn")).to_have_text("offline")
+    server = NatsServer(REPO / "nats.conf", websocket_port=ws_port, store_dir=tmp_path / "js", log_dir=tmp_path)
+    await asyncio.to_thread(server.start)
+    try:
+        await connected(page)
+        await expect(banner).to_be_hidden()
+    finally:
+        await asyncio.to_thread(server.stop)
+    await expect(banner).to_have_attribute("data-state", "error", timeout=WAIT_MS)  # and when it goes away again
