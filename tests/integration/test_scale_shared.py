@@ -156,3 +156,17 @@ async def test_a_scale_right_after_submission_waits_for_the_decision(
     await placements.wait(job_id, decided(1))
     second = await placements.wait(job_id, decided(2))
     assert second["replicas"] == 3 and len(second["assignments"]) == 3
+
+
+async def test_through_the_gateway_s_job_scale(
+    nc: Client, services: Spawn, placements: Placements, tmp_path: Path
+) -> None:
+    await services("gateway", "intake", "placement", env=config(tmp_path))
+    await node(nc, "a", 8.0)
+    first = await place(nc, job("via-gateway", 2))
+    job_id = first["job_id"]
+
+    code, reply = await request(nc, s.JOB_SCALE, {"job_id": job_id, "replicas": 3})
+    assert code == 200 and reply["job_id"] == job_id and reply["replicas"] == 3, reply
+    second = await placements.wait(job_id, decided(2))
+    assert second["replicas"] == 3 and nodes_of(second) == {0: "a", 1: "a", 2: "a"}
