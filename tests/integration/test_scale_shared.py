@@ -170,3 +170,24 @@ async def test_through_the_gateway_s_job_scale(
     assert code == 200 and reply["job_id"] == job_id and reply["replicas"] == 3, reply
     second = await placements.wait(job_id, decided(2))
     assert second["replicas"] == 3 and nodes_of(second) == {0: "a", 1: "a", 2: "a"}
+
+
+async def test_with_two_placement_instances_requests_apply_in_stream_order(
+    nc: Client, services: Spawn, placements: Placements, tmp_path: Path
+) -> None:
+    env = config(tmp_path)
+    await services("placement", "placement", env=env)
+    await services("gateway", "intake", env=env)
+    await node(nc, "a", 64.0)
+    first = await place(nc, job("burst", 1))
+    job_id = first["job_id"]
+
+    counts = [2, 5, 5, 1, 4, 3, 3, 6]
+    for n in counts:  # stored back to back: the two instances compete for them
+        await scale(nc, job_id, n)
+    await placements.wait(job_id, lambda e: e["type"] == s.PLACEMENT_DECIDED and e.get("replicas") == 6)
+
+    revisions = sorted(
+        (e["revision"], e["replicas"]) for e in placements.by_job[job_id] if e["type"] == s.PLACEMENT_DECIDED
+    )
+    assert revisions == [(1, 1), (2, 2), (3, 5), (4, 1), (5, 4), (6, 3), (7, 6)]  # repeats store nothing
