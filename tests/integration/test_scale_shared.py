@@ -22,6 +22,7 @@ from services.runtime.publisher import Publisher
 from tests.support.api import job, request
 from tests.support.config import config
 from tests.support.events import node
+from tests.support.invariants import check_live
 from tests.support.servers import Spawn
 
 pytestmark = pytest.mark.integration
@@ -114,6 +115,8 @@ async def test_grow_then_shrink_are_revisions_and_a_shrink_frees_its_reservation
 
     big = await place(nc, job("big", 8))  # only b's 8 cpu, freed by the shrink, can take it
     assert nodes_of(big) == {0: "b"}
+    report = await check_live(nc.jetstream(), require_release=False)
+    assert report.ok, report
 
 
 async def test_growth_without_room_is_degraded_then_placed_when_capacity_appears(
@@ -141,6 +144,8 @@ async def test_growth_without_room_is_degraded_then_placed_when_capacity_appears
     fourth = await placements.wait(job_id, decided(4))
     assert nodes_of(fourth) == {0: "a", 1: "b", 2: "c"}
     assert fourth["changes"] == [{"replica": 2, "from": None, "to": "c", "reason": "scale", "by": None}]
+    report = await check_live(nc.jetstream(), require_release=False)
+    assert report.ok, report
 
 
 async def test_a_scale_right_after_submission_waits_for_the_decision(
@@ -191,3 +196,5 @@ async def test_with_two_placement_instances_requests_apply_in_stream_order(
         (e["revision"], e["replicas"]) for e in placements.by_job[job_id] if e["type"] == s.PLACEMENT_DECIDED
     )
     assert revisions == [(1, 1), (2, 2), (3, 5), (4, 1), (5, 4), (6, 3), (7, 6)]  # repeats store nothing
+    report = await check_live(nc.jetstream(), require_release=False)
+    assert report.ok, report
