@@ -301,7 +301,7 @@ class Supervisor:
         for line in (
             "dev stack is up",
             f"  NATS        {self.nats.url}   monitor {self.nats.monitor_url}",
-            "              users services, manager, node, monitor, admin (passwords: docs/OPERATIONS.md)",
+            "              users services, manager, node, monitor, console, admin (passwords: docs/OPERATIONS.md)",
             f"  PostgreSQL  {self.database_url}",
             f"  EC2 (moto)  {self.aws_endpoint_url}   region eu-central-1",
             f"  console     {self.web.url}   (NATS websocket {self.nats.websocket_url}, user console)",

@@ -20,7 +20,18 @@ from typing import Any
 
 from tests.bench._machine import Steal, reference_ms
 
-BENCHES = ["placement", "consumer", "pipeline", "floor", "metadata", "listing", "scaleout", "replace", "plan", "console"]
+BENCHES = [
+    "placement",
+    "consumer",
+    "pipeline",
+    "floor",
+    "metadata",
+    "listing",
+    "scaleout",
+    "replace",
+    "plan",
+    "console",
+]
 OUT = Path("bench-results")
 
 
