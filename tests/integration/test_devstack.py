@@ -141,10 +141,12 @@ def test_spawn_service_runs_the_supervisor_and_stops_it(tmp_path: Path) -> None:
 
     # The supervisor with PostgreSQL and moto "external" starts nats-server and whichever services exist
     # (they get NATS_URL in their environment): SIGTERM must stop them all and leave nothing behind.
-    nats_port = free_port()
+    nats_port, console_port = free_port(), free_port()
     env = {
         "NATS_PORT": str(nats_port),
         "NATS_MONITOR_PORT": str(free_port()),
+        "NATS_WS_PORT": str(free_port()),
+        "CONSOLE_PORT": str(console_port),
         "DATA_DIR": str(tmp_path / "data"),
         "DATABASE_URL": "postgresql://postgres@127.0.0.1:1/unused",
         "AWS_ENDPOINT_URL": "http://127.0.0.1:1",
@@ -158,6 +160,7 @@ def test_spawn_service_runs_the_supervisor_and_stops_it(tmp_path: Path) -> None:
             assert time.monotonic() < deadline, stack.log_text()
             time.sleep(0.1)
         assert _processes_mentioning(str(tmp_path / "data")), "nats-server should be running"
+        assert f"console     http://127.0.0.1:{console_port}/" in stack.log_text()  # the web console's page
         time.sleep(1)  # let the services (if any) get going
     finally:
         code = stack.stop(timeout=20)
