@@ -1,6 +1,7 @@
 """Hostile input: hypothesis throws random bytes, deep nesting, huge numbers, NaN, unicode and
-oversize strings at the request endpoints and at ``node.status`` and ``node.draining``; every request gets a
-well-formed reply per the error contract, and no service dies or blows up in memory."""
+oversize strings at the request endpoints (``job.scale`` and ``placement.plan`` included) and at
+``node.status`` and ``node.draining``; every request gets a well-formed reply per the error contract,
+and no service dies or blows up in memory."""
 
 from __future__ import annotations
 
@@ -168,6 +169,50 @@ def test_node_draining_garbage_never_hurts_placement_or_metadata(live: Live, pay
     live.run(live.nc.jetstream().publish(s.node_draining_subject(f"fuzz-{node}"), payload))
 
 
+@pytest.fixture(scope="module")
+def a_job(live: Live) -> str:
+    """A job for the scale requests to hit, pinned to a node that never reports (pending, then failed)."""
+    reply = live.run(
+        live.nc.request(
+            s.JOB_SUBMIT, b'{"name": "scale-target", "replicas": 2, "constraints": {"nodes": ["nowhere"]}}', timeout=10
+        )
+    )
+    return str(json.loads(reply.data)["job_id"])
+
+
+JOB = "@job"
+"""Stands for :func:`a_job`'s id in the generated bodies (known only once the system runs)."""
+scale_like = st.fixed_dictionaries(
+    {"job_id": st.one_of(st.just(JOB), st.text(max_size=200), json_values)},
+    optional={
+        "replicas": st.one_of(json_values, st.integers(-5, 1200), st.sampled_from([0, 1, 1000, 1001, 2**63, 1.5])),
+        "request_id": st.one_of(st.text(max_size=200), json_values),
+        "extra": json_values,
+    },
+)
+
+
+@SETTINGS
+@given(payload=st.one_of(anything, scale_like, oversize))
+def test_job_scale_always_answers_per_contract(live: Live, a_job: str, payload: bytes | dict[str, Any]) -> None:
+    if isinstance(payload, dict):
+        payload = json.dumps({k: a_job if v == JOB else v for k, v in payload.items()}).encode()
+    reply = live.run(live.nc.request(s.JOB_SCALE, payload, timeout=10))
+    body = assert_well_formed(reply, (400, 404, 409, 413))
+    if not (reply.headers and s.ERROR_CODE_HEADER in reply.headers):
+        assert body["job_id"] == a_job and body["state"] == "scale_requested"
+        assert isinstance(body["replicas"], int) and 1 <= body["replicas"] <= 1000
+
+
+@SETTINGS
+@given(payload=st.one_of(anything, spec_like, oversize))
+def test_placement_plan_always_answers_per_contract(live: Live, payload: bytes) -> None:
+    reply = live.run(live.nc.request(s.PLACEMENT_PLAN, payload, timeout=10))
+    body = assert_well_formed(reply, (400, 413))
+    if not (reply.headers and s.ERROR_CODE_HEADER in reply.headers):
+        assert ("decision" in body) != ("failure" in body), body
+
+
 def test_after_the_fuzzing_the_system_still_places_jobs(live: Live) -> None:
     async def go() -> dict[str, Any]:
         nc = live.nc
@@ -187,9 +232,10 @@ def test_after_the_fuzzing_the_system_still_places_jobs(live: Live) -> None:
                 }
             ).encode(),
         )
-        reply = await nc.request(
-            s.PLACEMENT_REQUEST, b'{"name": "after-fuzz", "constraints": {"nodes": ["solid"]}}', timeout=10
-        )
+        spec = b'{"name": "after-fuzz", "constraints": {"nodes": ["solid"]}}'
+        plan = await nc.request(s.PLACEMENT_PLAN, spec, timeout=10)
+        assert json.loads(plan.data)["decision"]["assignments"] == [{"replica": 0, "node_id": "solid"}], plan.data
+        reply = await nc.request(s.PLACEMENT_REQUEST, spec, timeout=10)
         return dict(json.loads(reply.data))
 
     decided = live.run(go())
