@@ -97,6 +97,8 @@ class Candidate(msgspec.Struct, kw_only=True, omit_defaults=True, frozen=True):
     memory_mb: int | None = None
     gpu: int | None = None
     price_hourly: float | None = None
+    distance_km: float | None = None
+    """Great-circle distance to the job's ``constraints.near`` (only when it is given)."""
 
 
 class Excluded(msgspec.Struct, kw_only=True):
@@ -109,6 +111,10 @@ class Excluded(msgspec.Struct, kw_only=True):
     gpu: int = 0
     labels: int = 0
     nodes: int = 0
+    distance: int = 0
+    """No location, or farther than ``constraints.near.max_km``."""
+    spread_by: int = 0
+    """No value for the label of ``constraints.spread_by``."""
     spread: int = 0
 
 
@@ -126,6 +132,14 @@ class Change(msgspec.Struct, kw_only=True, frozen=True):
     reason: ChangeReason
     by: str | None = None
     """For ``preempted``: the job that took the room."""
+
+
+class Preempted(msgspec.Struct, kw_only=True, frozen=True):
+    """A replica of a lower-priority job whose room a decision took."""
+
+    job_id: str
+    replica: int
+    node_id: str
 
 
 class PlacementDecided(JobEvent, tag=s.PLACEMENT_DECIDED, kw_only=True):
@@ -153,6 +167,10 @@ class PlacementDecided(JobEvent, tag=s.PLACEMENT_DECIDED, kw_only=True):
     constraints: Constraints | None = None
     """The job's constraints, so a replica can be placed again from PLACEMENTS alone."""
     priority: int = 0
+
+    preempted: list[Preempted] = []
+    """On the preempting job's decision: the replicas of lower-priority jobs it took room from
+    (each moved or missing in a revision of its own job, reason ``preempted``, §8.3)."""
 
     @property
     def wanted(self) -> int:
@@ -246,6 +264,11 @@ NonNegFloat = Annotated[float, Meta(ge=0, le=1e9)]
 NonNegInt = Annotated[int, Meta(ge=0, le=2**53)]
 
 
+class Location(msgspec.Struct, kw_only=True, frozen=True):
+    lat: Annotated[float, Meta(ge=-90, le=90)]
+    lon: Annotated[float, Meta(ge=-180, le=180)]
+
+
 class NodeStatus(Event, tag=s.NODE_STATUS, kw_only=True):
     """Published by node agents on ``node.status.<node_id>``; ``event_id`` is optional."""
 
@@ -259,6 +282,8 @@ class NodeStatus(Event, tag=s.NODE_STATUS, kw_only=True):
     memory_free_mb: NonNegInt
     gpus: Annotated[int, Meta(ge=0, le=1024)] = 0
     labels: Annotated[dict[LabelKey, LabelValue], Meta(max_length=64)] = {}
+    location: Location | None = None
+    """Where the node is (§8.5), for ``constraints.near`` and strategy ``nearest``."""
 
 
 class NodeDraining(Event, tag=s.NODE_DRAINING, kw_only=True):
@@ -375,12 +400,14 @@ __all__ = [
     "JobRejected",
     "JobScaleRequested",
     "JobSubmitted",
+    "Location",
     "NodeDraining",
     "NodeStatus",
     "PlacementDecided",
     "PlacementDegraded",
     "PlacementFailed",
     "PlacementReleased",
+    "Preempted",
     "any_event_decoder",
     "encode",
     "event_id_for",

@@ -24,6 +24,7 @@ from schemas.types import (
     MemoryMb,
     Name,
     NodeId,
+    PreemptionPolicy,
     Priority,
     Replicas,
     RequestId,
@@ -48,10 +49,21 @@ class ResourcesRequest(Inbound):
     gpu: Gpu = 0
 
 
+class Near(msgspec.Struct, kw_only=True, frozen=True, forbid_unknown_fields=True):
+    """Only nodes within ``max_km`` (great-circle) of ``(lat, lon)`` qualify (§8.5)."""
+
+    lat: Annotated[float, Meta(ge=-90, le=90)]
+    lon: Annotated[float, Meta(ge=-180, le=180)]
+    max_km: Annotated[float, Meta(gt=0, le=20_038)]
+
+
 class Constraints(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
     labels: Annotated[dict[LabelKey, LabelValue], Meta(max_length=64)] = {}
     nodes: Annotated[list[NodeId], Meta(max_length=10_000)] = []
     spread: bool = False
+    spread_by: LabelKey | None = None
+    """Spread the replicas evenly over the values of this node label (max skew 1, §8.5)."""
+    near: Near | None = None
 
 
 class Workload(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
@@ -74,6 +86,11 @@ class JobRequest(Inbound):
     strategy: Strategy | None = None
     priority: Priority = 0
     request_id: RequestId | None = None
+    preemption: PreemptionPolicy = "lower_priority"
+
+    def __post_init__(self) -> None:
+        if self.strategy == "nearest" and self.constraints.near is None:
+            raise ValueError("strategy 'nearest' needs constraints.near")
 
 
 class LegacyJobRequest(Inbound):
@@ -97,6 +114,7 @@ class JobSpec(msgspec.Struct, kw_only=True, frozen=True):
     strategy: Strategy
     max_runtime_s: int | None = None
     priority: int = 0
+    preemption: PreemptionPolicy = "lower_priority"
 
 
 class Defaults(msgspec.Struct, kw_only=True, frozen=True, forbid_unknown_fields=True):
@@ -140,6 +158,7 @@ def normalise(req: JobRequest | LegacyJobRequest, defaults: Defaults) -> JobSpec
         strategy=req.strategy or defaults.strategy,
         max_runtime_s=req.max_runtime_s if req.max_runtime_s is not None else defaults.max_runtime_s,
         priority=req.priority,
+        preemption=req.preemption,
     )
 
 

@@ -35,6 +35,9 @@ RequestId = Annotated[str, Meta(min_length=1, max_length=128)]
 ShortText = Annotated[str, Meta(max_length=4096)]
 
 Cluster = Literal["shared", "dedicated"]
-Strategy = Literal["best_fit", "spread", "first_fit", "pack"]
+Strategy = Literal["best_fit", "spread", "first_fit", "pack", "nearest"]
+"""``nearest`` ranks the closest nodes to ``constraints.near`` first (§8.5)."""
+PreemptionPolicy = Literal["lower_priority", "never"]
+"""Whether a job that fits nowhere may take room from shared jobs of strictly lower priority (§8.3)."""
 Outcome = Literal["succeeded", "failed"]
 NodeState = Literal["active", "draining", "down"]

@@ -66,6 +66,9 @@ class Timeouts(_Conf, kw_only=True):
 
 class PlacementConf(_Conf, kw_only=True):
     top_candidates: Annotated[int, Meta(ge=1, le=1000)] = 10
+    preemption: bool = True
+    """A job that fits nowhere may take room from shared jobs of strictly lower priority (§8.3);
+    false turns preemption off for every job."""
 
 
 class InstanceType(_Conf, kw_only=True):
