@@ -22,13 +22,15 @@ async def cmd_scale(a: argparse.Namespace, nc: Client, io: Io) -> None:
     if io.as_json:
         io.json(reply)
         return
-    io.text(f"{reply.get('job_id')}  {reply.get('replicas')} replicas  {io.style.state(str(reply.get('state')))}")
+    io.text(f"{reply.get('job_id')}  {reply.get('replicas')} replica(s)  {io.style.state(str(reply.get('state')))}")
     io.note(f"follow the new revision with: natsched watch {reply.get('job_id')}")
 
 
 async def cmd_plan(a: argparse.Namespace, nc: Client, io: Io) -> None:
     """``placement.plan``: what would be decided for this JobSpec now, booking nothing."""
-    reply = await request(nc, s.PLACEMENT_PLAN, jobspec.build(a), timeout=a.timeout)
+    spec = jobspec.build(a)
+    spec.setdefault("name", "plan")  # a plan creates no job: its name matters to nobody
+    reply = await request(nc, s.PLACEMENT_PLAN, spec, timeout=a.timeout)
     if io.as_json:
         io.json(reply)
     else:
@@ -45,10 +47,11 @@ def plan_text(reply: Mapping[str, Any], style: render.Style) -> str:
             lines.append("excluded: " + ", ".join(f"{k} {v}" for k, v in excluded.items()))
         return "\n".join(lines) + "\n"
     decision = reply.get("decision") or {}
+    dedicated = any(x.get("instance_type") for x in decision.get("assignments", []))
     out = [style.bold("would place") + "\n"]
     out.append(
         render.table(
-            ["replica", "node / instance type"],
+            ["REPLICA", "INSTANCE TYPE" if dedicated else "NODE"],
             [
                 [str(x.get("replica")), str(x.get("node_id") or x.get("instance_type") or "-")]
                 for x in decision.get("assignments", [])
@@ -61,7 +64,9 @@ def plan_text(reply: Mapping[str, Any], style: render.Style) -> str:
         out.append("\n" + style.bold("candidates, best first") + "\n")
         out.append(
             render.table(
-                ["node / instance type", "cpu free", "memory free MB", "price/h"],
+                ["INSTANCE TYPE", "VCPU", "MEMORY MB", "PRICE/H"]
+                if dedicated
+                else ["NODE", "CPU FREE", "MEMORY FREE MB", "PRICE/H"],
                 [
                     [
                         str(c.get("node_id") or c.get("instance_type") or "-"),
@@ -79,7 +84,7 @@ def plan_text(reply: Mapping[str, Any], style: render.Style) -> str:
         out.append("\n" + style.bold("would preempt") + "\n")
         out.append(
             render.table(
-                ["job", "replica", "node"],
+                ["JOB", "REPLICA", "NODE"],
                 [[str(p.get("job_id")), str(p.get("replica")), str(p.get("node_id"))] for p in preemptions],
                 style,
             )

@@ -162,18 +162,19 @@ def nodes_summary(summary: Mapping[str, Any]) -> str:
 def job_detail(job: Mapping[str, Any], style: Style) -> str:
     spec = job.get("spec") or {}
     res = spec.get("resources") or {}
+    placement = job.get("placement") or {}
+    wanted = placement.get("replicas") or spec.get("replicas")  # job.scale changes the count, not the spec
     lines = [
         f"{style.bold('job')}        {job.get('job_id')}",
         f"{style.bold('state')}      {style.state(str(job.get('state')))}"
         + (f"  ({job['reason']})" if job.get("reason") else ""),
         f"{style.bold('name')}       {spec.get('name', '-')}   technology {spec.get('technology', '-')}"
         f"   cluster {spec.get('cluster', '-')}   strategy {spec.get('strategy', '-')}",
-        f"{style.bold('resources')}  {num(spec.get('replicas'))} x (cpu {num(res.get('cpu'))},"
+        f"{style.bold('resources')}  {num(wanted)} x (cpu {num(res.get('cpu'))},"
         f" memory {num(res.get('memory_mb'))} MiB, gpu {num(res.get('gpu', 0))})",
         f"{style.bold('submitted')}  {when(job.get('submitted_at'))}   updated {when(job.get('updated_at'))}",
     ]
     out = "\n".join(lines) + "\n"
-    placement = job.get("placement") or {}
     assignments = placement.get("assignments") or []
     if placement:
         out += placement_line(placement, style)
@@ -269,6 +270,8 @@ def summary(event: Mapping[str, Any]) -> str:
     if kind == "job.submitted":
         spec = event.get("spec") or {}
         return f"{spec.get('name', '')} ({spec.get('cluster', '')}, {num(spec.get('replicas'))} replica(s))"
+    if kind == "job.scale_requested":
+        return f"to {num(event.get('replicas'))} replica(s)"
     if kind == "job.completed":
         return str(event.get("outcome", ""))
     if kind == "node.status":

@@ -160,3 +160,22 @@ async def test_drain_and_undrain_a_node_with_clear_errors(services: Spawn, nats_
     assert code == 1 and "error 404" in err and "natsched nodes" in err
     code, _, err = await cli(nats_server, "undrain", "not a node id")
     assert code == 1 and "error 400" in err and "node_id" in err
+
+
+async def test_scale_and_plan_as_a_user_types_them(services: Spawn, nats_server: NatsServer) -> None:
+    await services("gateway", "intake", "placement")
+    assert (await cli(nats_server, "simulate-nodes", "20", "--rounds", "1", "--prefix", "sc"))[0] == 0
+    code, out, err = await cli(nats_server, "submit", "--name", "grow", "--cpu", "0.5", "--wait", "--json")
+    assert code == 0, err
+    job_id = json.loads(out)["job_id"]
+    code, out, err = await cli(nats_server, "scale", job_id, "3")
+    assert code == 0 and out.split() == [job_id, "3", "replica(s)", "scale_requested"], (out, err)
+    assert f"natsched watch {job_id}" in err
+    code, _, err = await cli(nats_server, "scale", job_id, "0")
+    assert code == 1 and "error 400" in err and "replicas" in err
+    code, _, err = await cli(nats_server, "scale", "no-such-job", "2")
+    assert code == 1 and "error 404" in err
+    code, out, err = await cli(nats_server, "plan", "--replicas", "2", "--cpu", "0.5", "--spread")  # no --name
+    assert code == 0 and "would place" in out and out.count("sc-") >= 2, (out, err)
+    code, out, err = await cli(nats_server, "plan", "--cpu", "4000")
+    assert code == 0 and "would not fit" in out and "insufficient cpu" in out, (out, err)

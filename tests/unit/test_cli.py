@@ -213,3 +213,26 @@ class TestScaleAndPlan:
         failure = {"failure": {"reason": "0/5 nodes available: 5 insufficient cpu", "excluded": {"cpu": 5, "gpu": 0}}}
         text = plan_text(failure, style)
         assert "insufficient cpu" in text and "cpu 5" in text and "gpu" not in text
+
+    def test_a_resized_job_shows_its_wanted_count_and_the_request_its_count(self) -> None:
+        job = {
+            "job_id": "j1",
+            "state": "placed",
+            "spec": {"replicas": 2, "resources": {"cpu": 1, "memory_mb": 512}},
+            "placement": {"assignments": [{"replica": 0, "node_id": "n1"}], "revision": 3, "replicas": 1},
+        }
+        text = render.job_detail(job, render.Style(False))
+        assert "resources  1 x (cpu 1," in text and "revision 3: 1 of 1 replica(s) placed" in text
+        assert render.summary({"type": "job.scale_requested", "job_id": "j1", "replicas": 4}) == "to 4 replica(s)"
+
+    def test_a_dedicated_plan_names_instance_types_in_its_headers(self) -> None:
+        from services.cli.plan import plan_text
+
+        reply = {
+            "decision": {
+                "assignments": [{"replica": 0, "instance_type": "t3.medium"}],
+                "candidates": [{"instance_type": "t3.medium", "vcpu": 2, "memory_mb": 4096, "price_hourly": 0.04}],
+            }
+        }
+        text = plan_text(reply, render.Style(False))
+        assert "INSTANCE TYPE" in text and "VCPU" in text and "CPU FREE" not in text and "0.04" in text
