@@ -21,9 +21,8 @@ computed by a full scan only when a job does not fit and an explanation is wante
 from __future__ import annotations
 
 import heapq
-import math
 from collections import Counter
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Sequence
 from itertools import islice
 
 import msgspec
@@ -31,9 +30,23 @@ import msgspec
 from schemas.events import Assignment, Candidate, Excluded
 from schemas.jobs import JobSpec
 from services.placement.state import Node, World
+from services.placement.walk import KEYS, distance_of, first_failed, ranked, sort_key
 from services.runtime.config import InstanceType
 
-FILTER_ORDER = ("inactive", "technology", "cpu", "memory", "gpu", "labels", "nodes", "spread")
+__all__ = ["FILTER_ORDER", "KEYS", "NotPlaced", "Placed", "census", "first_failed", "place", "place_dedicated"]
+
+FILTER_ORDER = (
+    "inactive",
+    "technology",
+    "cpu",
+    "memory",
+    "gpu",
+    "labels",
+    "nodes",
+    "distance",
+    "spread_by",
+    "spread",
+)
 
 _WHAT = {
     "inactive": "inactive",
@@ -43,6 +56,8 @@ _WHAT = {
     "gpu": "insufficient gpu",
     "labels": "labels do not match",
     "nodes": "not in constraints.nodes",
+    "distance": "too far or without location (near)",
+    "spread_by": "lack label {key} (spread_by)",
     "spread": "already hold a replica (spread)",
 }
 
@@ -58,43 +73,12 @@ class NotPlaced(msgspec.Struct, frozen=True):
     excluded: Excluded
 
 
-SortKey = Callable[[str, float, int, int], tuple[float | int | str, ...]]
-"""(node_id, cpu_free, memory_free_mb, replicas_of_this_job_on_node) -> sort key, smallest first."""
-
-KEYS: dict[str, SortKey] = {
-    "best_fit": lambda nid, cpu, mem, n: (-cpu, -mem, nid),
-    "spread": lambda nid, cpu, mem, n: (n, -cpu, -mem, nid),
-    "first_fit": lambda nid, cpu, mem, n: (nid,),
-    "pack": lambda nid, cpu, mem, n: (cpu, mem, nid),
-}
-
-
-def first_failed(node: Node, spec: JobSpec, now: float, ttl: float, allowed: frozenset[str] | None) -> str | None:
-    """The first filter ``node`` fails for ``spec`` (a key of :class:`Excluded`), or None."""
-    st = node.status
-    r = spec.resources
-    if not node.active(now, ttl):
-        return "inactive"
-    if spec.technology not in st.technologies:
-        return "technology"
-    if node.cpu < r.cpu:
-        return "cpu"
-    if node.memory < r.memory_mb:
-        return "memory"
-    if node.gpu < r.gpu:
-        return "gpu"
-    labels = spec.constraints.labels
-    if labels and any(st.labels.get(k) != v for k, v in labels.items()):
-        return "labels"
-    if allowed is not None and st.node_id not in allowed:
-        return "nodes"
-    return None
-
-
 def explain(excluded: Excluded, total: int, spec: JobSpec) -> str:
     """kube-scheduler style: ``0/50 nodes available: 30 lack technology unikernel, 12 insufficient cpu``."""
     parts = [
-        f"{n} {_WHAT[name].format(tech=spec.technology)}" for name in FILTER_ORDER if (n := getattr(excluded, name))
+        f"{n} {_WHAT[name].format(tech=spec.technology, key=spec.constraints.spread_by)}"
+        for name in FILTER_ORDER
+        if (n := getattr(excluded, name))
     ]
     head = f"0/{total} nodes available"
     return f"{head}: {', '.join(parts)}" if parts else head
@@ -112,68 +96,6 @@ def census(spec: JobSpec, world: World, now: float, ttl: float) -> tuple[Exclude
         else:
             counts[failed] += 1
     return Excluded(**counts), qualified
-
-
-# --- the fast path: qualified nodes in strategy order ----------------------------------
-def _least_free_first(keys: Iterator[tuple[float, int, str]]) -> Iterator[tuple[float, int, str]]:
-    """Re-order ``by_free`` keys read backwards (least free first) so equal (cpu, memory) runs
-    come in node_id ascending order, as every tie is broken."""
-    run: list[tuple[float, int, str]] = []
-    for k in keys:
-        if run and (k[0] != run[0][0] or k[1] != run[0][1]):
-            yield from reversed(run)
-            run.clear()
-        run.append(k)
-    yield from reversed(run)
-
-
-def _has(node: Node, labels: dict[str, str]) -> bool:
-    return not labels or all(node.status.labels.get(k) == v for k, v in labels.items())
-
-
-def _ranked(spec: JobSpec, world: World, now: float, ttl: float) -> Iterator[Node]:
-    """Nodes passing every filter, best first for ``spec.strategy`` (spread: as best_fit)."""
-    r = spec.resources
-    nodes = world.nodes
-    labels = spec.constraints.labels
-    if spec.constraints.nodes:  # a short list named by the job: rank just those
-        allowed = frozenset(spec.constraints.nodes)
-        key = KEYS[spec.strategy]
-        ok = [
-            nodes[nid] for nid in allowed if nid in nodes and first_failed(nodes[nid], spec, now, ttl, allowed) is None
-        ]
-        yield from sorted(ok, key=lambda n: key(n.node_id, n.cpu, n.memory, 0))
-        return
-    bucket = world.bucket(spec.technology, r.gpu > 0)
-    if bucket is None:
-        return
-    cpu, mem, gpu = r.cpu, r.memory_mb, r.gpu
-    if spec.strategy == "first_fit":
-        for nid in bucket.by_id:
-            node = nodes[nid]
-            if (
-                node.cpu >= cpu
-                and node.memory >= mem
-                and node.gpu >= gpu
-                and now - node.seen < ttl
-                and _has(node, labels)
-            ):
-                yield node
-        return
-    # by_free holds (-cpu, -memory, node_id): from the start while cpu >= request for best_fit
-    # and spread, backwards from the last node with enough cpu for pack
-    enough_cpu = (-cpu, math.inf)
-    keys = (
-        _least_free_first(bucket.by_free.irange(maximum=enough_cpu, reverse=True))
-        if spec.strategy == "pack"
-        else bucket.by_free.irange(maximum=enough_cpu)
-    )
-    for _, m, nid in keys:
-        if -m < mem:
-            continue
-        node = nodes[nid]
-        if node.gpu >= gpu and now - node.seen < ttl and _has(node, labels):
-            yield node
 
 
 def place(
@@ -199,15 +121,22 @@ def place(
     as many of ``spec.replicas`` as fit and return them (possibly none) as ``Placed``.
     """
     world.expire(now, ttl)
+    if spec.constraints.spread_by is not None:
+        from services.placement.topology import place_spread_by
+
+        return place_spread_by(
+            spec, world, now, ttl, top_n, explain_failure=explain_failure, kept=kept, partial=partial
+        )
     r = spec.resources
-    head = list(islice(_ranked(spec, world, now, ttl), max(top_n, spec.replicas + len(kept))))
-    key = KEYS[spec.strategy]
+    dist: dict[str, float] = {}
+    head = list(islice(ranked(spec, world, now, ttl, dist), max(top_n, spec.replicas + len(kept))))
+    key = sort_key(spec, dist)
     exclusive = spec.constraints.spread
     # nodes this job already uses: a heap of (key, node_id) with their reduced free resources
     used: dict[str, tuple[float, int, int, int]] = {}
     heap: list[tuple[tuple[float | int | str, ...], str]] = []
     if kept:
-        _seed(spec, world, now, ttl, kept, used, heap)
+        seed(spec, world, now, ttl, kept, used, heap, dist)
     nxt = 0  # head[:nxt] are used, head[nxt] is the best untouched node
     assignments: list[Assignment] = []
     for replica in range(spec.replicas):
@@ -239,11 +168,23 @@ def place(
         if not exclusive:
             heapq.heappush(heap, (key(choice, c, m, n), choice))
         assignments.append(Assignment(replica=replica, node_id=choice))
-    candidates = [Candidate(node_id=n.node_id, cpu_free=n.cpu, memory_free_mb=n.memory) for n in head[:top_n]]
-    return Placed(assignments, candidates)
+    return Placed(assignments, candidates_of(spec, head[:top_n], dist))
 
 
-def _seed(
+def candidates_of(spec: JobSpec, head: Sequence[Node], dist: dict[str, float]) -> list[Candidate]:
+    near = spec.constraints.near is not None
+    return [
+        Candidate(
+            node_id=n.node_id,
+            cpu_free=n.cpu,
+            memory_free_mb=n.memory,
+            distance_km=round(dist[n.node_id], 1) if near and n.node_id in dist else None,
+        )
+        for n in head
+    ]
+
+
+def seed(
     spec: JobSpec,
     world: World,
     now: float,
@@ -251,16 +192,20 @@ def _seed(
     kept: Sequence[str],
     used: dict[str, tuple[float, int, int, int]],
     heap: list[tuple[tuple[float | int | str, ...], str]],
+    dist: dict[str, float],
 ) -> None:
     """Count the kept replicas' nodes as used by the job: offered again (with their replica
     count, for ``spread``) only if they still qualify and the job allows two replicas there."""
     allowed = frozenset(spec.constraints.nodes) if spec.constraints.nodes else None
-    key = KEYS[spec.strategy]
+    key = sort_key(spec, dist)
     for nid, n in Counter(kept).items():
         node = world.nodes.get(nid)
         if node is None or first_failed(node, spec, now, ttl, allowed) is not None:
             used[nid] = (0.0, 0, 0, n)  # never offered: not in the heap, skipped in the head
             continue
+        d = distance_of(node, spec)
+        if d is not None:
+            dist[nid] = d
         used[nid] = (node.cpu, node.memory, node.gpu, n)
         if not spec.constraints.spread:
             heapq.heappush(heap, (key(nid, node.cpu, node.memory, n), nid))
@@ -284,6 +229,8 @@ def _not_placed(spec: JobSpec, world: World, now: float, ttl: float, fitted: int
         f"{explain(excluded, total, spec)}; {qualified} qualify for one replica "
         f"but only {fitted} of {spec.replicas} replicas fit"
     )
+    if spec.constraints.spread_by is not None:
+        reason += f" with spread_by {spec.constraints.spread_by} (max skew 1)"
     return NotPlaced(reason, total, excluded)
 
 

@@ -9,14 +9,18 @@ from __future__ import annotations
 
 from collections import OrderedDict
 from dataclasses import dataclass, field
+from typing import TypeVar
 
 from sortedcontainers import SortedList  # type: ignore[import-untyped]
 
 from schemas.events import NodeStatus
+from services.placement.geo import Cell, cell_of
 
 FreeKey = tuple[float, int, str]
 """``(-cpu_free, -memory_free_mb, node_id)``: a node's position in ``Bucket.by_free``,
 which is therefore in best_fit order (most free cpu, then memory, then id)."""
+
+_K = TypeVar("_K")
 
 DIGITS = 6
 """Free cpu is rounded to a micro-core, so adding and removing fractions leaves no dust."""
@@ -102,9 +106,28 @@ class NodeTable:
     """Indexed nodes, least recently seen first (statuses arrive in clock order)."""
     _heard: OrderedDict[str, None] = field(default_factory=OrderedDict)
     """Every node not yet lost, least recently seen first."""
+    _geo: dict[tuple[str, bool], dict[Cell, Bucket]] = field(default_factory=dict)
+    """Per technology (and gpu), the indexed nodes with a location, one bucket per grid cell."""
+    _by_label: dict[tuple[str, bool, str], dict[str, Bucket]] = field(default_factory=dict)
+    """Per technology (and gpu) and topology key, the indexed nodes per value of that label."""
+    topology_keys: set[str] = field(default_factory=set)
+    """Label keys indexed per value (those a job has spread by; see :meth:`label_buckets`)."""
 
     def bucket(self, technology: str, gpu: bool) -> Bucket | None:
         return self._buckets.get((technology, gpu))
+
+    def geo_buckets(self, technology: str, gpu: bool) -> dict[Cell, Bucket]:
+        return self._geo.get((technology, gpu), {})
+
+    def label_buckets(self, technology: str, gpu: bool, key: str) -> dict[str, Bucket]:
+        """The indexed nodes of a technology per value of label ``key``. The first call for a
+        key indexes every active node by it (once, O(n log n)); later statuses keep it current."""
+        if key not in self.topology_keys:
+            self.topology_keys.add(key)
+            for node in list(self.nodes.values()):
+                if node.key is not None:
+                    self._reindex(node, self._buckets_for(node.status))
+        return self._by_label.get((technology, gpu, key), {})
 
     def update_node(self, status: NodeStatus, now: float) -> None:
         node = self.nodes.get(status.node_id)
@@ -121,6 +144,8 @@ class NodeTable:
                 and old.technologies == status.technologies
                 and (old.gpus > 0) == (status.gpus > 0)
                 and node.key is not None
+                and _cell(old) == _cell(status)
+                and all(old.labels.get(k) == status.labels.get(k) for k in self.topology_keys)
             )
             node.status = status
             node.seen = now
@@ -202,6 +227,15 @@ class NodeTable:
             if b is None:
                 b = self._buckets[k] = Bucket()
             out.append(b)
+        cell = _cell(status)
+        if cell is not None:
+            for k in keys:
+                out.append(_sub(self._geo.setdefault(k, {}), cell))
+        for key in self.topology_keys:
+            value = status.labels.get(key)
+            if value is not None:
+                for t, g in keys:
+                    out.append(_sub(self._by_label.setdefault((t, g, key), {}), value))
         return tuple(out)
 
     def _move(self, node: Node) -> None:
@@ -233,3 +267,15 @@ class NodeTable:
             self._live.pop(nid, None)
 
     # --- ledger -------------------------------------------------------------
+
+
+def _cell(status: NodeStatus) -> Cell | None:
+    loc = status.location
+    return None if loc is None else cell_of(loc.lat, loc.lon)
+
+
+def _sub(index: dict[_K, Bucket], k: _K) -> Bucket:
+    b = index.get(k)
+    if b is None:
+        b = index[k] = Bucket()
+    return b
