@@ -29,6 +29,7 @@ import structlog
 
 from schemas import events as ev
 from schemas import subjects as s
+from services.placement import preempt
 from services.placement.engine import NotPlaced, Placed, place, place_dedicated
 from services.placement.ledger import Ledger, shrinks
 from services.placement.moves import events_of, replan
@@ -44,7 +45,6 @@ __all__ = ["Decider", "Pending"]
 
 log = structlog.get_logger()
 
-Decision = ev.PlacementDecided | ev.PlacementFailed
 Stored = ev.PlacementDecided | ev.PlacementFailed | ev.PlacementDegraded
 
 
@@ -59,6 +59,7 @@ class Decider:
         ttl: float,
         top_candidates: int,
         instance_types: list[InstanceType],
+        preemption: bool = True,
     ) -> None:
         self.world = world
         self.ledger = ledger
@@ -69,6 +70,8 @@ class Decider:
         self.ttl = ttl
         self.top = top_candidates
         self.instance_types = instance_types
+        self.preemption = preemption
+        """``[placement] preemption``: a job that fits nowhere may evict lower-priority replicas."""
         self.atomic = False
         """Commit as atomic batches: on a replicated PLACEMENTS (see ``Publisher.publish_chain``)."""
         self.tail = 0
@@ -138,21 +141,42 @@ class Decider:
                     if not r.future.done():
                         r.future.set_exception(e)
 
-    def _decision(self, p: Pending, final: bool) -> Decision | None:
-        """Decide on the local ledger (reserving when placed); None while it should wait."""
+    def _decision(self, p: Pending, final: bool, busy: set[str]) -> list[Stored] | None:
+        """Decide on the local ledger (reserving when placed); None while it should wait.
+
+        A shared job that fits nowhere may preempt (:mod:`services.placement.preempt`): then the
+        victims' revisions come first in the list, so the stream never holds the preemptor's
+        booking before the room it takes is freed. ``busy``: jobs revised in this chain already
+        (never victims: one revision per job and chain)."""
         e = p.event
         spec = e.spec
         top = self.top
         if e.job_id in self.ended:
-            return ev.PlacementFailed(
-                event_id=ev.event_id_for(e.job_id, s.PLACEMENT_FAILED),
-                job_id=e.job_id,
-                reason="job ended before it was placed",
-            )
+            return [
+                ev.PlacementFailed(
+                    event_id=ev.event_id_for(e.job_id, s.PLACEMENT_FAILED),
+                    job_id=e.job_id,
+                    reason="job ended before it was placed",
+                )
+            ]
+        now = self.clock.monotonic()
+        victims: list[Stored] = []
+        room: preempt.Room | None = None
+        why: str | None = None
         if spec.cluster == "dedicated":
             result = place_dedicated(spec, self.instance_types, top)
         else:
-            result = place(spec, self.world, self.clock.monotonic(), self.ttl, top, explain_failure=final)
+            result = place(spec, self.world, now, self.ttl, top, explain_failure=final)
+            if not isinstance(result, Placed):
+                why = preempt.why_not(spec, self.preemption)
+                if why is None:
+                    got = preempt.make_room(spec, e.job_id, self.world, now, self.ttl, busy, top)
+                    if isinstance(got, str):
+                        why = got
+                    else:
+                        result, room = got
+                if final and room is None:  # the explanation, with why preempting did not help
+                    result = place(spec, self.world, now, self.ttl, top, explain_failure=True)
         if isinstance(result, Placed):
             out = ev.PlacementDecided(
                 event_id=ev.event_id_for(e.job_id, s.PLACEMENT_DECIDED),
@@ -168,28 +192,35 @@ class Decider:
                 replicas=spec.replicas,
                 constraints=spec.constraints,
                 priority=spec.priority,
+                preempted=room.preempted() if room is not None else [],
             )
             if spec.cluster == "shared":
                 self.world.decide_locally(out)  # the next decision of the batch sees it
-            return out
+            if room is not None:
+                victims = list(preempt.replace_victims(room, self.world, now, self.ttl, top))
+                log.info("preempting", job_id=e.job_id, victims=len(room.victims), jobs=len(room.before))
+            return [*victims, out]
         if final or spec.cluster == "dedicated":
             assert isinstance(result, NotPlaced)
-            return ev.PlacementFailed(
-                event_id=ev.event_id_for(e.job_id, s.PLACEMENT_FAILED),
-                job_id=e.job_id,
-                reason=result.reason,
-                nodes_total=result.nodes_total,
-                excluded=result.excluded,
-            )
+            reason = result.reason if why is None or spec.priority <= 0 else f"{result.reason}; {why}"
+            return [
+                ev.PlacementFailed(
+                    event_id=ev.event_id_for(e.job_id, s.PLACEMENT_FAILED),
+                    job_id=e.job_id,
+                    reason=reason,
+                    nodes_total=result.nodes_total,
+                    excluded=result.excluded,
+                )
+            ]
         return None
 
-    def _events(self, r: _Request) -> list[Stored] | str:
+    def _events(self, r: _Request, busy: set[str]) -> list[Stored] | str:
         """What to store for ``r`` (booked locally), or its outcome when there is nothing to store."""
         if r.pending is not None:
             if r.job_id in self.decided:
                 return "already"
-            out = self._decision(r.pending, r.final)
-            return "pending" if out is None else [out]
+            out = self._decision(r.pending, r.final, busy)
+            return "pending" if out is None else out
         if r.replicas is not None:
             return self._rescale(r.job_id, r.replicas)
         res = self.world.reservations.get(r.job_id)
@@ -257,11 +288,12 @@ class Decider:
                 if r.job_id in jobs:  # one revision per job and chain: the next builds on it once stored
                     later.append(r)
                     continue
-                outs = self._events(r)
+                outs = self._events(r, jobs)
                 if isinstance(outs, str):
                     r.resolve(outs)
                 else:
                     jobs.add(r.job_id)
+                    jobs.update(out.job_id for out in outs)  # a preemption's victims too
                     chain.extend((r, out) for out in outs)
             if not chain:
                 if not later:

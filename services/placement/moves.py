@@ -60,7 +60,14 @@ def spec_of(d: ev.PlacementDecided, replicas: int) -> JobSpec:
 
 
 def replan(
-    res: Reservation, world: World, now: float, ttl: float, top_n: int = 10, *, wanted: int | None = None
+    res: Reservation,
+    world: World,
+    now: float,
+    ttl: float,
+    top_n: int = 10,
+    *,
+    wanted: int | None = None,
+    evicted: dict[int, str] | None = None,
 ) -> Replan | None:
     """The next revision of ``res``'s job, or None when none is due: no replica is on a leaving
     node, the missing ones still fit nowhere (and their degraded event is already known), and
@@ -69,7 +76,10 @@ def replan(
     ``wanted`` (``job.scale``): the job's new number of replicas. Shrinking removes the replicas
     numbered ``wanted`` and up (``to: null``, reason ``scale``); growing places the new ones
     with the job's strategy and constraints (reason ``scale``) together with any that must move
-    or are missing, so one revision says everything that changed in this pass."""
+    or are missing, so one revision says everything that changed in this pass.
+
+    ``evicted`` (a preemption): replicas whose room another job took, by that job's id; they
+    move like lost ones, reason ``preempted`` with ``by``."""
     d = res.decision
     if d is None or d.resources is None:
         return None
@@ -82,7 +92,7 @@ def replan(
         if replica >= new:
             removed[replica] = nid
             continue
-        why = world.leaving(nid)
+        why = "preempted" if evicted and replica in evicted else world.leaving(nid)
         if why is not None:
             moving[replica] = why
     missing = [r for r in res.missing() if r < new]
@@ -106,7 +116,8 @@ def replan(
         if was is None and to is None:
             continue  # still missing (or added and fitting nowhere): no change of node
         why = moving.get(replica) or ("scale" if replica >= old else res.missing_reasons.get(replica, MISSING_REASON))
-        changes.append(ev.Change(replica=replica, from_=was, to=to, reason=why))  # type: ignore[arg-type]
+        by = evicted.get(replica) if evicted and why == "preempted" else None
+        changes.append(ev.Change(replica=replica, from_=was, to=to, reason=why, by=by))  # type: ignore[arg-type]
         if to is not None:
             after[replica] = to
     changes.sort(key=lambda c: c.replica)

@@ -6,7 +6,9 @@ The body is decoded and normalised exactly as the gateway does for ``job.submit`
 submission would create. The engine runs on this instance's ledger as a decision would
 (:func:`services.placement.engine.place`, :func:`~services.placement.engine.place_dedicated`),
 with the full explanation when nothing fits; the world is not touched (``place`` never
-reserves). ``preemptions`` stays empty until priorities preempt (§8.3).
+reserves). A job that would preempt (§8.3) lists the replicas it would evict in
+``preemptions``: the evictions are made on the world and undone before the reply (the event
+loop runs nothing in between), skipping jobs the decider holds tentatively.
 """
 
 from __future__ import annotations
@@ -16,8 +18,9 @@ import structlog
 from nats.aio.msg import Msg
 
 from schemas.jobs import Defaults, JobSpec, decode_job_request, normalise
-from schemas.replies import PlanDecision, PlanFailure, PlanReply
-from services.placement.engine import NotPlaced, place, place_dedicated
+from schemas.replies import PlanDecision, PlanFailure, PlanReply, Preemption
+from services.placement import preempt
+from services.placement.engine import NotPlaced, Placed, place, place_dedicated
 from services.placement.ports import Clock
 from services.placement.state import World
 from services.runtime.config import InstanceType
@@ -42,6 +45,7 @@ class Planner:
         *,
         ttl: float,
         top_candidates: int,
+        preemption: bool = True,
     ) -> None:
         self.world = world
         self.clock = clock
@@ -49,18 +53,30 @@ class Planner:
         self.instance_types = instance_types
         self.ttl = ttl
         self.top = top_candidates
+        self.preemption = preemption
 
     def plan(self, spec: JobSpec) -> PlanReply:
         """The decision a job of ``spec`` would get now, or why it would get none."""
         if spec.cluster == "dedicated":
             result = place_dedicated(spec, self.instance_types, self.top)
-        else:
-            result = place(spec, self.world, self.clock.monotonic(), self.ttl, self.top, explain_failure=True)
-        if isinstance(result, NotPlaced):
-            return PlanReply(
-                failure=PlanFailure(reason=result.reason, nodes_total=result.nodes_total, excluded=result.excluded)
-            )
-        return PlanReply(decision=PlanDecision(assignments=result.assignments, candidates=result.candidates))
+            return _reply(result, [])
+        now = self.clock.monotonic()
+        result = place(spec, self.world, now, self.ttl, self.top, explain_failure=True)
+        if isinstance(result, Placed):
+            return _reply(result, [])
+        why = preempt.why_not(spec, self.preemption)
+        if why is None:
+            # evicted on the world tentatively and undone before returning: nothing stays booked
+            got = preempt.make_room(spec, f"plan:{spec.name}", self.world, now, self.ttl, (), self.top)
+            if not isinstance(got, str):
+                placed, room = got
+                room.undo(self.world)
+                victims = [Preemption(job_id=v.job_id, replica=v.replica, node_id=v.node_id) for v in room.preempted()]
+                return _reply(placed, victims)
+            why = got
+        if spec.priority > 0:
+            result = NotPlaced(f"{result.reason}; {why}", result.nodes_total, result.excluded)
+        return _reply(result, [])
 
     async def handle(self, msg: Msg) -> bytes:
         """The ``placement.plan`` endpoint (a bad body raises ``msgspec.DecodeError``: 400)."""
@@ -68,3 +84,13 @@ class Planner:
         reply = self.plan(spec)
         log.debug("planned", name=spec.name, placed=reply.decision is not None)
         return _enc.encode(reply)
+
+
+def _reply(result: Placed | NotPlaced, preemptions: list[Preemption]) -> PlanReply:
+    if isinstance(result, NotPlaced):
+        return PlanReply(
+            failure=PlanFailure(reason=result.reason, nodes_total=result.nodes_total, excluded=result.excluded)
+        )
+    return PlanReply(
+        decision=PlanDecision(assignments=result.assignments, candidates=result.candidates), preemptions=preemptions
+    )

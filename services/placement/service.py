@@ -70,6 +70,7 @@ class Placement:
             ttl=t.node_ttl_s,
             top_candidates=rt.config.placement.top_candidates,
             instance_types=rt.config.instance_types,
+            preemption=rt.config.placement.preemption,
         )
         self.jobs = Jobs(self.ledger, self.decider, clock, t.placement_deadline_s, capacity_changed)
         self.fleet = Fleet(self.world, self.decider.move, clock, lost_s=t.lost_after_s)
@@ -82,6 +83,7 @@ class Placement:
             rt.config.instance_types,
             ttl=t.node_ttl_s,
             top_candidates=rt.config.placement.top_candidates,
+            preemption=rt.config.placement.preemption,
         )
         self.decide = self.decider.decide
         self.move = self.decider.move

@@ -175,6 +175,20 @@ class World(NodeTable):
             self._tentative[e.job_id] = self.reservations.get(e.job_id)
         self._supersede(e)
 
+    def revise_locally(self, e: PlacementDecided) -> None:
+        """Replace the local, not yet stored decision of a job with ``e`` (the same revision
+        thought over: a preemption's victim, first without its evicted replicas, then with them
+        placed again); :meth:`undo` still restores the booking from before the first."""
+        assert e.job_id in self._tentative
+        cur = self.reservations.get(e.job_id)
+        if cur is not None:
+            self._unbook(cur)
+        self._book(_booking(e, self._tentative[e.job_id]))
+
+    def tentative(self, job_id: str) -> bool:
+        """Whether ``job_id`` has a local decision not yet stored (or refused)."""
+        return job_id in self._tentative
+
     def confirm(self, job_id: str) -> None:
         """The local decision was stored: it stands (unless the stream already holds a later one)."""
         self._tentative.pop(job_id, None)

@@ -174,7 +174,7 @@ def _close(node: Node, spec: JobSpec, dist: dict[str, float]) -> bool:
     return True
 
 
-def _cells(spec: JobSpec, world: NodeTable) -> list[tuple[float, Bucket]]:
+def cells_near(spec: JobSpec, world: NodeTable) -> list[tuple[float, Bucket]]:
     """The non-empty grid cells that may hold nodes within ``near.max_km``, with the least
     distance any of their nodes can be at."""
     near = spec.constraints.near
@@ -196,7 +196,7 @@ def _cells(spec: JobSpec, world: NodeTable) -> list[tuple[float, Bucket]]:
 
 
 def _near(spec: JobSpec, world: NodeTable, now: float, ttl: float, dist: dict[str, float]) -> Iterator[Node]:
-    chosen = _cells(spec, world)
+    chosen = cells_near(spec, world)
     if spec.strategy != "nearest":
         if chosen:
             yield from _walk(spec, world, now, ttl, dist, [b for _, b in chosen])
