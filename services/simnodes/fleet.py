@@ -5,10 +5,17 @@ from __future__ import annotations
 import math
 import random
 
-from schemas.events import NodeStatus
+from schemas.events import Location, NodeStatus
 
 TECH_SETS = (("docker",), ("docker", "unikernel"), ("docker", "wasm"), ("unikernel",), ("docker", "vm"), ("wasm",))
 ZONES = ("eu-central-1a", "eu-central-1b", "eu-central-1c")
+CITIES = {
+    "eu-central-1a": ((50.11, 8.68), (49.99, 8.25), (49.87, 8.65)),  # Frankfurt, Mainz, Darmstadt
+    "eu-central-1b": ((52.52, 13.40), (51.34, 12.37), (53.55, 9.99)),  # Berlin, Leipzig, Hamburg
+    "eu-central-1c": ((48.14, 11.58), (48.78, 9.18), (49.45, 11.08)),  # Munich, Stuttgart, Nuremberg
+}
+"""A few cities per zone: each node sits near one of its zone's, within ~15 km (§8.5 ``location``)."""
+JITTER_DEG = 0.1
 SIZES = ((4, 16384), (8, 32768), (16, 65536), (32, 131072), (64, 262144))
 
 
@@ -19,6 +26,7 @@ class Fleet:
     def __init__(self, count: int, seed: int = 42, prefix: str = "node", offset: int = 0) -> None:
         self._rng = random.Random(seed)
         rng = self._rng
+        where = random.Random(seed + 1)  # locations from their own stream: sizes etc. stay as they were
         self.base: list[NodeStatus] = []
         width = max(3, len(str(offset + count - 1)))
         for i in range(offset, offset + count):
@@ -36,6 +44,7 @@ class Fleet:
                     memory_free_mb=mem,
                     gpus=2 if rng.random() < 0.1 else 0,
                     labels={"zone": ZONES[i % len(ZONES)], "rack": f"r{i % 16:02d}"},
+                    location=_near(where, CITIES[ZONES[i % len(ZONES)]]),
                 )
             )
 
@@ -56,11 +65,18 @@ class Fleet:
             memory_free_mb=int(b.memory_mb * (1 - used)),
             gpus=b.gpus,
             labels=b.labels,
+            location=b.location,
         )
 
     def tick(self) -> list[NodeStatus]:
         """Fresh statuses of the whole fleet."""
         return [self.status(i) for i in range(len(self.base))]
+
+
+def _near(rng: random.Random, cities: tuple[tuple[float, float], ...]) -> Location:
+    lat, lon = cities[rng.randrange(len(cities))]
+    dlat, dlon = rng.uniform(-JITTER_DEG, JITTER_DEG), rng.uniform(-JITTER_DEG, JITTER_DEG)
+    return Location(lat=round(lat + dlat, 4), lon=round(lon + dlon, 4))
 
 
 def per_slice(count: int, interval: float, step: float) -> int:
