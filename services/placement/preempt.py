@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import heapq
 import itertools
+import math
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
 
@@ -225,9 +226,19 @@ def _victims(
             continue
         placed = d.at.timestamp() if d is not None else 0.0
         rs = res.resources
-        for replica, node_id in zip(res.replicas, res.node_ids, strict=True):
-            if node_id == nid:
-                lower.append(Victim(job_id, replica, nid, prio, placed, rs.cpu, rs.memory_mb, rs.gpu))
+        # a job's replicas here are interchangeable: never more of them than the need takes
+        # alone, the highest replica numbers first (as a shrink removes them)
+        most = max(
+            (
+                math.ceil(n / size - 1e-9)
+                for n, size in zip(need, (rs.cpu, rs.memory_mb, rs.gpu), strict=True)
+                if size > 0 and n > 0
+            ),
+            default=0,
+        )
+        mine = sorted((r for r, n in zip(res.replicas, res.node_ids, strict=True) if n == nid), reverse=True)
+        for replica in mine[:most]:
+            lower.append(Victim(job_id, replica, nid, prio, placed, rs.cpu, rs.memory_mb, rs.gpu))
     if not lower:
         return None
     lower.sort(key=lambda v: (v.priority, -v.placed, v.job_id, v.replica))

@@ -7,6 +7,7 @@ free resources), :class:`Bucket` (the index of active nodes of one technology) a
 
 from __future__ import annotations
 
+import math
 from collections import OrderedDict
 from dataclasses import dataclass, field
 from typing import TypeVar
@@ -110,11 +111,19 @@ class NodeTable:
     """Per technology (and gpu), the indexed nodes with a location, one bucket per grid cell."""
     _by_label: dict[tuple[str, bool, str], dict[str, Bucket]] = field(default_factory=dict)
     """Per technology (and gpu) and topology key, the indexed nodes per value of that label."""
+    in_clock_order: bool = True
+    """Every status was applied at a time no earlier than the one before (as the service does,
+    on its monotonic clock), so ``expire`` leaves no stale node indexed."""
+    _last_now: float = -math.inf
     topology_keys: set[str] = field(default_factory=set)
     """Label keys indexed per value (those a job has spread by; see :meth:`label_buckets`)."""
 
     def bucket(self, technology: str, gpu: bool) -> Bucket | None:
         return self._buckets.get((technology, gpu))
+
+    def indexed(self) -> int:
+        """How many nodes are indexed (active, fresh as of the last ``expire``, not drained or lost)."""
+        return len(self._live)
 
     def geo_buckets(self, technology: str, gpu: bool) -> dict[Cell, Bucket]:
         return self._geo.get((technology, gpu), {})
@@ -130,6 +139,9 @@ class NodeTable:
         return self._by_label.get((technology, gpu, key), {})
 
     def update_node(self, status: NodeStatus, now: float) -> None:
+        if now < self._last_now:
+            self.in_clock_order = False
+        self._last_now = now
         node = self.nodes.get(status.node_id)
         nid = status.node_id
         if node is None:

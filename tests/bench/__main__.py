@@ -31,6 +31,7 @@ BENCHES = [
     "replace",
     "plan",
     "console",
+    "policies",
 ]
 OUT = Path("bench-results")
 
