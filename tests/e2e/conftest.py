@@ -27,11 +27,12 @@ CHROMIUM_ARGS = [
 ]
 
 try:
-    from playwright.async_api import Browser, Page, async_playwright
+    from playwright.async_api import Browser, Page, async_playwright, expect
 except ImportError as err:  # pragma: no cover - a broken venv, reported by every test
     _MISSING: str | None = f"playwright is not installed ({err}): `make venv` installs the dev extras"
 else:
     _MISSING = None
+    expect.set_options(timeout=20_000)  # an upper bound on waiting for the page, not a sleep: on a busy machine
 
 Serve = Callable[..., ConsoleServer]
 """``serve(servers=(url,), password=..., timeouts=...)``: the console page for those websocket URLs."""

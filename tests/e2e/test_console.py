@@ -56,9 +56,9 @@ async def connected(page: Page) -> None:
 
 
 async def test_a_submitted_job_appears_in_the_feed_and_the_list_and_a_drained_node_is_marked(
+    database_url: str,  # before services: the database is dropped after metadata has stopped
     nc: Client,
     services: Spawn,
-    database_url: str,
     agents: None,
     console: ConsoleServer,
     page: Page,
@@ -85,6 +85,11 @@ async def test_a_submitted_job_appears_in_the_feed_and_the_list_and_a_drained_no
     await expect(detail.locator(".history")).to_contain_text("placed")
     first = await page.locator(f'#feed-list li[data-job-id="{job_id}"] .what').inner_text()
     (where,) = (n for n in NODES if re.search(rf"\b{n}\b", first))
+    await page.hover("#fleet-grid", position={"x": 4, "y": 4})  # the first cell: n0, with its numbers
+    await expect(page.locator("#fleet-tip")).to_contain_text("n0 active")
+    await expect(page.locator("#fleet-tip")).to_contain_text("cpu 4 / 8 used (50 %)")
+    for name in ("gateway", "intake", "placement", "metadata"):  # every instance, from $SRV.STATS
+        await expect(page.locator(f'#svc-table tr[data-service="{name}"]').first).to_be_visible(timeout=WAIT_MS)
     await page.screenshot(path=tmp_path / "console-placed.png", full_page=True)
 
     code, reply = await request(nc, s.NODE_DRAIN, {"node_id": where, "reason": "e2e"})
@@ -98,7 +103,7 @@ async def test_a_submitted_job_appears_in_the_feed_and_the_list_and_a_drained_no
 
 
 async def test_a_job_id_search_shows_the_job_or_says_there_is_none(
-    nc: Client, services: Spawn, database_url: str, console: ConsoleServer, page: Page
+    database_url: str, nc: Client, services: Spawn, console: ConsoleServer, page: Page
 ) -> None:
     await services("gateway", "intake")
     await start_metadata(nc, services, database_url)
@@ -145,6 +150,10 @@ async def test_an_unreachable_nats_is_shown_and_the_page_connects_once_it_is_up(
     try:
         await connected(page)
         await expect(banner).to_be_hidden()
+        await asyncio.to_thread(server.stop)  # and when it goes away again, and comes back
+        await expect(banner).to_have_attribute("data-state", "error", timeout=WAIT_MS)
+        await expect(page.locator("#conn")).to_have_text("offline")
+        await asyncio.to_thread(server.start)
+        await connected(page)
     finally:
         await asyncio.to_thread(server.stop)
-    await expect(banner).to_have_attribute("data-state", "error", timeout=WAIT_MS)  # and when it goes away again

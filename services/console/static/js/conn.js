@@ -45,10 +45,20 @@ export async function keepConnected(config, ui, open) {
     }
     failures = 0;
     ui.connection("connected", `connected to ${nc.getServer()} as ${config.user}`);
-    const stop = open(nc);
-    watchStatus(nc, ui, config);
+    let stop = () => {};
+    try {
+      stop = open(nc);
+    } catch (err) {
+      ui.connection("error", `could not start watching: ${err.message}`);
+      nc.close().catch(() => {});
+    }
+    watchStatus(nc, ui, config).catch(() => {}); // ends with the connection
     const err = await nc.closed();
-    stop();
+    try {
+      stop();
+    } catch {
+      // the connection is closed already: its subscriptions and requests are gone with it
+    }
     const why = err ? describe(err, config) : "the connection to NATS closed";
     ui.connection("error", `${why}. Reconnecting…`);
     await sleep(1000);

@@ -98,7 +98,13 @@ function session(nc, config, panels) {
   return () => {
     timers.forEach(clearInterval);
     jobs.detach();
-    for (const sub of subs) sub.unsubscribe();
+    for (const sub of subs) {
+      try {
+        sub.unsubscribe();
+      } catch {
+        // already closed with the connection
+      }
+    }
   };
 }
 
