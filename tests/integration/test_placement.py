@@ -71,6 +71,8 @@ async def test_deadline_expiry_publishes_an_explained_failure(nc: Client, servic
         "gpu": 0,
         "labels": 0,
         "nodes": 0,
+        "distance": 0,
+        "spread_by": 0,
         "spread": 0,
     }
 
