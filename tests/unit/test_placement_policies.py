@@ -397,3 +397,79 @@ def test_near_never_returns_a_node_outside_the_radius(
     if strategy == "nearest":
         ds = [c.distance_km or 0 for c in got.candidates]
         assert ds == sorted(ds)
+
+
+# --- through the decider: one chain, victims first, undone together ------------------
+class _Stream:
+    """PLACEMENTS in memory: refuses the first ``refuse`` chains whole (as an atomic batch
+    refused for a wrong last sequence), stores the others; the ledger applies each at once."""
+
+    def __init__(self, ledger: Any, refuse: int = 0) -> None:
+        self.ledger = ledger
+        self.refuse = refuse
+        self.stored: list[ev.Event] = []
+
+    async def publish_chain(self, events: Any, expected_last_seq: int, *, atomic: bool = False) -> list[Any]:
+        from services.runtime.publisher import Ack, WrongLastSequence
+
+        if self.refuse:
+            self.refuse -= 1
+            return [WrongLastSequence(400, 10071, f"wrong last sequence: {len(self.stored)}")] * len(events)
+        out = []
+        for e in events:
+            self.stored.append(e)
+            self.ledger.apply(len(self.stored), ev.encode(e))
+            out.append(Ack(stream="PLACEMENTS", seq=len(self.stored)))
+        return out
+
+    async def last_seq(self) -> int:
+        return len(self.stored)
+
+
+class _Clock:
+    def monotonic(self) -> float:
+        return NOW
+
+    def wall(self) -> datetime:
+        return T0
+
+
+@pytest.mark.parametrize("refusals", [0, 1])
+async def test_the_decider_stores_victims_before_the_preemptor_and_undoes_a_refused_chain(refusals: int) -> None:
+    import asyncio
+
+    from services.placement.decider import Decider, Pending
+    from services.placement.ledger import Ledger
+
+    w = full_world()
+    ledger = Ledger(w, asyncio.Event())
+    stream = _Stream(ledger, refuse=refusals)
+    decider = Decider(w, ledger, stream, _Clock(), ttl=TTL, top_candidates=10, instance_types=[])
+    before = {j: (r.revision, r.node_ids) for j, r in w.reservations.items()}
+    stop = asyncio.Event()
+    task = asyncio.create_task(decider.run(stop))
+    s = spec(1, cpu=2, priority=10)
+    accepted = ev.JobAccepted(event_id="urgent:accepted", job_id="urgent", spec=s)
+
+    class _Delivery:
+        pass
+
+    outcome = await decider.decide(Pending(accepted, _Delivery(), NOW + 30, 1))  # type: ignore[arg-type]
+    stop.set()
+    await task
+    assert outcome == "decided"
+    kinds = [(type(e).__name__, e.job_id) for e in stream.stored]  # type: ignore[attr-defined]
+    assert kinds == [
+        ("PlacementDecided", "low-a2"),
+        ("PlacementDegraded", "low-a2"),
+        ("PlacementDecided", "urgent"),
+    ]
+    final = stream.stored[-1]
+    assert isinstance(final, ev.PlacementDecided)
+    assert final.preempted == [ev.Preempted(job_id="low-a2", replica=0, node_id="a")]
+    assert w.reservations["urgent"].node_ids == ("a",)
+    assert "low-a2" not in w.holders.get("a", {})
+    for j, (rev, nodes) in before.items():  # nothing else moved, refused or not
+        if j != "low-a2":
+            assert (w.reservations[j].revision, w.reservations[j].node_ids) == (rev, nodes)
+    _no_overbooking(w)
