@@ -105,7 +105,7 @@ def jobs_table(jobs: Sequence[Mapping[str, Any]], style: Style, *, header: bool 
                 str(spec.get("name", "-")),
                 style.state(str(job.get("state", "?"))),
                 str(spec.get("cluster", "-")),
-                num(spec.get("replicas")),
+                num((job.get("placement") or {}).get("replicas") or spec.get("replicas")),  # wanted, after job.scale
                 num(res.get("cpu")),
                 num(res.get("memory_mb")),
                 when(job.get("submitted_at")),
@@ -206,14 +206,14 @@ def job_detail(job: Mapping[str, Any], style: Style) -> str:
 
 
 def placement_line(placement: Mapping[str, Any], style: Style) -> str:
-    """``placement  revision 2: 1 of 2 replica(s) placed, missing 1 (0/3 nodes available: ...)``."""
+    """``placement  revision 2: 1 of 2 replica(s) placed, missing replica(s) 1 (0/3 nodes available: ...)``."""
     placed = len(placement.get("assignments") or [])
     wanted = placement.get("replicas") or placed
     revision = num(placement.get("revision", 1))
     line = f"{style.bold('placement')}  revision {revision}: {placed} of {wanted} replica(s) placed"
     missing = placement.get("missing") or []
     if missing:
-        line += style.paint(f", missing {', '.join(num(r) for r in missing)}", YELLOW)
+        line += style.paint(f", missing replica(s) {', '.join(num(r) for r in missing)}", YELLOW)
         if placement.get("degraded_reason"):
             line += f" ({placement['degraded_reason']})"
     return line + "\n"

@@ -176,7 +176,7 @@ class TestLivingFleet:
             },
         }
         text = render.job_detail(job, render.Style(False))
-        assert "revision 2: 1 of 2 replica(s) placed, missing 1 (0/3 nodes available)" in text
+        assert "revision 2: 1 of 2 replica(s) placed, missing replica(s) 1 (0/3 nodes available)" in text
         assert "replica 1 n2 -> none (node_lost)" in text
 
     def test_drain_and_undrain_parse(self) -> None:
@@ -223,6 +223,7 @@ class TestScaleAndPlan:
         }
         text = render.job_detail(job, render.Style(False))
         assert "resources  1 x (cpu 1," in text and "revision 3: 1 of 1 replica(s) placed" in text
+        assert render.jobs_table([job], render.Style(False), header=False).split()[4] == "1"
         assert render.summary({"type": "job.scale_requested", "job_id": "j1", "replicas": 4}) == "to 4 replica(s)"
 
     def test_a_dedicated_plan_names_instance_types_in_its_headers(self) -> None:
