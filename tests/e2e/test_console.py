@@ -8,7 +8,7 @@ import asyncio
 import contextlib
 import json
 import re
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from datetime import UTC, datetime
 from pathlib import Path
 
@@ -20,12 +20,14 @@ from schemas import events as ev
 from schemas import subjects as s
 from services.console import ConsoleServer
 from services.devstack import NatsServer, free_port
-from tests.e2e.conftest import Serve
 from tests.support.api import job, request, start_metadata, submit
 from tests.support.events import node_status
 from tests.support.servers import REPO, Spawn
 
 pytestmark = pytest.mark.integration
+
+Serve = Callable[..., ConsoleServer]
+"""The ``serve`` fixture (tests/e2e/conftest.py): the console page for the given websocket URLs."""
 
 NODES = ("n0", "n1", "n2")
 WAIT_MS = 20_000
