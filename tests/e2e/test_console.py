@@ -73,6 +73,9 @@ async def test_a_submitted_job_appears_in_the_feed_and_the_list_and_a_drained_no
     active = page.locator('#fleet-counts [data-count-state="active"] b')
     await expect(active).to_have_text(str(len(NODES)), timeout=WAIT_MS)
 
+    for garbage in (b"not json", b"null", b'{"node_id": 5}', b'{"node_id": "evil", "state": "active", "at": "x"}'):
+        await nc.publish(f"{s.NODE_STATUS}.evil", garbage)  # hostile statuses: ignored, the page goes on
+    await nc.publish(f"{s.NODE_DRAINING}.evil", b"[1, 2]")
     job_id = await submit(nc, job("console-e2e", 1))
     decided = page.locator(f'#feed-list li[data-job-id="{job_id}"][data-type="{s.PLACEMENT_DECIDED}"]')
     await expect(decided).to_have_count(1, timeout=WAIT_MS)
@@ -90,6 +93,7 @@ async def test_a_submitted_job_appears_in_the_feed_and_the_list_and_a_drained_no
     await page.hover("#fleet-grid", position={"x": 4, "y": 4})  # the first cell: n0, with its numbers
     await expect(page.locator("#fleet-tip")).to_contain_text("n0 active")
     await expect(page.locator("#fleet-tip")).to_contain_text("cpu 4 / 8 used (50 %)")
+    await expect(page.locator("#fleet-total")).to_have_text(f"{len(NODES)} nodes")  # no "evil" node
     for name in ("gateway", "intake", "placement", "metadata"):  # every instance, from $SRV.STATS
         await expect(page.locator(f'#svc-table tr[data-service="{name}"]').first).to_be_visible(timeout=WAIT_MS)
     await page.screenshot(path=tmp_path / "console-placed.png", full_page=True)

@@ -36,7 +36,8 @@ export class Fleet {
   // A node.status event (live) or a node.list item (`listed`: an older picture, never newer than live ones).
   status(s, listed = false) {
     const now = Date.now();
-    const at = Date.parse(s.at);
+    const at = Date.parse(s?.at);
+    if (typeof s.node_id !== "string" || typeof s.state !== "string" || !Number.isFinite(at)) return; // not a status
     if (!listed && now - at > this.config.node_ttl_s * 1000) return; // stale on arrival: placement ignores it too
     let n = this.nodes.get(s.node_id);
     if (n === undefined) {
@@ -49,13 +50,13 @@ export class Fleet {
     if (seen < n.seen) return;
     n.seen = seen;
     n.state = s.state;
-    n.cpuCores = s.cpu_cores;
-    n.cpuFree = s.cpu_free;
-    n.memMb = s.memory_mb;
-    n.memFree = s.memory_free_mb;
-    n.gpus = s.gpus ?? 0;
-    n.labels = s.labels ?? {};
-    n.techs = s.technologies ?? [];
+    n.cpuCores = Number(s.cpu_cores) || 0;
+    n.cpuFree = Number(s.cpu_free) || 0;
+    n.memMb = Number(s.memory_mb) || 0;
+    n.memFree = Number(s.memory_free_mb) || 0;
+    n.gpus = Number(s.gpus) || 0;
+    n.labels = s.labels && typeof s.labels === "object" ? s.labels : {};
+    n.techs = Array.isArray(s.technologies) ? s.technologies : [];
     if (listed) {
       n.draining = Boolean(s.draining) || n.draining;
       n.reserved = s.reserved;
@@ -64,7 +65,7 @@ export class Fleet {
   }
 
   drain(fact) {
-    const n = this.nodes.get(fact.node_id);
+    const n = this.nodes.get(fact?.node_id);
     if (n === undefined) return;
     n.draining = Boolean(fact.draining);
     this.touch();

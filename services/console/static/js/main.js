@@ -73,7 +73,12 @@ function session(nc, config, panels) {
           } catch {
             return; // not ours to judge: the services dead-letter malformed events
           }
-          handle(msg.subject, event);
+          if (event === null || typeof event !== "object") return;
+          try {
+            handle(msg.subject, event);
+          } catch (e) {
+            console.warn(`ignored a malformed ${msg.subject}`, e);
+          }
         },
       }),
     );
