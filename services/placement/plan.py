@@ -13,6 +13,8 @@ loop runs nothing in between), skipping jobs the decider holds tentatively.
 
 from __future__ import annotations
 
+from dataclasses import KW_ONLY, dataclass
+
 import msgspec
 import structlog
 from nats.aio.msg import Msg
@@ -35,39 +37,30 @@ MAX_BODY = 256 * 1024
 _enc = msgspec.json.Encoder()
 
 
+@dataclass(slots=True)
 class Planner:
-    def __init__(
-        self,
-        world: World,
-        clock: Clock,
-        defaults: Defaults,
-        instance_types: list[InstanceType],
-        *,
-        ttl: float,
-        top_candidates: int,
-        preemption: bool = True,
-    ) -> None:
-        self.world = world
-        self.clock = clock
-        self.defaults = defaults
-        self.instance_types = instance_types
-        self.ttl = ttl
-        self.top = top_candidates
-        self.preemption = preemption
+    world: World
+    clock: Clock
+    defaults: Defaults
+    instance_types: list[InstanceType]
+    _: KW_ONLY
+    ttl: float
+    top_candidates: int
+    preemption: bool = True
 
     def plan(self, spec: JobSpec) -> PlanReply:
         """The decision a job of ``spec`` would get now, or why it would get none."""
         if spec.cluster == "dedicated":
-            result = place_dedicated(spec, self.instance_types, self.top)
+            result = place_dedicated(spec, self.instance_types, self.top_candidates)
             return _reply(result, [])
         now = self.clock.monotonic()
-        result = place(spec, self.world, now, self.ttl, self.top, explain_failure=True)
+        result = place(spec, self.world, now, self.ttl, self.top_candidates, explain_failure=True)
         if isinstance(result, Placed):
             return _reply(result, [])
         why = preempt.why_not(spec, self.preemption)
         if why is None:
             # evicted on the world tentatively and undone before returning: nothing stays booked
-            got = preempt.make_room(spec, f"plan:{spec.name}", self.world, now, self.ttl, (), self.top)
+            got = preempt.make_room(spec, f"plan:{spec.name}", self.world, now, self.ttl, (), self.top_candidates)
             if not isinstance(got, str):
                 placed, room = got
                 room.undo(self.world)

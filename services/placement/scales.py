@@ -23,6 +23,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 from collections.abc import Callable
+from dataclasses import KW_ONLY, dataclass
 
 import msgspec
 import structlog
@@ -38,21 +39,14 @@ log = structlog.get_logger()
 decoder = msgspec.json.Decoder(ev.JobScaleRequested)
 
 
+@dataclass(slots=True)
 class Scales:
-    def __init__(
-        self,
-        ledger: Ledger,
-        scale: Callable[[str, int], asyncio.Future[str]],
-        clock: Clock,
-        *,
-        wait_s: float,
-        ping_s: float = s.PLACEMENT_SCALES.ack_wait_s / 3,
-    ) -> None:
-        self.ledger = ledger
-        self.scale = scale
-        self.clock = clock
-        self.wait_s = wait_s
-        self.ping_s = ping_s
+    ledger: Ledger
+    scale: Callable[[str, int], asyncio.Future[str]]
+    clock: Clock
+    _: KW_ONLY
+    wait_s: float
+    ping_s: float = s.PLACEMENT_SCALES.ack_wait_s / 3
 
     def _known(self, job_id: str) -> bool:
         """The ledger has the job's decision, failure or release."""

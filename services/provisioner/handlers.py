@@ -20,6 +20,7 @@ import asyncio
 import functools
 import time
 from collections.abc import Awaitable, Callable, Sequence
+from dataclasses import KW_ONLY, dataclass
 from typing import Protocol
 
 import structlog
@@ -83,25 +84,16 @@ def not_dedicated(event: ev.PlacementDecided) -> bool:
     return event.cluster != "dedicated"
 
 
+@dataclass(slots=True)
 class Provisioner:
-    def __init__(
-        self,
-        ec2: Ec2Port,
-        publisher: PublisherPort,
-        job_ended: JobEnded,
-        conf: AwsConf,
-        *,
-        max_deliver: int,
-        sleep: Sleep = asyncio.sleep,
-        clock: Callable[[], float] = time.monotonic,
-    ) -> None:
-        self.ec2 = ec2
-        self.publisher = publisher
-        self.job_ended = job_ended
-        self.conf = conf
-        self.max_deliver = max_deliver
-        self._sleep = sleep
-        self._clock = clock
+    ec2: Ec2Port
+    publisher: PublisherPort
+    job_ended: JobEnded
+    conf: AwsConf
+    _: KW_ONLY
+    max_deliver: int
+    sleep: Sleep = asyncio.sleep
+    clock: Callable[[], float] = time.monotonic
 
     async def on_decided(self, event: ev.PlacementDecided, d: DeliveryPort) -> None:
         if not_dedicated(event):
@@ -202,7 +194,7 @@ class Provisioner:
     async def wait_running(self, ids: Sequence[str], d: DeliveryPort) -> list[InstanceInfo]:
         """Poll until every instance runs (sorted by replica); ``AwsError`` when one stopped or
         terminated on the way (``InstanceTerminated``) or after ``aws.running_timeout_s``."""
-        deadline = self._clock() + self.conf.running_timeout_s
+        deadline = self.clock() + self.conf.running_timeout_s
         attempt = 1
         while True:
             try:
@@ -219,10 +211,10 @@ class Provisioner:
                     raise AwsError("InstanceTerminated", f"instances stopped before running: {', '.join(lost)}")
                 case Progress.WAITING:
                     pass
-            if self._clock() >= deadline:
+            if self.clock() >= deadline:
                 raise AwsError("RunningTimeout", f"instances not running after {self.conf.running_timeout_s:g} s")
             await d.in_progress()
-            await self._sleep(delay(attempt, base=POLL_BASE_S, factor=POLL_FACTOR, cap=POLL_CAP_S))
+            await self.sleep(delay(attempt, base=POLL_BASE_S, factor=POLL_FACTOR, cap=POLL_CAP_S))
             attempt += 1
 
 

@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import asyncio
 from collections.abc import Awaitable, Callable, Collection, Sequence
+from dataclasses import KW_ONLY, dataclass, field
 from typing import Protocol
 
 import nats.js.errors
@@ -100,25 +101,18 @@ def replaced_event_id(job_id: str, old_instance_id: str) -> str:
     return f"{ev.event_id_for(job_id, s.CLUSTER_INSTANCE_REPLACED)}:{old_instance_id}"
 
 
+@dataclass(slots=True)
 class Healer:
     """The check (:meth:`check_once`, :meth:`check_loop`) and the replacement (:meth:`on_lost`)."""
 
-    def __init__(
-        self,
-        provisioner: Provisioner,
-        ec2: HealEc2Port,
-        claims: ClaimPort,
-        record: Record,
-        *,
-        check_s: float,
-    ) -> None:
-        self.provisioner = provisioner
-        self.ec2 = ec2
-        self.claims = claims
-        self.record = record
-        self.check_s = check_s
-        self.running: dict[str, JobLifecycle] = {}
-        """The running dedicated jobs' records (kept by ``JobRecords.follow``)."""
+    provisioner: Provisioner
+    ec2: HealEc2Port
+    claims: ClaimPort
+    record: Record
+    _: KW_ONLY
+    check_s: float
+    running: dict[str, JobLifecycle] = field(default_factory=dict, init=False)
+    """The running dedicated jobs' records (kept by ``JobRecords.follow``)."""
 
     # --- the check -------------------------------------------------------------
     async def check_once(self, records: Collection[JobLifecycle] | None = None) -> list[LostInstance]:

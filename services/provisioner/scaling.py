@@ -25,6 +25,7 @@ from __future__ import annotations
 import asyncio
 import functools
 from collections.abc import Awaitable, Callable
+from dataclasses import KW_ONLY, dataclass
 
 import structlog
 
@@ -48,12 +49,13 @@ class NotYet(Exception):
     """The revision's turn did not come within the wait: the consumer naks and retries it."""
 
 
+@dataclass(slots=True)
 class Revisions:
-    def __init__(self, provisioner: Provisioner, record: Record, *, wait_s: float, sleep: Sleep | None = None) -> None:
-        self.provisioner = provisioner
-        self.record = record
-        self.wait_s = wait_s
-        self._sleep = sleep or asyncio.sleep
+    provisioner: Provisioner
+    record: Record
+    _: KW_ONLY
+    wait_s: float
+    sleep: Sleep = asyncio.sleep
 
     async def on_decided(self, event: ev.PlacementDecided, d: DeliveryPort) -> None:
         if not_dedicated(event):
@@ -79,7 +81,7 @@ class Revisions:
                 raise NotYet(f"revision {event.revision} of {event.job_id} still waits for the one before")
             await d.in_progress()
             pause = delay(attempt, base=WAIT_BASE_S, cap=WAIT_CAP_S)
-            await self._sleep(pause)
+            await self.sleep(pause)
             waited, attempt = waited + pause, attempt + 1
 
     async def resize(self, event: ev.PlacementDecided, d: DeliveryPort, blog: structlog.stdlib.BoundLogger) -> None:

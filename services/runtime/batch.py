@@ -89,12 +89,12 @@ class BatchConsumer(Consumer[T]):
     async def run(self, stop: asyncio.Event) -> None:
         """Like :meth:`Consumer.run`, but the next batch is fetched while this one is handled,
         so a handler waiting on its database overlaps with receiving the next messages."""
-        await ensure_consumer(self._js, self.spec)
-        psub = Puller(self._js, self.spec.stream, self.spec.durable, max_messages=self._batch)
+        await ensure_consumer(self.js, self.spec)
+        psub = Puller(self.js, self.spec.stream, self.spec.durable, max_messages=self.batch)
         await psub.start()
-        self._log.info("consuming", filter=list(self.spec.filter_subjects), batch=self._batch)
+        self._log.info("consuming", filter=list(self.spec.filter_subjects), batch=self.batch)
         failures = 0
-        fetching: asyncio.Task[list[Msg]] | None = asyncio.create_task(psub.fetch(self._batch, self._fetch_timeout))
+        fetching: asyncio.Task[list[Msg]] | None = asyncio.create_task(psub.fetch(self.batch, self.fetch_timeout))
         while fetching is not None:
             try:
                 msgs = await fetching
@@ -106,7 +106,7 @@ class BatchConsumer(Consumer[T]):
                 msgs = []
             else:
                 failures = 0
-            fetching = None if stop.is_set() else asyncio.create_task(psub.fetch(self._batch, self._fetch_timeout))
+            fetching = None if stop.is_set() else asyncio.create_task(psub.fetch(self.batch, self.fetch_timeout))
             self._prefetch = fetching
             if msgs:
                 await self._dispatch(msgs, stop)

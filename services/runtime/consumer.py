@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import asyncio
 from collections.abc import Awaitable, Callable
+from dataclasses import KW_ONLY, dataclass, field
 from typing import Generic, TypeVar
 
 import msgspec
@@ -30,7 +31,6 @@ from schemas import events as ev
 from schemas import subjects as s
 from services.runtime.backoff import delay
 from services.runtime.delivery import Delivery, Poison, outcome, quietly, retry_delay
-from services.runtime.publisher import Publisher
 from services.runtime.puller import Puller
 from services.runtime.streams import ensure_consumer
 
@@ -42,48 +42,39 @@ T = TypeVar("T")
 Handler = Callable[[T, Delivery], Awaitable[None]]
 
 
+@dataclass
 class Consumer(Generic[T]):
     """Runs ``handler`` for each message of a durable pull consumer until ``stop``.
 
     ``skip(event)``, when given, names events the handler would ignore: they are acked
     at once, without running the handler (for consumers that see mostly such events)."""
 
-    def __init__(
-        self,
-        js: JetStreamContext,
-        spec: s.ConsumerSpec,
-        decoder: msgspec.json.Decoder[T],
-        handler: Handler[T],
-        *,
-        service: str,
-        batch: int = 256,
-        fetch_timeout: float = 1.0,
-        in_order: bool = False,
-        skip: Callable[[T], bool] | None = None,
-    ) -> None:
-        self._js = js
-        self._in_order = in_order
-        self._skip = skip
-        self.spec = spec
-        self._decoder = decoder
-        self._handler = handler
-        self._service = service
-        self._batch = batch
-        self._fetch_timeout = fetch_timeout
-        self._publisher = Publisher(js)
-        self._log = log.bind(consumer=spec.durable, stream=spec.stream)
+    js: JetStreamContext
+    spec: s.ConsumerSpec
+    decoder: msgspec.json.Decoder[T]
+    handler: Handler[T]
+    _: KW_ONLY
+    service: str
+    batch: int = 256
+    fetch_timeout: float = 1.0
+    in_order: bool = False
+    skip: Callable[[T], bool] | None = None
+    _log: structlog.stdlib.BoundLogger = field(init=False, repr=False)
+
+    def __post_init__(self) -> None:
+        self._log = log.bind(consumer=self.spec.durable, stream=self.spec.stream)
 
     async def run(self, stop: asyncio.Event) -> None:
-        await ensure_consumer(self._js, self.spec)
+        await ensure_consumer(self.js, self.spec)
         # Not nats-py's fetch: once a long poll has delivered a first message it waits for
         # the whole batch or the expiry (up to fetch_timeout of added latency per message).
-        puller = Puller(self._js, self.spec.stream, self.spec.durable, max_messages=self._batch)
+        puller = Puller(self.js, self.spec.stream, self.spec.durable, max_messages=self.batch)
         await puller.start()
         self._log.info("consuming", filter=list(self.spec.filter_subjects))
         failures = 0
         while not stop.is_set():
             try:
-                msgs = await puller.fetch(self._batch, timeout=self._fetch_timeout)
+                msgs = await puller.fetch(self.batch, timeout=self.fetch_timeout)
                 if not msgs:
                     continue
             except Exception as e:  # disconnected, server restarting, consumer gone...
@@ -101,11 +92,11 @@ class Consumer(Generic[T]):
         and skipped events acked here, without a task of their own."""
         work: list[tuple[T, Delivery]] = []
         for event, d in await self._decoded(msgs):
-            if self._skip is not None and self._skip(event):
+            if self.skip is not None and self.skip(event):
                 await d.ack()
             else:
                 work.append((event, d))
-        if self._in_order or len(work) == 1:
+        if self.in_order or len(work) == 1:
             for event, d in work:
                 await self._process(event, d)
         elif work:
@@ -118,7 +109,7 @@ class Consumer(Generic[T]):
         for m in msgs:
             d = Delivery(m)
             try:
-                out.append((self._decoder.decode(m.data), d))
+                out.append((self.decoder.decode(m.data), d))
             except (msgspec.DecodeError, RecursionError, ValueError) as e:  # msgspec recurses on deep nesting
                 await self._dead_letter(d, f"undecodable {m.subject} payload: {e!r}"[:2000])
         return out
@@ -134,13 +125,13 @@ class Consumer(Generic[T]):
 
     async def _recreate(self) -> None:
         try:
-            await ensure_consumer(self._js, self.spec)
+            await ensure_consumer(self.js, self.spec)
         except Exception as e:
             self._log.warning("consumer re-declare failed", error=repr(e))
 
     async def _process(self, event: T, d: Delivery) -> None:
         try:
-            await self._handler(event, d)
+            await self.handler(event, d)
         except Exception as e:
             await self._settle(d, e, max_deliver=self.spec.max_deliver)
         else:
@@ -175,8 +166,8 @@ class Consumer(Generic[T]):
         md = d.msg.metadata
         seq = md.sequence.stream if md.sequence else None
         letter = ev.DeadLetter(
-            event_id=f"{self._service}:{md.stream}:{seq}",
-            service=self._service,
+            event_id=f"{self.service}:{md.stream}:{seq}",
+            service=self.service,
             subject=d.msg.subject,
             stream=md.stream,
             stream_seq=seq,
@@ -186,8 +177,8 @@ class Consumer(Generic[T]):
         )
         self._log.error("dead-lettered", subject=d.msg.subject, seq=seq, reason=reason)
         try:
-            await self._js.publish(
-                s.deadletter_subject(self._service),
+            await self.js.publish(
+                s.deadletter_subject(self.service),
                 ev.encode(letter),
                 headers={s.MSG_ID_HEADER: letter.event_id},
             )

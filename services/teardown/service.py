@@ -20,6 +20,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 from collections.abc import Callable
+from dataclasses import KW_ONLY, dataclass
 from datetime import UTC, datetime
 
 import msgspec
@@ -46,21 +47,14 @@ def _utcnow() -> datetime:
     return datetime.now(UTC)
 
 
+@dataclass(slots=True)
 class Teardown:
-    def __init__(
-        self,
-        store: LifecycleStore,
-        ec2: Ec2,
-        publisher: Publisher,
-        conf: LifecycleConf,
-        *,
-        now: Callable[[], datetime] = _utcnow,
-    ) -> None:
-        self.store = store
-        self.ec2 = ec2
-        self.publisher = publisher
-        self.conf = conf
-        self.now = now
+    store: LifecycleStore
+    ec2: Ec2
+    publisher: Publisher
+    conf: LifecycleConf
+    _: KW_ONLY
+    now: Callable[[], datetime] = _utcnow
 
     # --- events -------------------------------------------------------------
     async def on_event(self, event: domain.TeardownEvent, _: Delivery | None = None) -> None:
