@@ -7,9 +7,10 @@
   ``placement.failed`` or ``job.rejected``); one job per idempotency key;
 - the revisions of a job's placement are 1, 2, 3... in stream order, without gaps or
   duplicates (§8.1), and none comes after the job's release;
-- a revision's ``changes`` are exactly the replicas whose node differs from the previous
-  revision (``from`` its old node, ``to`` its new one, null where absent), its assignments
-  name each replica below ``wanted`` at most once, and ``constraints.spread`` is kept;
+- a revision's ``changes`` are exactly the replicas whose node (a dedicated job's: instance
+  type) differs from the previous revision (``from`` its old node, ``to`` its new one, null
+  where absent), its assignments name each replica below ``wanted`` at most once (a dedicated
+  job's: each one), and ``constraints.spread`` is kept;
 - replaying the revisions in stream order (the latest revision of each job is booked, the
   previous one released; ``placement.released`` frees whatever the job holds), no node is
   ever booked beyond its capacity (cpu, memory, gpu), moves included;
@@ -20,8 +21,10 @@
 With ``settled=`` (the nodes as they are now, see :class:`Settled`) it also checks that the
 system has settled: every live shared job has all ``wanted`` replicas on nodes that are live
 (reported within ``node_lost_s``), not down and not draining, or is degraded (its latest
-``placement.degraded`` has a revision >= its latest decided one) with a reason; and every
-instance of a live dedicated job is running.
+``placement.degraded`` has a revision >= its latest decided one) with a reason; every
+instance of a live dedicated job is running; and the resizing rules of
+:mod:`tests.support.settling` (the latest ``job.scale`` in force, a dedicated job's instances
+those of its latest revision, nothing alive in EC2 under a released job's tag).
 
 ``check_live(js)`` reads the streams of a live server (``tests.support.replay``).
 """
@@ -37,6 +40,7 @@ from nats.js import JetStreamContext
 
 from schemas import events as ev
 from tests.support.replay import NodeView, capacities, instance_states, read_events, read_nodes, read_stream
+from tests.support.settling import Settled, dedicated_faults, leaked, scale_fault, tagged_instances
 
 _EPS = 1e-9
 ENDINGS = (ev.JobCancelRequested, ev.JobCompleted, ev.JobExpired, ev.ClusterProvisionFailed)
@@ -80,22 +84,6 @@ class Report(msgspec.Struct):
         return not self.violations
 
 
-class Settled(msgspec.Struct, frozen=True):
-    """What "settled" is measured against: the nodes' last reports, now, and the loss timeout."""
-
-    nodes: Mapping[str, NodeView]
-    now: datetime
-    node_lost_s: float
-    instance_states: Mapping[str, str] | None = None
-    """EC2 state of each instance (``running``, ``stopped``...); None: dedicated jobs not checked."""
-
-    def usable(self, node_id: str) -> bool:
-        n = self.nodes.get(node_id)
-        if n is None or n.state != "active" or n.draining:
-            return False
-        return (self.now - n.last_at).total_seconds() <= self.node_lost_s
-
-
 class _Job(msgspec.Struct):
     latest: ev.PlacementDecided | None = None
     booked: tuple[str, ...] = ()
@@ -107,6 +95,11 @@ def _nodes(d: ev.PlacementDecided) -> dict[int, str]:
     return {a.replica: a.node_id for a in d.assignments if a.node_id is not None}
 
 
+def _where(d: ev.PlacementDecided) -> dict[int, str]:
+    """Each placed replica's node, or instance type for a dedicated job (what a change names)."""
+    return {a.replica: w for a in d.assignments if (w := a.node_id if d.cluster == "shared" else a.instance_type)}
+
+
 def _revision_faults(prev: ev.PlacementDecided | None, d: ev.PlacementDecided) -> tuple[list[str], list[str]]:
     """(bad changes, bad assignments) of revision ``d`` after ``prev``."""
     replicas = [a.replica for a in d.assignments]
@@ -116,9 +109,11 @@ def _revision_faults(prev: ev.PlacementDecided | None, d: ev.PlacementDecided) -
     nodes = [a.node_id for a in d.assignments if a.node_id]
     if d.constraints is not None and d.constraints.spread and len(nodes) != len(set(nodes)):
         bad_asg.append(f"{d.job_id} r{d.revision}: spread broken, nodes {sorted(nodes)}")
-    if prev is None or d.cluster != "shared":
+    if d.cluster != "shared" and sorted(replicas) != list(range(d.wanted)):
+        bad_asg.append(f"{d.job_id} r{d.revision}: dedicated replicas {sorted(replicas)} of {d.wanted}")
+    if prev is None:
         return [], bad_asg
-    old, new = _nodes(prev), _nodes(d)
+    old, new = _where(prev), _where(d)
     moved = {r for r in old.keys() | new.keys() if old.get(r) != new.get(r)}
     told = {c.replica: c for c in d.changes}
     bad = [
@@ -152,6 +147,10 @@ def check(
     running: dict[str, set[str]] = {}
     """A provisioned dedicated job's current instances (replacements swapped in)."""
     torn: dict[str, set[str]] = defaultdict(set)
+    provisioned: dict[str, ev.ClusterProvisioned] = {}
+    """A dedicated job's ``cluster.provisioned`` of the highest revision."""
+    scales: dict[str, int] = {}
+    """The count of a job's latest ``job.scale_requested`` (JOBS order: the latest wins)."""
     overbooked: set[str] = set()
 
     def book(d: ev.PlacementDecided, nodes: tuple[str, ...], sign: float) -> None:
@@ -218,6 +217,11 @@ def check(
                 launched[e.job_id].update(i.instance_id for i in e.instances)
                 if isinstance(e, ev.ClusterProvisioned):
                     running[e.job_id] = {i.instance_id for i in e.instances}
+                    prev = provisioned.get(e.job_id)
+                    if prev is None or (e.revision or 1) >= (prev.revision or 1):
+                        provisioned[e.job_id] = e
+            case ev.JobScaleRequested():
+                scales[e.job_id] = e.replicas
             case ev.ClusterInstanceReplaced():
                 r.instances_replaced += 1
                 launched[e.job_id].add(e.new_instance_id)
@@ -248,7 +252,8 @@ def check(
     r.overbooked = sorted(overbooked)
     r.instances_left = sorted(f"{j}:{i}" for j in ended for i in launched.get(j, set()) - torn.get(j, set()))
     if settled is not None:
-        r.unsettled = _unsettled(jobs, ended, running, settled)
+        r.unsettled = _unsettled(jobs, ended, running, provisioned, scales, settled)
+        r.instances_left = sorted({*r.instances_left, *leaked((j for j in ended if jobs[j].released), settled)})
     return r
 
 
@@ -256,6 +261,8 @@ def _unsettled(
     jobs: Mapping[str, _Job],
     ended: set[str],
     running: Mapping[str, set[str]],
+    provisioned: Mapping[str, ev.ClusterProvisioned],
+    scales: Mapping[str, int],
     at: Settled,
 ) -> list[str]:
     out = []
@@ -263,11 +270,10 @@ def _unsettled(
         d = job.latest
         if d is None or job.released or job_id in ended:
             continue
+        if fault := scale_fault(job_id, d, scales.get(job_id)):
+            out.append(fault)
         if d.cluster != "shared":
-            if at.instance_states is not None:
-                down = sorted(i for i in running.get(job_id, set()) if at.instance_states.get(i) != "running")
-                if down:
-                    out.append(f"{job_id}: instances not running {down}")
+            out += dedicated_faults(job_id, d, provisioned.get(job_id), running.get(job_id, set()), at)
             continue
         nodes = _nodes(d)
         missing = sorted(set(range(d.wanted)) - set(nodes))
@@ -295,7 +301,8 @@ async def check_live(
     settled = None
     if node_lost_s is not None:
         states = await instance_states(ec2_endpoint) if ec2_endpoint else None
-        settled = Settled(nodes, datetime.now(UTC), node_lost_s, states)
+        tagged = await tagged_instances(ec2_endpoint) if ec2_endpoint else None
+        settled = Settled(nodes, datetime.now(UTC), node_lost_s, states, tagged)
     return check(
         events, capacities(nodes), submitted_ids=submitted_ids, require_release=require_release, settled=settled
     )
@@ -311,4 +318,5 @@ __all__ = [
     "read_events",
     "read_nodes",
     "read_stream",
+    "tagged_instances",
 ]

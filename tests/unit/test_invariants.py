@@ -5,6 +5,7 @@ from __future__ import annotations
 from collections import defaultdict
 from datetime import UTC, datetime, timedelta
 
+import msgspec
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
@@ -12,6 +13,7 @@ from schemas import events as ev
 from schemas import subjects as s
 from schemas.jobs import Constraints, Defaults, JobSpec, Resources, decode_job_request, normalise
 from tests.support.invariants import NodeView, Settled, check
+from tests.support.settling import Tagged
 
 SPEC: JobSpec = normalise(decode_job_request(b'{"name": "x"}'), Defaults())
 CAPS = {"n1": (4.0, 4096, 0), "n2": (4.0, 4096, 0), "n3": (4.0, 4096, 0)}
@@ -70,6 +72,30 @@ def released(j: str) -> ev.PlacementReleased:
 
 def cancelled(j: str) -> ev.JobCancelRequested:
     return ev.JobCancelRequested(event_id=f"{j}:c", job_id=j)
+
+
+def scale_requested(j: str, n: int) -> ev.JobScaleRequested:
+    return ev.JobScaleRequested(event_id=f"{j}:job.scale_requested:{n}", job_id=j, replicas=n)
+
+
+def dedicated(j: str, revision: int, types: list[str], changes: list[ev.Change] | None = None) -> ev.PlacementDecided:
+    return ev.PlacementDecided(
+        event_id=ev.revision_event_id(j, s.PLACEMENT_DECIDED, revision),
+        job_id=j,
+        cluster="dedicated",
+        technology="docker",
+        strategy="best_fit",
+        assignments=[ev.Assignment(replica=r, instance_type=t) for r, t in enumerate(types)],
+        candidates=[],
+        revision=revision,
+        changes=changes or [],
+        replicas=len(types),
+    )
+
+
+def provisioned(j: str, revision: int | None, ids: list[str]) -> ev.ClusterProvisioned:
+    inst = [ev.Instance(instance_id=i, instance_type="t3.medium", replica=r) for r, i in enumerate(ids)]
+    return ev.ClusterProvisioned(event_id=f"{j}:p:{revision}", job_id=j, instances=inst, revision=revision)
 
 
 def fleet(*, lost: tuple[str, ...] = (), draining: tuple[str, ...] = ()) -> Settled:
@@ -257,6 +283,49 @@ class TestSettled:
         assert check(events, CAPS).instances_left == ["d:i-3"]
 
 
+class TestResizing:
+    def test_the_latest_scale_request_must_be_in_force_for_a_live_job(self) -> None:
+        grown = decided("a", revision=2, nodes={0: "n1", 1: "n2"}, changes=[move(1, None, "n2", "scale")], replicas=2)
+        events: list[ev.Event] = [decided("a", "n1"), scale_requested("a", 2)]
+        assert check(events, CAPS, settled=fleet()).unsettled == ["a r1: wants 1, the latest job.scale asked 2"]
+        assert check([*events, grown], CAPS, settled=fleet()).ok
+        events += [grown, scale_requested("a", 1)]  # stored, not applied yet
+        assert check(events, CAPS, settled=fleet()).unsettled == ["a r2: wants 2, the latest job.scale asked 1"]
+        assert check([*events, cancelled("a"), released("a")], CAPS, settled=fleet()).ok  # ended: nothing owed
+
+    def test_a_dedicated_revision_names_instance_types_in_its_changes(self) -> None:
+        r1 = dedicated("d", 1, ["t3.medium"])
+        good = dedicated("d", 2, ["t3.medium", "m5.large"], [move(1, None, "m5.large", "scale")])
+        assert check([r1, good], CAPS).ok
+        wrong = dedicated("d", 2, ["t3.medium", "m5.large"], [move(1, None, "t3.medium", "scale")])
+        assert check([r1, wrong], CAPS).bad_changes == ["d r2: replica 1 None->m5.large, change says None->t3.medium"]
+        gap = ev.PlacementDecided(**{**msgspec.structs.asdict(good), "assignments": good.assignments[1:]})
+        assert check([r1, gap], CAPS).bad_assignments == ["d r2: dedicated replicas [1] of 2"]
+
+    def test_a_dedicated_job_runs_the_instances_of_its_latest_revision_and_no_others(self) -> None:
+        running = {"i-0": "running", "i-1": "running", "i-2": "running"}
+        base = fleet()
+
+        def at(tagged: dict[str, tuple[int, str]]) -> Settled:
+            return Settled(base.nodes, NOW, 30, running, {"d": {i: Tagged(r, st_) for i, (r, st_) in tagged.items()}})
+
+        events: list[ev.Event] = [dedicated("d", 1, ["t3.medium"]), provisioned("d", None, ["i-0"])]
+        events += [dedicated("d", 2, ["t3.medium", "t3.medium"], [move(1, None, "t3.medium", "scale")])]
+        two = at({"i-0": (0, "running"), "i-1": (1, "running")})
+        assert check(events, CAPS, settled=two).unsettled == ["d: revision 2 decided, 1 provisioned"]
+        events.append(provisioned("d", 2, ["i-0", "i-1"]))
+        assert check(events, CAPS, settled=two).ok
+        twice = at({"i-0": (0, "running"), "i-1": (1, "running"), "i-2": (1, "pending")})
+        assert check(events, CAPS, settled=twice).unsettled == [
+            "d r2: EC2 holds {1: ['i-1', 'i-2']} beyond one per replica below 2, none for []"
+        ]
+        # the job ends and is released: an instance still alive under its tag was left running
+        events += [cancelled("d"), ev.ClusterTornDown(event_id="d:t", job_id="d", instance_ids=["i-0", "i-1"])]
+        events.append(released("d"))
+        left = at({"i-0": (0, "terminated"), "i-1": (1, "terminated"), "i-2": (1, "running")})
+        assert check(events, CAPS, settled=left).instances_left == ["d:i-2"]
+
+
 @st.composite
 def histories(draw: st.DrawFn) -> list[ev.Event]:
     """Well-formed histories: jobs placed, moved (with correct changes), left short and
@@ -265,7 +334,7 @@ def histories(draw: st.DrawFn) -> list[ev.Event]:
     out: list[ev.Event] = []
     live: dict[str, tuple[int, int, dict[int, str]]] = {}
     for step in range(draw(st.integers(1, 30))):
-        op = draw(st.sampled_from(["new", "move", "end"]))
+        op = draw(st.sampled_from(["new", "move", "scale", "end"]))
         if op == "new" or not live:
             j = f"j{step}"
             want = draw(st.integers(1, 3))
@@ -288,6 +357,18 @@ def histories(draw: st.DrawFn) -> list[ev.Event]:
             short = sorted(set(range(want)) - set(new))
             if short:
                 out.append(degraded(j, rev + 1, short))
+        elif op == "scale":  # job.scale: shrink drops the highest replicas, growth places new ones
+            j = draw(st.sampled_from(sorted(live)))
+            rev, want, placed = live[j]
+            n = draw(st.integers(1, 4))
+            new = {r: w for r, w in placed.items() if r < n}
+            new |= {r: draw(st.sampled_from(nodes)) for r in range(want, n)}
+            gone = range(min(want, n), max(want, n))  # a missing replica no longer wanted has no change
+            changes = [move(r, placed.get(r), new.get(r), "scale") for r in gone if placed.get(r) != new.get(r)]
+            out.append(scale_requested(j, n))
+            if n != want:  # the latest revision has the count already: nothing is stored
+                live[j] = (rev + 1, n, new)
+                out.append(decided(j, revision=rev + 1, nodes=new, changes=changes, replicas=n))
         else:
             j = draw(st.sampled_from(sorted(live)))
             del live[j]
