@@ -9,9 +9,9 @@ from services.gateway.admission import Admission
 from services.gateway.handlers import MAX_BODY, Decisions, Gateway
 from services.gateway.lifecycle import JobStates, Lifecycle
 from services.gateway.scale import Scaler
-from services.runtime.app import VERSION, Runtime, background, run
+from services.runtime.app import Runtime, background, run
 from services.runtime.backoff import sleep_unless
-from services.runtime.micro import Endpoint, MicroService
+from services.runtime.micro import Endpoint
 from services.runtime.publisher import Publisher
 
 
@@ -34,13 +34,7 @@ async def main(rt: Runtime) -> None:
         lifecycle = Lifecycle(rt.js, Publisher(rt.js), states, rt.config.lifecycle.state_sync_timeout_s)
         scaler = Scaler(lifecycle, rt.config.limits.max_replicas)
         svc = await stack.enter_async_context(
-            MicroService(
-                rt.nc,
-                name="gateway",
-                version=VERSION,
-                description="Request-reply front door: submits, ends and resizes jobs; answers placement requests",
-                metadata=rt.metadata(),
-            )
+            rt.micro_service("Request-reply front door: submits, ends and resizes jobs; answers placement requests")
         )
         await svc.add_endpoints(
             (

@@ -17,11 +17,10 @@ import nats.js.errors
 from schemas import events as ev
 from schemas import subjects as s
 from services.intake.policy import admit
-from services.runtime.app import VERSION, Runtime, run
+from services.runtime.app import Runtime, run
 from services.runtime.batch import BatchConsumer
 from services.runtime.config import Config
 from services.runtime.delivery import Delivery
-from services.runtime.micro import MicroService
 from services.runtime.publisher import Publisher
 
 decoder = msgspec.json.Decoder(ev.JobSubmitted)
@@ -55,13 +54,7 @@ async def main(rt: Runtime) -> None:
     consumer = BatchConsumer(
         rt.js, s.INTAKE_JOBS, decoder, on_batch, service="intake", batch=512, transient=is_transient
     )
-    async with MicroService(
-        rt.nc,
-        name="intake",
-        version=VERSION,
-        description="Admission policy for submitted jobs",
-        metadata=rt.metadata(consumers=f"{s.JOBS.name}/{s.INTAKE_JOBS.durable}"),
-    ):
+    async with rt.micro_service("Admission policy for submitted jobs", (s.INTAKE_JOBS,)):
         rt.log.info("started")
         await consumer.run(rt.stop)
 

@@ -17,9 +17,8 @@ from services.metadata.paging import Budget
 from services.metadata.projector import DECODERS, Projector
 from services.metadata.queries import Queries
 from services.metadata.views import DEFAULT_CACHE_JOBS
-from services.runtime.app import VERSION, Runtime, run, tune_gc
+from services.runtime.app import Runtime, run, tune_gc
 from services.runtime.batch import BatchConsumer
-from services.runtime.micro import MicroService
 
 DEFAULT_BATCH = 1000
 
@@ -55,14 +54,10 @@ async def main(rt: Runtime) -> None:
         await db.open()
         stack.push_async_callback(db.close)
         svc = await stack.enter_async_context(
-            MicroService(
-                rt.nc,
-                name="metadata",
-                version=VERSION,
-                description="Projection of every event into PostgreSQL; job and node queries",
-                metadata=rt.metadata(
-                    consumers=",".join(f"{c.stream}/{c.durable}" for c in s.METADATA_CONSUMERS), batch=str(batch)
-                ),
+            rt.micro_service(
+                "Projection of every event into PostgreSQL; job and node queries",
+                s.METADATA_CONSUMERS,
+                batch=str(batch),
             )
         )
         queries = Queries(db, rt.config.timeouts.node_ttl_s, Budget.for_max_payload(rt.nc.max_payload))

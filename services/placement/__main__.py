@@ -15,22 +15,15 @@ import contextlib
 from schemas import subjects as s
 from services.placement.plan import MAX_BODY as PLAN_MAX_BODY
 from services.placement.service import Placement
-from services.runtime.app import VERSION, Runtime, background, run
-from services.runtime.micro import MicroService
+from services.runtime.app import Runtime, background, run
 
 
 async def main(rt: Runtime) -> None:
     p = Placement(rt)
     async with contextlib.AsyncExitStack() as stack:
         svc = await stack.enter_async_context(
-            MicroService(
-                rt.nc,
-                name="placement",
-                version=VERSION,
-                description="Filters and ranks nodes, reserves capacity, decides placements",
-                metadata=rt.metadata(
-                    consumers=",".join(f"{c.stream}/{c.durable}" for c in (s.PLACEMENT_JOBS, s.PLACEMENT_SCALES))
-                ),
+            rt.micro_service(
+                "Filters and ranks nodes, reserves capacity, decides placements", (s.PLACEMENT_JOBS, s.PLACEMENT_SCALES)
             )
         )
         await p.follow_nodes()

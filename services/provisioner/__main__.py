@@ -17,9 +17,8 @@ from services.provisioner.handlers import Provisioner, not_dedicated
 from services.provisioner.healer import Healer, StreamClaims
 from services.provisioner.healing import running_dedicated
 from services.provisioner.scaling import Revisions
-from services.runtime.app import VERSION, Runtime, run
+from services.runtime.app import Runtime, run
 from services.runtime.consumer import Consumer
-from services.runtime.micro import MicroService
 from services.runtime.publisher import Publisher
 
 decoder = msgspec.json.Decoder(ev.PlacementDecided)
@@ -42,14 +41,10 @@ async def main(rt: Runtime) -> None:
         revisions = Revisions(provisioner, record, wait_s=2 * conf.running_timeout_s)
         healer = Healer(provisioner, ec2, StreamClaims(rt.js), record, check_s=rt.config.timeouts.instance_check_s)
         await stack.enter_async_context(
-            MicroService(
-                rt.nc,
-                name="provisioner",
-                version=VERSION,
-                description="Launches a dedicated cluster of EC2 instances per dedicated job, and heals it",
-                metadata=rt.metadata(
-                    consumers=",".join(f"{c.stream}/{c.durable}" for c in (spec, repairs_spec)), project=conf.project
-                ),
+            rt.micro_service(
+                "Launches a dedicated cluster of EC2 instances per dedicated job, and heals it",
+                (spec, repairs_spec),
+                project=conf.project,
             )
         )
         consumer = Consumer(

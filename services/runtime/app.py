@@ -13,7 +13,7 @@ import contextlib
 import gc
 import signal
 import sys
-from collections.abc import AsyncIterator, Awaitable, Callable, Coroutine
+from collections.abc import AsyncIterator, Awaitable, Callable, Coroutine, Iterable
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -22,9 +22,11 @@ import structlog
 from nats.aio.client import Client
 from nats.js import JetStreamContext
 
+from schemas.subjects import ConsumerSpec
 from services.runtime.backoff import delay
 from services.runtime.config import Config, Settings, load_config, load_settings
 from services.runtime.log import configure
+from services.runtime.micro import MicroService
 from services.runtime.streams import ensure_streams
 
 VERSION = "0.1.0"
@@ -45,6 +47,14 @@ class Runtime:
     def metadata(self, **extra: str) -> dict[str, str]:
         """Micro-service metadata: always an object of strings."""
         return {"instance_id": self.settings.instance_id, **extra}
+
+    def micro_service(self, description: str, consumers: Iterable[ConsumerSpec] = (), **extra: str) -> MicroService:
+        """This process's micro service, to enter in its stack: named after the process, at
+        :data:`VERSION`, its metadata the instance id, the durable consumers it reads
+        (``stream/durable``, comma-separated) and ``extra``."""
+        names = ",".join(f"{c.stream}/{c.durable}" for c in consumers)
+        meta = self.metadata(**({"consumers": names} if names else {}), **extra)
+        return MicroService(self.nc, name=self.name, version=VERSION, description=description, metadata=meta)
 
 
 async def connect(settings: Settings, name: str) -> Client:

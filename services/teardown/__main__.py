@@ -8,9 +8,8 @@ import contextlib
 from schemas import subjects as s
 from services.cloud.ec2 import Ec2
 from services.cloud.records import lifecycle_bucket
-from services.runtime.app import VERSION, Runtime, run
+from services.runtime.app import Runtime, run
 from services.runtime.consumer import Consumer
-from services.runtime.micro import MicroService
 from services.runtime.publisher import Publisher
 from services.teardown.domain import nothing_to_track
 from services.teardown.service import Teardown, decoder
@@ -25,14 +24,8 @@ async def main(rt: Runtime) -> None:
         ec2 = await stack.enter_async_context(Ec2.open(rt.settings, rt.config.aws))
         td = Teardown(store, ec2, Publisher(rt.js), rt.config.lifecycle)
         await stack.enter_async_context(
-            MicroService(
-                rt.nc,
-                name="teardown",
-                version=VERSION,
-                description=(
-                    "Ends jobs exactly once: terminates instances, releases reservations, expiry, orphan reaper"
-                ),
-                metadata=rt.metadata(consumers=",".join(f"{c.stream}/{c.durable}" for c in SPECS)),
+            rt.micro_service(
+                "Ends jobs exactly once: terminates instances, releases reservations, expiry, orphan reaper", SPECS
             )
         )
         # JOBS in stream order, so a job's accepted is recorded before its end trigger (batched
