@@ -18,7 +18,7 @@ from nats.aio.client import Client
 
 from schemas import subjects as s
 from schemas.events import DeadLetter
-from tests.chaos import living
+from tests.chaos import living, scaling
 from tests.chaos.living import Injected
 from tests.chaos.load import Load
 from tests.support.invariants import check_live, read_stream
@@ -150,6 +150,9 @@ SCENARIOS: dict[str, Scenario] = {
     "20% of node agents killed at once": Scenario(_living(living.kill_fifth_of_agents), living=True),
     "10 nodes drained under load": Scenario(_living(living.drain_ten), living=True),
     "2 dedicated instances stopped in EC2": Scenario(_living(living.stop_two_instances), living=True),
+    "job.scale in flight, placement and provisioner killed -9": Scenario(
+        _living(scaling.scale_under_kills), living=True
+    ),
 }
 
 
@@ -230,8 +233,10 @@ def markdown(rows: list[dict[str, Any]]) -> str:
         f"fleet processes reporting every {living.SIM_INTERVAL:g} s, 2-replica jobs, every 10th pinned to 3 nodes "
         f"of the first fleet, node_lost_s {living.LOST_S:g}). Time to settle: until every decision is stored; for "
         "the living-fleet rows, from the fault's effect (the loss detected: node_lost_s after the last status; "
-        "the last drain reply; the EC2 stop) until the checker finds every live job whole on live, undrained "
-        "nodes or degraded, and every dedicated instance running (polled every 0.25 s plus the time to read the "
+        "the last drain reply; the EC2 stop; the last kill and cancel of the resize row) until the checker finds "
+        "every live job whole on live, undrained nodes or degraded, with its latest job.scale in force, and every "
+        "dedicated job running one instance per replica of its latest revision (polled every 0.25 s plus the time "
+        "to read the "
         "streams; the end of the read that found it settled counts, an upper bound).",
         "",
         "| scenario | nodes | jobs submitted | faults injected | jobs lost | duplicates | overbooked nodes "

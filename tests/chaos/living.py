@@ -85,7 +85,7 @@ async def drain_ten(sysm: System, nc: Client, load: Load, after: float) -> Injec
     return Injected(len(nodes), datetime.now(UTC), "; ".join(errors) or None)
 
 
-async def _provisioned(nc: Client, job_ids: set[str], want: int, timeout: float = 90) -> list[ev.ClusterProvisioned]:
+async def provisioned(nc: Client, job_ids: set[str], want: int, timeout: float = 90) -> list[ev.ClusterProvisioned]:
     loop = asyncio.get_running_loop()
     deadline = loop.time() + timeout
     while True:
@@ -108,7 +108,7 @@ async def stop_two_instances(sysm: System, nc: Client, load: Load, after: float)
         "resources": {"cpu": 1, "memory_mb": 1024},
     }
     ids = await asyncio.gather(*(load.submit_one(10**6 + k, spec) for k in range(4)))
-    running = await _provisioned(nc, {j for j in ids if j}, 2)
+    running = await provisioned(nc, {j for j in ids if j}, 2)
     if len(running) < 2:
         return Injected(0, None, f"only {len(running)} dedicated jobs provisioned in time")
     await asyncio.sleep(after)
