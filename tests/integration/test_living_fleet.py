@@ -7,19 +7,18 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import json
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
 
 import pytest
 from nats.aio.client import Client
-from nats.aio.msg import Msg
 
 from schemas import subjects as s
 from tests.support.api import job, request
 from tests.support.config import config
 from tests.support.events import node
+from tests.support.fleet import Placements, decided, degraded, watch_placements
 from tests.support.servers import Spawn
 
 pytestmark = pytest.mark.integration
@@ -28,45 +27,9 @@ TTL, LOST = 1.0, 2.0
 """Short node TTL and node_lost_s, so a silent node is lost within seconds."""
 
 
-class Placements:
-    """Every ``placement.decided`` / ``placement.degraded`` by job, to wait on a revision itself."""
-
-    def __init__(self) -> None:
-        self.by_job: dict[str, list[dict[str, Any]]] = {}
-        self._changed = asyncio.Condition()
-
-    async def cb(self, msg: Msg) -> None:
-        data = json.loads(msg.data)
-        async with self._changed:
-            self.by_job.setdefault(data["job_id"], []).append(data)
-            self._changed.notify_all()
-
-    async def wait(self, job_id: str, pred: Callable[[dict[str, Any]], bool], timeout: float = 15.0) -> dict[str, Any]:
-        def found() -> dict[str, Any] | None:
-            return next((e for e in self.by_job.get(job_id, []) if pred(e)), None)
-
-        async with self._changed:
-            await asyncio.wait_for(self._changed.wait_for(lambda: found() is not None), timeout)
-            hit = found()
-            assert hit is not None
-            return hit
-
-
-def decided(revision: int) -> Callable[[dict[str, Any]], bool]:
-    return lambda e: e["type"] == s.PLACEMENT_DECIDED and e.get("revision", 1) == revision
-
-
-def degraded(revision: int) -> Callable[[dict[str, Any]], bool]:
-    return lambda e: e["type"] == s.PLACEMENT_DEGRADED and e["revision"] == revision
-
-
 @pytest.fixture
 async def placements(nc: Client) -> Placements:
-    p = Placements()
-    for subject in (s.PLACEMENT_DECIDED, s.PLACEMENT_DEGRADED):
-        await nc.subscribe(subject, cb=p.cb)
-    await nc.flush()
-    return p
+    return await watch_placements(nc)
 
 
 @pytest.fixture

@@ -4,26 +4,22 @@ does: a core subscriber on ``placement.decided`` / ``placement.degraded``."""
 
 from __future__ import annotations
 
-import asyncio
-import json
-from collections.abc import Callable
 from pathlib import Path
-from typing import Any
 
 import pytest
 from nats.aio.client import Client
-from nats.aio.msg import Msg
 
 from schemas import events as ev
 from schemas import subjects as s
 from tests.support.api import job, request
 from tests.support.config import config
+from tests.support.events import free_node
+from tests.support.fleet import Event, Placements, watch_placements
 from tests.support.invariants import check_live
 from tests.support.servers import Spawn
 
 pytestmark = pytest.mark.integration
 
-Event = dict[str, Any]
 FLEET = {  # node: (zone, (lat, lon))
     "fra-1": ("eu-central-1a", (50.11, 8.68)),
     "ber-1": ("eu-central-1b", (52.52, 13.40)),
@@ -31,66 +27,20 @@ FLEET = {  # node: (zone, (lat, lon))
 }
 
 
-class Manager:
-    """The Cluster Manager's view: every decided / degraded event, by job."""
-
-    def __init__(self) -> None:
-        self.by_job: dict[str, list[Event]] = {}
-        self._changed = asyncio.Condition()
-
-    async def cb(self, msg: Msg) -> None:
-        data = json.loads(msg.data)
-        async with self._changed:
-            self.by_job.setdefault(data["job_id"], []).append(data)
-            self._changed.notify_all()
-
-    async def wait(self, job_id: str, pred: Callable[[Event], bool], timeout: float = 15.0) -> Event:
-        def found() -> Event | None:
-            return next((e for e in self.by_job.get(job_id, []) if pred(e)), None)
-
-        async with self._changed:
-            await asyncio.wait_for(self._changed.wait_for(lambda: found() is not None), timeout)
-            hit = found()
-            assert hit is not None
-            return hit
-
-
 @pytest.fixture
-async def manager(nc: Client) -> Manager:
-    m = Manager()
-    for subject in (s.PLACEMENT_DECIDED, s.PLACEMENT_DEGRADED):
-        await nc.subscribe(subject, cb=m.cb)
-    await nc.flush()
-    return m
+async def manager(nc: Client) -> Placements:
+    """The Cluster Manager's view: every decided / degraded event, by job."""
+    return await watch_placements(nc)
 
 
 async def fleet(nc: Client, cpu: float = 4.0, extra: dict[str, float] | None = None) -> None:
     """The labelled, located fleet (and ``extra`` nodes in zone d, without a location)."""
     js = nc.jetstream()
     for nid, (zone, (lat, lon)) in FLEET.items():
-        st = ev.NodeStatus(
-            node_id=nid,
-            state="active",
-            technologies=["docker"],
-            cpu_cores=cpu,
-            cpu_free=cpu,
-            memory_mb=16384,
-            memory_free_mb=16384,
-            labels={"zone": zone},
-            location=ev.Location(lat=lat, lon=lon),
-        )
+        st = free_node(nid, cpu, labels={"zone": zone}, location=ev.Location(lat=lat, lon=lon))
         await js.publish(ev.subject_of(st), ev.encode(st))
     for nid, c in (extra or {}).items():
-        st = ev.NodeStatus(
-            node_id=nid,
-            state="active",
-            technologies=["docker"],
-            cpu_cores=c,
-            cpu_free=c,
-            memory_mb=16384,
-            memory_free_mb=16384,
-            labels={"zone": "eu-central-1d"},
-        )
+        st = free_node(nid, c, labels={"zone": "eu-central-1d"})
         await js.publish(ev.subject_of(st), ev.encode(st))
 
 
@@ -111,7 +61,7 @@ async def fill(nc: Client) -> dict[str, str]:
 
 
 async def test_a_high_priority_job_preempts_and_the_manager_sees_both_sides(
-    nc: Client, services: Spawn, manager: Manager, tmp_path: Path
+    nc: Client, services: Spawn, manager: Placements, tmp_path: Path
 ) -> None:
     await services("gateway", "intake", "placement", env=config(tmp_path))
     await fleet(nc)
@@ -135,7 +85,7 @@ async def test_a_high_priority_job_preempts_and_the_manager_sees_both_sides(
 
 
 async def test_a_victim_moves_where_it_still_fits(
-    nc: Client, services: Spawn, manager: Manager, tmp_path: Path
+    nc: Client, services: Spawn, manager: Placements, tmp_path: Path
 ) -> None:
     await services("gateway", "intake", "placement", env=config(tmp_path))
     await fleet(nc)
@@ -155,7 +105,7 @@ async def test_a_victim_moves_where_it_still_fits(
 
 
 async def test_plan_shows_preemptions_and_stores_nothing_and_never_does_not_preempt(
-    nc: Client, services: Spawn, manager: Manager, tmp_path: Path
+    nc: Client, services: Spawn, manager: Placements, tmp_path: Path
 ) -> None:
     await services("gateway", "intake", "placement", env=config(tmp_path))
     await fleet(nc)

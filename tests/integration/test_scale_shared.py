@@ -5,16 +5,12 @@ until capacity appears, and a repeated count stores nothing."""
 
 from __future__ import annotations
 
-import asyncio
-import json
 import uuid
-from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 import pytest
 from nats.aio.client import Client
-from nats.aio.msg import Msg
 
 from schemas import events as ev
 from schemas import subjects as s
@@ -22,6 +18,7 @@ from services.runtime.publisher import Publisher
 from tests.support.api import job, request
 from tests.support.config import config
 from tests.support.events import node
+from tests.support.fleet import Placements, decided, degraded, watch_placements
 from tests.support.invariants import check_live
 from tests.support.servers import Spawn
 
@@ -30,45 +27,9 @@ pytestmark = pytest.mark.integration
 Event = dict[str, Any]
 
 
-class Placements:
-    """Every ``placement.decided`` / ``placement.degraded`` by job, to wait on a revision itself."""
-
-    def __init__(self) -> None:
-        self.by_job: dict[str, list[Event]] = {}
-        self._changed = asyncio.Condition()
-
-    async def cb(self, msg: Msg) -> None:
-        data = json.loads(msg.data)
-        async with self._changed:
-            self.by_job.setdefault(data["job_id"], []).append(data)
-            self._changed.notify_all()
-
-    async def wait(self, job_id: str, pred: Callable[[Event], bool], timeout: float = 15.0) -> Event:
-        def found() -> Event | None:
-            return next((e for e in self.by_job.get(job_id, []) if pred(e)), None)
-
-        async with self._changed:
-            await asyncio.wait_for(self._changed.wait_for(lambda: found() is not None), timeout)
-            hit = found()
-            assert hit is not None
-            return hit
-
-
-def decided(revision: int) -> Callable[[Event], bool]:
-    return lambda e: e["type"] == s.PLACEMENT_DECIDED and e.get("revision", 1) == revision
-
-
-def degraded(revision: int) -> Callable[[Event], bool]:
-    return lambda e: e["type"] == s.PLACEMENT_DEGRADED and e["revision"] == revision
-
-
 @pytest.fixture
 async def placements(nc: Client) -> Placements:
-    p = Placements()
-    for subject in (s.PLACEMENT_DECIDED, s.PLACEMENT_DEGRADED):
-        await nc.subscribe(subject, cb=p.cb)
-    await nc.flush()
-    return p
+    return await watch_placements(nc)
 
 
 async def scale(nc: Client, job_id: str, replicas: int, key: str | None = None) -> None:

@@ -103,19 +103,34 @@ async def publish_nodes(nc: Client, count: int = 5, cpu: float = 8.0) -> None:
         await js.publish(ev.subject_of(st), ev.encode(st))
 
 
-async def node(
-    nc: Client, node_id: str, cpu: float, *, state: str = "active", techs: tuple[str, ...] = ("docker",)
-) -> None:
-    """Publish the status of one node with all of its ``cpu`` cores free."""
-    st = ev.NodeStatus(
+def free_node(
+    node_id: str,
+    cpu: float = 8.0,
+    *,
+    state: str = "active",
+    techs: tuple[str, ...] = ("docker",),
+    memory_mb: int = 16384,
+    **extra: Any,
+) -> ev.NodeStatus:
+    """The status of an idle node: all of its ``cpu`` cores and ``memory_mb`` free; ``extra``
+    sets other fields (``labels``, ``location``, ``at``)."""
+    return ev.NodeStatus(
         node_id=node_id,
         state=state,  # type: ignore[arg-type]
         technologies=list(techs),
         cpu_cores=cpu,
         cpu_free=cpu,
-        memory_mb=16384,
-        memory_free_mb=16384,
+        memory_mb=memory_mb,
+        memory_free_mb=memory_mb,
+        **extra,
     )
+
+
+async def node(
+    nc: Client, node_id: str, cpu: float, *, state: str = "active", techs: tuple[str, ...] = ("docker",)
+) -> None:
+    """Publish the status of one node with all of its ``cpu`` cores free."""
+    st = free_node(node_id, cpu, state=state, techs=techs)
     await nc.jetstream().publish(ev.subject_of(st), ev.encode(st))
 
 

@@ -27,9 +27,9 @@ from services.placement.ports import SystemClock
 from services.placement.scales import Scales
 from services.placement.state import World
 from services.runtime.publisher import WRONG_LAST_MSG_ID, Ack, PublishError, WrongLastSequence
+from tests.support.events import decided, free_node
+from tests.support.placement import NOW, TTL
 
-NOW = 1000.0
-TTL = 15.0
 CAPACITY = {"a": 4.0, "b": 4.0}
 """Two docker nodes of 4 cpu: room for four of the 2-cpu jobs below."""
 
@@ -123,14 +123,9 @@ def job(job_id: str, cpu: float = 2, order: int = 0) -> Pending:
 
 def foreign(job_id: str, node_id: str, cpu: float = 2) -> ev.PlacementDecided:
     """Another instance's decision (the same event id as ours would be for the same job)."""
-    return ev.PlacementDecided(
-        event_id=ev.event_id_for(job_id, s.PLACEMENT_DECIDED),
-        job_id=job_id,
-        cluster="shared",
-        technology="docker",
-        strategy="best_fit",
+    return msgspec.structs.replace(
+        decided(job_id),
         assignments=[ev.Assignment(replica=0, node_id=node_id)],
-        candidates=[],
         resources=Resources(cpu=cpu, memory_mb=512),
     )
 
@@ -192,16 +187,7 @@ class Rig:
 async def rig() -> AsyncIterator[Rig]:
     world = World()
     for node_id, cpu in CAPACITY.items():
-        st = ev.NodeStatus(
-            node_id=node_id,
-            state="active",
-            technologies=["docker"],
-            cpu_cores=cpu,
-            cpu_free=cpu,
-            memory_mb=16384,
-            memory_free_mb=16384,
-        )
-        world.update_node(st, NOW)
+        world.update_node(free_node(node_id, cpu), NOW)
     capacity_changed = asyncio.Event()
     ledger = Ledger(world, capacity_changed)
     stream = FakePlacements(ledger)

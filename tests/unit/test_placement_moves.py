@@ -8,61 +8,12 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from schemas import events as ev
-from schemas import subjects as s
-from schemas.events import NodeStatus
-from schemas.jobs import Constraints, Resources
 from services.placement.moves import Replan, events_of, replan
 from services.placement.state import World
+from tests.support.events import free_node
+from tests.support.placement import NOW, TTL, apply, decision, fleet
 
-NOW = 1000.0
-TTL = 15.0
 LOST = 30.0
-RES = Resources(cpu=2.0, memory_mb=512)
-
-
-def status(node_id: str, cpu: float = 8.0, state: str = "active") -> NodeStatus:
-    return NodeStatus(
-        node_id=node_id,
-        state=state,  # type: ignore[arg-type]
-        technologies=["docker"],
-        cpu_cores=cpu,
-        cpu_free=cpu,
-        memory_mb=16384,
-        memory_free_mb=16384,
-    )
-
-
-def fleet(**cpus: float) -> World:
-    w = World()
-    for nid, cpu in sorted(cpus.items()):
-        w.update_node(status(nid, cpu), NOW)
-    return w
-
-
-def decision(
-    job_id: str,
-    nodes: dict[int, str],
-    *,
-    revision: int = 1,
-    replicas: int | None = None,
-    strategy: str = "best_fit",
-    spread: bool = False,
-    changes: list[ev.Change] | None = None,
-) -> ev.PlacementDecided:
-    return ev.PlacementDecided(
-        event_id=ev.revision_event_id(job_id, s.PLACEMENT_DECIDED, revision),
-        job_id=job_id,
-        cluster="shared",
-        technology="docker",
-        strategy=strategy,
-        assignments=[ev.Assignment(replica=r, node_id=n) for r, n in sorted(nodes.items())],
-        candidates=[],
-        resources=RES,
-        revision=revision,
-        replicas=replicas if replicas is not None else len(nodes),
-        constraints=Constraints(spread=spread),
-        changes=changes or [],
-    )
 
 
 def plan_of(w: World, job_id: str) -> Replan | None:
@@ -74,11 +25,7 @@ def store(w: World, job_id: str) -> list[ev.PlacementDecided | ev.PlacementDegra
     plan = plan_of(w, job_id)
     assert plan is not None
     out = events_of(w.reservations[job_id], plan)
-    for e in out:
-        if isinstance(e, ev.PlacementDecided):
-            w.apply_decided(e)
-        else:
-            w.note_degraded(e.job_id, e.revision)
+    apply(w, out)
     return out
 
 
@@ -96,8 +43,8 @@ class TestReplicasOnALeavingNode:
         w = fleet(a=8, b=8, c=6)
         w.apply_decided(decision("j", {0: "a", 1: "b"}))
         w.find_lost(NOW + LOST, LOST)  # nobody reported since: every node is lost
-        w.update_node(status("b"), NOW + LOST)
-        w.update_node(status("c", 6), NOW + LOST)
+        w.update_node(free_node("b"), NOW + LOST)
+        w.update_node(free_node("c", 6), NOW + LOST)
         plan = plan_of(w, "j")
         assert plan is not None and plan.failure is None and plan.missing == []
         assert [(a.replica, a.node_id) for a in plan.assignments] == [(0, "c"), (1, "b")]  # 6 cpu each, c more memory
@@ -106,8 +53,8 @@ class TestReplicasOnALeavingNode:
     def test_a_down_node_is_lost_and_a_draining_one_drains(self) -> None:
         w = fleet(a=8, b=8, c=8, d=8)
         w.apply_decided(decision("j", {0: "a", 1: "b"}))
-        w.update_node(status("a", state="down"), NOW)
-        w.update_node(status("b", state="draining"), NOW)
+        w.update_node(free_node("a", state="down"), NOW)
+        w.update_node(free_node("b", state="draining"), NOW)
         assert w.evacuate == {"a", "b"} and w.jobs_to_move() == ["j"]
         plan = plan_of(w, "j")
         assert plan is not None
@@ -173,7 +120,7 @@ class TestDegraded:
         assert w.short == {"j"} and w.nodes["a"].reserved_cpu == 0 and w.nodes["b"].reserved_cpu == 2
 
         assert plan_of(w, "j") is None  # retried without new capacity: no event at all
-        w.update_node(status("c", 4), NOW + LOST)
+        w.update_node(free_node("c", 4), NOW + LOST)
         (third,) = store(w, "j")
         assert isinstance(third, ev.PlacementDecided) and third.revision == 3
         assert third.changes == [ev.Change(replica=0, from_=None, to="c", reason="node_lost")]
@@ -185,7 +132,7 @@ class TestDegraded:
         w.set_drained("a", True)
         decided, _ = store(w, "j")
         assert isinstance(decided, ev.PlacementDecided) and decided.changes[0].reason == "drain"
-        w.update_node(status("b", 4), NOW)
+        w.update_node(free_node("b", 4), NOW)
         (again,) = store(w, "j")
         assert isinstance(again, ev.PlacementDecided)
         assert again.changes == [ev.Change(replica=0, from_=None, to="b", reason="drain")]
@@ -246,7 +193,7 @@ class TestTheLedgerFollowsRevisions:
         assert w.unheard == {"ghost"} and w.jobs_to_move() == []
         w.mark_lost("ghost")
         assert w.jobs_to_move() == ["j"]
-        w.update_node(status("ghost"), NOW)  # it reports after all: an ordinary node again
+        w.update_node(free_node("ghost"), NOW)  # it reports after all: an ordinary node again
         assert w.jobs_to_move() == [] and w.nodes["ghost"].reserved_cpu == 2
 
 
@@ -275,7 +222,7 @@ def test_bookings_equal_the_current_assignments_of_live_jobs_and_never_exceed_ca
 
     w = World()
     for nid in NODES:
-        w.update_node(status(nid, 4), NOW)
+        w.update_node(free_node(nid, 4), NOW)
     jobs: list[str] = []
     for op, arg, flag in history:
         if op == "submit":
@@ -286,11 +233,11 @@ def test_bookings_equal_the_current_assignments_of_live_jobs_and_never_exceed_ca
             if isinstance(r, Placed):
                 w.apply_decided(msgspec.structs.replace(proto, assignments=r.assignments))
         elif op == "lose":
-            w.update_node(status(str(arg), 4, state="down"), NOW)
+            w.update_node(free_node(str(arg), 4, state="down"), NOW)
         elif op == "drain":
             w.set_drained(str(arg), flag)
         elif op == "return":
-            w.update_node(status(str(arg), 4), NOW)
+            w.update_node(free_node(str(arg), 4), NOW)
         elif op == "release" and jobs:
             w.release(jobs[int(arg) % len(jobs)])  # type: ignore[call-overload]
         elif op == "undo" and jobs:  # a re-placement refused by the stream

@@ -17,6 +17,7 @@ from schemas.jobs import Constraints, JobSpec, Near, Resources, Workload
 from services.placement import geo, preempt
 from services.placement.engine import NotPlaced, Placed, place
 from services.placement.state import World
+from tests.support.events import free_node
 
 NOW = 100.0
 TTL = 15.0
@@ -27,14 +28,10 @@ def node(
     world: World, nid: str, cpu: float, zone: str | None = None, at: tuple[float, float] | None = None, mem: int = 65536
 ) -> None:
     world.update_node(
-        ev.NodeStatus(
-            node_id=nid,
-            state="active",
-            technologies=["docker"],
-            cpu_cores=cpu,
-            cpu_free=cpu,
+        free_node(
+            nid,
+            cpu,
             memory_mb=mem,
-            memory_free_mb=mem,
             labels={} if zone is None else {"zone": zone},
             location=None if at is None else ev.Location(lat=at[0], lon=at[1]),
         ),

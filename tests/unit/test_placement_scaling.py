@@ -8,51 +8,11 @@ from hypothesis import strategies as st
 
 from schemas import events as ev
 from schemas import subjects as s
-from schemas.events import NodeStatus
-from schemas.jobs import Constraints, Resources
 from services.placement.moves import replan
 from services.placement.scaling import rescale_dedicated, rescale_shared
 from services.placement.state import World
-
-NOW = 1000.0
-TTL = 15.0
-RES = Resources(cpu=2.0, memory_mb=512)
-
-
-def status(node_id: str, cpu: float = 8.0, state: str = "active") -> NodeStatus:
-    return NodeStatus(
-        node_id=node_id,
-        state=state,  # type: ignore[arg-type]
-        technologies=["docker"],
-        cpu_cores=cpu,
-        cpu_free=cpu,
-        memory_mb=16384,
-        memory_free_mb=16384,
-    )
-
-
-def fleet(**cpus: float) -> World:
-    w = World()
-    for nid, cpu in sorted(cpus.items()):
-        w.update_node(status(nid, cpu), NOW)
-    return w
-
-
-def decision(
-    job_id: str, nodes: dict[int, str], *, replicas: int | None = None, strategy: str = "best_fit", spread: bool = False
-) -> ev.PlacementDecided:
-    return ev.PlacementDecided(
-        event_id=ev.event_id_for(job_id, s.PLACEMENT_DECIDED),
-        job_id=job_id,
-        cluster="shared",
-        technology="docker",
-        strategy=strategy,
-        assignments=[ev.Assignment(replica=r, node_id=n) for r, n in sorted(nodes.items())],
-        candidates=[],
-        resources=RES,
-        replicas=replicas if replicas is not None else len(nodes),
-        constraints=Constraints(spread=spread),
-    )
+from tests.support.events import free_node
+from tests.support.placement import NOW, RES, TTL, apply, decision, fleet
 
 
 def scale(w: World, job_id: str, replicas: int) -> list[ev.PlacementDecided | ev.PlacementDegraded]:
@@ -60,14 +20,6 @@ def scale(w: World, job_id: str, replicas: int) -> list[ev.PlacementDecided | ev
     out = rescale_shared(w.reservations[job_id], replicas, w, NOW, TTL)
     apply(w, out)
     return out
-
-
-def apply(w: World, out: list[ev.PlacementDecided | ev.PlacementDegraded]) -> None:
-    for e in out:
-        if isinstance(e, ev.PlacementDecided):
-            w.apply_decided(e)
-        else:
-            w.note_degraded(e.job_id, e.revision)
 
 
 def booked(w: World) -> dict[str, float]:
@@ -145,7 +97,7 @@ class TestGrowth:
         assert w.short == {"j"} and w.degraded == {"j": 2}
         assert replan(w.reservations["j"], w, NOW, TTL) is None  # a quiet retry says nothing new
 
-        w.update_node(status("c"), NOW)  # capacity appears: the retry places replica 2, reason scale
+        w.update_node(free_node("c"), NOW)  # capacity appears: the retry places replica 2, reason scale
         plan = replan(w.reservations["j"], w, NOW, TTL)
         assert plan is not None and plan.missing == [3]
         assert plan.changes == [ev.Change(replica=2, from_=None, to="c", reason="scale")]
@@ -153,7 +105,7 @@ class TestGrowth:
     def test_with_a_lost_replica_in_the_same_pass_moves_it_in_the_same_revision(self) -> None:
         w = fleet(a=8, b=8, c=8)
         w.apply_decided(decision("j", {0: "a", 1: "b"}))
-        w.update_node(status("a", state="down"), NOW)
+        w.update_node(free_node("a", state="down"), NOW)
 
         (second,) = scale(w, "j", 3)
 
@@ -221,7 +173,7 @@ def test_reservations_equal_the_current_assignments_and_shrink_removes_the_highe
 ) -> None:
     w = World()
     for nid in NODES:
-        w.update_node(status(nid, 4), NOW)
+        w.update_node(free_node(nid, 4), NOW)
     jobs: list[str] = []
     for op, arg, extra in history:
         if op == "submit":
@@ -244,9 +196,9 @@ def test_reservations_equal_the_current_assignments_and_shrink_removes_the_highe
                 r: nid for r, nid in after.assignments().items() if r in before
             }  # the kept replicas stay where they were (no node was leaving at that moment)
         elif op == "lose":
-            w.update_node(status(str(arg), 4, state="down"), NOW)
+            w.update_node(free_node(str(arg), 4, state="down"), NOW)
         elif op == "return":
-            w.update_node(status(str(arg), 4), NOW)
+            w.update_node(free_node(str(arg), 4), NOW)
         elif op == "release" and jobs:
             w.release(jobs[int(arg) % len(jobs)])  # type: ignore[call-overload]
         for job_id in w.jobs_to_move() + sorted(w.short):
