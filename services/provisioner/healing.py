@@ -7,7 +7,8 @@ recorded). Each replica's *current* instance is the one reported for it (``clust
 ``cluster.instance_replaced``) and not replaced since. A replica whose current instance is not
 ``pending``/``running`` (stopped, stopping, shutting down, terminated, or no longer listed by EC2)
 and which has no other live instance (a replacement launched but not recorded yet) is lost,
-unless a shrink removed it (its number is at or above the latest revision's count, §8.3).
+unless a shrink removed it (its number is at or above the latest revision's count, §8.3). A job
+whose resize is still being applied is left to the resize.
 """
 
 from __future__ import annotations
@@ -30,6 +31,14 @@ def running_dedicated(rec: JobLifecycle) -> bool:
     """Whether the record is of a dedicated job whose cluster runs and whose end is not recorded
     (a cancel teardown has seen counts as an end: such a job never gets a replacement)."""
     return rec.cluster == "dedicated" and rec.started_at is not None and rec.end is None and not rec.released
+
+
+def resizing(rec: JobLifecycle) -> bool:
+    """Whether a resize is still being applied (a revision newer than the last provisioned one):
+    the resize itself launches and terminates what it needs, so the job is not healed meanwhile.
+    Without this, a replica removed by a shrink and added back by a grow would look lost (its
+    current instance is the one the shrink terminated) and be healed before the grow launched it."""
+    return rec.provisioned_revision > 0 and rec.revision > rec.provisioned_revision
 
 
 def removed(rec: JobLifecycle, replica: int) -> bool:
@@ -85,7 +94,7 @@ def lost_instances(records: Iterable[JobLifecycle], described: Iterable[Instance
             by_job.setdefault(i.job_id, {})[i.instance_id] = i
     out: list[LostInstance] = []
     for rec in sorted(records, key=lambda r: r.job_id):
-        if not running_dedicated(rec):
+        if not running_dedicated(rec) or resizing(rec):
             continue
         seen = by_job.get(rec.job_id, {})
         alive = {i.replica for i in seen.values() if i.state in ALIVE and i.replica is not None}
@@ -151,5 +160,6 @@ __all__ = [
     "removed",
     "replacement_token",
     "replacement_types",
+    "resizing",
     "running_dedicated",
 ]

@@ -78,6 +78,15 @@ class TestWhichInstancesAreLost:
         lost = lost_instances([rec], [inst("a", 0, "stopped", minute=1), inst("b", 0, "stopped", minute=2)])
         assert [(x.replica, x.instance_id) for x in lost] == [(0, "b")]
 
+    def test_a_replica_a_shrink_removed_and_a_grow_adds_back_is_left_to_the_grow(self) -> None:
+        """2 -> 1 terminated b (replica 1); the grow to 2 is recorded but not provisioned yet: b is
+        still replica 1's last reported instance, and the grow, not the healer, launches its successor."""
+        rec = running(a=0, b=1)
+        rec.revision, rec.provisioned_revision, rec.wanted = 3, 2, 2
+        assert lost_instances([rec], [inst("a", 0), inst("b", 1, "terminated")]) == []
+        rec.provisioned_revision = 3  # the grow ran and reported no new instance for replica 1: lost
+        assert [x.instance_id for x in lost_instances([rec], [inst("a", 0), inst("b", 1, "terminated")])] == ["b"]
+
     @pytest.mark.parametrize(
         "change",
         [
