@@ -10,7 +10,9 @@ import json
 import sys
 import tomllib
 from pathlib import Path
-from typing import Any
+from typing import Any, get_args
+
+from schemas.types import Cluster, PreemptionPolicy, Strategy
 
 
 class SpecError(ValueError):
@@ -41,6 +43,14 @@ def _label(text: str) -> tuple[str, str]:
     if not sep or not key:
         raise SpecError(f"--label wants KEY=VALUE, not {text!r}")
     return key, value
+
+
+def _near(text: str) -> dict[str, float]:
+    try:
+        lat, lon, km = (float(x) for x in text.split(","))
+    except ValueError:
+        raise SpecError(f"--near wants LAT,LON,MAX_KM, not {text!r}") from None
+    return {"lat": lat, "lon": lon, "max_km": km}
 
 
 def build(args: argparse.Namespace) -> dict[str, Any]:
@@ -75,6 +85,10 @@ def build(args: argparse.Namespace) -> dict[str, Any]:
         put(("constraints", "nodes"), list(args.node))
     if args.spread:
         put(("constraints", "spread"), True)
+    put(("constraints", "spread_by"), args.spread_by)
+    if args.near:
+        put(("constraints", "near"), _near(args.near))
+    put(("preemption",), args.preemption)
     put(("workload", "image"), args.image)
     put(("workload", "probability_definition"), args.probability_definition)
     if args.arg:
@@ -90,11 +104,14 @@ def add_flags(p: argparse.ArgumentParser) -> None:
     p.add_argument("--cpu", type=float, help="cores per replica (fractions allowed)")
     p.add_argument("--memory-mb", type=int, help="MiB per replica")
     p.add_argument("--gpu", type=int, help="GPUs per replica")
-    p.add_argument("--cluster", choices=["shared", "dedicated"])
-    p.add_argument("--strategy", choices=["best_fit", "spread", "first_fit", "pack"])
+    p.add_argument("--cluster", choices=get_args(Cluster))
+    p.add_argument("--strategy", choices=get_args(Strategy), help="nearest needs --near")
     p.add_argument("--label", action="append", metavar="KEY=VALUE", help="node label constraint (repeatable)")
     p.add_argument("--node", action="append", metavar="NODE_ID", help="allowed node (repeatable)")
     p.add_argument("--spread", action="store_true", help="never two replicas on one node")
+    p.add_argument("--spread-by", metavar="LABEL_KEY", help="spread replicas evenly over this label's values (zone)")
+    p.add_argument("--near", metavar="LAT,LON,MAX_KM", help="only nodes within MAX_KM of this point")
+    p.add_argument("--preemption", choices=get_args(PreemptionPolicy), help="may this job take lower priorities' room")
     p.add_argument("--image", help="workload image")
     p.add_argument("--probability-definition", help="workload probability definition (gs://...)")
     p.add_argument("--arg", action="append", help="workload argument (repeatable)")

@@ -46,6 +46,14 @@ class TestJobSpec:
         with pytest.raises(jobspec.SpecError, match=message):
             submit_args("-f", str(f))
 
+    def test_placement_policies_from_flags(self) -> None:
+        body = submit_args("--name", "e", "--strategy", "nearest", "--near", "52.5,13.4,500", "--spread-by", "zone")
+        assert body["strategy"] == "nearest"
+        assert body["constraints"] == {"spread_by": "zone", "near": {"lat": 52.5, "lon": 13.4, "max_km": 500.0}}
+        assert submit_args("--name", "x", "--preemption", "never")["preemption"] == "never"
+        with pytest.raises(jobspec.SpecError, match="LAT,LON,MAX_KM"):
+            submit_args("--name", "x", "--near", "52.5,13.4")
+
     def test_a_label_without_value_is_refused(self) -> None:
         with pytest.raises(jobspec.SpecError, match="KEY=VALUE"):
             submit_args("--name", "a", "--label", "zone")
