@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-from collections.abc import Callable
+from collections.abc import AsyncIterator, Callable
 
 import msgspec
 import nats.js.errors
@@ -38,6 +38,24 @@ async def lifecycle_bucket(js: JetStreamContext, replicas: int = 1) -> KeyValue:
             storage=js_api.StorageType.FILE,
             replicas=replicas,
         )
+
+
+async def record_changes(watcher: KeyValue.KeyWatcher) -> AsyncIterator[tuple[str, JobLifecycle | None] | None]:
+    """The bucket's changes from a ``watchall`` watcher: ``(job_id, record)``, ``(job_id, None)``
+    for a deleted or purged record, and None once the replay of the stored records is done.
+    An undecodable record is logged and skipped."""
+    async for entry in watcher:
+        if entry is None:
+            yield None
+        elif entry.operation in (KV_DEL, KV_PURGE) or not entry.value:
+            yield entry.key, None
+        else:
+            try:
+                rec = decode_record(entry.value)
+            except msgspec.DecodeError:
+                log.warning("undecodable lifecycle record", job_id=entry.key)
+                continue
+            yield entry.key, rec
 
 
 class JobRecords:
@@ -68,25 +86,18 @@ class JobRecords:
         it replayed first; ``caught_up`` is set then) until cancelled."""
         watcher = await self._kv.watchall()
         try:
-            async for entry in watcher:
-                if entry is None:  # the replay is done
+            async for change in record_changes(watcher):
+                if change is None:  # the replay is done
                     caught_up.set()
                     continue
-                if entry.operation in (KV_DEL, KV_PURGE) or not entry.value:
-                    into.pop(entry.key, None)
-                    continue
-                try:
-                    rec = decode_record(entry.value)
-                except msgspec.DecodeError:
-                    log.warning("undecodable lifecycle record", job_id=entry.key)
-                    continue
-                if keep(rec):
-                    into[entry.key] = rec
+                job_id, rec = change
+                if rec is not None and keep(rec):
+                    into[job_id] = rec
                 else:
-                    into.pop(entry.key, None)
+                    into.pop(job_id, None)
         finally:
             with contextlib.suppress(Exception):
                 await watcher.stop()  # type: ignore[no-untyped-call]
 
 
-__all__ = ["JobRecords", "lifecycle_bucket"]
+__all__ = ["JobRecords", "lifecycle_bucket", "record_changes"]

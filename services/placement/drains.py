@@ -18,11 +18,11 @@ import msgspec
 import structlog
 from nats.aio.msg import Msg
 from nats.js import JetStreamContext
-from nats.js import api as js_api
 
 from schemas import events as ev
 from schemas import subjects as s
 from schemas.replies import NodeDrainReply, NodeDrainRequest, NodeUndrainRequest
+from services.placement.nodes import last_per_node
 from services.placement.state import World
 from services.runtime.delivery import stream_sequence
 from services.runtime.micro import RequestError
@@ -103,16 +103,8 @@ class Drains:
             if msg.metadata.num_pending == 0:
                 done.set()
 
-        sub = await js.subscribe(
-            s.NODE_DRAINING_ALL,
-            stream=s.NODES.name,
-            ordered_consumer=True,
-            cb=on_message,
-            deliver_policy=js_api.DeliverPolicy.LAST_PER_SUBJECT,
-        )
-        try:
-            await asyncio.wait_for(done.wait(), timeout)
-        except TimeoutError:
+        sub, complete = await last_per_node(js, s.NODE_DRAINING_ALL, on_message, done, timeout)
+        if not complete:
             log.warning("drain facts incomplete", timeout_s=timeout, applied=len(self.applied))
         log.info("drain facts applied", nodes=len(self.applied), drained=len(self.world.drained))
         return sub

@@ -140,6 +140,34 @@ def replan(
     )
 
 
+def next_revision(
+    d: ev.PlacementDecided,
+    revision: int,
+    assignments: list[ev.Assignment],
+    candidates: list[ev.Candidate],
+    changes: list[ev.Change],
+    replicas: int,
+) -> ev.PlacementDecided:
+    """Revision ``revision`` of the job decided by ``d``: the job's fields (cluster, technology,
+    strategy, resources, limits, constraints, priority) as in ``d``, the rest given, a new ``at``."""
+    return ev.PlacementDecided(
+        event_id=ev.revision_event_id(d.job_id, s.PLACEMENT_DECIDED, revision),
+        job_id=d.job_id,
+        cluster=d.cluster,
+        technology=d.technology,
+        strategy=d.strategy,
+        assignments=assignments,
+        candidates=candidates,
+        resources=d.resources,
+        max_runtime_s=d.max_runtime_s,
+        revision=revision,
+        changes=changes,
+        replicas=replicas,
+        constraints=d.constraints,
+        priority=d.priority,
+    )
+
+
 def events_of(res: Reservation, plan: Replan) -> list[ev.PlacementDecided | ev.PlacementDegraded]:
     """The events that store ``plan``: the next revision (if anything moved) and, when replicas
     fit nowhere, a ``placement.degraded`` of the job's resulting revision."""
@@ -149,24 +177,7 @@ def events_of(res: Reservation, plan: Replan) -> list[ev.PlacementDecided | ev.P
     revision = res.revision
     if plan.changes or plan.resized:
         revision += 1
-        out.append(
-            ev.PlacementDecided(
-                event_id=ev.revision_event_id(d.job_id, s.PLACEMENT_DECIDED, revision),
-                job_id=d.job_id,
-                cluster=d.cluster,
-                technology=d.technology,
-                strategy=d.strategy,
-                assignments=plan.assignments,
-                candidates=plan.candidates,
-                resources=d.resources,
-                max_runtime_s=d.max_runtime_s,
-                revision=revision,
-                changes=plan.changes,
-                replicas=plan.wanted,
-                constraints=d.constraints,
-                priority=d.priority,
-            )
-        )
+        out.append(next_revision(d, revision, plan.assignments, plan.candidates, plan.changes, plan.wanted))
     if plan.failure is not None:
         out.append(
             ev.PlacementDegraded(

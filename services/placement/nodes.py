@@ -10,7 +10,9 @@ A status already older than the TTL when it arrives is ignored.
 from __future__ import annotations
 
 import asyncio
+from collections.abc import Awaitable, Callable
 from datetime import UTC, datetime
+from typing import Any
 
 import msgspec
 import structlog
@@ -41,6 +43,29 @@ def absorb(world: World, data: bytes, wall: datetime, now: float, ttl: float) ->
         return False
     world.update_node(status, now)
     return True
+
+
+async def last_per_node(
+    js: JetStreamContext, subject: str, cb: Callable[[Msg], Awaitable[None]], done: asyncio.Event, timeout: float
+) -> tuple[Any, bool]:
+    """Subscribe ``cb`` to the last message of each ``subject`` in NODES, then to new ones (an
+    ordered consumer), and wait at most ``timeout`` seconds for ``cb`` to set ``done``.
+    Returns the subscription and whether ``done`` was set in time."""
+    sub = await js.subscribe(
+        subject,
+        stream=s.NODES.name,
+        ordered_consumer=True,
+        cb=cb,
+        deliver_policy=js_api.DeliverPolicy.LAST_PER_SUBJECT,
+    )
+    try:
+        await asyncio.wait_for(done.wait(), timeout)
+    except TimeoutError:
+        return sub, False
+    except BaseException:
+        await sub.unsubscribe()
+        raise
+    return sub, True
 
 
 class NodeFeed:
@@ -93,19 +118,10 @@ class NodeFeed:
             if stream_sequence(msg.reply) >= last:
                 done.set()
 
-        sub = await js.subscribe(
-            s.NODE_STATUS_ALL,
-            stream=s.NODES.name,
-            ordered_consumer=True,
-            cb=snapshot,
-            deliver_policy=js_api.DeliverPolicy.LAST_PER_SUBJECT,
-        )
-        try:
-            await asyncio.wait_for(done.wait(), timeout)
-        except TimeoutError:  # go live all the same: the rest report again within their interval
+        sub, complete = await last_per_node(js, s.NODE_STATUS_ALL, snapshot, done, timeout)
+        await sub.unsubscribe()
+        if not complete:  # go live all the same: the rest report again within their interval
             log.warning("node snapshot incomplete", timeout_s=timeout, nodes=len(self.world.nodes))
-        finally:
-            await sub.unsubscribe()
         for subject, data in buffered:
             on_status(subject, b"", data)
         loading = False

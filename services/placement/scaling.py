@@ -15,8 +15,7 @@ Changes of a dedicated revision name instance types where a shared one names nod
 from __future__ import annotations
 
 from schemas import events as ev
-from schemas import subjects as s
-from services.placement.moves import Replan, events_of, replan
+from services.placement.moves import Replan, events_of, next_revision, replan
 from services.placement.state import Reservation, World
 
 __all__ = ["rescale_dedicated", "rescale_shared"]
@@ -49,20 +48,4 @@ def rescale_dedicated(d: ev.PlacementDecided, replicas: int) -> ev.PlacementDeci
         if r not in old:
             changes.append(ev.Change(replica=r, from_=None, to=t, reason="scale"))
     changes += [ev.Change(replica=r, from_=t, to=None, reason="scale") for r, t in sorted(old.items()) if r >= replicas]
-    revision = d.revision + 1
-    return ev.PlacementDecided(
-        event_id=ev.revision_event_id(d.job_id, s.PLACEMENT_DECIDED, revision),
-        job_id=d.job_id,
-        cluster=d.cluster,
-        technology=d.technology,
-        strategy=d.strategy,
-        assignments=assignments,
-        candidates=d.candidates,
-        resources=d.resources,
-        max_runtime_s=d.max_runtime_s,
-        revision=revision,
-        changes=changes,
-        replicas=replicas,
-        constraints=d.constraints,
-        priority=d.priority,
-    )
+    return next_revision(d, d.revision + 1, assignments, d.candidates, changes, replicas)

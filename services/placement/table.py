@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import math
 from collections import OrderedDict
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from typing import TypeVar
 
@@ -175,16 +176,21 @@ class NodeTable:
         self._heard.move_to_end(nid)
         self.epoch += 1
 
+    def _pop_silent(self, order: OrderedDict[str, None], now: float, after: float) -> Iterator[Node]:
+        """Take from the front of ``order`` (least recently heard first) each node silent for
+        ``after`` seconds, stopping at the first that is not."""
+        while order:
+            nid = next(iter(order))
+            node = self.nodes[nid]
+            if now - node.seen < after:
+                return
+            del order[nid]
+            yield node
+
     def expire(self, now: float, ttl: float) -> int:
         """Drop nodes not heard of for ``ttl`` from the index; returns how many."""
         n = 0
-        live = self._live
-        while live:
-            nid = next(iter(live))
-            node = self.nodes[nid]
-            if now - node.seen < ttl:
-                break
-            del live[nid]
+        for node in self._pop_silent(self._live, now, ttl):
             self._reindex(node, ())
             n += 1
         return n
@@ -192,13 +198,8 @@ class NodeTable:
     def find_lost(self, now: float, lost_s: float) -> list[str]:
         """Mark nodes silent for ``lost_s`` as lost (their replicas must move); returns them."""
         out = []
-        heard = self._heard
-        while heard:
-            nid = next(iter(heard))
-            node = self.nodes[nid]
-            if now - node.seen < lost_s:
-                break
-            del heard[nid]
+        for node in self._pop_silent(self._heard, now, lost_s):
+            nid = node.node_id
             node.lost = True
             if node.key is not None:  # stale by now anyway (node_lost_s >= the TTL)
                 self._reindex(node, ())

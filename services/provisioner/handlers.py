@@ -19,7 +19,7 @@ from __future__ import annotations
 import asyncio
 import functools
 import time
-from collections.abc import Awaitable, Callable, Sequence
+from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 from dataclasses import KW_ONLY, dataclass
 from typing import Protocol
 
@@ -29,14 +29,7 @@ from schemas import events as ev
 from schemas import subjects as s
 from services.cloud.errors import AwsError, ErrorKind
 from services.cloud.instances import InstanceInfo
-from services.provisioner.domain import (
-    Progress,
-    client_token,
-    launch_progress,
-    next_type,
-    plan_launch,
-    ranked_types,
-)
+from services.provisioner.domain import Progress, client_token, launch_progress, next_type, plan_launch, ranked_types
 from services.runtime.backoff import delay
 from services.runtime.config import AwsConf
 
@@ -145,20 +138,35 @@ class Provisioner:
         if plan.extra:
             blog.warning("terminating surplus instances", instances=[i.instance_id for i in plan.extra])
             await self.ec2.terminate([i.instance_id for i in plan.extra])
+        launched = dict(plan.keep)
+        async for replica, inst in self.launch_missing(event, plan.missing, d, blog):
+            launched[replica] = inst
+        return [launched[r] for r in sorted(launched)]
+
+    async def launch_missing(
+        self,
+        event: ev.PlacementDecided,
+        missing: Sequence[ev.Assignment],
+        d: DeliveryPort,
+        blog: structlog.stdlib.BoundLogger,
+    ) -> AsyncIterator[tuple[int, InstanceInfo]]:
+        """Launch each of ``missing`` (on its assigned type, then the ranked ones), yielding each
+        replica and its instance as it is launched, with an in-progress ping after each."""
         ranked = ranked_types(event.assignments, event.candidates)
         exhausted: set[str] = set()
-        launched = dict(plan.keep)
-        for a in plan.missing:
-            launched[a.replica] = await self.launch_one(
-                event.job_id,
+        for a in missing:
+            yield (
                 a.replica,
-                [t for t in [a.instance_type, *ranked] if t],
-                exhausted,
-                functools.partial(client_token, event.job_id, a.replica),
-                blog,
+                await self.launch_one(
+                    event.job_id,
+                    a.replica,
+                    [t for t in [a.instance_type, *ranked] if t],
+                    exhausted,
+                    functools.partial(client_token, event.job_id, a.replica),
+                    blog,
+                ),
             )
             await d.in_progress()
-        return [launched[r] for r in sorted(launched)]
 
     async def launch_one(
         self,

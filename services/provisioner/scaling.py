@@ -23,7 +23,6 @@ logged at error, and the job runs short of the count until the next resize.
 from __future__ import annotations
 
 import asyncio
-import functools
 from collections.abc import Awaitable, Callable
 from dataclasses import KW_ONLY, dataclass
 
@@ -34,7 +33,7 @@ from schemas import subjects as s
 from schemas.lifecycle import JobLifecycle
 from services.cloud.errors import AwsError, ErrorKind
 from services.cloud.instances import InstanceInfo
-from services.provisioner.domain import Step, client_token, plan_launch, ranked_types, revision_step
+from services.provisioner.domain import Step, plan_launch, revision_step
 from services.provisioner.handlers import DeliveryPort, Provisioner, Sleep, event_instance, not_dedicated
 from services.runtime.backoff import delay
 
@@ -88,22 +87,10 @@ class Revisions:
         p = self.provisioner
         plan = plan_launch(event.assignments, await p.ec2.job_instances(event.job_id))
         current = dict(plan.keep)
-        ranked = ranked_types(event.assignments, event.candidates)
         launched: list[InstanceInfo] = []
-        exhausted: set[str] = set()
         try:
-            for a in plan.missing:
-                launched.append(
-                    await p.launch_one(
-                        event.job_id,
-                        a.replica,
-                        [t for t in [a.instance_type, *ranked] if t],
-                        exhausted,
-                        functools.partial(client_token, event.job_id, a.replica),
-                        blog,
-                    )
-                )
-                await d.in_progress()
+            async for _, inst in p.launch_missing(event, plan.missing, d, blog):
+                launched.append(inst)
             if launched:
                 running = await p.wait_running([i.instance_id for i in launched], d)
                 current.update({i.replica: i for i in running if i.replica is not None})

@@ -25,12 +25,13 @@ from datetime import UTC, datetime
 
 import msgspec
 import structlog
-from nats.js.kv import KV_DEL, KV_PURGE, KeyValue
+from nats.js.kv import KeyValue
 
 from schemas import events as ev
 from schemas import subjects as s
-from schemas.lifecycle import JobLifecycle, decode_record
+from schemas.lifecycle import JobLifecycle
 from services.cloud.ec2 import Ec2
+from services.cloud.records import record_changes
 from services.runtime.backoff import sleep_unless
 from services.runtime.config import LifecycleConf
 from services.runtime.delivery import Delivery
@@ -109,21 +110,14 @@ class Teardown:
                 await watcher.stop()  # type: ignore[no-untyped-call]
 
     async def _follow_deadlines(self, watcher: KeyValue.KeyWatcher, deadlines: dict[str, datetime]) -> None:
-        async for entry in watcher:
-            if entry is None:
+        async for change in record_changes(watcher):
+            if change is None:
                 continue  # "caught up" marker
-            if entry.operation in (KV_DEL, KV_PURGE) or not entry.value:
-                deadlines.pop(entry.key, None)
-                continue
-            try:
-                rec = decode_record(entry.value)
-            except msgspec.DecodeError:
-                log.warning("undecodable lifecycle record", key=entry.key)
-                continue
-            if rec.deadline is not None and rec.end is None:
-                deadlines[entry.key] = rec.deadline
+            job_id, rec = change
+            if rec is not None and rec.deadline is not None and rec.end is None:
+                deadlines[job_id] = rec.deadline
             else:
-                deadlines.pop(entry.key, None)
+                deadlines.pop(job_id, None)
 
     async def _expire(self, job_id: str, deadlines: dict[str, datetime]) -> None:
         rec, _ = await self.store.get(job_id)

@@ -10,14 +10,7 @@ import pytest
 from schemas import events as ev
 from services.cloud.errors import AwsError, ErrorKind, classify
 from services.cloud.instances import InstanceInfo, TagScheme
-from services.provisioner.domain import (
-    Progress,
-    client_token,
-    launch_progress,
-    next_type,
-    plan_launch,
-    ranked_types,
-)
+from services.provisioner.domain import Progress, client_token, launch_progress, next_type, plan_launch, ranked_types
 from services.provisioner.handlers import Provisioner
 from services.runtime.config import AwsConf
 from tests.support.provisioner import FakeDelivery, FakeEc2, FakePublisher, no_sleep
