@@ -16,7 +16,10 @@
   ever booked beyond its capacity (cpu, memory, gpu), moves included;
 - every job that ended with a reservation is released exactly once; every instance launched
   for a job that ended (replacements included) was torn down;
-- a ``placement.degraded`` of revision r names exactly the replicas absent from revision r.
+- a ``placement.degraded`` of revision r names exactly the replicas absent from revision r;
+- preemption (§8.3): every change with reason ``preempted`` is of a shared job and names in ``by``
+  a job of strictly higher priority (whose ``preemption`` is not ``never``), and each preempting
+  decision's ``preempted`` list is exactly the changes naming it, each stored before it.
 
 With ``settled=`` (the nodes as they are now, see :class:`Settled`) it also checks that the
 system has settled: every live shared job has all ``wanted`` replicas on nodes that are live
@@ -71,6 +74,11 @@ class Report(msgspec.Struct):
     bad_changes: list[str] = msgspec.field(default_factory=list)
     bad_assignments: list[str] = msgspec.field(default_factory=list)
     bad_degraded: list[str] = msgspec.field(default_factory=list)
+    bad_preemptions: list[str] = msgspec.field(default_factory=list)
+    """A victim of a job of equal or lower priority, or a ``preempted`` list that does not match
+    the victims' changes (``by``)."""
+    preempted: int = 0
+    """Replicas preempted (changes with reason ``preempted``)."""
     unsettled: list[str] = msgspec.field(default_factory=list)
     """Live jobs short of replicas (or on lost/draining nodes) without being degraded (c)."""
 
@@ -152,6 +160,12 @@ def check(
     scales: dict[str, int] = {}
     """The count of a job's latest ``job.scale_requested`` (JOBS order: the latest wins)."""
     overbooked: set[str] = set()
+    never: set[str] = set()
+    """Jobs submitted with ``preemption: never``."""
+    victims: dict[tuple[str, int, str | None, str | None], ev.PlacementDecided] = {}
+    """(victim, replica, from node, by) of every change with reason ``preempted``, in stream order."""
+    listed: set[tuple[str, int, str | None, str | None]] = set()
+    """The same keys from the preempting decisions' ``preempted`` lists."""
 
     def book(d: ev.PlacementDecided, nodes: tuple[str, ...], sign: float) -> None:
         assert d.resources is not None
@@ -168,6 +182,8 @@ def check(
         match e:
             case ev.JobSubmitted():
                 submitted.add(e.job_id)
+                if e.spec.preemption == "never":
+                    never.add(e.job_id)
                 if e.idempotency_key:
                     keys[e.idempotency_key].add(e.job_id)
             case ev.JobRejected():
@@ -195,6 +211,17 @@ def check(
                 r.bad_changes += changes
                 r.bad_assignments += assignments
                 decided_revs[(e.job_id, e.revision)] = e
+                for c in e.changes:
+                    if c.reason == "preempted":
+                        victims[(e.job_id, c.replica, c.from_, c.by)] = e
+                for p in e.preempted:
+                    key = (p.job_id, p.replica, p.node_id, e.job_id)
+                    listed.add(key)
+                    if key not in victims:
+                        r.bad_preemptions.append(
+                            f"{e.job_id} r{e.revision} lists {p.job_id} replica {p.replica} on {p.node_id}, "
+                            "no change of that job before it names it"
+                        )
                 if e.cluster == "shared" and e.resources is not None:
                     if job.latest is not None and job.latest.resources is not None:
                         book(job.latest, job.booked, -1.0)
@@ -239,6 +266,8 @@ def check(
         absent = sorted(set(range(d.wanted)) - set(_nodes(d))) if d else None
         if d is None or sorted(g.missing) != absent or not g.reason:
             r.bad_degraded.append(f"{g.job_id} r{g.revision}: missing {sorted(g.missing)}, decided lacks {absent}")
+    r.preempted = len(victims)
+    r.bad_preemptions += _preemption_faults(victims, listed, decided_revs, never)
     r.jobs = len(submitted)
     r.lost = sorted(j for j in submitted if decisions[j] == 0)
     r.multiply_decided = sorted(j for j, n in decisions.items() if n > 1)
@@ -255,6 +284,32 @@ def check(
         r.unsettled = _unsettled(jobs, ended, running, provisioned, scales, settled)
         r.instances_left = sorted({*r.instances_left, *leaked((j for j in ended if jobs[j].released), settled)})
     return r
+
+
+def _preemption_faults(
+    victims: Mapping[tuple[str, int, str | None, str | None], ev.PlacementDecided],
+    listed: set[tuple[str, int, str | None, str | None]],
+    decided_revs: Mapping[tuple[str, int], ev.PlacementDecided],
+    never: set[str],
+) -> list[str]:
+    """Each victim's change against the job it names: strictly higher priority, allowed to preempt,
+    and listing that replica in its ``preempted``."""
+    priority = {j: d.priority for (j, _), d in sorted(decided_revs.items())}
+    out = []
+    for (victim, replica, node, by), d in victims.items():
+        what = f"{victim} r{d.revision} replica {replica} on {node} preempted by {by}"
+        if d.cluster != "shared":
+            out.append(f"{what}: a {d.cluster} job")
+        if by is None or by not in priority:
+            out.append(f"{what}: no decision of {by}")
+            continue
+        if priority[by] <= d.priority:
+            out.append(f"{what}: priority {priority[by]} does not exceed the victim's {d.priority}")
+        if by in never:
+            out.append(f"{what}: {by} says preemption: never")
+        if (victim, replica, node, by) not in listed:
+            out.append(f"{what}: not in {by}'s preempted list")
+    return out
 
 
 def _unsettled(

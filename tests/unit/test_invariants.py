@@ -6,6 +6,7 @@ from collections import defaultdict
 from datetime import UTC, datetime, timedelta
 
 import msgspec
+import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
@@ -34,6 +35,8 @@ def decided(
     changes: list[ev.Change] | None = None,
     replicas: int | None = None,
     spread: bool = False,
+    priority: int = 0,
+    preempted: list[ev.Preempted] | None = None,
 ) -> ev.PlacementDecided:
     placed = nodes if nodes is not None else ({0: node} if node else {})
     return ev.PlacementDecided(
@@ -49,11 +52,13 @@ def decided(
         changes=changes or [],
         replicas=replicas,
         constraints=Constraints(spread=spread),
+        priority=priority,
+        preempted=preempted or [],
     )
 
 
-def move(replica: int, src: str | None, dst: str | None, reason: str = "node_lost") -> ev.Change:
-    return ev.Change(replica=replica, from_=src, to=dst, reason=reason)  # type: ignore[arg-type]
+def move(replica: int, src: str | None, dst: str | None, reason: str = "node_lost", by: str | None = None) -> ev.Change:
+    return ev.Change(replica=replica, from_=src, to=dst, reason=reason, by=by)  # type: ignore[arg-type]
 
 
 def degraded(j: str, revision: int, missing: list[int], reason: str = "0/3 nodes available") -> ev.PlacementDegraded:
@@ -229,6 +234,62 @@ class TestDegraded:
         assert check([decided("a"), degraded("a", 2, [0])], CAPS).bad_degraded == [
             "a r2: missing [0], decided lacks None"
         ]
+
+
+class TestPreemption:
+    """§8.3: a victim's change names a job of strictly higher priority, whose decision lists it."""
+
+    @staticmethod
+    def history(victim_priority: int = 1, by_priority: int = 5, listed: bool = True) -> list[ev.Event]:
+        # low fills n1 (2 of 4 cpu with "other"); high takes low's room, low moves to n2
+        took = [ev.Preempted(job_id="low", replica=0, node_id="n1")] if listed else []
+        return [
+            decided("other", priority=victim_priority),
+            decided("low", priority=victim_priority),
+            decided("low", revision=2, nodes={0: "n2"}, changes=[move(0, "n1", "n2", "preempted", "high")],
+                    priority=victim_priority),
+            decided("high", priority=by_priority, preempted=took),
+        ]  # fmt: skip
+
+    def test_a_preemption_by_a_higher_priority_passes(self) -> None:
+        r = check(self.history(), CAPS)
+        assert r.ok, r.violations
+        assert r.preempted == 1
+
+    @pytest.mark.parametrize("by_priority", [1, 0])
+    def test_a_victim_of_equal_or_lower_priority(self, by_priority: int) -> None:
+        r = check(self.history(by_priority=by_priority), CAPS)
+        assert r.bad_preemptions == [
+            f"low r2 replica 0 on n1 preempted by high: priority {by_priority} does not exceed the victim's 1"
+        ]
+
+    def test_a_change_the_preempting_decision_does_not_list(self) -> None:
+        r = check(self.history(listed=False), CAPS)
+        assert r.bad_preemptions == ["low r2 replica 0 on n1 preempted by high: not in high's preempted list"]
+
+    def test_a_listed_victim_without_a_change_before_the_decision(self) -> None:
+        took = [ev.Preempted(job_id="low", replica=0, node_id="n1")]
+        events = [decided("low", "n2", priority=1), decided("high", priority=5, preempted=took)]
+        assert check(events, CAPS).bad_preemptions == [
+            "high r1 lists low replica 0 on n1, no change of that job before it names it"
+        ]
+        # the victim's change stored after the preempting decision (not one chain, victim first)
+        h = self.history()
+        r = check([h[0], h[1], h[3], h[2]], CAPS)
+        assert r.bad_preemptions == ["high r1 lists low replica 0 on n1, no change of that job before it names it"]
+
+    def test_a_preemption_by_a_job_never_decided_or_that_says_never(self) -> None:
+        h = self.history()
+        r = check(h[:3], CAPS)
+        assert r.bad_preemptions == ["low r2 replica 0 on n1 preempted by high: no decision of high"]
+        spec = msgspec.structs.replace(SPEC, preemption="never", priority=5)
+        never = ev.JobSubmitted(event_id="high:s", job_id="high", spec=spec)
+        r = check([never, *h], CAPS)
+        assert r.bad_preemptions == ["low r2 replica 0 on n1 preempted by high: high says preemption: never"]
+
+    def test_without_the_victim_moving_first_its_node_is_overbooked(self) -> None:
+        h = self.history()
+        assert check([h[0], h[1], h[3], h[2]], CAPS).overbooked == ["n1"]
 
 
 class TestSettled:
