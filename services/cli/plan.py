@@ -62,23 +62,7 @@ def plan_text(reply: Mapping[str, Any], style: render.Style) -> str:
     candidates = decision.get("candidates", [])
     if candidates:
         out.append("\n" + style.bold("candidates, best first") + "\n")
-        out.append(
-            render.table(
-                ["INSTANCE TYPE", "VCPU", "MEMORY MB", "PRICE/H"]
-                if dedicated
-                else ["NODE", "CPU FREE", "MEMORY FREE MB", "PRICE/H"],
-                [
-                    [
-                        str(c.get("node_id") or c.get("instance_type") or "-"),
-                        render.num(c.get("cpu_free", c.get("vcpu"))),
-                        render.num(c.get("memory_free_mb", c.get("memory_mb"))),
-                        render.num(c.get("price_hourly")),
-                    ]
-                    for c in candidates
-                ],
-                style,
-            )
-        )
+        out.append(render.candidates_table(candidates, style, dedicated=dedicated))
     preemptions = reply.get("preemptions") or []
     if preemptions:
         out.append("\n" + style.bold("would preempt") + "\n")

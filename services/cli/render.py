@@ -181,6 +181,9 @@ def job_detail(job: Mapping[str, Any], style: Style) -> str:
     if assignments:
         rows = [[num(a.get("replica")), str(a.get("node_id") or a.get("instance_type") or "-")] for a in assignments]
         out += "\n" + table(["REPLICA", "NODE/TYPE"], rows, style)
+    preempted = placement.get("preempted") or []
+    if preempted:
+        out += "\n" + style.bold("took room from (preempted)") + "\n" + preempted_table(preempted, style)
     revisions = placement.get("revisions") or []
     if len(revisions) > 1:
         rows = [[num(r.get("revision")), when(r.get("at")), changes_text(r.get("changes") or [])] for r in revisions]
@@ -219,8 +222,42 @@ def placement_line(placement: Mapping[str, Any], style: Style) -> str:
     return line + "\n"
 
 
+def candidates_table(candidates: Sequence[Mapping[str, Any]], style: Style, *, dedicated: bool) -> str:
+    """A decision's candidates, best first; ``DISTANCE KM`` when the job gave ``constraints.near``."""
+    headers = ["INSTANCE TYPE", "VCPU", "MEMORY MB"] if dedicated else ["NODE", "CPU FREE", "MEMORY FREE MB"]
+    headers.append("PRICE/H")
+    near = any(c.get("distance_km") is not None for c in candidates)
+    rows = []
+    for c in candidates:
+        row = [
+            str(c.get("node_id") or c.get("instance_type") or "-"),
+            num(c.get("cpu_free", c.get("vcpu"))),
+            num(c.get("memory_free_mb", c.get("memory_mb"))),
+            num(c.get("price_hourly")),
+        ]
+        rows.append([*row, _km(c.get("distance_km"))] if near else row)
+    return table([*headers, "DISTANCE KM"] if near else headers, rows, style)
+
+
+def _km(value: Any) -> str:
+    """``12.3`` (one decimal), ``-`` for none."""
+    return f"{value:.1f}" if isinstance(value, int | float) else "-"
+
+
+def preempted_table(preempted: Sequence[Mapping[str, Any]], style: Style) -> str:
+    """The replicas of lower-priority jobs a decision took room from (its ``preempted``)."""
+    rows = [[str(p.get("job_id", "")), num(p.get("replica")), str(p.get("node_id") or "-")] for p in preempted]
+    return table(["JOB", "REPLICA", "NODE"], rows, style)
+
+
+def preempted_text(preempted: Sequence[Mapping[str, Any]]) -> str:
+    """``preempted j7 replica 0 on n3, j9 replica 1 on n3``."""
+    victims = (f"{p.get('job_id')} replica {num(p.get('replica'))} on {p.get('node_id')}" for p in preempted)
+    return "preempted " + ", ".join(victims)
+
+
 def changes_text(changes: Sequence[Mapping[str, Any]]) -> str:
-    """``replica 1 n2 -> n5 (node_lost); replica 0 n1 -> none (drain)``."""
+    """``replica 1 n2 -> n5 (node_lost); replica 0 n1 -> none (preempted by j7)``."""
     parts = []
     for c in changes:
         by = f" by {c['by']}" if c.get("by") else ""
@@ -250,9 +287,10 @@ def _event_colour(kind: str) -> str | None:
 
 def summary(event: Mapping[str, Any]) -> str:
     kind = event.get("type")
-    if kind == "placement.decided" and (event.get("revision") or 1) > 1:
-        where = [str(a.get("node_id") or a.get("instance_type")) for a in event.get("assignments") or []]
-        return f"revision {num(event['revision'])}: {changes_text(event.get('changes') or [])}; {len(where)} placed"
+    if kind == "placement.decided" and event.get("preempted"):
+        return f"{_decided_summary(event)}; {preempted_text(event['preempted'])}"
+    if kind == "placement.decided":
+        return _decided_summary(event)
     if kind == "placement.degraded":
         missing = ", ".join(num(r) for r in event.get("missing") or [])
         return f"revision {num(event.get('revision'))}: replica(s) {missing} fit nowhere: {event.get('reason', '')}"
@@ -264,9 +302,6 @@ def summary(event: Mapping[str, Any]) -> str:
         return f"replica {num(event.get('replica'))}: {event.get('old_instance_id')} -> {event.get('new_instance_id')}"
     if event.get("reason"):
         return str(event["reason"])
-    if kind == "placement.decided":
-        where = [str(a.get("node_id") or a.get("instance_type")) for a in event.get("assignments") or []]
-        return f"{len(where)} replica(s) on {', '.join(where)}"
     if kind == "job.submitted":
         spec = event.get("spec") or {}
         return f"{spec.get('name', '')} ({spec.get('cluster', '')}, {num(spec.get('replicas'))} replica(s))"
@@ -277,3 +312,11 @@ def summary(event: Mapping[str, Any]) -> str:
     if kind == "node.status":
         return f"{event.get('state')} cpu {num(event.get('cpu_free'))}/{num(event.get('cpu_cores'))}"
     return ""
+
+
+def _decided_summary(event: Mapping[str, Any]) -> str:
+    """Revision 1: where the replicas run; a later one: its changes (a victim's name the job that took the room)."""
+    where = [str(a.get("node_id") or a.get("instance_type")) for a in event.get("assignments") or []]
+    if (event.get("revision") or 1) > 1:
+        return f"revision {num(event['revision'])}: {changes_text(event.get('changes') or [])}; {len(where)} placed"
+    return f"{len(where)} replica(s) on {', '.join(where)}"

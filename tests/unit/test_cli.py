@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import io
 import json
 from pathlib import Path
+from typing import Any, ClassVar
 
 import pytest
 
@@ -245,3 +247,102 @@ class TestScaleAndPlan:
         }
         text = plan_text(reply, render.Style(False))
         assert "INSTANCE TYPE" in text and "VCPU" in text and "CPU FREE" not in text and "0.04" in text
+
+
+class TestPlacementPolicies:
+    """Preemption and geography as ``get``, ``watch`` and ``plan`` show them (§8.3, §8.5)."""
+
+    CHANGE: ClassVar[dict[str, Any]] = {"replica": 0, "from": "n3", "to": None, "reason": "preempted", "by": "urgent"}
+    PREEMPTOR: ClassVar[dict[str, Any]] = {
+        "type": "placement.decided",
+        "job_id": "urgent",
+        "at": "2026-01-01T00:00:05Z",
+        "revision": 1,
+        "assignments": [{"replica": 0, "node_id": "n3"}],
+        "preempted": [
+            {"job_id": "low", "replica": 0, "node_id": "n3"},
+            {"job_id": "low2", "replica": 1, "node_id": "n3"},
+        ],
+    }
+    VICTIM: ClassVar[dict[str, Any]] = {
+        "type": "placement.decided",
+        "job_id": "low",
+        "revision": 2,
+        "assignments": [],
+        "replicas": 1,
+        "changes": [CHANGE],
+    }
+
+    def test_watch_shows_the_preempting_decision_and_the_victims_change(self) -> None:
+        style = render.Style(False)
+        assert render.summary(self.PREEMPTOR) == (
+            "1 replica(s) on n3; preempted low replica 0 on n3, low2 replica 1 on n3"
+        )
+        assert render.summary(self.VICTIM) == "revision 2: replica 0 n3 -> none (preempted by urgent); 0 placed"
+        line = render.event_line(self.PREEMPTOR, style)
+        assert line.startswith("2026-01-01 00:00:05  placement.decided") and "urgent  1 replica(s) on n3;" in line
+        moved = {**self.VICTIM, "changes": [{**self.CHANGE, "to": "n8"}], "revision": 3}
+        assert render.summary(moved) == "revision 3: replica 0 n3 -> n8 (preempted by urgent); 0 placed"
+
+    def test_watch_prints_each_event_once_through_its_summary(self) -> None:
+        from services.cli.live import _show
+        from services.cli.output import Io
+
+        out = io.StringIO()
+        shown = Io(out, io.StringIO(), as_json=False, colour=False)
+        seen: set[str] = set()
+        event = {**self.PREEMPTOR, "event_id": "urgent:placement.decided"}
+        assert _show(event, shown, seen) == 1 and _show(event, shown, seen) == 0
+        lines = out.getvalue().splitlines()
+        assert len(lines) == 1 and "preempted low replica 0 on n3" in lines[0]
+
+    def test_get_shows_preempted_by_and_the_preempted_list(self) -> None:
+        victim = {
+            "job_id": "low",
+            "state": "degraded",
+            "spec": {"replicas": 1},
+            "placement": {
+                "assignments": [],
+                "revision": 2,
+                "replicas": 1,
+                "missing": [0],
+                "degraded_reason": "preempted by urgent: 0/3 nodes available",
+                "revisions": [
+                    {"revision": 1, "at": "2026-01-01T00:00:00Z", "changes": []},
+                    {"revision": 2, "at": "2026-01-01T00:00:05Z", "changes": self.VICTIM["changes"]},
+                ],
+            },
+        }
+        text = render.job_detail(victim, render.Style(False))
+        assert "replica 0 n3 -> none (preempted by urgent)" in text
+        assert "missing replica(s) 0 (preempted by urgent: 0/3 nodes available)" in text
+        preemptor = {
+            "job_id": "urgent",
+            "state": "placed",
+            "spec": {"replicas": 1},
+            "placement": {"assignments": [{"replica": 0, "node_id": "n3"}], "preempted": self.PREEMPTOR["preempted"]},
+        }
+        text = render.job_detail(preemptor, render.Style(False))
+        table = text.split("took room from (preempted)\n")[1].splitlines()
+        assert table[0].split() == ["JOB", "REPLICA", "NODE"]
+        assert table[1].split() == ["low", "0", "n3"] and table[2].split() == ["low2", "1", "n3"]
+        assert "took room from" not in render.job_detail({**preemptor, "placement": {}}, render.Style(False))
+
+    def test_plan_shows_distance_km_only_when_near_was_given(self) -> None:
+        from services.cli.plan import plan_text
+
+        near = {
+            "decision": {
+                "assignments": [{"replica": 0, "node_id": "n1"}],
+                "candidates": [
+                    {"node_id": "n1", "cpu_free": 4.0, "memory_free_mb": 8192, "distance_km": 12.345},
+                    {"node_id": "n2", "cpu_free": 8.0, "memory_free_mb": 8192, "distance_km": 480.0},
+                ],
+            }
+        }
+        text = plan_text(near, render.Style(False))
+        head, n1, n2 = text.split("candidates, best first\n")[1].splitlines()[:3]
+        assert head.split()[-2:] == ["DISTANCE", "KM"]
+        assert n1.split() == ["n1", "4", "8192", "-", "12.3"] and n2.split() == ["n2", "8", "8192", "-", "480.0"]
+        plain = {"decision": {"assignments": [], "candidates": [{"node_id": "n1", "cpu_free": 4.0}]}}
+        assert "DISTANCE" not in plan_text(plain, render.Style(False))
