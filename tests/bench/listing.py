@@ -18,7 +18,7 @@ import os
 import statistics
 import time
 import uuid
-from datetime import UTC, datetime, timedelta
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
@@ -28,23 +28,9 @@ from nats.aio.client import Client
 from schemas import events as ev
 from schemas import subjects as s
 from services.devstack import NatsServer, spawn_service
+from tests.support.events import fleet_status
 from tests.support.servers import create_database, nats_auth
 from tests.support.system import servers_only
-
-
-def _status(i: int, now: datetime) -> ev.NodeStatus:
-    return ev.NodeStatus(
-        node_id=f"node-{i:06d}",
-        at=now - timedelta(hours=1) if i % 31 == 0 else now,
-        state="down" if i % 97 == 0 else "draining" if i % 50 == 0 else "active",
-        technologies=["docker"],
-        cpu_cores=8,
-        cpu_free=float(i % 9),
-        memory_mb=16384,
-        memory_free_mb=1024 * (i % 17),
-        gpus=i % 3,
-        labels={"zone": "abcd"[i % 4], "rack": f"r{i % 40}"},
-    )
 
 
 async def _request(nc: Client, body: dict[str, Any]) -> tuple[dict[str, Any], int]:
@@ -85,7 +71,7 @@ async def _one(
         agent = await nats.connect(server.url, **nats_auth("node"))
         t0 = time.perf_counter()
         for i in range(n):
-            st = _status(i, now)
+            st = fleet_status(i, now)
             await agent.publish(ev.subject_of(st), ev.encode(st))
             if i % 5000 == 4999:
                 await agent.flush()

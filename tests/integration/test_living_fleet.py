@@ -9,16 +9,23 @@ import asyncio
 import contextlib
 from collections.abc import AsyncIterator
 from pathlib import Path
-from typing import Any
 
 import pytest
 from nats.aio.client import Client
 
 from schemas import subjects as s
+from services.devstack import ServiceProcess
 from tests.support.api import job, request
 from tests.support.config import config
 from tests.support.events import node
-from tests.support.fleet import Placements, decided, degraded, watch_placements
+from tests.support.fleet import (
+    Placements,
+    decided,
+    degraded,
+    nodes_of,
+    place,
+    watch_placements,
+)
 from tests.support.servers import Spawn
 
 pytestmark = pytest.mark.integration
@@ -52,15 +59,17 @@ async def alive(nc: Client) -> AsyncIterator[dict[str, float]]:
     await asyncio.wait_for(task, 10)
 
 
-async def place(nc: Client, body: bytes) -> dict[str, Any]:
-    code, reply = await request(nc, s.PLACEMENT_REQUEST, body)
-    assert code == 200 and reply["type"] == s.PLACEMENT_DECIDED, reply
-    out: dict[str, Any] = reply
-    return out
-
-
-def nodes_of(e: dict[str, Any]) -> dict[int, str]:
-    return {a["replica"]: a["node_id"] for a in e["assignments"]}
+async def start_apart(
+    nc: Client, services: Spawn, env: dict[str, str], alive: dict[str, float], **cpus: float
+) -> ServiceProcess:
+    """Placement first (returned, to kill it later), then the gateway and intake; ``cpus``
+    (node id -> cpu) become live nodes, each reported once before returning."""
+    (placement,) = await services("placement", env=env)
+    await services("gateway", "intake", env=env)
+    alive.update(cpus)
+    for node_id, cpu in cpus.items():
+        await node(nc, node_id, cpu)
+    return placement
 
 
 async def test_a_silent_node_s_replicas_move_and_it_comes_back_empty(
@@ -92,11 +101,7 @@ async def test_a_fleet_too_small_degrades_the_job_until_a_node_appears_even_acro
     nc: Client, services: Spawn, placements: Placements, alive: dict[str, float], tmp_path: Path
 ) -> None:
     env = config(tmp_path, node_ttl_s=TTL, node_lost_s=LOST)
-    (placement,) = await services("placement", env=env)
-    await services("gateway", "intake", env=env)
-    alive.update({"a": 4.0, "b": 4.0})
-    await node(nc, "a", 4.0)
-    await node(nc, "b", 4.0)
+    placement = await start_apart(nc, services, env, alive, a=4.0, b=4.0)
     first = await place(nc, job("pair", 3, replicas=2, constraints={"spread": True}))
     job_id = first["job_id"]
     lost = nodes_of(first)[0]
@@ -123,11 +128,7 @@ async def test_a_drained_node_s_replicas_move_it_stays_drained_across_a_restart_
     nc: Client, services: Spawn, placements: Placements, alive: dict[str, float], tmp_path: Path
 ) -> None:
     env = config(tmp_path, node_ttl_s=TTL, node_lost_s=LOST)
-    (placement,) = await services("placement", env=env)
-    await services("gateway", "intake", env=env)
-    alive.update({"a": 8.0, "b": 4.0})
-    await node(nc, "a", 8.0)
-    await node(nc, "b", 4.0)
+    placement = await start_apart(nc, services, env, alive, a=8.0, b=4.0)
     first = await place(nc, job("svc", 2))
     assert nodes_of(first) == {0: "a"}
 

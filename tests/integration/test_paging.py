@@ -26,7 +26,7 @@ from schemas.jobs import Constraints, JobSpec, Resources, Workload
 from services.devstack import NatsServer
 from services.metadata.paging import ENVELOPE_BYTES, PAGE_BYTES
 from tests.support.api import request, start_metadata
-from tests.support.events import publish
+from tests.support.events import fleet_status, publish
 from tests.support.servers import Spawn, nats_auth
 from tests.support.waiting import eventually
 
@@ -36,25 +36,6 @@ log = structlog.get_logger()
 NODES = int(os.environ.get("PAGING_TEST_NODES", "100000"))
 REPLY_BOUND = PAGE_BYTES + ENVELOPE_BYTES
 """No list reply may be larger (with the server's default max_payload of 1 MiB)."""
-ZONES = ("a", "b", "c", "d")
-
-
-def fleet_status(i: int, now: datetime) -> ev.NodeStatus:
-    """Node ``i`` of the fleet: every 50th draining, every 97th down, every 31st active but stale."""
-    state = "down" if i % 97 == 0 else "draining" if i % 50 == 0 else "active"
-    at = now - timedelta(hours=1) if i % 31 == 0 else now
-    return ev.NodeStatus(
-        node_id=f"node-{i:06d}",
-        at=at,
-        state=state,  # type: ignore[arg-type]
-        technologies=["docker"],
-        cpu_cores=8,
-        cpu_free=float(i % 9),
-        memory_mb=16384,
-        memory_free_mb=1024 * (i % 17),
-        gpus=i % 3,
-        labels={"zone": ZONES[i % 4], "rack": f"r{i % 40}"},
-    )
 
 
 def listed_state(st: ev.NodeStatus, now: datetime, ttl_s: float = 15.0) -> str:

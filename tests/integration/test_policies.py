@@ -14,8 +14,7 @@ from schemas import subjects as s
 from tests.support.api import job, request
 from tests.support.config import config
 from tests.support.events import free_node
-from tests.support.fleet import Event, Placements, watch_placements
-from tests.support.invariants import check_live
+from tests.support.fleet import Placements, consistent, place, start_placement, watch_placements
 from tests.support.servers import Spawn
 
 pytestmark = pytest.mark.integration
@@ -44,13 +43,6 @@ async def fleet(nc: Client, cpu: float = 4.0, extra: dict[str, float] | None = N
         await js.publish(ev.subject_of(st), ev.encode(st))
 
 
-async def place(nc: Client, body: bytes) -> Event:
-    code, reply = await request(nc, s.PLACEMENT_REQUEST, body)
-    assert code == 200 and reply["type"] == s.PLACEMENT_DECIDED, reply
-    out: Event = reply
-    return out
-
-
 async def fill(nc: Client) -> dict[str, str]:
     """Six low-priority 2-cpu jobs (priorities 0-2) fill the three 4-cpu nodes; job -> node."""
     where = {}
@@ -63,7 +55,7 @@ async def fill(nc: Client) -> dict[str, str]:
 async def test_a_high_priority_job_preempts_and_the_manager_sees_both_sides(
     nc: Client, services: Spawn, manager: Placements, tmp_path: Path
 ) -> None:
-    await services("gateway", "intake", "placement", env=config(tmp_path))
+    await start_placement(services, tmp_path)
     await fleet(nc)
     where = await fill(nc)
     urgent = await place(nc, job("urgent", 2, priority=500))
@@ -80,14 +72,13 @@ async def test_a_high_priority_job_preempts_and_the_manager_sees_both_sides(
     ]
     gone = await manager.wait(victim["job_id"], lambda e: e["type"] == s.PLACEMENT_DEGRADED)
     assert gone["missing"] == [0] and gone["reason"].startswith(f"preempted by {urgent['job_id']}: ")
-    report = await check_live(nc.jetstream(), require_release=False)
-    assert report.ok, report
+    await consistent(nc)
 
 
 async def test_a_victim_moves_where_it_still_fits(
     nc: Client, services: Spawn, manager: Placements, tmp_path: Path
 ) -> None:
-    await services("gateway", "intake", "placement", env=config(tmp_path))
+    await start_placement(services, tmp_path)
     await fleet(nc)
     await fill(nc)
     await fleet(nc, extra={"spare": 2.0})  # room for one 2-cpu victim, not for a 4-cpu job
@@ -100,14 +91,13 @@ async def test_a_victim_moves_where_it_still_fits(
         assert change["reason"] == "preempted" and change["by"] == urgent["job_id"]
         moved.append(change["to"])
     assert sorted(moved, key=str) == sorted([None, "spare"], key=str)  # one moves, one is degraded
-    report = await check_live(nc.jetstream(), require_release=False)
-    assert report.ok, report
+    await consistent(nc)
 
 
 async def test_plan_shows_preemptions_and_stores_nothing_and_never_does_not_preempt(
     nc: Client, services: Spawn, manager: Placements, tmp_path: Path
 ) -> None:
-    await services("gateway", "intake", "placement", env=config(tmp_path))
+    await start_placement(services, tmp_path)
     await fleet(nc)
     await fill(nc)
     body = {"name": "urgent", "resources": {"cpu": 2, "memory_mb": 512}, "priority": 500}
@@ -137,7 +127,7 @@ async def test_preemption_off_in_the_config(nc: Client, services: Spawn, tmp_pat
 
 
 async def test_spread_by_zone_and_near_through_placement_request(nc: Client, services: Spawn, tmp_path: Path) -> None:
-    await services("gateway", "intake", "placement", env=config(tmp_path))
+    await start_placement(services, tmp_path)
     await fleet(nc, cpu=8.0, extra={"big": 64.0})
     spread = await place(nc, job("spread", 1, replicas=3, constraints={"spread_by": "zone"}))
     zones = {FLEET.get(a["node_id"], ("eu-central-1d",))[0] for a in spread["assignments"]}

@@ -18,8 +18,16 @@ from services.runtime.publisher import Publisher
 from tests.support.api import job, request
 from tests.support.config import config
 from tests.support.events import node
-from tests.support.fleet import Placements, decided, degraded, watch_placements
-from tests.support.invariants import check_live
+from tests.support.fleet import (
+    Placements,
+    consistent,
+    decided,
+    degraded,
+    nodes_of,
+    place,
+    start_placement,
+    watch_placements,
+)
 from tests.support.servers import Spawn
 
 pytestmark = pytest.mark.integration
@@ -41,21 +49,10 @@ async def scale(nc: Client, job_id: str, replicas: int, key: str | None = None) 
     await Publisher(nc.jetstream()).publish(e)
 
 
-async def place(nc: Client, body: bytes) -> Event:
-    code, reply = await request(nc, s.PLACEMENT_REQUEST, body)
-    assert code == 200 and reply["type"] == s.PLACEMENT_DECIDED, reply
-    out: Event = reply
-    return out
-
-
-def nodes_of(e: Event) -> dict[int, str]:
-    return {a["replica"]: a["node_id"] for a in e["assignments"]}
-
-
 async def test_grow_then_shrink_are_revisions_and_a_shrink_frees_its_reservations(
     nc: Client, services: Spawn, placements: Placements, tmp_path: Path
 ) -> None:
-    await services("gateway", "intake", "placement", env=config(tmp_path))
+    await start_placement(services, tmp_path)
     await node(nc, "a", 8.0)
     await node(nc, "b", 8.0)
     first = await place(nc, job("web", 4, constraints={"spread": True}))
@@ -76,14 +73,13 @@ async def test_grow_then_shrink_are_revisions_and_a_shrink_frees_its_reservation
 
     big = await place(nc, job("big", 8))  # only b's 8 cpu, freed by the shrink, can take it
     assert nodes_of(big) == {0: "b"}
-    report = await check_live(nc.jetstream(), require_release=False)
-    assert report.ok, report
+    await consistent(nc)
 
 
 async def test_growth_without_room_is_degraded_then_placed_when_capacity_appears(
     nc: Client, services: Spawn, placements: Placements, tmp_path: Path
 ) -> None:
-    await services("gateway", "intake", "placement", env=config(tmp_path))
+    await start_placement(services, tmp_path)
     await node(nc, "a", 4.0)
     first = await place(nc, job("grow", 4))
     job_id = first["job_id"]
@@ -105,14 +101,13 @@ async def test_growth_without_room_is_degraded_then_placed_when_capacity_appears
     fourth = await placements.wait(job_id, decided(4))
     assert nodes_of(fourth) == {0: "a", 1: "b", 2: "c"}
     assert fourth["changes"] == [{"replica": 2, "from": None, "to": "c", "reason": "scale", "by": None}]
-    report = await check_live(nc.jetstream(), require_release=False)
-    assert report.ok, report
+    await consistent(nc)
 
 
 async def test_a_scale_right_after_submission_waits_for_the_decision(
     nc: Client, services: Spawn, placements: Placements, tmp_path: Path
 ) -> None:
-    await services("gateway", "intake", "placement", env=config(tmp_path))
+    await start_placement(services, tmp_path)
     await node(nc, "a", 8.0)
     code, reply = await request(nc, s.JOB_SUBMIT, job("early", 1))
     assert code == 200
@@ -127,7 +122,7 @@ async def test_a_scale_right_after_submission_waits_for_the_decision(
 async def test_through_the_gateway_s_job_scale(
     nc: Client, services: Spawn, placements: Placements, tmp_path: Path
 ) -> None:
-    await services("gateway", "intake", "placement", env=config(tmp_path))
+    await start_placement(services, tmp_path)
     await node(nc, "a", 8.0)
     first = await place(nc, job("via-gateway", 2))
     job_id = first["job_id"]
@@ -157,5 +152,4 @@ async def test_with_two_placement_instances_requests_apply_in_stream_order(
         (e["revision"], e["replicas"]) for e in placements.by_job[job_id] if e["type"] == s.PLACEMENT_DECIDED
     )
     assert revisions == [(1, 1), (2, 2), (3, 5), (4, 1), (5, 4), (6, 3), (7, 6)]  # repeats store nothing
-    report = await check_live(nc.jetstream(), require_release=False)
-    assert report.ok, report
+    await consistent(nc)

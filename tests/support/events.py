@@ -86,6 +86,27 @@ def node_status(node_id: str, at: datetime, cpu_free: float = 8.0) -> ev.NodeSta
     )
 
 
+ZONES = ("a", "b", "c", "d")
+
+
+def fleet_status(i: int, now: datetime) -> ev.NodeStatus:
+    """Node ``i`` of the fleet: every 50th draining, every 97th down, every 31st active but stale."""
+    state = "down" if i % 97 == 0 else "draining" if i % 50 == 0 else "active"
+    at = now - timedelta(hours=1) if i % 31 == 0 else now
+    return ev.NodeStatus(
+        node_id=f"node-{i:06d}",
+        at=at,
+        state=state,  # type: ignore[arg-type]
+        technologies=["docker"],
+        cpu_cores=8,
+        cpu_free=float(i % 9),
+        memory_mb=16384,
+        memory_free_mb=1024 * (i % 17),
+        gpus=i % 3,
+        labels={"zone": ZONES[i % 4], "rack": f"r{i % 40}"},
+    )
+
+
 async def publish_nodes(nc: Client, count: int = 5, cpu: float = 8.0) -> None:
     """``count`` active docker nodes ``n0``, ``n1``, ... in zone a, node i with ``cpu - i`` cores free."""
     js = nc.jetstream()

@@ -6,12 +6,17 @@ from __future__ import annotations
 import asyncio
 import json
 from collections.abc import Callable
+from pathlib import Path
 from typing import Any
 
 from nats.aio.client import Client
 from nats.aio.msg import Msg
 
 from schemas import subjects as s
+from tests.support.api import request
+from tests.support.config import config
+from tests.support.invariants import check_live
+from tests.support.servers import Spawn
 
 Event = dict[str, Any]
 
@@ -57,3 +62,27 @@ def decided(revision: int) -> Callable[[Event], bool]:
 
 def degraded(revision: int) -> Callable[[Event], bool]:
     return lambda e: e["type"] == s.PLACEMENT_DEGRADED and e["revision"] == revision
+
+
+async def place(nc: Client, body: bytes) -> Event:
+    """``placement.request`` with ``body``, asserting it was decided; the decision."""
+    code, reply = await request(nc, s.PLACEMENT_REQUEST, body)
+    assert code == 200 and reply["type"] == s.PLACEMENT_DECIDED, reply
+    out: Event = reply
+    return out
+
+
+def nodes_of(e: Event) -> dict[int, str]:
+    """A decision's node by replica."""
+    return {a["replica"]: a["node_id"] for a in e["assignments"]}
+
+
+async def start_placement(services: Spawn, tmp_path: Path, **timeouts: float) -> None:
+    """The gateway, intake and placement, configured by :func:`tests.support.config.config`."""
+    await services("gateway", "intake", "placement", env=config(tmp_path, **timeouts))
+
+
+async def consistent(nc: Client) -> None:
+    """The invariant checker is green on the live streams (jobs may still run)."""
+    report = await check_live(nc.jetstream(), require_release=False)
+    assert report.ok, report
