@@ -17,7 +17,8 @@
 - every job that ended with a reservation is released exactly once; every instance launched
   for a job that ended (replacements included) was torn down;
 - a ``placement.degraded`` of revision r names exactly the replicas absent from revision r;
-- preemption (§8.3): every change with reason ``preempted`` is of a shared job and names in ``by``
+- preemption (§8.3): every change with reason ``preempted`` that takes a replica off its node (a
+  missing victim placed again keeps the reason, with ``from`` and ``by`` null) is of a shared job and names in ``by``
   a job of strictly higher priority (whose ``preemption`` is not ``never``), and each preempting
   decision's ``preempted`` list is exactly the changes naming it, each stored before it.
 
@@ -212,7 +213,7 @@ def check(
                 r.bad_assignments += assignments
                 decided_revs[(e.job_id, e.revision)] = e
                 for c in e.changes:
-                    if c.reason == "preempted":
+                    if c.reason == "preempted" and c.from_ is not None:  # from null: placed again, no eviction
                         victims[(e.job_id, c.replica, c.from_, c.by)] = e
                 for p in e.preempted:
                     key = (p.job_id, p.replica, p.node_id, e.job_id)

@@ -256,6 +256,19 @@ class TestPreemption:
         assert r.ok, r.violations
         assert r.preempted == 1
 
+    def test_a_victim_placed_again_later_is_no_new_preemption(self) -> None:
+        # low was left missing (to null); a later revision places it again: from null, by null
+        h = self.history()
+        missing = decided(
+            "low", revision=2, nodes={}, changes=[move(0, "n1", None, "preempted", "high")], priority=1, replicas=1
+        )
+        again = decided(
+            "low", revision=3, nodes={0: "n3"}, changes=[move(0, None, "n3", "preempted")], priority=1, replicas=1
+        )
+        r = check([h[0], h[1], missing, degraded("low", 2, [0]), h[3], again], CAPS)
+        assert r.ok, r.violations
+        assert r.preempted == 1
+
     @pytest.mark.parametrize("by_priority", [1, 0])
     def test_a_victim_of_equal_or_lower_priority(self, by_priority: int) -> None:
         r = check(self.history(by_priority=by_priority), CAPS)
