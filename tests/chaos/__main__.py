@@ -18,7 +18,7 @@ from nats.aio.client import Client
 
 from schemas import subjects as s
 from schemas.events import DeadLetter
-from tests.chaos import living, scaling
+from tests.chaos import living, preemption, scaling
 from tests.chaos.living import Injected
 from tests.chaos.load import Load
 from tests.support.invariants import check_live, read_stream
@@ -136,6 +136,10 @@ class Scenario:
     living: bool = False
     """A living-fleet row (§8.2): short node timeouts, the fleet in five parts, 2-replica jobs,
     and the end state checked for settling (``living.settle``)."""
+    nodes: int | None = None
+    """The fleet's size when not the default (``NODES``, ``LIVING_NODES``)."""
+    preempts: bool = False
+    """The row is red unless some replica was preempted (else it proved nothing about preemption)."""
 
 
 CLUSTER_SCENARIO = "3-node NATS cluster, JOBS leader killed and restarted"
@@ -153,11 +157,14 @@ SCENARIOS: dict[str, Scenario] = {
     "job.scale in flight, placement and provisioner killed -9": Scenario(
         _living(scaling.scale_under_kills), living=True
     ),
+    "placement killed -9 during preemptions": Scenario(
+        _living(preemption.preempt_under_kills), living=True, nodes=preemption.NODES, preempts=True
+    ),
 }
 
 
 async def run_scenario(name: str, sc: Scenario) -> dict[str, Any]:
-    nodes = LIVING_NODES if sc.living else NODES
+    nodes = sc.nodes or (LIVING_NODES if sc.living else NODES)
     async with system(
         SERVICES,
         instances=sc.instances,
@@ -179,7 +186,9 @@ async def run_scenario(name: str, sc: Scenario) -> dict[str, Any]:
         fault_done = time.perf_counter()
         ec2 = sysm.moto.endpoint_url if sysm.moto else None
         settling = (
-            asyncio.create_task(living.settle(nc, injected.effect_at, ec2_endpoint=ec2)) if injected.effect_at else None
+            asyncio.create_task(living.settle(nc, injected.effect_at, ec2_endpoint=ec2, decide=injected.decide))
+            if injected.effect_at
+            else None
         )
         await load_task
         await load.cancels_done()
@@ -213,6 +222,7 @@ async def run_scenario(name: str, sc: Scenario) -> dict[str, Any]:
             "revisions": report.revisions,
             "instances_replaced": report.instances_replaced,
             "degraded": report.degraded,
+            "preempted": report.preempted,
             "client_retries": load.retries,
             "recover_s": round(max(0.0, time.perf_counter() - fault_done - (LOAD_S - (fault_done - t))), 1)
             if recover
@@ -220,8 +230,12 @@ async def run_scenario(name: str, sc: Scenario) -> dict[str, Any]:
             "settle_s": (round(settled_s, 1) if settled_s is not None else "never")
             if injected.effect_at
             else round(recover, 1),
-            "error": injected.error,
-            "ok": report.ok and not repeated_letters and not injected.error and (settled_s is not None or not settling),
+            "error": injected.error or ("nothing was preempted" if sc.preempts and not report.preempted else None),
+            "ok": report.ok
+            and not repeated_letters
+            and not injected.error
+            and (report.preempted > 0 or not sc.preempts)
+            and (settled_s is not None or not settling),
             "_report": report,
         }
 
@@ -233,11 +247,13 @@ def markdown(rows: list[dict[str, Any]]) -> str:
         f"fleet processes reporting every {living.SIM_INTERVAL:g} s, 2-replica jobs, every 10th pinned to 3 nodes "
         f"of the first fleet, node_lost_s {living.LOST_S:g}). Time to settle: until every decision is stored; for "
         "the living-fleet rows, from the fault's effect (the loss detected: node_lost_s after the last status; "
-        "the last drain reply; the EC2 stop; the last kill and cancel of the resize row) until the checker finds "
-        "every live job whole on live, undrained nodes or degraded, with its latest job.scale in force, and every "
-        "dedicated job running one instance per replica of its latest revision (polled every 0.25 s plus the time "
-        "to read the "
-        "streams; the end of the read that found it settled counts, an upper bound).",
+        "the last drain reply; the EC2 stop; the last kill and cancel of the resize row; the last restart of "
+        f"placement in the preemption row, whose fleet is {preemption.NODES} nodes filled with low-priority 2-cpu "
+        "jobs before 8-cpu jobs of priority 100-120 arrive) until the checker finds every live job whole on live, "
+        "undrained nodes or degraded, with its latest job.scale in force, every dedicated job running one "
+        "instance per replica of its latest revision, and (preemption row) every preempting job decided "
+        "(polled every 0.25 s plus the time to read the streams; the end of the read that found it settled "
+        "counts, an upper bound).",
         "",
         "| scenario | nodes | jobs submitted | faults injected | jobs lost | duplicates | overbooked nodes "
         "| unreleased | instances left | dead letters | revisions / instances replaced | degraded | time to settle (s) "
@@ -270,6 +286,8 @@ async def main(names: list[str]) -> int:
         sys.stderr.write(f"== {name} ==\n")
         row = await run_scenario(name, sc)
         report = row.pop("_report")
+        if row["preempted"]:
+            sys.stderr.write(f"   {row['preempted']} replica(s) preempted\n")
         if not row["ok"]:
             sys.stderr.write(f"   violations: {report.violations} {row['error'] or ''}\n")
         kept[name] = row

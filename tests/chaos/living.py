@@ -9,11 +9,13 @@ import asyncio
 import json
 import time
 from collections import Counter
+from collections.abc import Collection
 from datetime import UTC, datetime, timedelta
 from typing import NamedTuple
 
 import aioboto3
 from nats.aio.client import Client
+from nats.js import JetStreamContext
 
 from schemas import events as ev
 from schemas import subjects as s
@@ -36,6 +38,8 @@ class Injected(NamedTuple):
     """When the fault takes effect for the scheduler (a loss is detected ``node_lost_s`` after the
     last status): the time to settle is counted from here. None for the first-wave faults."""
     error: str | None = None
+    decide: frozenset[str] = frozenset()
+    """Jobs that must also be decided (placed or failed) for the system to have settled."""
 
 
 def pinned_nodes(nodes: int, count: int = 3) -> list[str]:
@@ -119,19 +123,35 @@ async def stop_two_instances(sysm: System, nc: Client, load: Load, after: float)
     return Injected(len(victims), datetime.now(UTC))
 
 
+async def _decided(js: JetStreamContext) -> set[str]:
+    """Jobs with a first decision (placed or failed) in PLACEMENTS now."""
+    return {
+        e.job_id
+        for e in await read_stream(js, s.PLACEMENTS.name)
+        if (isinstance(e, ev.PlacementDecided) and e.revision == 1) or isinstance(e, ev.PlacementFailed)
+    }
+
+
 async def settle(
-    nc: Client, effect_at: datetime, *, ec2_endpoint: str | None = None, timeout: float = 120
+    nc: Client,
+    effect_at: datetime,
+    *,
+    ec2_endpoint: str | None = None,
+    timeout: float = 120,
+    decide: Collection[str] = (),
 ) -> tuple[float | None, Report]:
     """Watch the streams until, after ``effect_at``, every live job is whole on usable nodes (or
-    degraded) and dedicated instances run: (seconds from ``effect_at`` to the end of the read that
-    found it settled, an upper bound; None on timeout; the report)."""
+    degraded), dedicated instances run and every job of ``decide`` is decided: (seconds from
+    ``effect_at`` to the end of the read that found it settled, an upper bound; None on timeout;
+    the report)."""
     loop = asyncio.get_running_loop()
     deadline = loop.time() + timeout
     js = nc.jetstream(timeout=10)
     while True:
         now = datetime.now(UTC)
         report = await check_live(js, require_release=False, node_lost_s=LOST_S, ec2_endpoint=ec2_endpoint)
-        if now >= effect_at and not report.unsettled:  # settled by the end of this read at the latest
+        undecided = set(decide) - await _decided(js) if decide else set()
+        if now >= effect_at and not report.unsettled and not undecided:  # settled by the end of this read at the latest
             return (datetime.now(UTC) - effect_at).total_seconds(), report
         if loop.time() > deadline:
             return None, report
