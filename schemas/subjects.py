@@ -300,38 +300,24 @@ TEARDOWN_CLUSTERS = ConsumerSpec(
 # server stop redelivering; the consumer itself dead-letters poison after a bounded number
 # of deliveries, and holds (in-progress pings, no nak) while the database is down.
 METADATA_DURABLE = "metadata"
-METADATA_JOBS = ConsumerSpec(
-    stream=JOBS.name,
-    durable=METADATA_DURABLE,
-    filter_subjects=JOBS.subjects,
-    description="metadata: projects job lifecycle events into PostgreSQL",
-    max_deliver=-1,
-    max_ack_pending=50_000,
-)
-METADATA_PLACEMENTS = ConsumerSpec(
-    stream=PLACEMENTS.name,
-    durable=METADATA_DURABLE,
-    filter_subjects=PLACEMENTS.subjects,
-    description="metadata: projects placement decisions and releases into PostgreSQL",
-    max_deliver=-1,
-    max_ack_pending=50_000,
-)
-METADATA_CLUSTERS = ConsumerSpec(
-    stream=CLUSTERS.name,
-    durable=METADATA_DURABLE,
-    filter_subjects=CLUSTERS.subjects,
-    description="metadata: projects dedicated-cluster events into PostgreSQL",
-    max_deliver=-1,
-    max_ack_pending=50_000,
-)
-METADATA_NODES = ConsumerSpec(
-    stream=NODES.name,
-    durable=METADATA_DURABLE,
-    filter_subjects=NODES.subjects,
-    description="metadata: projects node status into PostgreSQL",
-    max_deliver=-1,
-    max_ack_pending=50_000,
-)
+
+
+def _metadata_consumer(stream: StreamSpec, projects: str) -> ConsumerSpec:
+    """The metadata durable on ``stream``: every subject of it, ``projects`` said in its description."""
+    return ConsumerSpec(
+        stream=stream.name,
+        durable=METADATA_DURABLE,
+        filter_subjects=stream.subjects,
+        description=f"metadata: projects {projects} into PostgreSQL",
+        max_deliver=-1,
+        max_ack_pending=50_000,
+    )
+
+
+METADATA_JOBS = _metadata_consumer(JOBS, "job lifecycle events")
+METADATA_PLACEMENTS = _metadata_consumer(PLACEMENTS, "placement decisions and releases")
+METADATA_CLUSTERS = _metadata_consumer(CLUSTERS, "dedicated-cluster events")
+METADATA_NODES = _metadata_consumer(NODES, "node status")
 METADATA_CONSUMERS: tuple[ConsumerSpec, ...] = (METADATA_JOBS, METADATA_PLACEMENTS, METADATA_CLUSTERS, METADATA_NODES)
 
 
