@@ -32,19 +32,10 @@ from services.console.config import encode, page_config
 from services.devstack import ServiceProcess, spawn_service
 from services.runtime.config import Timeouts
 from services.runtime.credentials import client_environ, password
+from tests.support.browser import CHROMIUM, CHROMIUM_ARGS
 from tests.support.servers import REPO, create_database, wait_for_services
 from tests.support.system import servers_only
 
-CHROMIUM = "/usr/bin/chromium"
-ARGS = [
-    "--headless",
-    "--no-sandbox",
-    "--disable-gpu",
-    "--disable-background-networking",
-    "--disable-component-update",
-    "--disable-sync",
-    "--no-first-run",
-]
 TICKS = os.sysconf("SC_CLK_TCK")
 
 _PROBE = """() => {
@@ -113,7 +104,7 @@ async def _measure(url: str, nodes: int, window_s: float, submit: Any, shot: Pat
     from playwright.async_api import async_playwright
 
     async with async_playwright() as pw:
-        browser = await pw.chromium.launch(executable_path=CHROMIUM, args=ARGS)
+        browser = await pw.chromium.launch(executable_path=str(CHROMIUM), args=CHROMIUM_ARGS)
         try:
             page = await browser.new_page(viewport={"width": 1400, "height": 1000})
             cdp = await page.context.new_cdp_session(page)

@@ -14,17 +14,7 @@ from services.console.config import encode, page_config
 from services.devstack import NatsServer
 from services.runtime.config import Timeouts
 from services.runtime.credentials import password
-
-CHROMIUM = Path("/usr/bin/chromium")
-CHROMIUM_ARGS = [
-    "--headless",
-    "--no-sandbox",
-    "--disable-gpu",
-    "--disable-background-networking",
-    "--disable-component-update",
-    "--disable-sync",
-    "--no-first-run",
-]
+from tests.support.browser import CHROMIUM, CHROMIUM_ARGS
 
 try:
     from playwright.async_api import Browser, Page, async_playwright, expect

@@ -17,19 +17,10 @@ from services.console.config import page_config
 from services.devstack import NatsServer
 from services.runtime.config import Timeouts
 from services.runtime.credentials import password
+from tests.support.permissions import EVENTS, REQUESTS, SENTINEL, WATCHED, concrete
 
 pytestmark = pytest.mark.integration
 
-PROBE = "probe"
-SENTINEL = "sentinel.no-role-may-publish-here"
-
-
-def concrete(subject: str) -> str:
-    return subject.replace("*", PROBE)
-
-
-REQUESTS = set(s.REQUEST_SUBJECTS)
-EVENTS = {concrete(subject) for stream in s.STREAMS for subject in stream.subjects}
 COMMITS = {concrete(subject) for subject in s.PLACEMENTS.capture}
 JETSTREAM = {
     "$JS.API.INFO",
@@ -42,7 +33,6 @@ JETSTREAM = {
 EVERYTHING = REQUESTS | EVENTS | COMMITS | JETSTREAM | {"$SRV.PING", "$SRV.STATS"}
 
 QUERIES = {s.JOB_GET, s.JOB_LIST, s.JOB_EVENTS, s.NODE_LIST}
-WATCHED = {concrete(subject) for stream in (s.JOBS, s.PLACEMENTS, s.CLUSTERS, s.NODES) for subject in stream.subjects}
 
 
 class Violations:

@@ -24,24 +24,11 @@ from schemas import events as ev
 from schemas import subjects as s
 from services.devstack import NatsServer
 from services.runtime.credentials import Role
+from tests.support.permissions import EVENTS, REQUESTS, SENTINEL, WATCHED, concrete
 from tests.support.servers import Spawn, nats_auth
 
 pytestmark = pytest.mark.integration
 
-PROBE = "probe"
-SENTINEL = "sentinel.no-role-may-publish-here"
-
-
-def concrete(subject: str) -> str:
-    """A subject a pattern of schemas/subjects.py matches (``node.status.*`` -> ``node.status.probe``)."""
-    return subject.replace("*", PROBE)
-
-
-REQUESTS = set(s.REQUEST_SUBJECTS)
-EVENTS = {concrete(subject) for stream in s.STREAMS for subject in stream.subjects}
-MANAGER_READS = {
-    concrete(subject) for stream in (s.JOBS, s.PLACEMENTS, s.CLUSTERS, s.NODES) for subject in stream.subjects
-}
 NODE_STATUS = concrete(s.NODE_STATUS_ALL)
 
 # JetStream API and discovery subjects (published without a reply, so nothing happens when allowed)
@@ -63,7 +50,7 @@ PUBLISH: dict[Role, set[str]] = {
 }
 SUBSCRIBE: dict[Role, set[str]] = {
     "services": REQUESTS | EVENTS | {"$SRV.PING"},
-    "manager": MANAGER_READS,
+    "manager": WATCHED,
     "node": set(),
     "monitor": set(),
 }

@@ -1,0 +1,24 @@
+"""Subjects for checking nats.conf's permissions on a real server: concrete subjects for the patterns of
+schemas/subjects.py, and the sentinel no role may publish to. A denied operation's violation arrives
+asynchronously; publishing to the sentinel and waiting for its own violation shows every earlier one has
+arrived."""
+
+from __future__ import annotations
+
+from schemas import subjects as s
+
+PROBE = "probe"
+SENTINEL = "sentinel.no-role-may-publish-here"
+
+
+def concrete(subject: str) -> str:
+    """A subject a pattern of schemas/subjects.py matches (``node.status.*`` -> ``node.status.probe``)."""
+    return subject.replace("*", PROBE)
+
+
+REQUESTS = set(s.REQUEST_SUBJECTS)
+"""Every request subject."""
+EVENTS = {concrete(subject) for stream in s.STREAMS for subject in stream.subjects}
+"""A concrete subject for every event subject of every stream."""
+WATCHED = {concrete(subject) for stream in (s.JOBS, s.PLACEMENTS, s.CLUSTERS, s.NODES) for subject in stream.subjects}
+"""The events of the four streams a read-only watcher (the manager, the console) may subscribe to."""
