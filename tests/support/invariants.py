@@ -17,10 +17,11 @@
 - every job that ended with a reservation is released exactly once; every instance launched
   for a job that ended (replacements included) was torn down;
 - a ``placement.degraded`` of revision r names exactly the replicas absent from revision r;
-- preemption (§8.3): every change with reason ``preempted`` that takes a replica off its node (a
-  missing victim placed again keeps the reason, with ``from`` and ``by`` null) is of a shared job and names in ``by``
-  a job of strictly higher priority (whose ``preemption`` is not ``never``), and each preempting
-  decision's ``preempted`` list is exactly the changes naming it, each stored before it.
+- preemption (§8.3): every change with reason ``preempted`` that takes a replica off its node
+  (a missing victim placed again keeps the reason, with ``from`` and ``by`` null) is of a shared
+  job and names in ``by`` a job of strictly higher priority (whose ``preemption`` is not
+  ``never``), and each preempting decision's ``preempted`` list is exactly the changes naming
+  it, each stored before it.
 
 With ``settled=`` (the nodes as they are now, see :class:`Settled`) it also checks that the
 system has settled: every live shared job has all ``wanted`` replicas on nodes that are live
@@ -79,7 +80,7 @@ class Report(msgspec.Struct):
     """A victim of a job of equal or lower priority, or a ``preempted`` list that does not match
     the victims' changes (``by``)."""
     preempted: int = 0
-    """Replicas preempted (changes with reason ``preempted``)."""
+    """Replicas preempted (changes with reason ``preempted`` taking a replica off its node)."""
     unsettled: list[str] = msgspec.field(default_factory=list)
     """Live jobs short of replicas (or on lost/draining nodes) without being degraded (c)."""
 
