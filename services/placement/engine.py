@@ -153,7 +153,7 @@ def place(
         from services.placement.topology import place_spread_by
 
         return place_spread_by(
-            spec, world, now, ttl, top_n, explain_failure=explain_failure, kept=kept, partial=partial
+            spec, world, now, ttl, top_n=top_n, explain_failure=explain_failure, kept=kept, partial=partial
         )
     r = spec.resources
     dist: dict[str, float] = {}

@@ -81,13 +81,14 @@ def place_spread_by(
     world: World,
     now: float,
     ttl: float,
-    top_n: int = 10,
     *,
-    explain_failure: bool = True,
-    kept: Sequence[str] = (),
-    partial: bool = False,
+    top_n: int,
+    explain_failure: bool,
+    kept: Sequence[str],
+    partial: bool,
 ) -> Placed | NotPlaced:
-    """:func:`services.placement.engine.place` for a job with ``constraints.spread_by``."""
+    """:func:`services.placement.engine.place` for a job with ``constraints.spread_by`` (which passes every
+    option on, its defaults are ``place``'s)."""
     by = spec.constraints.spread_by
     assert by is not None
     r = spec.resources
