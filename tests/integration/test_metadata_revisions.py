@@ -12,28 +12,11 @@ from nats.aio.client import Client
 from schemas import events as ev
 from schemas import subjects as s
 from tests.support.api import request, start_metadata
-from tests.support.events import SPEC, lifecycle, node_status, publish
+from tests.support.events import lifecycle, node_status, publish, spec_revision
 from tests.support.servers import Spawn
 from tests.support.waiting import eventually
 
 pytestmark = pytest.mark.integration
-
-
-def revision(job_id: str, n: int, at: datetime, nodes: dict[int, str], changes: list[ev.Change]) -> ev.PlacementDecided:
-    return ev.PlacementDecided(
-        event_id=ev.revision_event_id(job_id, s.PLACEMENT_DECIDED, n),
-        job_id=job_id,
-        at=at,
-        cluster="shared",
-        technology="docker",
-        strategy="best_fit",
-        assignments=[ev.Assignment(replica=r, node_id=node) for r, node in sorted(nodes.items())],
-        candidates=[],
-        resources=SPEC.resources,
-        revision=n,
-        changes=changes,
-        replicas=2,
-    )
 
 
 async def job(nc: Client, job_id: str) -> dict[str, Any]:
@@ -54,7 +37,7 @@ async def test_revisions_in_any_order_degraded_and_reservations(nc: Client, serv
     await publish(js, [node_status(n, now) for n in ("n1", "n2", "n3")])
     first = lifecycle("job-r", now)  # revision 1: replicas on n1 and n2
     lost = ev.Change(replica=1, from_="n2", to=None, reason="node_lost")
-    r2 = revision("job-r", 2, now + timedelta(seconds=1), {0: "n1"}, [lost])
+    r2 = spec_revision("job-r", 2, {0: "n1"}, at=now + timedelta(seconds=1), changes=[lost])
     degraded = ev.PlacementDegraded(
         event_id=ev.revision_event_id("job-r", s.PLACEMENT_DEGRADED, 2),
         job_id="job-r",
@@ -88,7 +71,7 @@ async def test_revisions_in_any_order_degraded_and_reservations(nc: Client, serv
     assert (fleet["n1"]["reserved"]["replicas"], fleet["n2"]["reserved"]["replicas"]) == (1, 0)
 
     back = ev.Change(replica=1, from_=None, to="n3", reason="node_lost")
-    await publish(js, [revision("job-r", 3, now + timedelta(seconds=2), {0: "n1", 1: "n3"}, [back])])
+    await publish(js, [spec_revision("job-r", 3, {0: "n1", 1: "n3"}, at=now + timedelta(seconds=2), changes=[back])])
 
     async def placed_again() -> bool:
         return (await job(nc, "job-r")).get("state") == "placed"

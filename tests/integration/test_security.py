@@ -24,6 +24,7 @@ from schemas import events as ev
 from schemas import subjects as s
 from services.devstack import NatsServer
 from services.runtime.credentials import Role
+from tests.support.events import decided
 from tests.support.permissions import EVENTS, REQUESTS, SENTINEL, WATCHED, concrete
 from tests.support.servers import Spawn, nats_auth
 
@@ -141,16 +142,8 @@ async def test_node_cannot_submit_nor_decide_but_reports_status(
     node, v = await connect_as("node")
     await node.publish(s.JOB_SUBMIT, b'{"name": "sneaky"}', reply="_INBOX.nowhere")  # a submit, answer or not
     assert denial(s.JOB_SUBMIT) in await v.next()
-    decided = ev.PlacementDecided(
-        event_id="forged",
-        job_id="forged",
-        cluster="shared",
-        technology="docker",
-        strategy="best_fit",
-        assignments=[],
-        candidates=[],
-    )
-    await node.publish(s.PLACEMENT_DECIDED, ev.encode(decided))
+    forged = decided("forged", event_id="forged")
+    await node.publish(s.PLACEMENT_DECIDED, ev.encode(forged))
     assert denial(s.PLACEMENT_DECIDED) in await v.next()
     status = ev.NodeStatus(
         node_id="n1", state="active", technologies=["docker"], cpu_cores=4, cpu_free=4, memory_mb=1, memory_free_mb=1

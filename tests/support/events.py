@@ -58,16 +58,38 @@ def lifecycle(job_id: str, at: datetime, nodes: tuple[str, str] = ("n1", "n2")) 
     ]
 
 
-def decided(job_id: str) -> ev.PlacementDecided:
-    """A ``placement.decided`` without assignments (for the PLACEMENTS stream's sequence checks)."""
-    return ev.PlacementDecided(
-        event_id=ev.event_id_for(job_id, s.PLACEMENT_DECIDED),
-        job_id=job_id,
-        cluster="shared",
-        technology="docker",
-        strategy="best_fit",
-        assignments=[],
-        candidates=[],
+def decided(job_id: str, **fields: Any) -> ev.PlacementDecided:
+    """Revision 1 of a shared docker best-fit job's ``placement.decided``, without assignments, unless
+    ``fields`` (any of the event's) say otherwise."""
+    defaults: dict[str, Any] = {
+        "event_id": ev.event_id_for(job_id, s.PLACEMENT_DECIDED),
+        "cluster": "shared",
+        "technology": "docker",
+        "strategy": "best_fit",
+        "assignments": [],
+        "candidates": [],
+    }
+    return ev.PlacementDecided(job_id=job_id, **{**defaults, **fields})
+
+
+def assigned(nodes: dict[int, str]) -> list[ev.Assignment]:
+    """Replica r on node ``nodes[r]``, in replica order."""
+    return [ev.Assignment(replica=r, node_id=n) for r, n in sorted(nodes.items())]
+
+
+def spec_revision(
+    job_id: str, revision: int, nodes: dict[int, str], *, at: datetime, changes: list[ev.Change] | None = None
+) -> ev.PlacementDecided:
+    """Revision ``revision`` of a job of ``SPEC`` (two replicas) decided at ``at``, replica r on ``nodes[r]``."""
+    return decided(
+        job_id,
+        event_id=ev.revision_event_id(job_id, s.PLACEMENT_DECIDED, revision),
+        at=at,
+        assignments=assigned(nodes),
+        resources=SPEC.resources,
+        revision=revision,
+        changes=changes or [],
+        replicas=SPEC.replicas,
     )
 
 

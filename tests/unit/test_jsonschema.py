@@ -15,6 +15,7 @@ from schemas import replies as rp
 from schemas import subjects as s
 from schemas.jobs import Defaults, JobRequest, Resources, decode_job_request, normalise
 from schemas.jsonschema import OUT_DIR, REQUESTS, build, stale
+from tests.support.events import assigned, decided
 
 AT = datetime(2024, 5, 1, 12, 0, tzinfo=UTC)
 
@@ -73,14 +74,10 @@ def test_every_file_is_a_valid_2020_12_schema() -> None:
 
 # --- (3) real messages validate -----------------------------------------------------
 def _decided() -> ev.PlacementDecided:
-    return ev.PlacementDecided(
-        event_id="j1:placement.decided",
-        job_id="j1",
+    return decided(
+        "j1",
         at=AT,
-        cluster="shared",
-        technology="docker",
-        strategy="best_fit",
-        assignments=[ev.Assignment(replica=0, node_id="node-7"), ev.Assignment(replica=1, node_id="node-3")],
+        assignments=assigned({0: "node-7", 1: "node-3"}),
         candidates=[ev.Candidate(node_id="node-7", cpu_free=7.5, memory_free_mb=30000)],
         resources=Resources(cpu=1.5, memory_mb=2048),
     )

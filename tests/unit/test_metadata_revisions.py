@@ -13,7 +13,7 @@ from hypothesis import strategies as st
 from schemas import events as ev
 from schemas.replies import JobRecord
 from services.metadata import domain
-from tests.support.events import SPEC
+from tests.support.events import SPEC, spec_revision
 
 T0 = datetime(2025, 1, 1, 12, 0, 0, tzinfo=UTC)
 J = "j1"
@@ -31,20 +31,7 @@ def base() -> list[ev.JobEvent]:
 
 
 def decided(revision: int, nodes: dict[int, str], changes: list[ev.Change] | None = None) -> ev.PlacementDecided:
-    return ev.PlacementDecided(
-        event_id=ev.revision_event_id(J, "placement.decided", revision),
-        job_id=J,
-        at=t(1 + revision),
-        cluster="shared",
-        technology="docker",
-        strategy="best_fit",
-        assignments=[ev.Assignment(replica=r, node_id=n) for r, n in sorted(nodes.items())],
-        candidates=[],
-        resources=SPEC.resources,
-        revision=revision,
-        changes=changes or [],
-        replicas=2,
-    )
+    return spec_revision(J, revision, nodes, at=t(1 + revision), changes=changes)
 
 
 def degraded(revision: int, missing: list[int], reason: str = "0/3 nodes available") -> ev.PlacementDegraded:

@@ -518,14 +518,10 @@ class TestAScale:
         rig.assert_consistent()
 
     async def test_a_dedicated_job_gets_instance_types_for_the_new_count(self, rig: Rig) -> None:
-        d = ev.PlacementDecided(
-            event_id=ev.event_id_for("d1", s.PLACEMENT_DECIDED),
-            job_id="d1",
+        d = decided(
+            "d1",
             cluster="dedicated",
-            technology="docker",
-            strategy="best_fit",
             assignments=[ev.Assignment(replica=0, instance_type="t3.large")],
-            candidates=[],
             resources=Resources(cpu=2, memory_mb=512),
         )
         rig.stream.store(d)

@@ -17,7 +17,7 @@ from schemas.jobs import Constraints, JobSpec, Near, Resources, Workload
 from services.placement import geo, preempt
 from services.placement.engine import NotPlaced, Placed, place
 from services.placement.state import World
-from tests.support.events import free_node
+from tests.support.events import decided, free_node
 
 NOW = 100.0
 TTL = 15.0
@@ -182,6 +182,13 @@ def test_distance_is_great_circle() -> None:
 
 
 # --- preemption ---------------------------------------------------------------------
+def urgent(placed: Placed, s: JobSpec) -> ev.PlacementDecided:
+    """The preempting job's decision, as the decider would apply it locally before its victims' revisions."""
+    return decided(
+        "urgent", event_id="urgent:d", assignments=placed.assignments, resources=s.resources, priority=s.priority
+    )
+
+
 def full_world() -> World:
     """Three 4-cpu nodes, full: a (low:0, 2 cpu, x2), b (mid:5 4 cpu), c (low:1 1 cpu x4)."""
     w = World()
@@ -240,18 +247,7 @@ def test_victims_move_elsewhere_or_become_degraded_with_the_reason() -> None:
     placed, room = got
     # d (1 cpu free) fits 3 cpu nowhere: 3 of c's four 1-cpu replicas, or a's two: a wins (2 victims)
     assert {v.job_id for v in room.victims} == {"low-a1", "low-a2"}
-    e = ev.PlacementDecided(
-        event_id="urgent:d",
-        job_id="urgent",
-        cluster="shared",
-        technology="docker",
-        strategy="best_fit",
-        assignments=placed.assignments,
-        candidates=[],
-        resources=s.resources,
-        priority=3,
-    )
-    w.decide_locally(e)
+    w.decide_locally(urgent(placed, s))
     out = preempt.replace_victims(room, w, NOW, TTL)
     decided = [o for o in out if isinstance(o, ev.PlacementDecided)]
     degraded = [o for o in out if isinstance(o, ev.PlacementDegraded)]
@@ -321,19 +317,7 @@ def test_preemption_evicts_only_lower_priority_no_more_than_needed_and_never_ove
     assert len(room.victims) == best
     prio = {j: p for (j, _, _, p) in placed}
     assert all(prio[v.job_id] < priority for v in room.victims)
-    w.decide_locally(
-        ev.PlacementDecided(
-            event_id="urgent:d",
-            job_id="urgent",
-            cluster="shared",
-            technology="docker",
-            strategy="best_fit",
-            assignments=placed_job.assignments,
-            candidates=[],
-            resources=s.resources,
-            priority=priority,
-        )
-    )
+    w.decide_locally(urgent(placed_job, s))
     preempt.replace_victims(room, w, NOW, TTL)
     _no_overbooking(w)
 

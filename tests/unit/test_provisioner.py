@@ -13,6 +13,7 @@ from services.cloud.instances import InstanceInfo, TagScheme
 from services.provisioner.domain import Progress, client_token, launch_progress, next_type, plan_launch, ranked_types
 from services.provisioner.handlers import Provisioner
 from services.runtime.config import AwsConf
+from tests.support import events
 from tests.support.provisioner import FakeDelivery, FakeEc2, FakePublisher, no_sleep
 
 
@@ -125,15 +126,7 @@ def test_launch_progress(states: list[str], expected: int, progress: Progress) -
 
 # --- the handler with fakes ---------------------------------------------------
 def decided(cluster: str = "dedicated", replicas: int = 2) -> ev.PlacementDecided:
-    return ev.PlacementDecided(
-        event_id="j:placement.decided",
-        job_id="j",
-        cluster=cluster,
-        technology="docker",
-        strategy="best_fit",
-        assignments=[A(r) for r in range(replicas)],
-        candidates=CANDS,
-    )
+    return events.decided("j", cluster=cluster, assignments=[A(r) for r in range(replicas)], candidates=CANDS)
 
 
 def make(
