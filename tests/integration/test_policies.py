@@ -52,12 +52,18 @@ async def fill(nc: Client) -> dict[str, str]:
     return where
 
 
-async def test_a_high_priority_job_preempts_and_the_manager_sees_both_sides(
-    nc: Client, services: Spawn, manager: Placements, tmp_path: Path
-) -> None:
+@pytest.fixture
+async def filled(nc: Client, services: Spawn, manager: Placements, tmp_path: Path) -> dict[str, str]:
+    """Placement running over the fleet, filled by :func:`fill` (the manager watching from the start)."""
     await start_placement(services, tmp_path)
     await fleet(nc)
-    where = await fill(nc)
+    return await fill(nc)
+
+
+async def test_a_high_priority_job_preempts_and_the_manager_sees_both_sides(
+    nc: Client, manager: Placements, filled: dict[str, str]
+) -> None:
+    where = filled
     urgent = await place(nc, job("urgent", 2, priority=500))
     (victim,) = urgent["preempted"]
     # one 2-cpu victim of priority 0 (the fewest, lowest), on the node the urgent job now holds
@@ -75,12 +81,7 @@ async def test_a_high_priority_job_preempts_and_the_manager_sees_both_sides(
     await consistent(nc)
 
 
-async def test_a_victim_moves_where_it_still_fits(
-    nc: Client, services: Spawn, manager: Placements, tmp_path: Path
-) -> None:
-    await start_placement(services, tmp_path)
-    await fleet(nc)
-    await fill(nc)
+async def test_a_victim_moves_where_it_still_fits(nc: Client, manager: Placements, filled: dict[str, str]) -> None:
     await fleet(nc, extra={"spare": 2.0})  # room for one 2-cpu victim, not for a 4-cpu job
     urgent = await place(nc, job("urgent", 4, priority=500))
     assert len(urgent["preempted"]) == 2  # a whole 4-cpu node: both of its replicas
@@ -95,11 +96,8 @@ async def test_a_victim_moves_where_it_still_fits(
 
 
 async def test_plan_shows_preemptions_and_stores_nothing_and_never_does_not_preempt(
-    nc: Client, services: Spawn, manager: Placements, tmp_path: Path
+    nc: Client, manager: Placements, filled: dict[str, str]
 ) -> None:
-    await start_placement(services, tmp_path)
-    await fleet(nc)
-    await fill(nc)
     body = {"name": "urgent", "resources": {"cpu": 2, "memory_mb": 512}, "priority": 500}
     code, plan = await request(nc, s.PLACEMENT_PLAN, body)
     assert code == 200 and len(plan["preemptions"]) == 1, plan

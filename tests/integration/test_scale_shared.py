@@ -40,6 +40,12 @@ async def placements(nc: Client) -> Placements:
     return await watch_placements(nc)
 
 
+@pytest.fixture
+async def placement_running(services: Spawn, placements: Placements, tmp_path: Path) -> None:
+    """Gateway, intake and placement started, watched from the start."""
+    await start_placement(services, tmp_path)
+
+
 async def scale(nc: Client, job_id: str, replicas: int, key: str | None = None) -> None:
     """Store ``job.scale_requested`` as the gateway does (event id from the key, else unique)."""
     key = key or uuid.uuid4().hex
@@ -49,10 +55,10 @@ async def scale(nc: Client, job_id: str, replicas: int, key: str | None = None) 
     await Publisher(nc.jetstream()).publish(e)
 
 
+@pytest.mark.usefixtures("placement_running")
 async def test_grow_then_shrink_are_revisions_and_a_shrink_frees_its_reservations(
-    nc: Client, services: Spawn, placements: Placements, tmp_path: Path
+    nc: Client, placements: Placements
 ) -> None:
-    await start_placement(services, tmp_path)
     await node(nc, "a", 8.0)
     await node(nc, "b", 8.0)
     first = await place(nc, job("web", 4, constraints={"spread": True}))
@@ -76,10 +82,10 @@ async def test_grow_then_shrink_are_revisions_and_a_shrink_frees_its_reservation
     await consistent(nc)
 
 
+@pytest.mark.usefixtures("placement_running")
 async def test_growth_without_room_is_degraded_then_placed_when_capacity_appears(
-    nc: Client, services: Spawn, placements: Placements, tmp_path: Path
+    nc: Client, placements: Placements
 ) -> None:
-    await start_placement(services, tmp_path)
     await node(nc, "a", 4.0)
     first = await place(nc, job("grow", 4))
     job_id = first["job_id"]
@@ -104,10 +110,8 @@ async def test_growth_without_room_is_degraded_then_placed_when_capacity_appears
     await consistent(nc)
 
 
-async def test_a_scale_right_after_submission_waits_for_the_decision(
-    nc: Client, services: Spawn, placements: Placements, tmp_path: Path
-) -> None:
-    await start_placement(services, tmp_path)
+@pytest.mark.usefixtures("placement_running")
+async def test_a_scale_right_after_submission_waits_for_the_decision(nc: Client, placements: Placements) -> None:
     await node(nc, "a", 8.0)
     code, reply = await request(nc, s.JOB_SUBMIT, job("early", 1))
     assert code == 200
@@ -119,10 +123,8 @@ async def test_a_scale_right_after_submission_waits_for_the_decision(
     assert second["replicas"] == 3 and len(second["assignments"]) == 3
 
 
-async def test_through_the_gateway_s_job_scale(
-    nc: Client, services: Spawn, placements: Placements, tmp_path: Path
-) -> None:
-    await start_placement(services, tmp_path)
+@pytest.mark.usefixtures("placement_running")
+async def test_through_the_gateway_s_job_scale(nc: Client, placements: Placements) -> None:
     await node(nc, "a", 8.0)
     first = await place(nc, job("via-gateway", 2))
     job_id = first["job_id"]
