@@ -29,8 +29,7 @@ import structlog
 
 from schemas import events as ev
 from schemas import subjects as s
-from services.placement import preempt
-from services.placement.engine import NotPlaced, Placed, place, place_dedicated
+from services.placement.first import Stored, first_decision, too_late
 from services.placement.ledger import Ledger, shrinks
 from services.placement.moves import events_of, replan
 from services.placement.ports import Chain, Clock
@@ -44,8 +43,6 @@ from services.runtime.publisher import MAX_ATOMIC_BATCH, WRONG_LAST_MSG_ID, Ack,
 __all__ = ["Decider", "Pending"]
 
 log = structlog.get_logger()
-
-Stored = ev.PlacementDecided | ev.PlacementFailed | ev.PlacementDegraded
 
 
 class Decider:
@@ -142,77 +139,21 @@ class Decider:
                         r.future.set_exception(e)
 
     def _decision(self, p: Pending, final: bool, busy: set[str]) -> list[Stored] | None:
-        """Decide on the local ledger (reserving when placed); None while it should wait.
-
-        A shared job that fits nowhere may preempt (:mod:`services.placement.preempt`): then the
-        victims' revisions come first in the list, so the stream never holds the preemptor's
-        booking before the room it takes is freed. ``busy``: jobs revised in this chain already
-        (never victims: one revision per job and chain)."""
-        e = p.event
-        spec = e.spec
-        top = self.top
-        if e.job_id in self.ended:
-            return [
-                ev.PlacementFailed(
-                    event_id=ev.event_id_for(e.job_id, s.PLACEMENT_FAILED),
-                    job_id=e.job_id,
-                    reason="job ended before it was placed",
-                )
-            ]
-        now = self.clock.monotonic()
-        victims: list[Stored] = []
-        room: preempt.Room | None = None
-        why: str | None = None
-        if spec.cluster == "dedicated":
-            result = place_dedicated(spec, self.instance_types, top)
-        else:
-            result = place(spec, self.world, now, self.ttl, top, explain_failure=final)
-            if not isinstance(result, Placed):
-                why = preempt.why_not(spec, self.preemption)
-                if why is None:
-                    got = preempt.make_room(spec, e.job_id, self.world, now, self.ttl, busy, top)
-                    if isinstance(got, str):
-                        why = got
-                    else:
-                        result, room = got
-                if final and room is None:  # the explanation, with why preempting did not help
-                    result = place(spec, self.world, now, self.ttl, top, explain_failure=True)
-        if isinstance(result, Placed):
-            out = ev.PlacementDecided(
-                event_id=ev.event_id_for(e.job_id, s.PLACEMENT_DECIDED),
-                job_id=e.job_id,
-                cluster=spec.cluster,
-                technology=spec.technology,
-                strategy=spec.strategy,
-                assignments=result.assignments,
-                candidates=result.candidates,
-                resources=spec.resources,
-                max_runtime_s=spec.max_runtime_s,
-                revision=1,
-                replicas=spec.replicas,
-                constraints=spec.constraints,
-                priority=spec.priority,
-                preempted=room.preempted() if room is not None else [],
-            )
-            if spec.cluster == "shared":
-                self.world.decide_locally(out)  # the next decision of the batch sees it
-            if room is not None:
-                victims = list(preempt.replace_victims(room, self.world, now, self.ttl, top))
-                log.info("preempting", job_id=e.job_id, victims=len(room.victims), jobs=len(room.before))
-            return [*victims, out]
-        if final or spec.cluster == "dedicated":
-            assert isinstance(result, NotPlaced)
-            reason = result.reason if why is None or spec.priority <= 0 else f"{result.reason}; {why}"
-            return [
-                ev.PlacementFailed(
-                    event_id=ev.event_id_for(e.job_id, s.PLACEMENT_FAILED),
-                    job_id=e.job_id,
-                    reason=reason,
-                    nodes_total=result.nodes_total,
-                    excluded=result.excluded,
-                )
-            ]
-        return None
+        """Decide on the local ledger (reserving when placed); None while it should wait
+        (:func:`services.placement.first.first_decision`, preempting when it may)."""
+        if p.event.job_id in self.ended:
+            return [too_late(p.event.job_id)]
+        return first_decision(
+            p.event,
+            self.world,
+            self.clock.monotonic(),
+            ttl=self.ttl,
+            top=self.top,
+            instance_types=self.instance_types,
+            preemption=self.preemption,
+            final=final,
+            busy=busy,
+        )
 
     def _events(self, r: _Request, busy: set[str]) -> list[Stored] | str:
         """What to store for ``r`` (booked locally), or its outcome when there is nothing to store."""
