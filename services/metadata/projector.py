@@ -10,7 +10,6 @@ statuses; the consumer acks after the commit. The next group is prepared while o
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Sequence
 
 import asyncpg
 import msgspec
@@ -18,19 +17,10 @@ import structlog
 
 from schemas import events as ev
 from schemas import subjects as s
-from services.metadata import domain, nodes
-from services.metadata.adapters import (
-    Database,
-    EventRecord,
-    JobWrite,
-    NodeRow,
-    Tx,
-    Unavailable,
-    is_unavailable,
-)
-from services.metadata.sql_nodes import DrainRow
+from services.metadata import domain
+from services.metadata.adapters import Database, JobWrite, Tx, Unavailable, is_unavailable
+from services.metadata.groups import Batch, Group, Items, prepare
 from services.metadata.views import DEFAULT_CACHE_JOBS, Cached, ViewCache, fold_bodies, job_write
-from services.runtime.delivery import Delivery, stream_sequence
 
 log = structlog.get_logger()
 
@@ -41,41 +31,6 @@ DECODERS: dict[str, msgspec.json.Decoder[ev.Event]] = {
     s.NODES.name: msgspec.json.Decoder(ev.NodeEvents),
 }
 """How each projected stream's payloads decode (a payload of another type is poison)."""
-
-
-_STREAM_OF: dict[str, str] = {
-    subject.removesuffix(".*"): stream.name
-    for stream in (s.JOBS, s.PLACEMENTS, s.CLUSTERS, s.NODES)
-    for subject in stream.subjects
-}
-"""The stream that stores each projected event type (``node.status.*`` holds type ``node.status``)."""
-
-Items = Sequence[tuple[ev.Event, Delivery]]
-
-
-class _Batch(msgspec.Struct):
-    items: Items
-    done: asyncio.Future[None]
-    alone: bool = False
-    """Retried on its own after a combined write failed (a poison message is blamed on its batch only)."""
-
-
-class _Group(msgspec.Struct, kw_only=True):
-    """Batches prepared for one transaction: rows computed, nothing written yet."""
-
-    batches: list[_Batch]
-    events: list[EventRecord]
-    by_job: dict[str, list[ev.JobEvent]]
-    inserts: list[JobWrite]
-    updates: list[JobWrite]
-    results: dict[str, Cached]
-    """The view and token of each written job, as they will be once committed."""
-    nodes: list[NodeRow]
-    drains: list[DrainRow]
-
-
-_YIELD_EVERY = 200
-"""Jobs merged between two yields to the event loop while a group is prepared."""
 
 
 class _Conflict(Unavailable):
@@ -103,7 +58,7 @@ class Projector:
     def __init__(self, db: Database, cache_jobs: int = DEFAULT_CACHE_JOBS) -> None:
         self._db = db
         self.cache = ViewCache(cache_jobs)
-        self._queue: list[_Batch] = []
+        self._queue: list[Batch] = []
         self._wake = asyncio.Event()
         self._runner: asyncio.Task[None] | None = None
         self._inflight: dict[str, Cached] = {}
@@ -111,7 +66,7 @@ class Projector:
 
     async def project(self, items: Items) -> None:
         loop = asyncio.get_running_loop()
-        batch = _Batch(items=items, done=loop.create_future())
+        batch = Batch(items=items, done=loop.create_future())
         self._queue.append(batch)
         self._wake.set()
         if self._runner is None or self._runner.done():
@@ -131,8 +86,8 @@ class Projector:
     # --- the pipeline ---------------------------------------------------------
     async def _run(self) -> None:
         writing: asyncio.Task[None] | None = None
-        written: _Group | None = None
-        prepared: _Group | None = None
+        written: Group | None = None
+        prepared: Group | None = None
         while True:
             if writing is None and prepared is not None:  # start the next write first, then prepare
                 self._inflight = prepared.results
@@ -160,21 +115,21 @@ class Projector:
                 if not ok and prepared is not None:  # it was prepared on views that were not committed
                     prepared = await self._prepare_or_fail(prepared.batches)
 
-    def _take(self) -> list[_Batch]:
+    def _take(self) -> list[Batch]:
         if self._queue[0].alone:
             return [self._queue.pop(0)]
         n = next((i for i, b in enumerate(self._queue) if b.alone), len(self._queue))
         group, self._queue = self._queue[:n], self._queue[n:]
         return group
 
-    async def _prepare_or_fail(self, batches: list[_Batch]) -> _Group | None:
+    async def _prepare_or_fail(self, batches: list[Batch]) -> Group | None:
         try:
             return await self._prepare(batches)
         except Exception as e:
             self._failed(batches, e)
             return None
 
-    def _finish(self, group: _Group, task: asyncio.Task[None]) -> bool:
+    def _finish(self, group: Group, task: asyncio.Task[None]) -> bool:
         """Resolve the group's batches; False if it failed."""
         e = task.exception()
         if e is None:
@@ -185,10 +140,10 @@ class Projector:
         self._failed(group.batches, e)
         return False
 
-    def _failed(self, batches: list[_Batch], e: BaseException) -> None:
+    def _failed(self, batches: list[Batch], e: BaseException) -> None:
         if len(batches) > 1 and not is_unavailable(e):
             log.warning("combined write failed; retrying its batches one by one", batches=len(batches), error=repr(e))
-            self._queue[:0] = [_Batch(items=b.items, done=b.done, alone=True) for b in batches]
+            self._queue[:0] = [Batch(items=b.items, done=b.done, alone=True) for b in batches]
             self._wake.set()
             return
         for b in batches:
@@ -198,59 +153,12 @@ class Projector:
     def _base(self, job_id: str) -> Cached | None:
         return self._inflight.get(job_id) or self.cache.get(job_id)
 
-    async def _prepare(self, batches: list[_Batch]) -> _Group:
-        """Rows and views of a group (no I/O). It yields to the event loop every few hundred events, so the
-        write in flight gets its next statement sent promptly instead of after the whole preparation."""
-        events: list[EventRecord] = []
-        seen: set[str] = set()
-        by_job: dict[str, list[ev.JobEvent]] = {}
-        latest = nodes.Latest()
-        for b in batches:
-            await asyncio.sleep(0)
-            for event, d in b.items:
-                msg = d.msg
-                body = msg.data.decode()
-                if isinstance(event, ev.JobEvent):
-                    key, job_id, node_id = event.event_id, event.job_id, None
-                elif isinstance(event, ev.NodeStatus | ev.NodeDraining):
-                    key, job_id, node_id = nodes.node_event_key(event), None, event.node_id
-                    latest.add(event, msg.data)
-                else:  # pragma: no cover - the decoders yield nothing else
-                    raise TypeError(f"cannot project {type(event).__name__}")
-                if key in seen:
-                    continue
-                seen.add(key)
-                kind = domain.event_type(event)
-                seq = stream_sequence(msg.reply)
-                events.append((key, kind, job_id, node_id, event.at, _STREAM_OF[kind], seq, body))
-                if job_id is not None:
-                    by_job.setdefault(job_id, []).append(event)  # type: ignore[arg-type]
-        inserts: list[JobWrite] = []
-        updates: list[JobWrite] = []
-        results: dict[str, Cached] = {}
-        for n, (job_id, job_events) in enumerate(by_job.items()):
-            if n % _YIELD_EVERY == _YIELD_EVERY - 1:
-                await asyncio.sleep(0)
-            base = self._base(job_id)
-            old = base.view if base is not None else None
-            view = domain.merge(old, job_events)
-            if base is not None and view == old:
-                continue  # nothing new (redelivered events)
-            row = job_write(view, base.version if base is not None else None)
-            (inserts if base is None else updates).append(row)
-            results[job_id] = Cached(view=view, version=row.version)
-        return _Group(
-            batches=batches,
-            events=events,
-            by_job=by_job,
-            inserts=inserts,
-            updates=updates,
-            results=results,
-            nodes=latest.status_rows(),
-            drains=latest.drain_rows(),
-        )
+    async def _prepare(self, batches: list[Batch]) -> Group:
+        """The group's rows and views (:func:`services.metadata.groups.prepare`), on the views of the
+        group in flight, else the cache's."""
+        return await prepare(batches, self._base)
 
-    async def _write(self, g: _Group) -> None:
+    async def _write(self, g: Group) -> None:
         """Write a prepared group in one transaction; on commit, its views become the cache's."""
         try:
             results = await self._write_once(g, seen_before=False)
@@ -264,7 +172,7 @@ class Projector:
         self.stats["job_writes"] += len(g.inserts) + len(g.updates)
         log.debug("group projected", batches=len(g.batches), events=len(g.events), jobs=len(results))
 
-    async def _write_once(self, g: _Group, *, seen_before: bool) -> dict[str, Cached]:
+    async def _write_once(self, g: Group, *, seen_before: bool) -> dict[str, Cached]:
         results = dict(g.results)
         async with self._db.transaction() as tx:
             if g.events:
@@ -279,7 +187,7 @@ class Projector:
     async def _reload(
         self,
         tx: Tx,
-        g: _Group,
+        g: Group,
         conflicts: list[str],
         results: dict[str, Cached],
     ) -> None:
