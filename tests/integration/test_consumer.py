@@ -21,22 +21,16 @@ from services.devstack import NatsServer
 from services.runtime.consumer import Consumer
 from services.runtime.delivery import Delivery
 from services.runtime.streams import ensure_streams
-from tests.support.events import SMALL_SPEC
+from tests.support.events import small_submitted, submissions_consumer
 
 pytestmark = pytest.mark.integration
 
-CONSUMER = s.ConsumerSpec(
-    stream=s.JOBS.name,
-    durable="test-standing",
-    filter_subjects=(s.JOB_SUBMITTED,),
-    description="test",
-    ack_wait_s=5.0,
-)
+CONSUMER = submissions_consumer("test-standing")
 decoder = msgspec.json.Decoder(ev.JobSubmitted)
 
 
 def submitted(i: int) -> ev.JobSubmitted:
-    return ev.JobSubmitted(event_id=f"j{i}:job.submitted", job_id=f"j{i}", spec=SMALL_SPEC)
+    return small_submitted(f"j{i}")
 
 
 async def publish(nc: Client, i: int) -> None:

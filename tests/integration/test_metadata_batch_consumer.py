@@ -18,19 +18,12 @@ from schemas import subjects as s
 from services.runtime.batch import BatchConsumer
 from services.runtime.delivery import Delivery
 from services.runtime.streams import ensure_streams
-from tests.support.events import SMALL_SPEC
+from tests.support.events import small_submitted, submissions_consumer
 from tests.support.waiting import eventually
 
 pytestmark = pytest.mark.integration
 
-CONSUMER = s.ConsumerSpec(
-    stream=s.JOBS.name,
-    durable="test-batch",
-    filter_subjects=(s.JOB_SUBMITTED,),
-    description="test",
-    max_deliver=-1,
-    ack_wait_s=5.0,
-)
+CONSUMER = submissions_consumer("test-batch", max_deliver=-1)
 decoder = msgspec.json.Decoder(ev.JobSubmitted)
 
 
@@ -45,7 +38,7 @@ def is_outage(e: BaseException) -> bool:
 async def prefill(js: JetStreamContext, job_ids: Sequence[str]) -> None:
     await ensure_streams(js)
     for j in job_ids:
-        e = ev.JobSubmitted(event_id=f"{j}:job.submitted", job_id=j, spec=SMALL_SPEC)
+        e = small_submitted(j)
         await js.publish(s.JOB_SUBMITTED, ev.encode(e), headers={s.MSG_ID_HEADER: e.event_id})
 
 

@@ -33,6 +33,23 @@ SMALL_SPEC = msgspec.structs.replace(SPEC, name="x", replicas=1, resources=Resou
 """A shared docker job of 1 replica of 1 cpu and 1 MB."""
 
 
+def small_submitted(job_id: str) -> ev.JobSubmitted:
+    """``job.submitted`` of a ``SMALL_SPEC`` job."""
+    return ev.JobSubmitted(event_id=ev.event_id_for(job_id, s.JOB_SUBMITTED), job_id=job_id, spec=SMALL_SPEC)
+
+
+def submissions_consumer(durable: str, **options: Any) -> s.ConsumerSpec:
+    """A test's durable on JOBS' ``job.submitted``, acks due within 5 s (``options``: the spec's others)."""
+    return s.ConsumerSpec(
+        stream=s.JOBS.name,
+        durable=durable,
+        filter_subjects=(s.JOB_SUBMITTED,),
+        description="test",
+        ack_wait_s=5.0,
+        **options,
+    )
+
+
 def lifecycle(job_id: str, at: datetime, nodes: tuple[str, str] = ("n1", "n2")) -> list[ev.JobEvent]:
     """submitted, accepted, placement.decided of one shared job of 2 replicas."""
     return [
