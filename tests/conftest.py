@@ -17,6 +17,7 @@ from services.runtime.credentials import apply_server_defaults, client_environ
 # the shared helpers assert too: rewrite their asserts as in test modules (before they are imported)
 pytest.register_assert_rewrite("tests.support")
 
+from tests.support.config import DEDICATED_PATH, aws_env, write_config  # noqa: E402
 from tests.support.events import Events  # noqa: E402
 from tests.support.servers import REPO, Spawn, create_database, nats_auth, wait_for_services  # noqa: E402
 
@@ -132,3 +133,9 @@ async def events(nc: Client) -> Callable[..., Awaitable[Events]]:
         return ev
 
     return subscribe
+
+
+@pytest.fixture
+async def dedicated_path(services: Spawn, ec2_endpoint: str, tmp_path: Path) -> None:
+    """Every service a dedicated job goes through (``DEDICATED_PATH``), on moto's EC2 with the tests' config."""
+    await services(*DEDICATED_PATH, env=aws_env(ec2_endpoint, write_config(tmp_path)))

@@ -17,13 +17,11 @@ from schemas import subjects as s
 from services.provisioner.healer import StreamClaims
 from services.runtime.streams import ensure_streams
 from tests.support.api import request, submit
-from tests.support.config import PROJECT, aws_env, write_config
+from tests.support.config import DEDICATED_PATH, PROJECT, aws_env, write_config
 from tests.support.ec2 import LIVE, TAG, instances, stop, terminate
 from tests.support.servers import Spawn
 
 pytestmark = pytest.mark.integration
-
-ALL = ("gateway", "intake", "placement", "provisioner", "teardown")
 
 
 def heal_config(tmp_path: Path) -> Path:
@@ -45,7 +43,7 @@ async def running_cluster(nc: Client, events, timeout: float = 30) -> tuple[str,
 async def test_stopped_and_terminated_instances_are_replaced_and_the_end_terminates_everything(
     nc: Client, services: Spawn, events, ec2_endpoint: str, tmp_path: Path
 ) -> None:  # type: ignore[no-untyped-def]
-    await services(*ALL, env=aws_env(ec2_endpoint, heal_config(tmp_path)))
+    await services(*DEDICATED_PATH, env=aws_env(ec2_endpoint, heal_config(tmp_path)))
     replaced = await events(s.CLUSTER_INSTANCE_REPLACED)
     torn_down = await events(s.CLUSTER_TORN_DOWN)
     job_id, old = await running_cluster(nc, events)

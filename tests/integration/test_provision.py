@@ -18,7 +18,7 @@ from nats.aio.client import Client
 
 from schemas import subjects as s
 from tests.support.api import request, submit
-from tests.support.config import PROJECT, aws_env, write_config
+from tests.support.config import DEDICATED_PATH, PROJECT, aws_env, write_config
 from tests.support.ec2 import LIVE, TAG, instances
 from tests.support.servers import Spawn
 
@@ -112,13 +112,10 @@ async def proxy(ec2_endpoint: str) -> AsyncIterator[FaultProxy]:
         await p.stop()
 
 
-ALL = ("gateway", "intake", "placement", "provisioner", "teardown")
-
-
+@pytest.mark.usefixtures("dedicated_path")
 async def test_legacy_job_gets_two_tagged_instances_and_cancel_terminates_them(
-    nc: Client, services: Spawn, events, ec2_endpoint: str, tmp_path: Path
+    nc: Client, events, ec2_endpoint: str
 ) -> None:  # type: ignore[no-untyped-def]
-    await services(*ALL, env=aws_env(ec2_endpoint, write_config(tmp_path)))
     provisioning = await events(s.CLUSTER_PROVISIONING)
     provisioned = await events(s.CLUSTER_PROVISIONED)
     torn_down = await events(s.CLUSTER_TORN_DOWN)
@@ -170,7 +167,7 @@ async def test_permanent_error_fails_the_job_and_leaves_nothing_running(
     nc: Client, services: Spawn, events, proxy: FaultProxy, tmp_path: Path
 ) -> None:  # type: ignore[no-untyped-def]
     proxy.fail_runs[2] = (400, "Unsupported")  # replica 0 launches, replica 1 is refused
-    await services(*ALL, env=aws_env(proxy.url, write_config(tmp_path)))
+    await services(*DEDICATED_PATH, env=aws_env(proxy.url, write_config(tmp_path)))
     failed = await events(s.CLUSTER_PROVISION_FAILED)
     torn_down = await events(s.CLUSTER_TORN_DOWN)
     released = await events(s.PLACEMENT_RELEASED)

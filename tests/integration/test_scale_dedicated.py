@@ -5,7 +5,6 @@ instances counted through the EC2 API after each step; cancelled, none is left."
 from __future__ import annotations
 
 from collections.abc import Awaitable, Callable
-from pathlib import Path
 from typing import Any
 
 import pytest
@@ -13,14 +12,10 @@ from nats.aio.client import Client
 
 from schemas import subjects as s
 from tests.support.api import request, submit
-from tests.support.config import aws_env, write_config
 from tests.support.ec2 import TAG, instances
 from tests.support.events import Events
-from tests.support.servers import Spawn
 
 pytestmark = pytest.mark.integration
-
-ALL = ("gateway", "intake", "placement", "provisioner", "teardown")
 
 
 async def provisioned_at(provisioned: Events, job_id: str, revision: int) -> dict[str, Any]:
@@ -38,10 +33,10 @@ async def running(endpoint: str, job_id: str) -> list[tuple[str, str]]:
     return sorted((i["tags"][f"{TAG}:replica"], i["InstanceId"]) for i in live)
 
 
+@pytest.mark.usefixtures("dedicated_path")
 async def test_a_dedicated_job_scaled_2_4_1_then_cancelled(
-    nc: Client, services: Spawn, events: Callable[..., Awaitable[Events]], ec2_endpoint: str, tmp_path: Path
+    nc: Client, events: Callable[..., Awaitable[Events]], ec2_endpoint: str
 ) -> None:
-    await services(*ALL, env=aws_env(ec2_endpoint, write_config(tmp_path)))
     provisioned = await events(s.CLUSTER_PROVISIONED)
     decided = await events(s.PLACEMENT_DECIDED)
     torn_down = await events(s.CLUSTER_TORN_DOWN)
@@ -77,10 +72,10 @@ async def test_a_dedicated_job_scaled_2_4_1_then_cancelled(
     assert len(torn_down.by_job[job_id]) == 1
 
 
+@pytest.mark.usefixtures("dedicated_path")
 async def test_scaling_an_ended_dedicated_job_is_409(
-    nc: Client, services: Spawn, events: Callable[..., Awaitable[Events]], ec2_endpoint: str, tmp_path: Path
+    nc: Client, events: Callable[..., Awaitable[Events]], ec2_endpoint: str
 ) -> None:
-    await services(*ALL, env=aws_env(ec2_endpoint, write_config(tmp_path)))
     provisioned = await events(s.CLUSTER_PROVISIONED)
     released = await events(s.PLACEMENT_RELEASED)
     job_id = await submit(nc)

@@ -16,6 +16,10 @@ def config(tmp_path: Path, **timeouts: float) -> dict[str, str]:
     return {"SCHEDULER_CONFIG": str(path)}
 
 
+DEDICATED_PATH = ("gateway", "intake", "placement", "provisioner", "teardown")
+"""Every service a dedicated job goes through, from its submission to its teardown."""
+
+
 def write_config(tmp_path: Path, **lifecycle: float) -> Path:
     """Short waits for tests: fast redelivery after a crash, fast reaper and expiry."""
     conf = {"expiry_check_s": 0.2, "reaper_interval_s": 60.0, "orphan_grace_s": 300.0, **lifecycle}
