@@ -110,24 +110,31 @@ def assert_well_formed(reply: Any, ok_codes: tuple[int, ...]) -> dict[str, Any]:
     return body
 
 
+def answer(
+    live: Live, subject: str, payload: bytes, ok_codes: tuple[int, ...], timeout: float = 10
+) -> dict[str, Any] | None:
+    """Ask ``subject``: the reply is well formed, an error one of ``ok_codes``; its body on success, else None."""
+    reply = live.run(live.nc.request(subject, payload, timeout=timeout))
+    body = assert_well_formed(reply, ok_codes)
+    return None if reply.headers and s.ERROR_CODE_HEADER in reply.headers else body
+
+
 SETTINGS = settings(max_examples=150, deadline=None, suppress_health_check=list(HealthCheck), database=None)
 
 
 @SETTINGS
 @given(payload=st.one_of(anything, spec_like, oversize))
 def test_job_submit_always_answers_per_contract(live: Live, payload: bytes) -> None:
-    reply = live.run(live.nc.request(s.JOB_SUBMIT, payload, timeout=10))
-    body = assert_well_formed(reply, (400, 413))
-    if not (reply.headers and s.ERROR_CODE_HEADER in reply.headers):
+    body = answer(live, s.JOB_SUBMIT, payload, (400, 413))
+    if body is not None:
         assert body["state"] == "submitted" and body["job_id"]
 
 
 @SETTINGS
 @given(payload=st.one_of(anything, spec_like))
 def test_placement_request_always_answers_per_contract(live: Live, payload: bytes) -> None:
-    reply = live.run(live.nc.request(s.PLACEMENT_REQUEST, payload, timeout=15))
-    body = assert_well_formed(reply, (400, 413, 504))
-    if not (reply.headers and s.ERROR_CODE_HEADER in reply.headers):
+    body = answer(live, s.PLACEMENT_REQUEST, payload, (400, 413, 504), timeout=15)
+    if body is not None:
         assert body["type"] in (s.PLACEMENT_DECIDED, s.PLACEMENT_FAILED, s.JOB_REJECTED)
 
 
@@ -137,8 +144,7 @@ def test_queries_always_answer_per_contract(live: Live, payload: bytes) -> None:
     if "metadata" not in SERVICES:
         pytest.fail("the metadata service is part of the system")
     for subject in (s.JOB_GET, s.JOB_LIST, s.JOB_EVENTS, s.NODE_LIST):
-        reply = live.run(live.nc.request(subject, payload, timeout=10))
-        assert_well_formed(reply, (400, 404, 413))
+        answer(live, subject, payload, (400, 404, 413))
 
 
 @SETTINGS
@@ -157,9 +163,8 @@ drain_like = st.fixed_dictionaries(
 @given(payload=st.one_of(anything, drain_like, oversize), undrain=st.booleans())
 def test_node_drain_and_undrain_always_answer_per_contract(live: Live, payload: bytes, undrain: bool) -> None:
     subject = s.NODE_UNDRAIN if undrain else s.NODE_DRAIN
-    reply = live.run(live.nc.request(subject, payload, timeout=10))
-    body = assert_well_formed(reply, (400, 404, 413))
-    if not (reply.headers and s.ERROR_CODE_HEADER in reply.headers):
+    body = answer(live, subject, payload, (400, 404, 413))
+    if body is not None:
         assert isinstance(body["node_id"], str) and body["draining"] is (not undrain)
 
 
@@ -197,9 +202,8 @@ scale_like = st.fixed_dictionaries(
 def test_job_scale_always_answers_per_contract(live: Live, a_job: str, payload: bytes | dict[str, Any]) -> None:
     if isinstance(payload, dict):
         payload = json.dumps({k: a_job if v == JOB else v for k, v in payload.items()}).encode()
-    reply = live.run(live.nc.request(s.JOB_SCALE, payload, timeout=10))
-    body = assert_well_formed(reply, (400, 404, 409, 413))
-    if not (reply.headers and s.ERROR_CODE_HEADER in reply.headers):
+    body = answer(live, s.JOB_SCALE, payload, (400, 404, 409, 413))
+    if body is not None:
         assert body["job_id"] == a_job and body["state"] == "scale_requested"
         assert isinstance(body["replicas"], int) and 1 <= body["replicas"] <= 1000
 
@@ -207,9 +211,8 @@ def test_job_scale_always_answers_per_contract(live: Live, a_job: str, payload: 
 @SETTINGS
 @given(payload=st.one_of(anything, spec_like, oversize))
 def test_placement_plan_always_answers_per_contract(live: Live, payload: bytes) -> None:
-    reply = live.run(live.nc.request(s.PLACEMENT_PLAN, payload, timeout=10))
-    body = assert_well_formed(reply, (400, 413))
-    if not (reply.headers and s.ERROR_CODE_HEADER in reply.headers):
+    body = answer(live, s.PLACEMENT_PLAN, payload, (400, 413))
+    if body is not None:
         assert ("decision" in body) != ("failure" in body), body
 
 
