@@ -3,6 +3,8 @@ what the ledger would store, at the fixed instant ``NOW`` with node TTL ``TTL``.
 
 from __future__ import annotations
 
+from collections.abc import Iterable
+
 import msgspec
 
 from schemas import events as ev
@@ -56,3 +58,22 @@ def apply(w: World, out: list[ev.PlacementDecided | ev.PlacementDegraded]) -> No
             w.apply_decided(e)
         else:
             w.note_degraded(e.job_id, e.revision)
+
+
+def assert_booked_as_reserved(w: World, nodes: Iterable[str]) -> None:
+    """Each of ``nodes`` has booked exactly the cpu of the live reservations' replicas on it, never more
+    than it has; no released job holds a reservation, and a spread job is never twice on one node."""
+    expected = dict.fromkeys(nodes, 0.0)
+    for res in w.reservations.values():
+        assert res.job_id not in w.released
+        for nid in res.node_ids:
+            expected[nid] += res.resources.cpu
+    for nid, cpu in expected.items():
+        node = w.nodes[nid]
+        assert node.reserved_cpu == cpu
+        assert node.reserved_cpu <= node.status.cpu_cores
+    for res in w.reservations.values():
+        d = res.decision
+        assert d is not None
+        if d.constraints is not None and d.constraints.spread:
+            assert len(set(res.node_ids)) == len(res.node_ids)

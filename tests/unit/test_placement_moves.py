@@ -11,7 +11,7 @@ from schemas import events as ev
 from services.placement.moves import Replan, events_of, replan
 from services.placement.state import World
 from tests.support.events import free_node
-from tests.support.placement import NOW, TTL, apply, decision, fleet
+from tests.support.placement import NOW, TTL, apply, assert_booked_as_reserved, decision, fleet
 
 LOST = 30.0
 
@@ -220,9 +220,7 @@ def test_bookings_equal_the_current_assignments_of_live_jobs_and_never_exceed_ca
     from services.placement.engine import Placed, place
     from services.placement.moves import spec_of
 
-    w = World()
-    for nid in NODES:
-        w.update_node(free_node(nid, 4), NOW)
+    w = fleet(**dict.fromkeys(NODES, 4.0))
     jobs: list[str] = []
     for op, arg, flag in history:
         if op == "submit":
@@ -256,18 +254,7 @@ def test_bookings_equal_the_current_assignments_of_live_jobs_and_never_exceed_ca
                         w.apply_decided(e)
                     else:
                         w.note_degraded(e.job_id, e.revision)
-        expected = dict.fromkeys(NODES, 0.0)
-        for res in w.reservations.values():
-            assert res.job_id not in w.released
-            for nid in res.node_ids:
-                expected[nid] += res.resources.cpu
+        assert_booked_as_reserved(w, NODES)
         for nid in NODES:
             node = w.nodes[nid]
-            assert node.reserved_cpu == expected[nid]
-            assert node.reserved_cpu <= node.status.cpu_cores
             assert (nid in w.evacuate) == (node.leaving() is not None and bool(w.holders.get(nid)))
-        for res in w.reservations.values():
-            d = res.decision
-            assert d is not None
-            if d.constraints is not None and d.constraints.spread:
-                assert len(set(res.node_ids)) == len(res.node_ids)

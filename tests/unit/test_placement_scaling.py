@@ -12,7 +12,7 @@ from services.placement.moves import replan
 from services.placement.scaling import rescale_dedicated, rescale_shared
 from services.placement.state import World
 from tests.support.events import free_node
-from tests.support.placement import NOW, RES, TTL, apply, decision, fleet
+from tests.support.placement import NOW, RES, TTL, apply, assert_booked_as_reserved, decision, fleet
 
 
 def scale(w: World, job_id: str, replicas: int) -> list[ev.PlacementDecided | ev.PlacementDegraded]:
@@ -171,9 +171,7 @@ steps = st.lists(
 def test_reservations_equal_the_current_assignments_and_shrink_removes_the_highest(
     history: list[tuple[str, object, object]],
 ) -> None:
-    w = World()
-    for nid in NODES:
-        w.update_node(free_node(nid, 4), NOW)
+    w = fleet(**dict.fromkeys(NODES, 4.0))
     jobs: list[str] = []
     for op, arg, extra in history:
         if op == "submit":
@@ -206,16 +204,4 @@ def test_reservations_equal_the_current_assignments_and_shrink_removes_the_highe
             plan = replan(res, w, NOW, TTL) if res is not None else None
             if plan is not None:
                 apply(w, rescale_shared(res, plan.wanted, w, NOW, TTL))  # type: ignore[arg-type]
-        expected = dict.fromkeys(NODES, 0.0)
-        for res in w.reservations.values():
-            assert res.job_id not in w.released
-            for nid in res.node_ids:
-                expected[nid] += res.resources.cpu
-        for nid in NODES:
-            assert w.nodes[nid].reserved_cpu == expected[nid]
-            assert w.nodes[nid].reserved_cpu <= 4
-        for res in w.reservations.values():
-            d = res.decision
-            assert d is not None
-            if d.constraints is not None and d.constraints.spread:
-                assert len(set(res.node_ids)) == len(res.node_ids)
+        assert_booked_as_reserved(w, NODES)
