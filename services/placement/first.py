@@ -45,20 +45,16 @@ def first_decision(
     spec = e.spec
     room: preempt.Room | None = None
     why: str | None = None
+    result: Placed | NotPlaced
     if spec.cluster == "dedicated":
         result = place_dedicated(spec, instance_types, top)
     else:
-        result = place(spec, world, now, ttl, top, explain_failure=final)
-        if not isinstance(result, Placed):
-            why = preempt.why_not(spec, preemption)
-            if why is None:
-                got = preempt.make_room(spec, e.job_id, world, now, ttl, busy, top)
-                if isinstance(got, str):
-                    why = got
-                else:
-                    result, room = got
-            if final and room is None:  # the explanation, with why preempting did not help
-                result = place(spec, world, now, ttl, top, explain_failure=True)
+        tried = preempt.attempt(
+            spec, e.job_id, world, now, ttl, top, enabled=preemption, explain_failure=final, busy=busy
+        )
+        result, room, why = tried.result, tried.room, tried.why
+        if final and not isinstance(result, Placed):  # the explanation, with why preempting did not help
+            result = place(spec, world, now, ttl, top, explain_failure=True)
     if isinstance(result, Placed):
         out = _decided(e.job_id, spec, result, room)
         if spec.cluster == "shared":

@@ -22,7 +22,7 @@ from nats.aio.msg import Msg
 from schemas.jobs import Defaults, JobSpec, decode_job_request, normalise
 from schemas.replies import PlanDecision, PlanFailure, PlanReply, Preemption
 from services.placement import preempt
-from services.placement.engine import NotPlaced, Placed, place, place_dedicated
+from services.placement.engine import NotPlaced, Placed, place_dedicated
 from services.placement.ports import Clock
 from services.placement.state import World
 from services.runtime.config import InstanceType
@@ -54,21 +54,23 @@ class Planner:
             result = place_dedicated(spec, self.instance_types, self.top_candidates)
             return _reply(result, [])
         now = self.clock.monotonic()
-        result = place(spec, self.world, now, self.ttl, self.top_candidates, explain_failure=True)
-        if isinstance(result, Placed):
-            return _reply(result, [])
-        why = preempt.why_not(spec, self.preemption)
-        if why is None:
-            # evicted on the world tentatively and undone before returning: nothing stays booked
-            got = preempt.make_room(spec, f"plan:{spec.name}", self.world, now, self.ttl, (), self.top_candidates)
-            if not isinstance(got, str):
-                placed, room = got
-                room.undo(self.world)
-                victims = [Preemption(job_id=v.job_id, replica=v.replica, node_id=v.node_id) for v in room.preempted()]
-                return _reply(placed, victims)
-            why = got
-        if spec.priority > 0:
-            result = NotPlaced(f"{result.reason}; {why}", result.nodes_total, result.excluded)
+        tried = preempt.attempt(
+            spec,
+            f"plan:{spec.name}",
+            self.world,
+            now,
+            self.ttl,
+            self.top_candidates,
+            enabled=self.preemption,
+            explain_failure=True,
+        )
+        result, room = tried.result, tried.room
+        if room is not None:  # evicted on the world tentatively: undone before returning, nothing stays booked
+            room.undo(self.world)
+            victims = [Preemption(job_id=v.job_id, replica=v.replica, node_id=v.node_id) for v in room.preempted()]
+            return _reply(result, victims)
+        if isinstance(result, NotPlaced) and spec.priority > 0:
+            result = NotPlaced(f"{result.reason}; {tried.why}", result.nodes_total, result.excluded)
         return _reply(result, [])
 
     async def handle(self, msg: Msg) -> bytes:

@@ -23,7 +23,7 @@ import msgspec
 from schemas import events as ev
 from schemas import subjects as s
 from schemas.jobs import JobSpec
-from services.placement.engine import Placed, place
+from services.placement.engine import NotPlaced, Placed, place
 from services.placement.moves import events_of, replan
 from services.placement.state import Reservation, World
 from services.placement.victims import Victim, best_victims, victim_key
@@ -60,6 +60,43 @@ def why_not(spec: JobSpec, enabled: bool) -> str | None:
     if spec.priority <= 0:
         return "no job has a priority below 0"
     return None
+
+
+@dataclass(frozen=True, slots=True)
+class Attempt:
+    """A shared job's placement, preempting when it may: placed (``room``: what it takes, if any), or
+    not, with ``why`` preempting did not help."""
+
+    result: Placed | NotPlaced
+    room: Room | None = None
+    why: str | None = None
+
+
+def attempt(
+    spec: JobSpec,
+    job_id: str,
+    world: World,
+    now: float,
+    ttl: float,
+    top_n: int,
+    *,
+    enabled: bool,
+    explain_failure: bool,
+    busy: Iterable[str] = (),
+) -> Attempt:
+    """Place ``spec`` (:func:`~services.placement.engine.place`); when it fits nowhere and may preempt
+    (:func:`why_not`, ``enabled``: the ``[placement] preemption`` setting), make room (:func:`make_room`,
+    never taking from ``busy``), booking the evictions tentatively."""
+    result = place(spec, world, now, ttl, top_n, explain_failure=explain_failure)
+    if isinstance(result, Placed):
+        return Attempt(result)
+    why = why_not(spec, enabled)
+    if why is None:
+        got = make_room(spec, job_id, world, now, ttl, busy, top_n)
+        if not isinstance(got, str):
+            return Attempt(*got)
+        why = got
+    return Attempt(result, why=why)
 
 
 def make_room(
