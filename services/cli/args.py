@@ -7,20 +7,45 @@ import argparse
 from services.cli import jobspec
 
 
+def _connection(p: argparse.ArgumentParser, *, given_only: bool) -> None:
+    """The connection and output options. ``given_only``: leave an option out of the result
+    unless it is given (a command's copy, so ``natsched --server URL ping`` keeps the URL given
+    before the command as well as ``natsched ping --server URL``)."""
+    none: object = argparse.SUPPRESS if given_only else None
+    false: object = argparse.SUPPRESS if given_only else False
+    g = p.add_argument_group("connection and output")
+    g.add_argument(
+        "-s",
+        "--server",
+        default=none,
+        help="NATS URL(s), comma-separated (default: $NATS_URL or nats://127.0.0.1:4222)",
+    )
+    g.add_argument(
+        "--user", default=none, help="NATS user (default: $NATS_USER, else the development user of the command)"
+    )
+    g.add_argument(
+        "--password", default=none, help="NATS password (default: $NATS_PASSWORD, else the development password)"
+    )
+    g.add_argument(
+        "--timeout", type=float, default=none, help="seconds to wait for an answer (default 5; 15 for submit --wait)"
+    )
+    g.add_argument(
+        "--json", action="store_true", default=false, help="plain JSON on stdout (one object per line for watch)"
+    )
+    g.add_argument(
+        "--no-color", action="store_true", default=false, help="no colours (also: NO_COLOR set, or not a terminal)"
+    )
+
+
 def parser() -> argparse.ArgumentParser:
     common = argparse.ArgumentParser(add_help=False)
-    g = common.add_argument_group("connection and output")
-    g.add_argument("-s", "--server", help="NATS URL(s), comma-separated (default: $NATS_URL or nats://127.0.0.1:4222)")
-    g.add_argument("--user", help="NATS user (default: $NATS_USER, else the development user of the command)")
-    g.add_argument("--password", help="NATS password (default: $NATS_PASSWORD, else the development password)")
-    g.add_argument("--timeout", type=float, help="seconds to wait for an answer (default 5; 15 for submit --wait)")
-    g.add_argument("--json", action="store_true", help="plain JSON on stdout (one object per line for watch)")
-    g.add_argument("--no-color", action="store_true", help="no colours (also: NO_COLOR set, or not a terminal)")
+    _connection(common, given_only=True)
 
     p = argparse.ArgumentParser(
         prog="natsched",
         description="Submit and follow jobs of the natsched cluster scheduler (talks NATS; see docs/OPERATIONS.md).",
     )
+    _connection(p, given_only=False)
     sub = p.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
     c = sub.add_parser("submit", parents=[common], help="submit a job (flags or a JSON/TOML file)")

@@ -18,6 +18,26 @@ def submit_args(*argv: str) -> dict[str, object]:
     return jobspec.build(parser().parse_args(["submit", *argv]))
 
 
+class TestConnectionOptions:
+    @pytest.mark.parametrize(
+        "argv",
+        [["--server", "nats://a:1", "ping"], ["ping", "--server", "nats://a:1"], ["-s", "nats://a:1", "get", "j"]],
+    )
+    def test_before_or_after_the_command(self, argv: list[str]) -> None:
+        assert parser().parse_args(argv).server == "nats://a:1"
+
+    def test_left_out_means_the_defaults(self) -> None:
+        args = parser().parse_args(["ping"])
+        assert (args.server, args.user, args.password, args.timeout, args.json, args.no_color) == (
+            None,
+            None,
+            None,
+            None,
+            False,
+            False,
+        )
+
+
 class TestJobSpec:
     def test_flags_build_the_nested_body(self) -> None:
         body = submit_args(
