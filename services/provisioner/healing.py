@@ -19,7 +19,7 @@ from dataclasses import dataclass, field
 from datetime import datetime
 
 from schemas.lifecycle import JobLifecycle
-from services.cloud.instances import InstanceInfo
+from services.cloud.instances import DEAD_STATES, InstanceInfo
 
 ALIVE = frozenset({"pending", "running"})
 """States of an instance that runs (or is about to): anything else of a running job is lost."""
@@ -144,7 +144,7 @@ def plan_replacement(found: Iterable[InstanceInfo]) -> ReplacementPlan:
     for inst in ordered:
         if plan.keep is None and inst.state in ALIVE:
             plan.keep = inst
-        elif inst.state not in ("shutting-down", "terminated"):
+        elif inst.state not in DEAD_STATES:
             plan.extra.append(inst)
     return plan
 
