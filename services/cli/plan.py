@@ -66,13 +66,7 @@ def plan_text(reply: Mapping[str, Any], style: render.Style) -> str:
     preemptions = reply.get("preemptions") or []
     if preemptions:
         out.append("\n" + style.bold("would preempt") + "\n")
-        out.append(
-            render.table(
-                ["JOB", "REPLICA", "NODE"],
-                [[str(p.get("job_id")), str(p.get("replica")), str(p.get("node_id"))] for p in preemptions],
-                style,
-            )
-        )
+        out.append(render.preempted_table(preemptions, style))
     return "".join(out)
 
 
