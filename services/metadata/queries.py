@@ -1,6 +1,6 @@
 """The query endpoints: ``job.get``, ``job.list``, ``job.events``, ``node.list``.
 
-Job records are folded from the recorded events when asked for (:func:`projector.fold_bodies`);
+Job records are folded from the recorded events when asked for (:func:`views.fold_bodies`);
 an outage of the database answers 503.
 """
 
