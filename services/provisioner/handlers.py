@@ -106,8 +106,7 @@ class Provisioner:
             )
             running = await self.wait_running([i.instance_id for i in launched], d)
         except AwsError as e:
-            last_try = self.max_deliver > 0 and d.num_delivered >= self.max_deliver
-            if e.kind is ErrorKind.TRANSIENT and not last_try:
+            if self.will_retry(e, d):
                 blog.warning("transient EC2 error; will retry", code=e.code, error=e.message)
                 raise
             blog.error("provisioning failed", code=e.code, error=e.message, kind=e.kind.value)
@@ -128,6 +127,11 @@ class Provisioner:
             )
         )
         blog.info("cluster provisioned", instances=[i.instance_id for i in running])
+
+    def will_retry(self, e: AwsError, d: DeliveryPort) -> bool:
+        """Whether ``e`` is transient and the message has deliveries left (then the consumer naks it)."""
+        last_try = self.max_deliver > 0 and d.num_delivered >= self.max_deliver
+        return e.kind is ErrorKind.TRANSIENT and not last_try
 
     async def _launch(
         self, event: ev.PlacementDecided, d: DeliveryPort, blog: structlog.stdlib.BoundLogger

@@ -31,7 +31,7 @@ import structlog
 from schemas import events as ev
 from schemas import subjects as s
 from schemas.lifecycle import JobLifecycle
-from services.cloud.errors import AwsError, ErrorKind
+from services.cloud.errors import AwsError
 from services.cloud.instances import InstanceInfo
 from services.provisioner.domain import Step, plan_launch, revision_step
 from services.provisioner.handlers import DeliveryPort, Provisioner, Sleep, event_instance, not_dedicated
@@ -95,7 +95,7 @@ class Revisions:
                 running = await p.wait_running([i.instance_id for i in launched], d)
                 current.update({i.replica: i for i in running if i.replica is not None})
         except AwsError as e:
-            if e.kind is ErrorKind.TRANSIENT and not (p.max_deliver > 0 and d.num_delivered >= p.max_deliver):
+            if p.will_retry(e, d):
                 blog.warning("transient EC2 error while resizing; will retry", code=e.code, error=e.message)
                 raise
             blog.error("resize could not launch every replica", code=e.code, error=e.message, kind=e.kind.value)
