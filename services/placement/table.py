@@ -279,8 +279,6 @@ class NodeTable:
         if key is None:
             self._live.pop(nid, None)
 
-    # --- ledger -------------------------------------------------------------
-
 
 def _cell(status: NodeStatus) -> Cell | None:
     loc = status.location
