@@ -11,7 +11,7 @@ from msgspec import Meta
 from schemas.events import Assignment, Candidate, Change, Excluded
 from schemas.jobs import JobSpec
 from schemas.types import Inbound as _Inbound
-from schemas.types import JobId, JobState, NodeId, Outcome, Replicas, ShortText
+from schemas.types import JobId, JobState, NodeId, Outcome, Replicas, RequestId, ShortText
 
 
 class SubmitReply(msgspec.Struct, kw_only=True):
@@ -238,7 +238,7 @@ class ScaleRequest(_Inbound):
 
     job_id: JobId
     replicas: Replicas
-    request_id: Annotated[str, Meta(min_length=1, max_length=128)] | None = None
+    request_id: RequestId | None = None
 
 
 class ScaleReply(msgspec.Struct, kw_only=True):
