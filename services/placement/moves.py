@@ -99,7 +99,8 @@ def replan(
     added = list(range(old, new))
     if not moving and not missing and not removed and new == old:
         return None
-    kept = [nid for replica, nid in current.items() if replica not in moving and replica not in removed]
+    after = {replica: nid for replica, nid in current.items() if replica not in moving and replica not in removed}
+    kept = list(after.values())
     todo = sorted([*moving, *missing, *added])
     spec = spec_of(d, len(todo))
     placed: list[ev.Assignment] = []
@@ -108,7 +109,6 @@ def replan(
         result = place(spec, world, now, ttl, top_n, explain_failure=False, kept=kept, partial=True)
         assert isinstance(result, Placed)
         placed, candidates = result.assignments, result.candidates
-    after = {replica: nid for replica, nid in current.items() if replica not in moving and replica not in removed}
     changes = [ev.Change(replica=r, from_=nid, to=None, reason="scale") for r, nid in sorted(removed.items())]
     for i, replica in enumerate(todo):
         to = placed[i].node_id if i < len(placed) else None
