@@ -16,7 +16,8 @@ from nats.aio.msg import Msg
 from schemas import events as ev
 from schemas import subjects as s
 from services.cli import render
-from services.cli.client import EXIT_UNREACHABLE, CliError, request
+from services.cli.client import EXIT_UNREACHABLE, CliError
+from services.cli.commands import pages
 from services.cli.output import Io
 from services.simnodes.fleet import Fleet
 
@@ -44,9 +45,10 @@ async def cmd_watch(a: argparse.Namespace, nc: Client, io: Io) -> None:
     seen: set[str] = set()
     shown = 0
     if a.job_id and a.history:
-        past = await request(nc, s.JOB_EVENTS, {"job_id": a.job_id}, timeout=a.timeout)
-        for event in past.get("events") or []:
-            shown += _show(event, io, seen)
+        # job.events answers in pages (bounded by count and bytes): follow the cursor to the end
+        async for page in pages(nc, s.JOB_EVENTS, {"job_id": a.job_id}, timeout=a.timeout, every=True):
+            for event in page.get("events") or []:
+                shown += _show(event, io, seen)
     io.note(f"watching {'job ' + a.job_id if a.job_id else 'every job'} (Ctrl-C stops)")
     stop = _stop_on_signals()
     try:

@@ -366,3 +366,39 @@ class TestPlacementPolicies:
         assert n1.split() == ["n1", "4", "8192", "-", "12.3"] and n2.split() == ["n2", "8", "8192", "-", "480.0"]
         plain = {"decision": {"assignments": [], "candidates": [{"node_id": "n1", "cpu_free": 4.0}]}}
         assert "DISTANCE" not in plan_text(plain, render.Style(False))
+
+
+class TestWatchHistory:
+    async def test_the_history_follows_job_events_pages_to_the_end(self, monkeypatch: pytest.MonkeyPatch) -> None:
+        """job.events answers in pages: ``watch --history`` shows every one, not only the first."""
+        import argparse
+        import io
+
+        from services.cli import commands, live
+        from services.cli.output import Io
+
+        asked: list[dict[str, object]] = []
+
+        async def fake_request(nc: object, subject: str, body: dict[str, object], *, timeout: float) -> object:
+            asked.append(dict(body))
+            if "after" not in body:
+                return {"events": [{"type": "job.submitted", "event_id": "e1", "job_id": "j"}], "next": "c1"}
+            return {"events": [{"type": "job.accepted", "event_id": "e2", "job_id": "j"}], "next": None}
+
+        class FakeSub:
+            async def unsubscribe(self) -> None:
+                return None
+
+        class FakeNc:
+            async def subscribe(self, subject: str, cb: object) -> FakeSub:
+                return FakeSub()
+
+            async def flush(self) -> None:
+                return None
+
+        monkeypatch.setattr(commands, "request", fake_request)
+        a = argparse.Namespace(job_id="j", history=True, nodes=False, count=2, until_done=False, timeout=1.0)
+        out = io.StringIO()
+        await live.cmd_watch(a, FakeNc(), Io(out, io.StringIO(), as_json=True, colour=False))  # type: ignore[arg-type]
+        assert [b.get("after") for b in asked] == [None, "c1"]
+        assert "e1" in out.getvalue() and "e2" in out.getvalue()
