@@ -1,8 +1,9 @@
 """``python -m services.placement``: node table and ledger first, then decisions.
 
-Start-up order: the micro service, the node snapshot, the drain facts, the ledger replay
-(no job is decided before the ledger has caught up with PLACEMENTS), the ``node.drain`` /
-``node.undrain`` / ``placement.plan`` endpoints, then the decider, the retry loop, the fleet
+Start-up order: the node snapshot, the drain facts, the ledger replay (no job is decided
+before the ledger has caught up with PLACEMENTS), then the micro service with its
+``node.drain`` / ``node.undrain`` / ``placement.plan`` endpoints (so ``$SRV.PING.placement``
+answers only once they do: a ping is the readiness signal tests and operators wait on), then the decider, the retry loop, the fleet
 loop (lost and drained nodes, degraded jobs) and the scale consumer, and last the job
 consumer. On SIGTERM the stack unwinds in reverse: the consumers stop fetching, the loops
 end, the decider commits what is queued, the endpoints stop.
@@ -21,15 +22,15 @@ from services.runtime.app import Runtime, background, run
 async def main(rt: Runtime) -> None:
     p = Placement(rt)
     async with contextlib.AsyncExitStack() as stack:
+        await p.follow_nodes()
+        drains = await p.follow_drains()
+        stack.push_async_callback(drains.unsubscribe)  # type: ignore[attr-defined]
+        await p.replay_ledger()
         svc = await stack.enter_async_context(
             rt.micro_service(
                 "Filters and ranks nodes, reserves capacity, decides placements", (s.PLACEMENT_JOBS, s.PLACEMENT_SCALES)
             )
         )
-        await p.follow_nodes()
-        drains = await p.follow_drains()
-        stack.push_async_callback(drains.unsubscribe)  # type: ignore[attr-defined]
-        await p.replay_ledger()
         for name, subject, handler in (
             ("drain", s.NODE_DRAIN, p.drains.drain),
             ("undrain", s.NODE_UNDRAIN, p.drains.undrain),
