@@ -15,7 +15,7 @@ from msgspec import Meta
 
 from schemas import subjects as s
 from schemas.jobs import Constraints, JobSpec, Resources
-from schemas.types import LabelKey, LabelValue, NodeId, NodeState, Outcome, ShortText, Technology
+from schemas.types import LabelKey, LabelValue, NodeId, NodeState, Outcome, ShortText, Technology, Tenant
 
 
 def utcnow() -> datetime:
@@ -48,11 +48,15 @@ class JobEvent(Event, kw_only=True):
 class JobSubmitted(JobEvent, tag=s.JOB_SUBMITTED, kw_only=True):
     spec: JobSpec
     idempotency_key: str | None = None
+    tenant: Tenant = s.DEFAULT_TENANT
+    """The account it was submitted from (§8.4); ``default`` inside the scheduler's own."""
 
 
 class JobAccepted(JobEvent, tag=s.JOB_ACCEPTED, kw_only=True):
     spec: JobSpec
     submitted_at: datetime | None = None
+    tenant: Tenant = s.DEFAULT_TENANT
+    """The account it was submitted from (§8.4); ``default`` inside the scheduler's own."""
 
 
 class JobRejected(JobEvent, tag=s.JOB_REJECTED, kw_only=True):
@@ -116,6 +120,8 @@ class Excluded(msgspec.Struct, kw_only=True):
     spread_by: int = 0
     """No value for the label of ``constraints.spread_by``."""
     spread: int = 0
+    quota: int = 0
+    """Every node, when the job's tenant is at a concurrent quota (§8.4): the job waits."""
 
 
 ChangeReason = Literal["node_lost", "drain", "scale", "preempted"]
@@ -171,6 +177,8 @@ class PlacementDecided(JobEvent, tag=s.PLACEMENT_DECIDED, kw_only=True):
     preempted: list[Preempted] = []
     """On the preempting job's decision: the replicas of lower-priority jobs it took room from
     (each moved or missing in a revision of its own job, reason ``preempted``, §8.3)."""
+    tenant: Tenant = s.DEFAULT_TENANT
+    """The job's tenant (§8.4): the relay copies the event to ``tenant.<tenant>.placement.*``."""
 
     @property
     def wanted(self) -> int:
@@ -181,10 +189,14 @@ class PlacementFailed(JobEvent, tag=s.PLACEMENT_FAILED, kw_only=True):
     reason: str
     nodes_total: int = 0
     excluded: Excluded = msgspec.field(default_factory=Excluded)
+    tenant: Tenant = s.DEFAULT_TENANT
+    """The job's tenant (§8.4): the relay copies the event to ``tenant.<tenant>.placement.*``."""
 
 
 class PlacementReleased(JobEvent, tag=s.PLACEMENT_RELEASED, kw_only=True):
     reason: str | None = None
+    tenant: Tenant = s.DEFAULT_TENANT
+    """The job's tenant (§8.4): the relay copies the event to ``tenant.<tenant>.placement.*``."""
 
 
 class PlacementDegraded(JobEvent, tag=s.PLACEMENT_DEGRADED, kw_only=True):
@@ -197,6 +209,8 @@ class PlacementDegraded(JobEvent, tag=s.PLACEMENT_DEGRADED, kw_only=True):
     reason: str
     nodes_total: int = 0
     excluded: Excluded = msgspec.field(default_factory=Excluded)
+    tenant: Tenant = s.DEFAULT_TENANT
+    """The job's tenant (§8.4): the relay copies the event to ``tenant.<tenant>.placement.*``."""
 
 
 # --- CLUSTERS -------------------------------------------------------------

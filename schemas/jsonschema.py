@@ -143,6 +143,30 @@ REQUESTS: dict[str, RequestContract] = {
         reply=(rp.NodeDrainReply,),
         description="End a node's drain: it takes replicas again (404 unknown node).",
     ),
+    s.QUOTA_SET: RequestContract(
+        served_by="placement",
+        request=(rp.QuotaSetRequest,),
+        reply=(rp.QuotaReply,),
+        description=(
+            "Operators only: a tenant's quota from now on (stored, replacing the TOML's; null fields unlimited). "
+            "Jobs waiting on a concurrent quota are retried at once."
+        ),
+    ),
+    s.QUOTA_GET: RequestContract(
+        served_by="placement",
+        request=(rp.QuotaRequest,),
+        reply=(rp.QuotaReply,),
+        description="A tenant's quota and where it comes from (a tenant asks of itself; an empty body means {}).",
+    ),
+    s.TENANT_USAGE: RequestContract(
+        served_by="placement",
+        request=(rp.QuotaRequest,),
+        reply=(rp.UsageReply,),
+        description=(
+            "A tenant's usage, derived from the events (running jobs' cpu, memory, gpu, instances; cpu-hours over "
+            "the last 30 days), with its quota (a tenant asks of itself; an empty body means {})."
+        ),
+    ),
 }
 
 _EVENT_SUBJECTS: dict[str, str] = {

@@ -11,7 +11,7 @@ from msgspec import Meta
 from schemas.events import Assignment, Candidate, Change, Excluded
 from schemas.jobs import JobSpec
 from schemas.types import Inbound as _Inbound
-from schemas.types import JobId, JobState, NodeId, Outcome, Replicas, RequestId, ShortText
+from schemas.types import JobId, JobState, NodeId, Outcome, Replicas, RequestId, ShortText, Tenant
 
 
 class SubmitReply(msgspec.Struct, kw_only=True):
@@ -40,6 +40,9 @@ class ListRequest(_Inbound):
     state: JobState | None = None
     limit: Annotated[int, Meta(ge=1, le=1000)] = 100
     after: Annotated[str, Meta(max_length=512)] | None = None
+    tenant: Tenant | None = None
+    """Only this tenant's jobs. Inside the scheduler's account only (operators see every
+    tenant); a tenant's own ``job.list`` lists its jobs whatever it sends here."""
 
 
 class ErrorDetail(msgspec.Struct, kw_only=True, omit_defaults=True):
@@ -131,6 +134,8 @@ class JobRecord(msgspec.Struct, kw_only=True):
     submitted_at: datetime | None
     updated_at: datetime | None
     history: list[Transition]
+    tenant: str = "default"
+    """The account it was submitted from (§8.4)."""
 
 
 class JobListReply(msgspec.Struct, kw_only=True):
@@ -274,3 +279,61 @@ class PlanReply(msgspec.Struct, kw_only=True, omit_defaults=True):
     decision: PlanDecision | None = None
     failure: PlanFailure | None = None
     preemptions: list[Preemption] = []
+
+
+# --- tenants and quotas (§8.4) ----------------------------------------------
+NonNegative = Annotated[float, Meta(ge=0)]
+Count = Annotated[int, Meta(ge=0)]
+
+
+class Quota(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
+    """A tenant's limits; null (or absent) is unlimited. Concurrent: ``cpu``, ``memory_mb``,
+    ``gpu`` (summed over the replicas of its running jobs), ``jobs`` (running jobs), ``instances``
+    (dedicated instances); ``cpu_hours``: cores x hours per rolling 30 days."""
+
+    cpu: NonNegative | None = None
+    memory_mb: Count | None = None
+    gpu: Count | None = None
+    jobs: Count | None = None
+    instances: Count | None = None
+    cpu_hours: NonNegative | None = None
+
+
+class QuotaSetRequest(_Inbound):
+    """Body of ``quota.set`` (operators): the tenant's quota from now on, replacing the TOML's
+    (every field given; absent or null is unlimited)."""
+
+    tenant: Tenant
+    quota: Quota
+
+
+class QuotaRequest(_Inbound):
+    """Body of ``quota.get`` and ``tenant.usage``. A tenant asks of itself (its own account,
+    whatever ``tenant`` says, which may then only name itself); inside the scheduler's account
+    ``tenant`` names any (default: ``default``)."""
+
+    tenant: Tenant | None = None
+
+
+class QuotaReply(msgspec.Struct, kw_only=True):
+    tenant: str
+    quota: Quota
+    source: Literal["config", "runtime", "none"]
+    """Where the quota comes from: the TOML's ``[tenants.<name>]``, ``quota.set``, or neither."""
+
+
+class Usage(msgspec.Struct, kw_only=True):
+    cpu: float = 0.0
+    memory_mb: int = 0
+    gpu: int = 0
+    jobs: int = 0
+    instances: int = 0
+    cpu_hours: float = 0.0
+    """Cores x hours used in the last 30 days, running jobs included up to now."""
+
+
+class UsageReply(msgspec.Struct, kw_only=True):
+    tenant: str
+    usage: Usage
+    quota: Quota
+    at: datetime

@@ -23,6 +23,10 @@ JOB_SCALE = "job.scale"
 PLACEMENT_PLAN = "placement.plan"
 NODE_DRAIN = "node.drain"
 NODE_UNDRAIN = "node.undrain"
+QUOTA_SET = "quota.set"
+"""Operators only (the scheduler account's ``admin``): a tenant's quota, changed at run time (§8.4)."""
+QUOTA_GET = "quota.get"
+TENANT_USAGE = "tenant.usage"
 
 REQUEST_SUBJECTS: tuple[str, ...] = (
     JOB_SUBMIT,
@@ -37,7 +41,46 @@ REQUEST_SUBJECTS: tuple[str, ...] = (
     NODE_UNDRAIN,
     JOB_SCALE,
     PLACEMENT_PLAN,
+    QUOTA_SET,
+    QUOTA_GET,
+    TENANT_USAGE,
 )
+
+# --- tenants (§8.4) ---------------------------------------------------------
+DEFAULT_TENANT = "default"
+"""The tenant of every request made inside the scheduler's own account (NATSCHED)."""
+REQUEST_INFO_HEADER = "Nats-Request-Info"
+"""Stamped by nats-server on a request crossing accounts: JSON whose ``acc`` is the caller's account."""
+TENANT_REQUEST_PREFIX = "sched.tenant"
+"""A tenant account imports ``sched.tenant.<request>`` under the plain name ``<request>``; only an
+import reaches these subjects (no user of NATSCHED but ``services`` may publish them), so the
+``Nats-Request-Info`` header on them is the server's, never a client's."""
+
+TENANT_REQUESTS: tuple[str, ...] = (
+    JOB_SUBMIT,
+    PLACEMENT_REQUEST,
+    JOB_CANCEL,
+    JOB_COMPLETE,
+    JOB_GET,
+    JOB_LIST,
+    JOB_EVENTS,
+    JOB_SCALE,
+    PLACEMENT_PLAN,
+    QUOTA_GET,
+    TENANT_USAGE,
+)
+"""The requests a tenant account imports (never node.*, quota.set: the fleet is the operators')."""
+
+
+def tenant_request_subject(subject: str) -> str:
+    """The subject on which the scheduler serves ``subject`` to tenants (``sched.tenant.job.submit``)."""
+    return f"{TENANT_REQUEST_PREFIX}.{subject}"
+
+
+def tenant_of_account(account: str) -> str:
+    """A tenant's name is its NATS account's, lower-cased (account ``ACME`` is tenant ``acme``)."""
+    return account.lower()
+
 
 # --- events (JetStream) -----------------------------------------------------
 JOB_SUBMITTED = "job.submitted"
@@ -191,7 +234,46 @@ DEADLETTERS = StreamSpec(
     max_age_s=30 * 24 * 3600.0,
 )
 
-STREAMS: tuple[StreamSpec, ...] = (JOBS, PLACEMENTS, CLUSTERS, NODES, DEADLETTERS)
+TENANT_EVENT_PREFIX = "tenant"
+RELAY_PREFIX = "sched.relay"
+TENANT_PLACEMENTS = StreamSpec(
+    name="TENANT_PLACEMENTS",
+    subjects=(f"{TENANT_EVENT_PREFIX}.*.placement.*",),
+    description="Each tenant's placement events (tenant.<tenant>.placement.*), relayed from PLACEMENTS.",
+    capture=(f"{RELAY_PREFIX}.{TENANT_EVENT_PREFIX}.*.placement.*",),
+    transform=(
+        f"{RELAY_PREFIX}.{TENANT_EVENT_PREFIX}.*.placement.*",
+        f"{TENANT_EVENT_PREFIX}.{{{{wildcard(1)}}}}.placement.{{{{wildcard(2)}}}}",
+    ),
+    republish=(
+        f"{TENANT_EVENT_PREFIX}.*.placement.*",
+        f"{TENANT_EVENT_PREFIX}.{{{{wildcard(1)}}}}.placement.{{{{wildcard(2)}}}}",
+    ),
+)
+"""A tenant account imports ``tenant.<tenant>.placement.*`` as ``placement.*`` (core
+subscribers see their own jobs' events only) and reads it at least once through its durable
+:func:`tenant_cluster_manager`. Relayed like PLACEMENTS is committed: published on
+``sched.relay.tenant.<t>.placement.<e>``, stored as ``tenant.<t>.placement.<e>`` and
+re-published only once stored, so a relay retry is a duplicate nobody sees."""
+
+
+def tenant_event_subject(tenant: str, subject: str) -> str:
+    """Where a tenant's copy of placement event ``subject`` is stored (``tenant.acme.placement.decided``)."""
+    return f"{TENANT_EVENT_PREFIX}.{tenant}.{subject}"
+
+
+def tenant_relay_subject(tenant: str, subject: str) -> str:
+    """The subject the relay publishes a tenant's copy on (captured by TENANT_PLACEMENTS)."""
+    return f"{RELAY_PREFIX}.{tenant_event_subject(tenant, subject)}"
+
+
+TENANT_JS_API_PREFIX = "$JS.natsched.API"
+"""The JetStream API prefix a tenant uses (``nats --js-api-prefix``) to reach its durable:
+its account imports ``$JS.API.CONSUMER.{INFO,MSG.NEXT}.TENANT_PLACEMENTS.cluster-manager-<t>``
+under this prefix (a tenant account has no JetStream of its own, whose API would answer
+the plain ``$JS.API`` first) and ``$JS.ACK.TENANT_PLACEMENTS.cluster-manager-<t>.>`` as is."""
+
+STREAMS: tuple[StreamSpec, ...] = (JOBS, PLACEMENTS, CLUSTERS, NODES, DEADLETTERS, TENANT_PLACEMENTS)
 
 
 # --- key-value buckets ------------------------------------------------------
@@ -208,6 +290,13 @@ JOB_LIFECYCLE = BucketSpec(
 )
 """Per-job lifecycle record (``schemas.lifecycle``: end state, release flag, deadline, instances),
 keyed by job id; written by teardown only, read by the provisioner."""
+
+QUOTAS = BucketSpec(
+    name="QUOTAS",
+    description="Tenant quotas set at run time (quota.set), over the TOML's [tenants.<name>]",
+)
+"""Key: tenant; value: ``schemas.replies.Quota`` (JSON). Written by placement's ``quota.set``,
+watched by every placement instance."""
 
 
 # --- durable consumers ------------------------------------------------------
@@ -294,6 +383,36 @@ TEARDOWN_CLUSTERS = ConsumerSpec(
     filter_subjects=(CLUSTER_PROVISIONING, CLUSTER_PROVISIONED, CLUSTER_PROVISION_FAILED, CLUSTER_INSTANCE_REPLACED),
     description="teardown: launched instances (tracked for teardown) and failed provisioning",
 )
+
+CLUSTER_MANAGER = ConsumerSpec(
+    stream=PLACEMENTS.name,
+    durable="cluster-manager",
+    filter_subjects=PLACEMENTS.subjects,
+    description="the manager role's at-least-once reading of every placement event (§8.6)",
+    max_deliver=-1,
+)
+"""Provisioned for the Cluster Manager (§8.6), not read by any service: the ``manager`` role may
+read its info, pull and ack (``nats consumer next PLACEMENTS cluster-manager --ack``)."""
+
+TENANT_RELAY = ConsumerSpec(
+    stream=PLACEMENTS.name,
+    durable="tenant-relay",
+    filter_subjects=(PLACEMENT_DECIDED, PLACEMENT_FAILED, PLACEMENT_DEGRADED, PLACEMENT_RELEASED),
+    description="gateway: relays each tenant job's placement events into TENANT_PLACEMENTS",
+    max_deliver=-1,
+)
+
+
+def tenant_cluster_manager(tenant: str) -> ConsumerSpec:
+    """The durable provisioned for tenant ``tenant``'s Cluster Manager (§8.6): its own events only."""
+    return ConsumerSpec(
+        stream=TENANT_PLACEMENTS.name,
+        durable=f"cluster-manager-{tenant}",
+        filter_subjects=(tenant_event_subject(tenant, "placement.*"),),
+        description=f"tenant {tenant}'s Cluster Manager: its jobs' placement events, at least once (§8.6)",
+        max_deliver=-1,
+    )
+
 
 # metadata: one durable named "metadata" on each stream it projects, so `nats consumer
 # report <STREAM>` shows its lag. max_deliver=-1: a PostgreSQL outage must never make the

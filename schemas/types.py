@@ -20,6 +20,8 @@ class Inbound(msgspec.Struct, forbid_unknown_fields=True, kw_only=True):
 JobId = Annotated[str, Meta(min_length=1, max_length=64, pattern=r"^[A-Za-z0-9][A-Za-z0-9._-]*$")]
 NodeId = Annotated[str, Meta(min_length=1, max_length=128, pattern=r"^[A-Za-z0-9][A-Za-z0-9_-]*$")]
 """Node ids are one NATS subject token (``node.status.<node_id>``): no dots, spaces or wildcards."""
+Tenant = Annotated[str, Meta(min_length=1, max_length=64, pattern=r"^[a-z0-9][a-z0-9_-]*$")]
+"""A tenant: its NATS account's name lower-cased, one subject token (``tenant.<tenant>.placement.*``)."""
 Name = Annotated[str, Meta(min_length=1, max_length=128, pattern=r"^[A-Za-z0-9][A-Za-z0-9._-]*$")]
 Technology = Annotated[str, Meta(min_length=1, max_length=64, pattern=r"^[a-z0-9][a-z0-9._-]*$")]
 LabelKey = Annotated[str, Meta(min_length=1, max_length=128, pattern=r"^[A-Za-z0-9][A-Za-z0-9./_-]*$")]

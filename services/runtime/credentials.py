@@ -18,10 +18,11 @@ import re
 from collections.abc import Mapping, MutableMapping
 from typing import Literal
 
-Role = Literal["services", "manager", "node", "monitor", "console", "admin", "sys"]
+Role = Literal["services", "manager", "node", "monitor", "console", "admin", "sys", "acme", "globex"]
 
-ROLES: tuple[Role, ...] = ("services", "manager", "node", "monitor", "console", "admin", "sys")
-"""The user name of each role equals the role; ``sys`` is the system account's user."""
+ROLES: tuple[Role, ...] = ("services", "manager", "node", "monitor", "console", "admin", "sys", "acme", "globex")
+"""The user name of each role equals the role; ``sys`` is the system account's user; ``acme`` and
+``globex`` are the users of the two example tenant accounts ``ACME`` and ``GLOBEX`` (§8.4)."""
 
 DEV_PASSWORDS: dict[Role, str] = {
     "services": "dev-services",
@@ -31,6 +32,8 @@ DEV_PASSWORDS: dict[Role, str] = {
     "console": "dev-console",
     "admin": "dev-admin",
     "sys": "dev-sys",
+    "acme": "dev-acme",
+    "globex": "dev-globex",
 }
 
 _TOKEN = re.compile(r"[A-Za-z][A-Za-z0-9._-]*\Z")

@@ -45,7 +45,7 @@ EVERYTHING = REQUESTS | EVENTS | JS_READ | JS_WRITE
 # what each role may publish / subscribe to, among EVERYTHING
 PUBLISH: dict[Role, set[str]] = {
     "services": REQUESTS | EVENTS | JS_READ | (JS_WRITE - {f"$JS.API.STREAM.DELETE.{s.JOBS.name}"}),
-    "manager": REQUESTS | JS_READ,
+    "manager": (REQUESTS - {s.QUOTA_SET}) | JS_READ,
     "node": {NODE_STATUS},
     "monitor": JS_READ,
 }

@@ -18,7 +18,8 @@ def concrete(subject: str) -> str:
 
 REQUESTS = set(s.REQUEST_SUBJECTS)
 """Every request subject."""
-EVENTS = {concrete(subject) for stream in s.STREAMS for subject in stream.subjects}
-"""A concrete subject for every event subject of every stream."""
+EVENTS = {concrete(subject) for stream in s.STREAMS if stream is not s.TENANT_PLACEMENTS for subject in stream.subjects}
+"""A concrete subject for every event subject of every stream but the tenants' copies (which only
+the relay writes, through its capture subject)."""
 WATCHED = {concrete(subject) for stream in (s.JOBS, s.PLACEMENTS, s.CLUSTERS, s.NODES) for subject in stream.subjects}
 """The events of the four streams a read-only watcher (the manager, the console) may subscribe to."""
