@@ -182,9 +182,14 @@ class MicroService:
         endpoint_ref.append(natspy.last_endpoint(self._svc))
 
     async def add_endpoints(self, endpoints: Iterable[Endpoint], *, max_body: int | None = None) -> None:
-        """Every endpoint of a service's table, each with the same body limit."""
+        """Every endpoint of a service's table, each with the same body limit. One whose subject
+        tenants import (``TENANT_REQUESTS``) is also served on ``sched.tenant.<subject>``, as
+        ``<name>_tenant``: the handler tells them apart with ``services.runtime.tenancy.tenant_of``."""
         for e in endpoints:
             await self.add_endpoint(e.name, e.subject, e.handler, max_body=max_body, metadata=e.metadata)
+            if e.subject in s.TENANT_REQUESTS:
+                subject = s.tenant_request_subject(e.subject)
+                await self.add_endpoint(f"{e.name}_tenant", subject, e.handler, max_body=max_body, metadata=e.metadata)
 
     def _done(self, task: asyncio.Task[None]) -> None:
         self._tasks.discard(task)
