@@ -18,7 +18,8 @@ import msgspec
 from msgspec import Meta
 
 from schemas.jobs import Defaults
-from schemas.types import Technology
+from schemas.replies import Quota
+from schemas.types import Technology, Tenant
 
 _DEFAULTS_TOML = Path(__file__).with_name("defaults.toml")
 
@@ -134,6 +135,9 @@ class Config(_Conf, kw_only=True):
     aws: AwsConf = AwsConf()
     lifecycle: LifecycleConf = LifecycleConf()
     admission: AdmissionConf = AdmissionConf()
+    tenants: dict[Tenant, Quota] = {}
+    """``[tenants.<name>]``: each tenant's quota (§8.4; keys as ``schemas.replies.Quota``'s, absent is
+    unlimited). A run-time ``quota.set`` replaces a tenant's for as long as it stands."""
 
     def __post_init__(self) -> None:
         if self.defaults.technology not in self.technologies:
