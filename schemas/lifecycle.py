@@ -12,6 +12,9 @@ from datetime import datetime
 
 import msgspec
 
+from schemas import subjects as s
+from schemas.types import Tenant
+
 
 class JobLifecycle(msgspec.Struct, kw_only=True):
     job_id: str
@@ -45,6 +48,10 @@ class JobLifecycle(msgspec.Struct, kw_only=True):
     a replica numbered at or above it was removed by a shrink and is never healed."""
     provisioned_revision: int = 0
     """The highest revision whose ``cluster.provisioned`` is stored (1: the first launch)."""
+    tenant: Tenant = s.DEFAULT_TENANT
+    """The job's tenant (§8.4), from ``job.accepted`` (or a placement event): ``placement.released``
+    carries it, so the tenant relay copies the release to its account. ``default`` for records
+    written before tenants, and for jobs of the scheduler's own account."""
 
 
 _enc = msgspec.json.Encoder()

@@ -8,6 +8,7 @@ from schemas import subjects as s
 from services.gateway.admission import Admission
 from services.gateway.handlers import MAX_BODY, Decisions, Gateway
 from services.gateway.lifecycle import JobStates, Lifecycle
+from services.gateway.relay import Relay
 from services.gateway.scale import Scaler
 from services.runtime.app import Runtime, background, run
 from services.runtime.backoff import sleep_unless
@@ -29,12 +30,18 @@ async def main(rt: Runtime) -> None:
     async with contextlib.AsyncExitStack() as stack:  # stopped in reverse: endpoints first
         background(stack, rt.stop, drop_idle_subscriptions())
         background(stack, rt.stop, admission.run(rt.stop))
+        # each tenant job's placement events, copied into TENANT_PLACEMENTS (§8.4, §8.6)
+        background(stack, rt.stop, Relay(rt.js).consumer().run(rt.stop))
         await states.start(rt.js)
         stack.push_async_callback(states.stop)
         lifecycle = Lifecycle(rt.js, Publisher(rt.js), states, rt.config.lifecycle.state_sync_timeout_s)
         scaler = Scaler(lifecycle, rt.config.limits.max_replicas)
         svc = await stack.enter_async_context(
-            rt.micro_service("Request-reply front door: submits, ends and resizes jobs; answers placement requests")
+            rt.micro_service(
+                "Request-reply front door: submits, ends and resizes jobs; answers placement requests;"
+                " relays tenants' placement events",
+                (s.TENANT_RELAY,),
+            )
         )
         await svc.add_endpoints(
             (

@@ -17,6 +17,7 @@ from datetime import datetime, timedelta
 import msgspec
 
 from schemas import events as ev
+from schemas import subjects as s
 from schemas.lifecycle import JobLifecycle
 from services.cloud.instances import InstanceInfo
 
@@ -92,10 +93,19 @@ def nothing_to_track(event: TeardownEvent) -> bool:
     job."""
     match event:
         case ev.JobAccepted():
-            return event.spec.cluster == "shared" and not event.spec.max_runtime_s
+            # a tenant's job is recorded all the same: its placement.released carries the tenant
+            # (§8.4), and its end triggers (job.cancel_requested, job.completed) do not
+            return event.spec.cluster == "shared" and not event.spec.max_runtime_s and event.tenant == s.DEFAULT_TENANT
         case ev.PlacementDecided():
             return event.cluster == "shared" and event.max_runtime_s is None  # UNSET: unknown, track
     return False
+
+
+def tenant_of(rec: JobLifecycle, event: ev.JobAccepted | ev.PlacementDecided | ev.PlacementFailed) -> str:
+    """The job's tenant once ``event`` is recorded: the first one other than ``default`` seen (a
+    job's tenant never changes; an event written before tenants, or by an older placement,
+    says ``default`` and must not erase it)."""
+    return rec.tenant if event.tenant == s.DEFAULT_TENANT else event.tenant
 
 
 def apply(rec: JobLifecycle | None, event: TeardownEvent, now: datetime) -> tuple[JobLifecycle, Effect]:
@@ -109,8 +119,10 @@ def apply(rec: JobLifecycle | None, event: TeardownEvent, now: datetime) -> tupl
         case ev.JobAccepted():
             r.cluster = r.cluster or event.spec.cluster
             r.max_runtime_s = event.spec.max_runtime_s
+            r.tenant = tenant_of(r, event)
         case ev.PlacementDecided():
             r.cluster = event.cluster
+            r.tenant = tenant_of(r, event)
             if isinstance(event.max_runtime_s, int):
                 r.max_runtime_s = event.max_runtime_s
             if event.cluster == "shared" and r.started_at is None:
@@ -119,6 +131,8 @@ def apply(rec: JobLifecycle | None, event: TeardownEvent, now: datetime) -> tupl
                 r.revision, r.wanted = event.revision, event.wanted
                 if event.cluster == "dedicated":
                     r.instance_types = _ranked_types(event)
+        case ev.PlacementFailed():
+            r.tenant = tenant_of(r, event)
         case ev.ClusterProvisionFailed():
             r.cluster = r.cluster or "dedicated"
         case ev.ClusterProvisioning() | ev.ClusterProvisioned():

@@ -89,7 +89,9 @@ class Teardown:
                 )
             )
         await self.publisher.publish(
-            ev.PlacementReleased(event_id=ev.event_id_for(job_id, s.PLACEMENT_RELEASED), job_id=job_id, reason=r.end)
+            ev.PlacementReleased(
+                event_id=ev.event_id_for(job_id, s.PLACEMENT_RELEASED), job_id=job_id, reason=r.end, tenant=rec.tenant
+            )
         )
         await self.store.mutate(job_id, lambda cur: (domain.mark_released(cur, job_id), None))
         blog.info("released", end=r.end, reason=r.reason, instances=terminated)
