@@ -29,14 +29,15 @@ import structlog
 
 from schemas import events as ev
 from schemas import subjects as s
-from services.placement.first import Stored, first_decision, too_late
+from services.placement import quotas as q
+from services.placement.first import Stored, failed, first_decision, too_late
 from services.placement.ledger import Ledger, shrinks
 from services.placement.moves import events_of, replan
 from services.placement.ports import Chain, Clock
 from services.placement.requests import Pending
 from services.placement.requests import Request as _Request
 from services.placement.scaling import rescale_dedicated, rescale_shared
-from services.placement.state import World
+from services.placement.state import Reservation, World
 from services.runtime.config import InstanceType
 from services.runtime.publisher import MAX_ATOMIC_BATCH, WRONG_LAST_MSG_ID, Ack, WrongLastSequence
 
@@ -57,8 +58,12 @@ class Decider:
         top_candidates: int,
         instance_types: list[InstanceType],
         preemption: bool = True,
+        quotas: q.QuotaBook | None = None,
     ) -> None:
         self.world = world
+        self.accounts = ledger.accounts
+        self.quotas = quotas or q.QuotaBook()
+        """Each tenant's quota (§8.4), checked against ``accounts`` plus this chain's decisions."""
         self.ledger = ledger
         self.decided = ledger.decided  # the ledger's sets, never rebound
         self.ended = ledger.ended
@@ -74,6 +79,10 @@ class Decider:
         self.tail = 0
         """The last PLACEMENTS sequence known to be stored (own acks run ahead of the ledger)."""
         self.stats = {"decisions": 0, "commits": 0, "conflicts": 0, "revisions": 0, "degraded": 0}
+        self.quota_waits = 0
+        """Decisions put off because the job's tenant was at a concurrent quota."""
+        self._delta: dict[str, q.Share] = {}
+        """What the chain being built adds to each tenant's stored usage."""
         self._queue: list[_Request] = []
         self._moves: dict[str, _Request] = {}
         """Re-placements queued and not yet taken into a batch, by job id."""
@@ -138,11 +147,47 @@ class Decider:
                     if not r.future.done():
                         r.future.set_exception(e)
 
+    def _used(self, tenant: str) -> q.Share:
+        """``tenant``'s usage as stored, plus this chain's decisions so far."""
+        used = self.accounts.used(tenant)
+        return used + self._delta[tenant] if tenant in self._delta else used
+
+    def _over_quota(self, e: ev.JobAccepted) -> str | None:
+        quota = self.quotas.quota(e.tenant)
+        if quota == q.UNLIMITED:
+            return None
+        return q.over_quota(e.tenant, quota, self._used(e.tenant), q.share_of_spec(e.spec))
+
+    def _cap(self, res: Reservation) -> tuple[int, str] | None:
+        """How many replicas ``res``'s job may have placed within its tenant's quota."""
+        d = res.decision
+        if d is None:
+            return None
+        quota = self.quotas.quota(d.tenant)
+        if quota == q.UNLIMITED:
+            return None
+        return q.cap(d.tenant, quota, self._used(d.tenant), len(res.replicas), q.per_replica(res.resources))
+
+    def _count(self, outs: list[Stored]) -> None:
+        """Add what ``outs`` (booked locally, not stored yet) change to this chain's usage."""
+        for out in outs:
+            if isinstance(out, ev.PlacementDecided):
+                more = q.share_of(out) - self.accounts.share(out.job_id)
+                self._delta[out.tenant] = self._delta.get(out.tenant, q.NOTHING) + more
+
     def _decision(self, p: Pending, final: bool, busy: set[str]) -> list[Stored] | None:
         """Decide on the local ledger (reserving when placed); None while it should wait
-        (:func:`services.placement.first.first_decision`, preempting when it may)."""
+        (:func:`services.placement.first.first_decision`, preempting when it may), or while its
+        tenant is at a concurrent quota (§8.4): then it fails at its deadline with that reason."""
         if p.event.job_id in self.ended:
-            return [too_late(p.event.job_id)]
+            return [too_late(p.event)]
+        why = self._over_quota(p.event)
+        if why is not None:
+            self.quota_waits += 1
+            if not final:
+                return None
+            total = len(self.world.nodes)
+            return [failed(p.event, why, total, ev.Excluded(quota=total))]
         return first_decision(
             p.event,
             self.world,
@@ -167,7 +212,7 @@ class Decider:
         res = self.world.reservations.get(r.job_id)
         if res is None:  # released, dedicated, or never decided
             return "nothing"
-        plan = replan(res, self.world, self.clock.monotonic(), self.ttl, self.top)
+        plan = replan(res, self.world, self.clock.monotonic(), self.ttl, self.top, cap=self._cap(res))
         if plan is None:
             return "nothing"
         moved = events_of(res, plan)
@@ -187,7 +232,7 @@ class Decider:
         res = self.world.reservations.get(job_id)
         if res is None:
             return "nothing"
-        outs = rescale_shared(res, replicas, self.world, self.clock.monotonic(), self.ttl, self.top)
+        outs = rescale_shared(res, replicas, self.world, self.clock.monotonic(), self.ttl, self.top, cap=self._cap(res))
         for e in outs:
             if isinstance(e, ev.PlacementDecided):
                 self.world.decide_locally(e)
@@ -196,6 +241,7 @@ class Decider:
     def _stored(self, out: Stored) -> None:
         match out:
             case ev.PlacementDecided():
+                self.accounts.decided(out)
                 if out.cluster == "dedicated":
                     self.ledger.note_dedicated(out)  # the next resize builds on it at once
                 elif shrinks(out):
@@ -225,6 +271,7 @@ class Decider:
             chain: list[tuple[_Request, Stored]] = []
             later: list[_Request] = []
             jobs: set[str] = set()
+            self._delta = {}
             for r in todo:
                 if r.job_id in jobs:  # one revision per job and chain: the next builds on it once stored
                     later.append(r)
@@ -235,6 +282,7 @@ class Decider:
                 else:
                     jobs.add(r.job_id)
                     jobs.update(out.job_id for out in outs)  # a preemption's victims too
+                    self._count(outs)
                     chain.extend((r, out) for out in outs)
             if not chain:
                 if not later:

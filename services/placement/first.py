@@ -13,13 +13,12 @@ import structlog
 
 from schemas import events as ev
 from schemas import subjects as s
-from schemas.jobs import JobSpec
 from services.placement import preempt
 from services.placement.engine import NotPlaced, Placed, place, place_dedicated
 from services.placement.state import World
 from services.runtime.config import InstanceType
 
-__all__ = ["Stored", "first_decision", "too_late"]
+__all__ = ["Stored", "failed", "first_decision", "too_late"]
 
 log = structlog.get_logger()
 
@@ -56,7 +55,7 @@ def first_decision(
         if final and not isinstance(result, Placed):  # the explanation, with why preempting did not help
             result = place(spec, world, now, ttl, top, explain_failure=True)
     if isinstance(result, Placed):
-        out = _decided(e.job_id, spec, result, room)
+        out = _decided(e, result, room)
         if spec.cluster == "shared":
             world.decide_locally(out)  # the next decision of the batch sees it
         if room is None:
@@ -67,18 +66,22 @@ def first_decision(
     if final or spec.cluster == "dedicated":
         assert isinstance(result, NotPlaced)
         reason = result.reason if why is None or spec.priority <= 0 else f"{result.reason}; {why}"
-        return [_failed(e.job_id, reason, result)]
+        return [failed(e, reason, result.nodes_total, result.excluded)]
     return None
 
 
-def too_late(job_id: str) -> ev.PlacementFailed:
+def too_late(e: ev.JobAccepted) -> ev.PlacementFailed:
     """The failure of a job that ended (was released) before it was placed."""
     return ev.PlacementFailed(
-        event_id=ev.event_id_for(job_id, s.PLACEMENT_FAILED), job_id=job_id, reason="job ended before it was placed"
+        event_id=ev.event_id_for(e.job_id, s.PLACEMENT_FAILED),
+        job_id=e.job_id,
+        reason="job ended before it was placed",
+        tenant=e.tenant,
     )
 
 
-def _decided(job_id: str, spec: JobSpec, placed: Placed, room: preempt.Room | None) -> ev.PlacementDecided:
+def _decided(e: ev.JobAccepted, placed: Placed, room: preempt.Room | None) -> ev.PlacementDecided:
+    job_id, spec = e.job_id, e.spec
     return ev.PlacementDecided(
         event_id=ev.event_id_for(job_id, s.PLACEMENT_DECIDED),
         job_id=job_id,
@@ -94,14 +97,17 @@ def _decided(job_id: str, spec: JobSpec, placed: Placed, room: preempt.Room | No
         constraints=spec.constraints,
         priority=spec.priority,
         preempted=room.preempted() if room is not None else [],
+        tenant=e.tenant,
     )
 
 
-def _failed(job_id: str, reason: str, result: NotPlaced) -> ev.PlacementFailed:
+def failed(e: ev.JobAccepted, reason: str, nodes_total: int, excluded: ev.Excluded) -> ev.PlacementFailed:
+    """``e``'s job fits nowhere (or waited at a quota) until its deadline: why, with the census."""
     return ev.PlacementFailed(
-        event_id=ev.event_id_for(job_id, s.PLACEMENT_FAILED),
-        job_id=job_id,
+        event_id=ev.event_id_for(e.job_id, s.PLACEMENT_FAILED),
+        job_id=e.job_id,
         reason=reason,
-        nodes_total=result.nodes_total,
-        excluded=result.excluded,
+        nodes_total=nodes_total,
+        excluded=excluded,
+        tenant=e.tenant,
     )

@@ -28,6 +28,7 @@ from nats.js import api as js_api
 
 from schemas import events as ev
 from schemas import subjects as s
+from services.placement.quotas import Accounts
 from services.placement.state import World
 from services.runtime.delivery import stream_sequence
 
@@ -56,6 +57,8 @@ class Ledger:
         self.dedicated: dict[str, ev.PlacementDecided] = {}
         """The highest stored revision of each live dedicated job (never booked: what a
         ``job.scale`` of it builds on)."""
+        self.accounts = Accounts()
+        """Each tenant's usage (§8.4), from the same events in the same order."""
         self.applied_seq = 0
         """The last PLACEMENTS sequence applied to the ledger."""
         self._advanced = asyncio.Event()
@@ -72,6 +75,7 @@ class Ledger:
         match event:
             case ev.PlacementDecided():
                 self.decided.add(event.job_id)
+                self.accounts.decided(event)
                 if event.cluster == "dedicated":
                     self.note_dedicated(event)
                 elif self.world.apply_decided(event) and shrinks(event):
@@ -81,6 +85,8 @@ class Ledger:
             case ev.PlacementDegraded():
                 self.world.note_degraded(event.job_id, event.revision)
             case ev.PlacementReleased():
+                if self.accounts.released(event.job_id, event.at):
+                    self.capacity_changed.set()  # its tenant's usage dropped: jobs waiting at a quota may go
                 if event.job_id not in self.decided:  # a reservation made after this would never be freed
                     self.ended.add(event.job_id)
                     self.capacity_changed.set()

@@ -68,6 +68,7 @@ def replan(
     *,
     wanted: int | None = None,
     evicted: dict[int, str] | None = None,
+    cap: tuple[int, str] | None = None,
 ) -> Replan | None:
     """The next revision of ``res``'s job, or None when none is due: no replica is on a leaving
     node, the missing ones still fit nowhere (and their degraded event is already known), and
@@ -79,7 +80,11 @@ def replan(
     or are missing, so one revision says everything that changed in this pass.
 
     ``evicted`` (a preemption): replicas whose room another job took, by that job's id; they
-    move like lost ones, reason ``preempted`` with ``by``."""
+    move like lost ones, reason ``preempted`` with ``by``.
+
+    ``cap`` (the tenant's quota, §8.4): at most this many replicas placed after the revision, and
+    the explanation when that leaves some missing. Replicas that must move come first: they are
+    counted already (a re-placement never counts a job twice)."""
     d = res.decision
     if d is None or d.resources is None:
         return None
@@ -102,11 +107,16 @@ def replan(
     after = {replica: nid for replica, nid in current.items() if replica not in moving and replica not in removed}
     kept = list(after.values())
     todo = sorted([*moving, *missing, *added])
+    room = len(todo)
+    if cap is not None:
+        room = max(0, min(room, cap[0] - len(kept)))
+        todo.sort(key=lambda r: (r not in moving, r))
     spec = spec_of(d, len(todo))
     placed: list[ev.Assignment] = []
     candidates: list[ev.Candidate] = []
-    if todo:
-        result = place(spec, world, now, ttl, top_n, explain_failure=False, kept=kept, partial=True)
+    if room:
+        tried = spec if room == len(todo) else spec_of(d, room)
+        result = place(tried, world, now, ttl, top_n, explain_failure=False, kept=kept, partial=True)
         assert isinstance(result, Placed)
         placed, candidates = result.assignments, result.candidates
     changes = [ev.Change(replica=r, from_=nid, to=None, reason="scale") for r, nid in sorted(removed.items())]
@@ -126,14 +136,18 @@ def replan(
     degraded_known = world.degraded.get(res.job_id, 0) >= res.revision
     failure = None
     if still and (changes or resized or not degraded_known):
-        failure = shortfall(spec, world, now, ttl, len(placed))
+        if cap is not None and len(placed) == room < len(todo):  # the quota, not the fleet, stops them
+            total = len(world.nodes)
+            failure = NotPlaced(cap[1], total, ev.Excluded(quota=total))
+        else:
+            failure = shortfall(spec, world, now, ttl, len(placed))
     if not changes and not resized and failure is None:
         return None
     return Replan(
         [ev.Assignment(replica=r, node_id=n) for r, n in sorted(after.items())],
         changes,
-        candidates if todo else list(d.candidates),  # a shrink places nothing: the ranking stands
-        still,
+        candidates if room else list(d.candidates),  # a shrink places nothing: the ranking stands
+        sorted(still),
         failure,
         new,
         resized,
@@ -165,6 +179,7 @@ def next_revision(
         replicas=replicas,
         constraints=d.constraints,
         priority=d.priority,
+        tenant=d.tenant,
     )
 
 
@@ -188,6 +203,7 @@ def events_of(res: Reservation, plan: Replan) -> list[ev.PlacementDecided | ev.P
                 reason=plan.failure.reason,
                 nodes_total=plan.failure.nodes_total,
                 excluded=plan.failure.excluded,
+                tenant=d.tenant,
             )
         )
     return out

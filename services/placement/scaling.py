@@ -22,11 +22,19 @@ __all__ = ["rescale_dedicated", "rescale_shared"]
 
 
 def rescale_shared(
-    res: Reservation, replicas: int, world: World, now: float, ttl: float, top_n: int = 10
+    res: Reservation,
+    replicas: int,
+    world: World,
+    now: float,
+    ttl: float,
+    top_n: int = 10,
+    *,
+    cap: tuple[int, str] | None = None,
 ) -> list[ev.PlacementDecided | ev.PlacementDegraded]:
     """The events that resize ``res``'s job to ``replicas`` (its next revision, and a
-    ``placement.degraded`` of it when replicas fit nowhere); empty when nothing is due."""
-    plan: Replan | None = replan(res, world, now, ttl, top_n, wanted=replicas)
+    ``placement.degraded`` of it when replicas fit nowhere, or not within ``cap``: the tenant's
+    quota, see :func:`services.placement.moves.replan`); empty when nothing is due."""
+    plan: Replan | None = replan(res, world, now, ttl, top_n, wanted=replicas, cap=cap)
     return [] if plan is None else events_of(res, plan)
 
 
