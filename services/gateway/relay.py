@@ -31,12 +31,16 @@ import nats.errors
 import nats.js.errors
 import structlog
 from msgspec import Meta
+from nats.aio.client import Client
+from nats.aio.msg import Msg
 from nats.js import JetStreamContext
 
 from schemas import subjects as s
 from schemas.types import Tenant
+from services.runtime import natspy
 from services.runtime.batch import BatchConsumer
 from services.runtime.delivery import Delivery
+from services.runtime.publisher import PublishError
 from services.runtime.streams import ensure_consumer
 
 log = structlog.get_logger()
@@ -71,18 +75,58 @@ def new_tenants(heads: Sequence[RelayHead], ready: set[str] | frozenset[str]) ->
 
 
 def is_transient(e: BaseException) -> bool:
-    """JetStream unavailable or slow: hold the batch and retry it, never dead-letter it."""
-    return isinstance(e, (TimeoutError, nats.errors.Error, nats.js.errors.Error))
+    """JetStream unavailable, slow or refusing for now: hold the batch and retry it, never
+    dead-letter it (every copy is an event PLACEMENTS stored; none is poison)."""
+    return isinstance(e, (TimeoutError, PublishError, nats.errors.Error, nats.js.errors.Error))
+
+
+class _ApiError(msgspec.Struct):
+    code: int = 0
+    err_code: int = 0
+    description: str = ""
+
+
+class _Stored(msgspec.Struct):
+    """A JetStream publish ack, or its error."""
+
+    seq: int = 0
+    duplicate: bool = False
+    error: _ApiError | None = None
+
+
+_stored = msgspec.json.Decoder(_Stored)
+
+
+def stored(data: bytes) -> _Stored:
+    """The ack of one copy; raises :class:`PublishError` when JetStream did not store it (an
+    empty ack is the no-responders status: no stream captures the relay subject)."""
+    if not data:
+        raise PublishError(503, 0, "no stream captures the relay subject (no responders)")
+    try:
+        ack = _stored.decode(data)
+    except msgspec.DecodeError as e:
+        raise PublishError(500, 0, f"undecodable ack: {e}") from e
+    if ack.error is not None:
+        raise PublishError(ack.error.code, ack.error.err_code, ack.error.description)
+    return ack
 
 
 class Relay:
-    """Copies a batch of placement events to their tenants' subjects (see the module docstring)."""
+    """Copies a batch of placement events to their tenants' subjects (see the module docstring).
+
+    A batch's copies are published pipelined, in the batch's (the stream's) order, so a
+    tenant reads each job's events in the order PLACEMENTS stored them; then every ack is
+    awaited."""
 
     def __init__(self, js: JetStreamContext, *, timeout: float = 5.0) -> None:
         self._js = js
+        self._nc: Client = natspy.connection(js)
         self._timeout = timeout
         self._ready: set[str] = set()
         """Tenants whose durable this process declared (each is declared once per process)."""
+        self._inbox = ""
+        self._acks: dict[str, asyncio.Future[bytes]] = {}
+        self._count = 0
 
     @property
     def ready(self) -> frozenset[str]:
@@ -96,20 +140,46 @@ class Relay:
             await ensure_consumer(self._js, s.tenant_cluster_manager(tenant))
             self._ready.add(tenant)
             log.info("tenant durable declared", tenant=tenant, durable=s.tenant_cluster_manager(tenant).durable)
-        await asyncio.gather(*(self._copy(head, d, subject) for head, d, subject in copies))
+        await self._publish(copies)
 
-    async def _copy(self, head: RelayHead, d: Delivery, subject: str) -> None:
-        ack = await self._js.publish(
-            subject, d.msg.data, timeout=self._timeout, headers={s.MSG_ID_HEADER: head.event_id}
-        )
-        log.debug(
-            "relayed",
-            job_id=head.job_id,
-            tenant=head.tenant,
-            event_id=head.event_id,
-            subject=subject,
-            duplicate=bool(ack.duplicate),
-        )
+    async def _publish(self, copies: Sequence[tuple[RelayHead, Delivery, str]]) -> None:
+        """Publish every copy in order, then wait for each one's ack (raising the first failure)."""
+        if not self._inbox:
+            self._inbox = self._nc.new_inbox() + "."
+            await self._nc.subscribe(self._inbox + "*", cb=self._on_ack)
+        loop = asyncio.get_running_loop()
+        waiting: list[tuple[RelayHead, str, str, asyncio.Future[bytes]]] = []
+        try:
+            for head, d, subject in copies:
+                self._count += 1
+                reply = f"{self._inbox}{self._count}"
+                fut: asyncio.Future[bytes] = loop.create_future()
+                self._acks[reply] = fut
+                waiting.append((head, subject, reply, fut))
+                await self._nc.publish(subject, d.msg.data, reply=reply, headers={s.MSG_ID_HEADER: head.event_id})
+            await asyncio.wait([f for *_, f in waiting], timeout=self._timeout)
+            for head, subject, _, fut in waiting:
+                if not fut.done():
+                    raise TimeoutError(f"no JetStream ack in time for {subject} {head.event_id}")
+                ack = stored(fut.result())
+                log.debug(
+                    "relayed",
+                    job_id=head.job_id,
+                    tenant=head.tenant,
+                    event_id=head.event_id,
+                    subject=subject,
+                    seq=ack.seq,
+                    duplicate=ack.duplicate,
+                )
+        finally:
+            for _, _, reply, fut in waiting:
+                self._acks.pop(reply, None)
+                fut.cancel()
+
+    async def _on_ack(self, msg: Msg) -> None:
+        fut = self._acks.pop(msg.subject, None)
+        if fut is not None and not fut.done():
+            fut.set_result(msg.data)
 
     def consumer(self, *, batch: int = 256) -> BatchConsumer[RelayHead]:
         """The durable ``tenant-relay`` consumer feeding :meth:`on_batch`; run it with ``.run(stop)``."""
