@@ -46,6 +46,21 @@ REQUEST_SUBJECTS: tuple[str, ...] = (
     TENANT_USAGE,
 )
 
+# --- reply inboxes (nats-py ``inbox_prefix``, nats.ws ``inboxPrefix``, nats CLI ``--inbox-prefix``) ---
+SERVICES_INBOX_PREFIX = "_INBOX_services"
+"""The services' replies arrive under ``_INBOX_services.>``, the only inboxes their user may read
+(nats.conf): no other role can read a service's replies, nor a service another role's."""
+CONSOLE_INBOX_PREFIX = "_INBOX_console"
+"""The browser console's inboxes (services/console hands it to the page's connect options)."""
+MONITOR_INBOX_PREFIX = "_INBOX_monitor"
+"""The monitor role's inboxes (``nats --user monitor ... --inbox-prefix _INBOX_monitor micro ls``)."""
+ROLE_INBOX_PREFIXES: dict[str, str] = {
+    "services": SERVICES_INBOX_PREFIX,
+    "console": CONSOLE_INBOX_PREFIX,
+    "monitor": MONITOR_INBOX_PREFIX,
+}
+"""The nats.conf users that read replies on inboxes of their own only; any other uses ``_INBOX``."""
+
 # --- tenants (§8.4) ---------------------------------------------------------
 DEFAULT_TENANT = "default"
 """The tenant of every request made inside the scheduler's own account (NATSCHED)."""

@@ -41,6 +41,8 @@ class PageConfig(msgspec.Struct, kw_only=True, frozen=True):
     """Websocket URLs of nats-server (``ws://127.0.0.1:9222``)."""
     user: str
     password: str
+    inbox_prefix: str
+    """The page's reply inboxes (nats.ws ``inboxPrefix``): the only ones the console user may read."""
     subjects: Subjects
     states: tuple[str, ...]
     live_states: tuple[str, ...]
@@ -56,6 +58,7 @@ def page_config(servers: tuple[str, ...], user: str, password: str, timeouts: Ti
         servers=servers,
         user=user,
         password=password,
+        inbox_prefix=s.CONSOLE_INBOX_PREFIX,
         subjects=Subjects(
             job_get=s.JOB_GET,
             job_list=s.JOB_LIST,

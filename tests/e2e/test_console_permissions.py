@@ -81,7 +81,8 @@ async def may_publish(client: Client, v: Violations) -> set[str]:
 
 async def may_subscribe(client: Client, v: Violations) -> set[str]:
     allowed = set()
-    for subject in sorted(EVERYTHING | {">", "job.>", "placement.>", "_INBOX.>"}):
+    inboxes = {"_INBOX.>", f"{s.CONSOLE_INBOX_PREFIX}.>", f"{s.SERVICES_INBOX_PREFIX}.>"}
+    for subject in sorted(EVERYTHING | {">", "job.>", "placement.>"} | inboxes):
         sub = await client.subscribe(subject)
         if not await v.settle(client):
             allowed.add(subject)
@@ -97,7 +98,7 @@ async def test_the_console_user_asks_queries_and_watches_events_and_nothing_else
         **({"user": "console", "password": password("console")} if auth == "console" else {})
     )
     assert await may_publish(client, v) == QUERIES | {"$SRV.PING", "$SRV.STATS"}
-    assert await may_subscribe(client, v) == WATCHED | {"_INBOX.>"}
+    assert await may_subscribe(client, v) == WATCHED | {f"{s.CONSOLE_INBOX_PREFIX}.>"}
 
 
 async def test_the_console_cannot_submit_cancel_drain_or_forge_an_event(over_websocket: Connect) -> None:

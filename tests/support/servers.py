@@ -10,6 +10,7 @@ from pathlib import Path
 import nats
 from nats.aio.client import Client
 
+from schemas.subjects import ROLE_INBOX_PREFIXES
 from services.devstack import ServiceProcess
 from services.runtime.credentials import Role, password
 
@@ -20,8 +21,10 @@ Spawn = Callable[..., Awaitable[list[ServiceProcess]]]
 
 
 def nats_auth(role: Role = "admin") -> dict[str, str]:
-    """``nats.connect(url, **nats_auth("manager"))``: the credentials of a role of nats.conf."""
-    return {"user": role, "password": password(role)}
+    """``nats.connect(url, **nats_auth("manager"))``: the credentials of a role of nats.conf (and
+    the inbox prefix of a role that may read its own inboxes only)."""
+    prefix = ROLE_INBOX_PREFIXES.get(role)
+    return {"user": role, "password": password(role), **({"inbox_prefix": prefix} if prefix else {})}
 
 
 async def wait_for_services(client: Client, names: Sequence[str], timeout: float = 30.0) -> None:

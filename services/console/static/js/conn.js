@@ -31,6 +31,7 @@ export async function keepConnected(config, ui, open) {
         servers: config.servers,
         user: config.user,
         pass: config.password,
+        inboxPrefix: config.inbox_prefix, // the only inboxes the console user may read
         name: "natsched-console",
         timeout: 5000,
         maxReconnectAttempts: 10,
