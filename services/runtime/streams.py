@@ -1,4 +1,9 @@
-"""Declaring the streams and durable consumers of ``schemas.subjects`` on the server (idempotent)."""
+"""Declaring the streams and durable consumers of ``schemas.subjects`` on the server (idempotent).
+
+Besides the streams, :func:`ensure_streams` declares the durables the system provisions for
+clients that may not create them (:data:`PROVISIONED`: the Cluster Manager's ``cluster-manager``
+on PLACEMENTS, §8.6): every service's start-up does, so they exist before anyone reads them.
+"""
 
 from __future__ import annotations
 
@@ -38,14 +43,21 @@ def stream_config(spec: s.StreamSpec, replicas: int = 1) -> js_api.StreamConfig:
     )
 
 
+PROVISIONED: tuple[s.ConsumerSpec, ...] = (s.CLUSTER_MANAGER,)
+"""Durables declared by the system for a client role that may read but not create them."""
+
+
 async def ensure_streams(
     js: JetStreamContext,
     streams: Iterable[s.StreamSpec] = s.STREAMS,
     *,
     replicas: int = 1,
     duplicate_window_s: float | None = None,
+    provisioned: Iterable[s.ConsumerSpec] = PROVISIONED,
 ) -> None:
-    """Create or update every stream (idempotent; safe when several services start at once)."""
+    """Create or update every stream, then the ``provisioned`` durables on those streams
+    (idempotent; safe when several services start at once)."""
+    streams = tuple(streams)
     for spec in streams:
         if duplicate_window_s is not None and spec.name == s.JOBS.name:
             spec = msgspec.structs.replace(spec, duplicate_window_s=duplicate_window_s)
@@ -64,6 +76,10 @@ async def ensure_streams(
                     raise
                 log.debug("stream declare raced", stream=spec.name, error=str(e))
                 await asyncio.sleep(delay(attempt + 1, base=0.05, cap=0.2))
+    names = {spec.name for spec in streams}
+    for consumer in provisioned:
+        if consumer.stream in names:
+            await ensure_provisioned(js, consumer)
 
 
 def consumer_config(spec: s.ConsumerSpec) -> js_api.ConsumerConfig:
@@ -96,3 +112,38 @@ async def ensure_consumer(js: JetStreamContext, spec: s.ConsumerSpec) -> None:
                 raise
             log.debug("consumer declare raced", durable=spec.durable, error=str(e))
             await asyncio.sleep(delay(attempt + 1, base=0.05, cap=0.2))
+
+
+def same_consumer(want: js_api.ConsumerConfig, have: js_api.ConsumerConfig) -> bool:
+    """Whether the server's consumer ``have`` already is ``want`` (the fields :func:`consumer_config`
+    sets; the server fills in the others)."""
+
+    def filters(c: js_api.ConsumerConfig) -> set[str]:
+        return set(c.filter_subjects or ()) | ({c.filter_subject} if c.filter_subject else set())
+
+    return (
+        have.description == want.description
+        and have.deliver_policy == want.deliver_policy
+        and have.ack_policy == want.ack_policy
+        and have.ack_wait == want.ack_wait
+        and have.max_deliver == want.max_deliver
+        and list(have.backoff or ()) == list(want.backoff or ())
+        and filters(have) == filters(want)
+        and have.max_ack_pending == want.max_ack_pending
+        and have.max_waiting == want.max_waiting
+    )
+
+
+async def ensure_provisioned(js: JetStreamContext, spec: s.ConsumerSpec) -> None:
+    """Declare a durable someone else reads (``cluster-manager``): created when missing, updated
+    when its configuration differs, left alone (never even re-declared, so its reader's
+    deliveries in flight are untouched) when it already is ``spec``."""
+    try:
+        info = await js.consumer_info(spec.stream, spec.durable)
+    except NotFoundError:
+        pass
+    else:
+        if same_consumer(consumer_config(spec), info.config):
+            return
+        log.info("updating provisioned consumer", stream=spec.stream, durable=spec.durable)
+    await ensure_consumer(js, spec)
