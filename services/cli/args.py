@@ -27,6 +27,13 @@ def _connection(p: argparse.ArgumentParser, *, given_only: bool) -> None:
         "--password", default=none, help="NATS password (default: $NATS_PASSWORD, else the development password)"
     )
     g.add_argument(
+        "--context",
+        default=none,
+        metavar="NAME",
+        help="URL, user and password of the nats CLI's context NAME"
+        " ($XDG_CONFIG_HOME/nats/context/NAME.json; flags win over it, it wins over $NATS_*)",
+    )
+    g.add_argument(
         "--timeout", type=float, default=none, help="seconds to wait for an answer (default 5; 15 for submit --wait)"
     )
     g.add_argument(
@@ -108,6 +115,25 @@ def parser() -> argparse.ArgumentParser:
     c.add_argument(
         "--offset", type=int, default=0, help="number the nodes from this one: a second fleet to Ctrl-C (lose) by hand"
     )
+    c = sub.add_parser(
+        "quota",
+        parents=[common],
+        help="a tenant's quota; `quota set TENANT --cpu X ...` replaces it (operators)",
+        description="natsched quota [TENANT]: the tenant's quota (default: your own, or `default`)."
+        " natsched quota set TENANT [--cpu X] [--memory-mb N] [--gpu N] [--jobs N] [--instances N]"
+        " [--cpu-hours X]: the tenant's quota from now on; a limit not given is unlimited.",
+    )
+    c.add_argument("words", nargs="*", metavar="[set] TENANT", help="TENANT, or `set TENANT`")
+    c.add_argument("--cpu", type=float, help="cores at once, over the replicas of its running jobs")
+    c.add_argument("--memory-mb", type=int, help="MiB of memory at once")
+    c.add_argument("--gpu", type=int, help="GPUs at once")
+    c.add_argument("--jobs", type=int, help="running jobs at once")
+    c.add_argument("--instances", type=int, help="dedicated instances at once")
+    c.add_argument("--cpu-hours", type=float, help="cores x hours per rolling 30 days")
+
+    c = sub.add_parser("usage", parents=[common], help="a tenant's usage against its quota (e.g. `cpu 6 of 8`)")
+    c.add_argument("tenant", nargs="?", help="default: your own tenant, or `default`")
+
     c = sub.add_parser("ping", parents=[common], help="the service instances that answer (default timeout 1 s)")
     c.add_argument("name", nargs="?", help="gateway, intake, placement, metadata, provisioner, teardown")
     c.add_argument("--host", help="succeed only if an instance on this host answers (container health checks)")

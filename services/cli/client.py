@@ -8,8 +8,11 @@ Exit codes: 0 done, 1 the service answered with an error, 2 bad usage (argparse)
 from __future__ import annotations
 
 import os
+import re
+import weakref
 from collections.abc import Mapping
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 import msgspec
@@ -19,6 +22,7 @@ from nats.aio.client import Client
 
 from schemas import subjects as s
 from services.runtime import credentials
+from services.runtime.app import Guard, Refused, authorization_violation, permission_violation
 
 EXIT_ERROR_REPLY = 1
 EXIT_USAGE = 2
@@ -40,6 +44,47 @@ class CliError(Exception):
         """The error reply's JSON body, for ``--json``."""
 
 
+class Context(msgspec.Struct, kw_only=True):
+    """What ``natsched`` reads of a context of the stock nats CLI (``nats context save NAME``)."""
+
+    url: str = ""
+    user: str = ""
+    password: str = ""
+
+
+_CONTEXT_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]*\Z")
+
+
+def context_path(name: str, env: Mapping[str, str] | None = None) -> Path:
+    """Where the nats CLI keeps context ``name``: ``$XDG_CONFIG_HOME/nats/context/NAME.json``
+    (``XDG_CONFIG_HOME`` defaults to ``~/.config``)."""
+    if not _CONTEXT_NAME.match(name):
+        raise CliError(f"bad context name {name!r}: letters, digits, '.', '_' or '-'", EXIT_USAGE)
+    e = os.environ if env is None else env
+    base = Path(e["XDG_CONFIG_HOME"]) if e.get("XDG_CONFIG_HOME") else Path(e.get("HOME") or Path.home()) / ".config"
+    return base / "nats" / "context" / f"{name}.json"
+
+
+def parse_context(name: str, raw: bytes) -> Context:
+    """A context file's ``url``, ``user`` and ``password`` (its other fields are ignored)."""
+    try:
+        return msgspec.json.decode(raw, type=Context)
+    except (msgspec.DecodeError, msgspec.ValidationError) as e:
+        raise CliError(f"nats context {name!r} is not a valid context file: {e}", EXIT_USAGE) from None
+
+
+def load_context(name: str, env: Mapping[str, str] | None = None) -> Context:
+    """Context ``name`` of the nats CLI, or a :class:`CliError` naming the file it looked for."""
+    path = context_path(name, env)
+    try:
+        raw = path.read_bytes()
+    except OSError as e:
+        raise CliError(
+            f"no nats context {name!r}: cannot read {path} ({e.strerror}); `nats context ls` lists them", EXIT_USAGE
+        ) from None
+    return parse_context(name, raw)
+
+
 @dataclass(frozen=True)
 class Target:
     """Where and as whom to connect."""
@@ -47,6 +92,11 @@ class Target:
     servers: str
     user: str | None
     password: str | None
+
+    @property
+    def inbox_prefix(self) -> str:
+        """The user's reply inboxes: a role of nats.conf that may read its own only gets them."""
+        return s.ROLE_INBOX_PREFIXES.get(self.user or "", "_INBOX")
 
     @classmethod
     def resolve(
@@ -57,11 +107,17 @@ class Target:
         *,
         default_role: credentials.Role,
         env: Mapping[str, str] | None = None,
+        context: Context | None = None,
     ) -> Target:
-        """Flags win over ``NATS_URL``/``NATS_USER``/``NATS_PASSWORD``; without either, the development
-        credentials of ``default_role`` (or of the given user, when it is one of nats.conf's roles)."""
+        """Flags win over a ``--context``, which wins over ``NATS_URL``/``NATS_USER``/``NATS_PASSWORD``;
+        without any, the development credentials of ``default_role`` (or of the given user, when it is
+        one of nats.conf's roles). A password comes with its user: one given by a flag does not take
+        the context's or the environment's."""
         e = os.environ if env is None else env
-        servers = server or e.get("NATS_URL") or "nats://127.0.0.1:4222"
+        ctx = context or Context()
+        servers = server or ctx.url or e.get("NATS_URL") or "nats://127.0.0.1:4222"
+        if user is None and ctx.user:
+            user, password = ctx.user, password if password is not None else (ctx.password or None)
         name = user or e.get("NATS_USER") or default_role
         if password is None and user is None:
             password = e.get("NATS_PASSWORD") or None
@@ -70,11 +126,26 @@ class Target:
         return cls(servers=servers, user=name, password=password)
 
 
+def denial(error: BaseException, target: Target) -> Refused | None:
+    """The message for a permission NATS denies ``target``'s user (None: not a denial)."""
+    denied = permission_violation(error)
+    if denied is None:
+        return None
+    return Refused(
+        f'NATS user "{target.user}" may not {denied[0]} {denied[1]}'
+        " (connect as a user that may: --user/--password, --context or NATS_USER/NATS_PASSWORD)"
+    )
+
+
 async def connect(target: Target, *, reconnect: bool = False) -> Client:
+    """Connect as ``target``; every :func:`request` on the connection then fails at once, with
+    :data:`EXIT_DENIED`, when NATS reports a permission violation for it."""
     errors: list[Exception] = []
+    guard = Guard(lambda e: denial(e, target))
 
     async def on_error(e: Exception) -> None:  # nats-py would log them; we report them ourselves
         errors.append(e)
+        guard.report(e)
 
     try:
         # nats-py reads max_reconnect_attempts=0 as "forever", also for the first connect: try each
@@ -88,17 +159,19 @@ async def connect(target: Target, *, reconnect: bool = False) -> Client:
             allow_reconnect=True,
             max_reconnect_attempts=1,
             reconnect_time_wait=0.2,
+            inbox_prefix=target.inbox_prefix,
             error_cb=on_error,
         )
         nc.options["max_reconnect_attempts"] = -1 if reconnect else 0
         nc.options["allow_reconnect"] = reconnect
+        _guards[nc] = guard
         return nc
     except Exception as e:
         text = str(e)
-        if any("authorization violation" in str(x).lower() for x in (e, *errors)):
+        if any(authorization_violation(x) for x in (e, *errors)):
             raise CliError(
-                f"NATS at {target.servers} refused user {target.user!r}: wrong user or password"
-                " (set --user/--password or NATS_USER/NATS_PASSWORD)",
+                f'NATS at {target.servers} refused user "{target.user}": authorization violation, wrong user or'
+                " password (set --user/--password, --context or NATS_USER/NATS_PASSWORD)",
                 EXIT_DENIED,
             ) from None
         raise CliError(
@@ -106,6 +179,10 @@ async def connect(target: Target, *, reconnect: bool = False) -> Client:
             " (`make run` starts it; --server or NATS_URL points elsewhere)",
             EXIT_UNREACHABLE,
         ) from None
+
+
+_guards: weakref.WeakKeyDictionary[Client, Guard] = weakref.WeakKeyDictionary()
+"""Each connection's watch on permission violations."""
 
 
 def error_of(headers: Mapping[str, str] | None, data: bytes) -> CliError | None:
@@ -134,8 +211,12 @@ def error_of(headers: Mapping[str, str] | None, data: bytes) -> CliError | None:
 async def request(nc: Client, subject: str, body: Any, *, timeout: float, headers: dict[str, str] | None = None) -> Any:
     """Ask ``subject`` and return the decoded JSON reply, or raise :class:`CliError`."""
     payload = body if isinstance(body, bytes) else _enc.encode(body)
+    guard = _guards.get(nc)
+    asking = nc.request(subject, payload, timeout=timeout, headers=headers)
     try:
-        msg = await nc.request(subject, payload, timeout=timeout, headers=headers)
+        msg = await (guard.check(asking) if guard else asking)
+    except Refused as e:
+        raise CliError(e.message, EXIT_DENIED) from None
     except nats.errors.NoRespondersError:
         raise CliError(
             f"no service answers {subject}: is the system running? (`make run` starts it;"

@@ -1,14 +1,17 @@
-"""``natsched``: submit, plan, scale, get, list, cancel, complete, nodes, drain, undrain, watch, simulate-nodes, ping.
+"""``natsched``: submit, plan, scale, get, list, cancel, complete, nodes, drain, undrain, watch,
+quota, usage, simulate-nodes, ping.
 
 Tables and colours on a terminal, plain JSON with ``--json``. Connects to ``NATS_URL``
-as ``NATS_USER``/``NATS_PASSWORD`` (or ``--server``/``--user``/``--password``); without
-them, as the development user ``manager`` (``node`` for ``simulate-nodes``, ``monitor`` for
-``ping``) of nats.conf. The parser is in :mod:`services.cli.args`, the request-reply
-commands in :mod:`services.cli.commands`, the long-running ones in :mod:`services.cli.live`.
+as ``NATS_USER``/``NATS_PASSWORD`` (or ``--server``/``--user``/``--password``, or a nats CLI
+``--context``); without them, as the development user ``manager`` (``node`` for
+``simulate-nodes``, ``monitor`` for ``ping``, ``admin`` for ``quota set``) of nats.conf. The
+parser is in :mod:`services.cli.args`, the request-reply commands in :mod:`services.cli.commands`
+(quotas in :mod:`services.cli.quota`), the long-running ones in :mod:`services.cli.live`.
 """
 
 from __future__ import annotations
 
+import argparse
 import asyncio
 import contextlib
 import os
@@ -18,7 +21,7 @@ from typing import IO
 
 from services.cli import jobspec
 from services.cli.args import parser
-from services.cli.client import EXIT_UNREACHABLE, CliError, Target, connect
+from services.cli.client import EXIT_UNREACHABLE, CliError, Target, connect, load_context
 from services.cli.commands import (
     cmd_cancel,
     cmd_complete,
@@ -32,6 +35,7 @@ from services.cli.commands import (
 from services.cli.live import cmd_ping, cmd_simulate_nodes, cmd_watch
 from services.cli.output import Command, Io
 from services.cli.plan import cmd_plan, cmd_scale
+from services.cli.quota import cmd_quota, cmd_usage
 from services.runtime.credentials import Role
 
 COMMANDS: dict[str, tuple[Command, Role]] = {
@@ -46,10 +50,20 @@ COMMANDS: dict[str, tuple[Command, Role]] = {
     "drain": (cmd_drain, "manager"),
     "undrain": (cmd_undrain, "manager"),
     "watch": (cmd_watch, "manager"),
+    "quota": (cmd_quota, "manager"),
+    "usage": (cmd_usage, "manager"),
     "simulate-nodes": (cmd_simulate_nodes, "node"),
     "ping": (cmd_ping, "monitor"),
 }
 """Each command and the development user it connects as by default."""
+
+
+def default_role(a: argparse.Namespace) -> Role:
+    """The development user a command connects as without credentials: ``quota set`` is the
+    operators' (``admin``), the rest as in :data:`COMMANDS`."""
+    if a.command == "quota" and a.words[:1] == ["set"]:
+        return "admin"
+    return COMMANDS[a.command][1]
 
 
 async def run(
@@ -66,11 +80,12 @@ async def run(
     a = parser().parse_args(argv)
     if a.timeout is None:  # placement.request answers 504 itself after its own wait (5 s by default)
         a.timeout = 15.0 if getattr(a, "wait", False) else 1.0 if a.command == "ping" else 5.0
-    command, role = COMMANDS[a.command]
+    command = COMMANDS[a.command][0]
     colour = not a.no_color and not a.json and "NO_COLOR" not in e and out.isatty()
     io = Io(out, err, as_json=a.json, colour=colour)
     try:
-        target = Target.resolve(a.server, a.user, a.password, default_role=role, env=e)
+        context = load_context(a.context, e) if a.context else None
+        target = Target.resolve(a.server, a.user, a.password, default_role=default_role(a), env=e, context=context)
         nc = await connect(target, reconnect=a.command in ("watch", "simulate-nodes"))
         try:
             await command(a, nc, io)

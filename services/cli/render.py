@@ -320,3 +320,49 @@ def _decided_summary(event: Mapping[str, Any]) -> str:
     if (event.get("revision") or 1) > 1:
         return f"revision {num(event['revision'])}: {changes_text(event.get('changes') or [])}; {len(where)} placed"
     return f"{len(where)} replica(s) on {', '.join(where)}"
+
+
+QUOTA_FIELDS: tuple[tuple[str, str], ...] = (
+    ("cpu", "cpu"),
+    ("memory_mb", "memory_mb"),
+    ("gpu", "gpu"),
+    ("jobs", "jobs"),
+    ("instances", "instances"),
+    ("cpu_hours", "cpu_hours (30 d)"),
+)
+"""A quota's limits in the order shown, and their labels."""
+
+QUOTA_SOURCES = {"config": "the config's [tenants]", "runtime": "quota.set", "none": "none set: unlimited"}
+
+
+def limit(value: Any) -> str:
+    """A quota's limit: its number, or ``unlimited`` for null."""
+    return "unlimited" if value is None else num(value)
+
+
+def quota_text(reply: Mapping[str, Any], style: Style) -> str:
+    """``quota.get``/``quota.set``'s reply: the tenant, where its quota comes from, each limit."""
+    quota = reply.get("quota") or {}
+    source = str(reply.get("source", "?"))
+    head = f"{style.bold('tenant')} {reply.get('tenant', '?')}  (quota from {QUOTA_SOURCES.get(source, source)})"
+    rows = [[label, limit(quota.get(key))] for key, label in QUOTA_FIELDS]
+    return head + "\n" + table(["LIMIT", "QUOTA"], rows, style)
+
+
+def used_of(used: Any, quota: Any) -> str:
+    """``6 of 8``; ``6 (unlimited)`` without a limit."""
+    return f"{num(used)} of {num(quota)}" if quota is not None else f"{num(used)} (unlimited)"
+
+
+def usage_text(reply: Mapping[str, Any], style: Style) -> str:
+    """``tenant.usage``'s reply: each resource's use against its quota (``cpu  6 of 8``), over-quota
+    ones in red."""
+    usage, quota = reply.get("usage") or {}, reply.get("quota") or {}
+    rows = []
+    for key, label in QUOTA_FIELDS:
+        used, cap = usage.get(key, 0), quota.get(key)
+        text = used_of(used, cap)
+        full = cap is not None and isinstance(used, int | float) and used >= cap
+        rows.append([label, style.paint(text, RED if full else None)])
+    head = f"{style.bold('tenant')} {reply.get('tenant', '?')}  (at {when(reply.get('at'))})"
+    return head + "\n" + table(["RESOURCE", "USED"], rows, style)
