@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
+from pathlib import Path
 
 import msgspec
 import nats
@@ -23,10 +24,12 @@ from nats.js import JetStreamContext
 from schemas import events as ev
 from schemas import subjects as s
 from services.devstack import NatsServer
+from services.gateway.relay import SERVICE
 from services.runtime.credentials import Role
 from services.runtime.publisher import Publisher
 from services.runtime.streams import consumer_config
-from tests.support.events import Events, decided
+from tests.support.config import aws_env, write_config
+from tests.support.events import SMALL_SPEC, Events, decided
 from tests.support.events import publish as publish_copies
 from tests.support.servers import Spawn, nats_auth
 
@@ -231,3 +234,35 @@ async def test_a_relay_retry_is_stored_once_and_seen_once(connect: Connect) -> N
     assert counts(acme_seen) == {"twice": 1, "marker-acme": 1}
     info = await services_nc.jetstream().stream_info(s.TENANT_PLACEMENTS.name)
     assert info.state.messages == 2  # "twice" once, and the marker
+
+
+async def test_a_tenant_jobs_release_by_teardown_reaches_its_account(
+    connect: Connect, services: Spawn, ec2_endpoint: str, tmp_path: Path
+) -> None:
+    await services("gateway", "teardown", env=aws_env(ec2_endpoint, write_config(tmp_path)))
+    services_nc, acme = await connect("services"), await connect("acme")
+    released = await collect(acme, [s.PLACEMENT_RELEASED])
+    job = "ended-acme"
+    accepted = ev.JobAccepted(event_id=ev.event_id_for(job, s.JOB_ACCEPTED), job_id=job, spec=SMALL_SPEC, tenant="acme")
+    cancelled = ev.JobCancelRequested(event_id=ev.event_id_for(job, s.JOB_CANCEL_REQUESTED), job_id=job)
+    await commit(services_nc, [accepted, cancelled])
+    got = await released.wait(job, timeout=20)
+    assert got["tenant"] == "acme" and got["reason"] == "cancelled"
+
+
+@pytest.mark.usefixtures("gateway")
+async def test_an_event_the_relay_cannot_copy_is_dead_lettered(connect: Connect) -> None:
+    services_nc, acme = await connect("services"), await connect("acme")
+    letters: asyncio.Queue[Msg] = asyncio.Queue()
+    await services_nc.subscribe(s.deadletter_subject(SERVICE), cb=letters.put)
+    acme_seen = await collect(acme, ["placement.*"])
+    bad = msgspec.json.encode({"type": s.PLACEMENT_FAILED, "event_id": "bad", "job_id": "bad", "reason": "x"})
+    bad = bad.replace(b'"reason"', b'"tenant":"ACME.x","reason"')  # not one subject token
+    ack = await services_nc.jetstream().publish(
+        s.commit_subject(s.PLACEMENT_FAILED), bad, headers={s.MSG_ID_HEADER: "bad"}
+    )
+    letter = msgspec.json.decode((await asyncio.wait_for(letters.get(), 20)).data)
+    assert letter["stream_seq"] == ack.seq and "undecodable" in letter["reason"]
+    await commit(services_nc, [decided("marker-acme", tenant="acme")])  # the relay went on
+    await acme_seen.wait("marker-acme")
+    assert counts(acme_seen) == {"marker-acme": 1}
