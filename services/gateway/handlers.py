@@ -2,11 +2,16 @@
 
 Each handler is a plain async function of the request; its dependencies (the
 publisher, the configuration, the decision waiter) come from :class:`Gateway`.
+
+Tenants (§8.4): a job records the tenant that submitted it (``tenant_of``: the account on
+``sched.tenant.*``, ``default`` on the plain subjects), and idempotency keys are per tenant
+(:func:`job_id_for`), so two tenants sending the same key get two jobs.
 """
 
 from __future__ import annotations
 
 import asyncio
+import functools
 import hashlib
 import uuid
 
@@ -24,6 +29,7 @@ from services.gateway.admission import Admission
 from services.runtime.config import Config
 from services.runtime.micro import RequestError
 from services.runtime.publisher import Publisher
+from services.runtime.tenancy import tenant_of
 
 log = structlog.get_logger()
 
@@ -33,15 +39,24 @@ _JOB_NS_BYTES = _JOB_NS.bytes
 _reply_enc = msgspec.json.Encoder()
 
 
-def job_id_for(key: str | None) -> str:
-    """The same idempotency key always names the same job: ``uuid5(_JOB_NS, key).hex``,
-    computed without building UUID objects (this runs for every request)."""
+def job_id_for(key: str | None, tenant: str = s.DEFAULT_TENANT) -> str:
+    """The same idempotency key of the same tenant always names the same job: ``uuid5(ns, key).hex``
+    where ``ns`` is :data:`_JOB_NS` for tenant ``default`` (ids as before tenants) and the tenant's own
+    namespace otherwise (:func:`tenant_namespace`), so two tenants' equal keys name two jobs.
+    Computed without building UUID objects (this runs for every request)."""
     if not key:
         return uuid.uuid4().hex
-    h = bytearray(hashlib.sha1(_JOB_NS_BYTES + key.encode()).digest()[:16])
+    ns = _JOB_NS_BYTES if tenant == s.DEFAULT_TENANT else tenant_namespace(tenant)
+    h = bytearray(hashlib.sha1(ns + key.encode()).digest()[:16])
     h[6] = (h[6] & 0x0F) | 0x50
     h[8] = (h[8] & 0x3F) | 0x80
     return h.hex()
+
+
+@functools.lru_cache(maxsize=1024)
+def tenant_namespace(tenant: str) -> bytes:
+    """The namespace of a tenant's job ids: ``uuid5(_JOB_NS, "tenant:<tenant>")`` (16 bytes)."""
+    return uuid.uuid5(_JOB_NS, f"tenant:{tenant}").bytes
 
 
 def idempotency_key(msg: Msg, request_id: str | None) -> str | None:
@@ -153,15 +168,19 @@ class Gateway:
         self.admission = admission
 
     async def _submit(self, msg: Msg) -> ev.JobSubmitted:
+        tenant = tenant_of(msg)
         req = decode_job_request(msg.data)  # bad input gets its 400 even while shedding
         self.admission.check()
         key = idempotency_key(msg, req.request_id)
-        job_id = job_id_for(key)
+        job_id = job_id_for(key, tenant)
         spec = normalise(req, self.config.defaults)
-        event = ev.JobSubmitted(
-            event_id=ev.event_id_for(job_id, s.JOB_SUBMITTED), job_id=job_id, spec=spec, idempotency_key=key
+        return ev.JobSubmitted(
+            event_id=ev.event_id_for(job_id, s.JOB_SUBMITTED),
+            job_id=job_id,
+            spec=spec,
+            idempotency_key=key,
+            tenant=tenant,
         )
-        return event
 
     async def submit(self, msg: Msg) -> bytes:
         event = await self._submit(msg)

@@ -26,6 +26,10 @@ Answers (``{"job_id", "state"}``):
 
 The state becomes ``cancelled`` (and, authoritatively, any end state) when teardown's
 ``placement.released`` arrives, whose ``reason`` is the end state it recorded.
+
+Tenants (§8.4): the view also knows each job's tenant (from ``job.submitted``). A request from
+a tenant's account about another tenant's job is answered 404 exactly as for an unknown job
+(:func:`visible`); inside the scheduler's account (tenant ``default``) every job is visible.
 """
 
 from __future__ import annotations
@@ -47,6 +51,7 @@ from schemas.states import CANCELLING, TERMINAL_STATES, next_state
 from services.runtime.delivery import stream_sequence
 from services.runtime.micro import RequestError
 from services.runtime.publisher import Publisher
+from services.runtime.tenancy import tenant_of
 
 log = structlog.get_logger()
 
@@ -63,6 +68,13 @@ class _Fact(msgspec.Struct):
     job_id: str = ""
     outcome: str | None = None
     reason: str | None = None
+    tenant: str = s.DEFAULT_TENANT
+
+
+def visible(owner: str, caller: str) -> bool:
+    """Whether tenant ``caller`` may see and act on a job of tenant ``owner``: its own, and every
+    job from inside the scheduler's account (the operators' view, tenant ``default``)."""
+    return caller == s.DEFAULT_TENANT or caller == owner
 
 
 _fact_decoder = msgspec.json.Decoder(_Fact)
@@ -81,6 +93,8 @@ class JobStates:
 
     def __init__(self) -> None:
         self.states: dict[str, str] = {}
+        self.tenants: dict[str, str] = {}
+        """The tenant of each job not of tenant ``default`` (the others are not stored)."""
         self.applied: dict[str, int] = dict.fromkeys(VIEW_SUBJECTS, 0)
         self._waiters: list[tuple[dict[str, int], asyncio.Future[None]]] = []
         self._subs: list[object] = []
@@ -92,9 +106,14 @@ class JobStates:
             return
         if not f.job_id:
             return
+        if f.tenant != s.DEFAULT_TENANT:
+            self.tenants[f.job_id] = f.tenant
         new = next_state(self.states.get(f.job_id), f.type, outcome=f.outcome, reason=f.reason)
         if new is not None:
             self.states[f.job_id] = new
+
+    def tenant(self, job_id: str) -> str:
+        return self.tenants.get(job_id, s.DEFAULT_TENANT)
 
     def note(self, job_id: str, event_type: str, *, outcome: str | None = None) -> None:
         """Apply our own publish at once (the stream will deliver it again; folding is idempotent)."""
@@ -177,14 +196,15 @@ class Lifecycle:
         self.states = states
         self.sync_timeout_s = sync_timeout_s
 
-    async def state(self, job_id: str) -> str:
+    async def state(self, job_id: str, tenant: str = s.DEFAULT_TENANT) -> str:
+        """The job's state once the view is current; 404 if it is unknown or not ``tenant``'s to see."""
         try:
             await self.states.sync(self.js, self.sync_timeout_s)
         except Exception as e:
             log.warning("job state view not current", job_id=job_id, error=repr(e))
             raise RequestError(503, "job state is not available right now; retry", job_id=job_id) from e
         state = self.states.states.get(job_id)
-        if state is None:
+        if state is None or not visible(self.states.tenant(job_id), tenant):
             raise RequestError(404, f"unknown job {job_id}", job_id=job_id)
         return state
 
@@ -196,8 +216,9 @@ class Lifecycle:
             raise RequestError(503, "the job store (JetStream) is unavailable; retry", job_id=event.job_id) from e
 
     async def cancel(self, msg: Msg) -> bytes:
+        tenant = tenant_of(msg)
         req = _ref_decoder.decode(msg.data)
-        state = await self.state(req.job_id)
+        state = await self.state(req.job_id, tenant)
         if state in (CANCELLING, "cancelled"):
             return _reply(req.job_id, state)
         if state in TERMINAL_STATES:
@@ -214,8 +235,9 @@ class Lifecycle:
         return _reply(req.job_id, CANCELLING)
 
     async def complete(self, msg: Msg) -> bytes:
+        tenant = tenant_of(msg)
         req = _complete_decoder.decode(msg.data)
-        state = await self.state(req.job_id)
+        state = await self.state(req.job_id, tenant)
         if state == req.outcome:
             return _reply(req.job_id, state)
         if state in TERMINAL_STATES or state == CANCELLING:
@@ -237,4 +259,4 @@ def _reply(job_id: str, state: str) -> bytes:
     return _enc.encode(SubmitReply(job_id=job_id, state=state))  # type: ignore[arg-type]
 
 
-__all__ = ["VIEW_SUBJECTS", "JobStates", "Lifecycle"]
+__all__ = ["VIEW_SUBJECTS", "JobStates", "Lifecycle", "visible"]

@@ -12,6 +12,8 @@ only that the job has ended or is being cancelled.
 Idempotency as for a submit: the ``Nats-Msg-Id`` header (or ``request_id``; the header wins)
 makes the event id deterministic, so a retry is dropped by the stream's duplicate window and
 answered with the count stored first (the first one stands, even if the body differs).
+
+A tenant resizes only its own jobs: another tenant's job is a 404, as an unknown one (§8.4).
 """
 
 from __future__ import annotations
@@ -30,6 +32,7 @@ from schemas.states import CANCELLING, TERMINAL_STATES
 from services.gateway.handlers import idempotency_key
 from services.gateway.lifecycle import Lifecycle
 from services.runtime.micro import RequestError
+from services.runtime.tenancy import tenant_of
 
 log = structlog.get_logger()
 
@@ -69,9 +72,10 @@ class Scaler:
         self.max_replicas = max_replicas
 
     async def scale(self, msg: Msg) -> bytes:
+        tenant = tenant_of(msg)
         req = _decoder.decode(msg.data)
         check_count(req.replicas, self.max_replicas)
-        state = await self.lifecycle.state(req.job_id)
+        state = await self.lifecycle.state(req.job_id, tenant)
         refused = refusal(req.job_id, state)
         if refused is not None:
             raise refused

@@ -34,6 +34,7 @@ def verdict_event(event: ev.JobSubmitted, config: Config) -> ev.JobAccepted | ev
             job_id=event.job_id,
             spec=event.spec,
             submitted_at=event.at,
+            tenant=event.tenant,
         )
     return ev.JobRejected(
         event_id=ev.event_id_for(event.job_id, s.JOB_REJECTED), job_id=event.job_id, reason=v.reason, field=v.field
