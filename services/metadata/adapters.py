@@ -189,14 +189,27 @@ class Database:
             rows: list[Any] = await conn.fetch(sql, *args, timeout=self._query_timeout)
             return rows
 
-    async def list_jobs(self, state: str | None, before_seq: int | None, limit: int) -> list[tuple[int, str]]:
-        """(seq, job_id) of jobs newest first (by ``seq``), strictly before ``before_seq`` when given."""
+    async def list_jobs(
+        self, state: str | None, before_seq: int | None, limit: int, tenant: str | None = None
+    ) -> list[tuple[int, str]]:
+        """(seq, job_id) of jobs newest first (by ``seq``), strictly before ``before_seq`` when given,
+        of ``state`` and of ``tenant`` when given."""
         before = jobs.MAX_SEQ if before_seq is None else before_seq
-        if state is None:
+        if tenant is not None:
+            if state is None:
+                rows = await self._query(jobs.LIST_TENANT, before, limit, tenant)
+            else:
+                rows = await self._query(jobs.LIST_TENANT_STATE, before, limit, tenant, state)
+        elif state is None:
             rows = await self._query(jobs.LIST_ALL, before, limit)
         else:
             rows = await self._query(jobs.LIST_STATE, before, limit, state)
         return [(r[0], r[1]) for r in rows]
+
+    async def job_tenant(self, job_id: str) -> str | None:
+        """The tenant of a projected job, None if the job has no row."""
+        rows = await self._query(jobs.JOB_TENANT, job_id)
+        return str(rows[0][0]) if rows else None
 
     async def job_events(self, job_id: str) -> list[str]:
         """The bodies of a job's events, oldest first."""

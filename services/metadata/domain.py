@@ -15,6 +15,10 @@ machine of :mod:`schemas.states` (:func:`~schemas.states.settle`):
   ``cluster.torn_down``), in either order.
 
 ``history`` lists the states taken, in lifecycle order, each with its event time.
+
+A job's ``tenant`` (§8.4) is the one its events name (``job.submitted``, ``job.accepted``, the
+placement events), ``default`` while none does; :func:`visible` and :func:`listed_tenant` are
+who may see it and whose jobs ``job.list`` lists.
 """
 
 from __future__ import annotations
@@ -70,6 +74,8 @@ class JobView(msgspec.Struct, kw_only=True, omit_defaults=True, gc=False):
     """Instance id -> what EC2 said of it when it was found lost (``cluster.instance_lost``)."""
     listed: dict[str, int] = {}
     """Instance id -> the highest revision whose ``cluster.provisioned`` listed it (resizes, §8.3)."""
+    tenant: str = s.DEFAULT_TENANT
+    """The account the job was submitted from (§8.4)."""
 
     @property
     def released(self) -> bool:
@@ -151,6 +157,8 @@ def merge(view: JobView | None, events: Sequence[ev.JobEvent]) -> JobView:
             marks[kind] = mark
         if new.updated_at is None or at > new.updated_at:
             new.updated_at = at
+        if isinstance(event, _TENANTED) and event.tenant != new.tenant:
+            new.tenant = tenant_of_job(new.tenant, event.tenant)
         if isinstance(event, ev.JobSubmitted):
             new.spec = new.spec or event.spec
             new.submitted_at = _min(new.submitted_at, at)
@@ -176,6 +184,40 @@ def merge(view: JobView | None, events: Sequence[ev.JobEvent]) -> JobView:
     if own_marks:
         new.marks = dict(sorted(marks.items()))  # canonical: same JSON in any order
     return new
+
+
+_TENANTED = (
+    ev.JobSubmitted,
+    ev.JobAccepted,
+    ev.PlacementDecided,
+    ev.PlacementFailed,
+    ev.PlacementReleased,
+    ev.PlacementDegraded,
+)
+"""The events that carry their job's tenant."""
+
+
+def tenant_of_job(known: str, said: str) -> str:
+    """The job's tenant once an event says ``said``: any tenant named over ``default`` (an event
+    written before tenants, or without the field, says ``default``); of two named, the smaller,
+    so that the merge stays commutative (the events of one job never disagree)."""
+    if said == s.DEFAULT_TENANT:
+        return known
+    if known == s.DEFAULT_TENANT:
+        return said
+    return min(known, said)
+
+
+def visible(owner: str, caller: str) -> bool:
+    """Whether tenant ``caller`` may see a job of tenant ``owner``: its own, and every job from
+    inside the scheduler's account (the operators' view, tenant ``default``)."""
+    return caller == s.DEFAULT_TENANT or caller == owner
+
+
+def listed_tenant(caller: str, asked: str | None) -> str | None:
+    """Whose jobs ``job.list`` lists (None: every tenant's): a tenant's own, whatever it asked;
+    in the scheduler's account the ``tenant`` asked for, if any."""
+    return asked if caller == s.DEFAULT_TENANT else caller
 
 
 def degraded_now(view: JobView) -> Degraded | None:
@@ -262,6 +304,7 @@ def to_record(view: JobView, derived: Derived | None = None) -> JobRecord | None
         submitted_at=view.submitted_at,
         updated_at=view.updated_at,
         history=d.history,
+        tenant=view.tenant,
     )
 
 
@@ -291,9 +334,12 @@ __all__ = [
     "apply",
     "degraded_now",
     "derive",
+    "listed_tenant",
     "mark_of",
     "merge",
     "reservations",
     "state_of",
+    "tenant_of_job",
     "to_record",
+    "visible",
 ]

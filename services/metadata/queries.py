@@ -2,6 +2,11 @@
 
 Job records are folded from the recorded events when asked for (:func:`views.fold_bodies`);
 an outage of the database answers 503.
+
+Tenants (§8.4): a request from a tenant's account (``tenant_of``) sees only its own jobs: another
+tenant's job is a 404 with the unknown job's message (its existence is not revealed), and
+``job.list`` lists its own whatever its ``tenant`` says. Inside the scheduler's account every
+job is visible and ``job.list`` filters by ``tenant`` when asked.
 """
 
 from __future__ import annotations
@@ -33,6 +38,7 @@ from services.metadata.adapters import Database, EventPosition, NodeListRow, Nod
 from services.metadata.paging import Budget, Page
 from services.metadata.views import fold_bodies
 from services.runtime.micro import Endpoint, RequestError
+from services.runtime.tenancy import tenant_of
 
 log = structlog.get_logger()
 
@@ -56,6 +62,11 @@ _FOLD_CHUNK = 100
 """Jobs whose events are read and folded at a time while a ``job.list`` page is filled."""
 
 
+def _unknown_job(job_id: str) -> RequestError:
+    """The 404 of a job that does not exist, or that the caller may not see (the same, on purpose)."""
+    return RequestError(404, f"unknown job {job_id}", field="job_id", job_id=job_id)
+
+
 def _cursor(decode: Callable[[str], T], cursor: str | None) -> T | None:
     try:
         return decode(cursor) if cursor is not None else None
@@ -73,11 +84,12 @@ class Queries:
         self._budget = budget or Budget.for_max_payload(1024 * 1024)
 
     async def job_get(self, msg: Msg) -> bytes:
+        caller = tenant_of(msg)
         ref = _job_ref.decode(msg.data)
         view = fold_bodies([(ref.job_id, body) for body in await self._db.job_events(ref.job_id)]).get(ref.job_id)
-        record = domain.to_record(view) if view is not None else None
+        record = domain.to_record(view) if view is not None and domain.visible(view.tenant, caller) else None
         if record is None:
-            raise RequestError(404, f"unknown job {ref.job_id}", field="job_id", job_id=ref.job_id)
+            raise _unknown_job(ref.job_id)
         body = _enc.encode(record)
         if len(body) > self._budget.item_bytes:
             raise RequestError(413, f"the record of job {ref.job_id} is {len(body)} bytes, more than a reply can carry")
@@ -85,9 +97,10 @@ class Queries:
 
     async def job_list(self, msg: Msg) -> bytes:
         """Full records, newest first, until ``limit`` or the byte budget; ``next`` follows the last one."""
+        caller = tenant_of(msg)
         req = _list_req.decode(_body(msg))
         before = _cursor(cursors.decode_cursor, req.after)
-        rows = await self._db.list_jobs(req.state, before, req.limit + 1)
+        rows = await self._db.list_jobs(req.state, before, req.limit + 1, domain.listed_tenant(caller, req.tenant))
         page = Page(self._budget, req.limit)
         last: int | None = None
         wanted = rows[: req.limit]
@@ -107,11 +120,14 @@ class Queries:
 
     async def job_events(self, msg: Msg) -> bytes:
         """The job's events as published, oldest first, paged like ``job.list``."""
+        caller = tenant_of(msg)
         req = _events_req.decode(msg.data)
         after = _cursor(cursors.decode_event_cursor, req.after)
+        if caller != s.DEFAULT_TENANT and not domain.visible(await self._db.job_tenant(req.job_id) or "", caller):
+            raise _unknown_job(req.job_id)
         rows = await self._db.job_events_page(req.job_id, after, req.limit + 1)
         if not rows and after is None:
-            raise RequestError(404, f"unknown job {req.job_id}", field="job_id", job_id=req.job_id)
+            raise _unknown_job(req.job_id)
         page = Page(self._budget, req.limit)
         last: EventPosition | None = None
         for row in rows[: req.limit]:
@@ -171,7 +187,7 @@ class Queries:
                     s.JOB_LIST,
                     self.job_list,
                     {
-                        "request": "{state?, limit? (1-1000, default 100), after?}",
+                        "request": "{state?, limit? (1-1000, default 100), after?, tenant?}",
                         "reply": "{jobs, next, count} newest first, a page bounded by bytes",
                     },
                 ),

@@ -37,6 +37,8 @@ class JobWrite(msgspec.Struct, frozen=True):
     released: bool
     reservations: list[Reservation] | None
     """Stored as JSON text (``jobs.reservations``); None while the job is not placed on shared nodes."""
+    tenant: str = "default"
+    """The job's tenant (§8.4), filtering ``job.list``."""
 
 
 class StoredJob(msgspec.Struct, frozen=True):
@@ -76,15 +78,16 @@ ON CONFLICT (event_key) DO NOTHING
 def _job_rows(param: str) -> str:
     """The job rows of a write, from a JSON array bound as ``param``, in their given order."""
     return f"""ROWS FROM (json_to_recordset({param}::json) AS (job_id text, expected bigint, version bigint,
-    state text, reason text, submitted_at timestamptz, updated_at timestamptz, released boolean, reservations text))
+    state text, reason text, submitted_at timestamptz, updated_at timestamptz, released boolean, reservations text,
+    tenant text))
     WITH ORDINALITY
-    AS u(job_id, expected, version, state, reason, submitted_at, updated_at, released, reservations, n)"""
+    AS u(job_id, expected, version, state, reason, submitted_at, updated_at, released, reservations, tenant, n)"""
 
 
 def insert_jobs(param: str) -> str:
     return f"""
-INSERT INTO jobs (job_id, version, state, reason, submitted_at, updated_at, released, reservations)
-SELECT u.job_id, u.version, u.state, u.reason, u.submitted_at, u.updated_at, u.released, u.reservations
+INSERT INTO jobs (job_id, version, state, reason, submitted_at, updated_at, released, reservations, tenant)
+SELECT u.job_id, u.version, u.state, u.reason, u.submitted_at, u.updated_at, u.released, u.reservations, u.tenant
 FROM {_job_rows(param)}
 ORDER BY u.n
 ON CONFLICT (job_id) DO NOTHING
@@ -96,7 +99,7 @@ def update_jobs(param: str) -> str:
     """Only rows still carrying the version the writer expects (the token check)."""
     return f"""
 UPDATE jobs SET version = u.version, state = u.state, reason = u.reason, submitted_at = u.submitted_at,
-                updated_at = u.updated_at, released = u.released, reservations = u.reservations
+                updated_at = u.updated_at, released = u.released, reservations = u.reservations, tenant = u.tenant
 FROM {_job_rows(param)}
 WHERE jobs.job_id = u.job_id AND jobs.version = u.expected
 RETURNING jobs.job_id
@@ -109,6 +112,14 @@ LOCK_JOBS = "SELECT job_id, version FROM jobs WHERE job_id = ANY($1::text[]) ORD
 EVENTS_OF = "SELECT job_id, body FROM events WHERE job_id = ANY($1::text[])"
 LIST_ALL = "SELECT seq, job_id FROM jobs WHERE state IS NOT NULL AND seq < $1 ORDER BY seq DESC LIMIT $2"
 LIST_STATE = "SELECT seq, job_id FROM jobs WHERE state = $3 AND seq < $1 ORDER BY seq DESC LIMIT $2"
+LIST_TENANT = (
+    "SELECT seq, job_id FROM jobs WHERE tenant = $3 AND state IS NOT NULL AND seq < $1 ORDER BY seq DESC LIMIT $2"
+)
+LIST_TENANT_STATE = (
+    "SELECT seq, job_id FROM jobs WHERE tenant = $3 AND state = $4 AND seq < $1 ORDER BY seq DESC LIMIT $2"
+)
+"""One tenant's jobs (index ``jobs_by_tenant (tenant, seq)``, walked backwards from the cursor)."""
+JOB_TENANT = "SELECT tenant FROM jobs WHERE job_id = $1"
 JOB_EVENTS = "SELECT body FROM events WHERE job_id = $1 ORDER BY at, stream_seq, event_key"
 JOB_EVENTS_PAGE = """
 SELECT at, stream_seq, event_key, body FROM events

@@ -31,6 +31,7 @@ def job_write(view: domain.JobView, expected: int | None) -> JobWrite:
         updated_at=view.updated_at,
         released=view.released,
         reservations=reservations_of(view),
+        tenant=view.tenant,
     )
 
 
