@@ -1,9 +1,11 @@
 """``python -m services.placement``: node table and ledger first, then decisions.
 
 Start-up order: the node snapshot, the drain facts, the ledger replay (no job is decided
-before the ledger has caught up with PLACEMENTS), then the micro service with its
-``node.drain`` / ``node.undrain`` / ``placement.plan`` endpoints (so ``$SRV.PING.placement``
-answers only once they do: a ping is the readiness signal tests and operators wait on), then the decider, the retry loop, the fleet
+before the ledger has caught up with PLACEMENTS), the tenants' run-time quotas (bucket
+``QUOTAS``, then followed), then the micro service with its ``node.drain`` /
+``node.undrain`` / ``placement.plan`` / ``quota.*`` / ``tenant.usage`` endpoints (so
+``$SRV.PING.placement`` answers only once they do: a ping is the readiness signal tests and
+operators wait on), then the decider, the retry loop, the fleet
 loop (lost and drained nodes, degraded jobs) and the scale consumer, and last the job
 consumer. On SIGTERM the stack unwinds in reverse: the consumers stop fetching, the loops
 end, the decider commits what is queued, the endpoints stop.
@@ -16,7 +18,9 @@ import contextlib
 from schemas import subjects as s
 from services.placement.plan import MAX_BODY as PLAN_MAX_BODY
 from services.placement.service import Placement
+from services.placement.tenants import MAX_BODY as TENANTS_MAX_BODY
 from services.runtime.app import Runtime, background, run
+from services.runtime.micro import Endpoint
 
 
 async def main(rt: Runtime) -> None:
@@ -26,6 +30,13 @@ async def main(rt: Runtime) -> None:
         drains = await p.follow_drains()
         stack.push_async_callback(drains.unsubscribe)  # type: ignore[attr-defined]
         await p.replay_ledger()
+        quotas = await p.follow_quotas()
+
+        async def stop_quotas() -> None:
+            rt.stop.set()
+            await quotas
+
+        stack.push_async_callback(stop_quotas)
         svc = await stack.enter_async_context(
             rt.micro_service(
                 "Filters and ranks nodes, reserves capacity, decides placements", (s.PLACEMENT_JOBS, s.PLACEMENT_SCALES)
@@ -36,7 +47,9 @@ async def main(rt: Runtime) -> None:
             ("undrain", s.NODE_UNDRAIN, p.drains.undrain),
         ):
             await svc.add_endpoint(name, subject, handler, max_body=64 * 1024)
-        await svc.add_endpoint("plan", s.PLACEMENT_PLAN, p.planner.handle, max_body=PLAN_MAX_BODY)
+        plan = Endpoint("plan", s.PLACEMENT_PLAN, p.planner.handle, {"request": "JobSpec", "reply": "PlanReply"})
+        await svc.add_endpoints([plan], max_body=PLAN_MAX_BODY)  # tenants too, through their imports
+        await svc.add_endpoints(p.tenants.endpoints(), max_body=TENANTS_MAX_BODY)
 
         async def log_stats() -> None:  # once the decider has finished
             rt.log.info("placement stats", **p.stats)

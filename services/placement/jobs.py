@@ -5,7 +5,9 @@ is acked (by the consumer loop) once the decision is stored. A job that does not
 yet is *held*: left unacked, kept ours by in-progress pings, retried whenever capacity
 changes (a status, a release), and tried a last time with an explanation at its
 deadline (``placement_deadline_s`` from submission), which then stores
-``placement.failed``. After a crash the held messages are redelivered, so no pending
+``placement.failed``. A job that would exceed its tenant's compute budget (``cpu_hours``,
+§8.4) is rejected instead (``job.rejected``, with the figures), when it arrives or is retried.
+After a crash the held messages are redelivered, so no pending
 job is forgotten; a redelivered job already decided is just acked.
 """
 
@@ -13,6 +15,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+from collections.abc import Awaitable, Callable
 
 import structlog
 
@@ -30,7 +33,15 @@ class Jobs:
     """The handler of accepted jobs and the retry loop of the held ones."""
 
     def __init__(
-        self, ledger: Ledger, decider: Decider, clock: Clock, deadline_s: float, capacity_changed: asyncio.Event
+        self,
+        ledger: Ledger,
+        decider: Decider,
+        clock: Clock,
+        deadline_s: float,
+        capacity_changed: asyncio.Event,
+        *,
+        over_budget: Callable[[ev.JobAccepted], str | None] | None = None,
+        reject: Callable[[ev.JobAccepted, str], Awaitable[None]] | None = None,
     ) -> None:
         self.decided = ledger.decided  # the ledger's set, never rebound
         self.decide = decider.decide
@@ -39,6 +50,19 @@ class Jobs:
         self.capacity_changed = capacity_changed
         self.pending: dict[str, Pending] = {}
         """Held jobs by job id."""
+        self.over_budget = over_budget
+        self.reject = reject
+
+    async def rejected(self, event: ev.JobAccepted) -> bool:
+        """Reject ``event``'s job when it would exceed its tenant's compute budget."""
+        if self.over_budget is None or self.reject is None:
+            return False
+        why = self.over_budget(event)
+        if why is None:
+            return False
+        await self.reject(event, why)
+        log.info("rejected: compute budget", job_id=event.job_id, reason=why)
+        return True
 
     async def on_accepted(self, event: ev.JobAccepted, d: Delivery) -> None:
         bound = log.bind(job_id=event.job_id)
@@ -49,6 +73,8 @@ class Jobs:
         if held is not None:  # redelivered to us while we hold it (a ping came late)
             held.delivery = d
             d.hold()
+            return
+        if await self.rejected(event):
             return
         submitted = event.submitted_at or event.at
         age = (self.clock.wall() - submitted).total_seconds()
@@ -75,6 +101,10 @@ class Jobs:
             changed_event.clear()
             now = clock.monotonic()
             due = [p for p in self.pending.values() if changed or now >= p.deadline]
+            for p in [p for p in due if await self.rejected(p.event)]:
+                due.remove(p)
+                del self.pending[p.event.job_id]
+                await p.delivery.ack()
             outcomes = await asyncio.gather(
                 *(self.decide(p, final=now >= p.deadline) for p in due), return_exceptions=True
             )

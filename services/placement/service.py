@@ -13,7 +13,9 @@
   jobs, queued for re-placement with the decider;
 - :class:`~services.placement.scales.Scales`: ``job.scale_requested`` from the durable
   ``placement-scales`` consumer, made revisions by the decider;
-- :class:`~services.placement.plan.Planner`: the ``placement.plan`` endpoint.
+- :class:`~services.placement.plan.Planner`: the ``placement.plan`` endpoint;
+- :class:`~services.placement.tenants.Tenants`: tenants' quotas (the ``QUOTAS`` bucket,
+  ``quota.set``/``quota.get``/``tenant.usage``) and the compute-budget check (§8.4).
 
 Start-up order (``__main__``): node snapshot, drain facts, ledger replay, then the decider,
 the retry loop, the fleet loop and the job consumer, so no job is decided on a ledger that
@@ -36,9 +38,11 @@ from services.placement.ledger import Ledger
 from services.placement.nodes import NodeFeed
 from services.placement.plan import Planner
 from services.placement.ports import Clock, PlacementsStream, SystemClock
+from services.placement.quotas import QuotaBook
 from services.placement.scales import Scales
 from services.placement.scales import decoder as _scale_decoder
 from services.placement.state import World
+from services.placement.tenants import Tenants
 from services.runtime.app import Runtime
 from services.runtime.consumer import Consumer
 from services.runtime.publisher import Publisher
@@ -60,6 +64,8 @@ class Placement:
         t = rt.config.timeouts
         capacity_changed = asyncio.Event()
         self.world = World()
+        self.capacity_changed = capacity_changed
+        self.quotas = QuotaBook(config=dict(rt.config.tenants))
         self.nodes = NodeFeed(self.world, clock, t.node_ttl_s, capacity_changed)
         self.ledger = Ledger(self.world, capacity_changed)
         self.decider = Decider(
@@ -71,10 +77,21 @@ class Placement:
             top_candidates=rt.config.placement.top_candidates,
             instance_types=rt.config.instance_types,
             preemption=rt.config.placement.preemption,
+            quotas=self.quotas,
         )
-        self.jobs = Jobs(self.ledger, self.decider, clock, t.placement_deadline_s, capacity_changed)
         self.fleet = Fleet(self.world, self.decider.move, clock, lost_s=t.lost_after_s)
-        self.drains = Drains(self.world, Publisher(rt.js).publish, self.fleet.wake, capacity_changed)
+        self.tenants = Tenants(self.quotas, self.ledger.accounts, clock, self.quota_changed)
+        self.publisher = Publisher(rt.js)
+        self.jobs = Jobs(
+            self.ledger,
+            self.decider,
+            clock,
+            t.placement_deadline_s,
+            capacity_changed,
+            over_budget=self.tenants.over_budget,
+            reject=self.reject,
+        )
+        self.drains = Drains(self.world, self.publisher.publish, self.fleet.wake, capacity_changed)
         self.scales = Scales(self.ledger, self.decider.scale, clock, wait_s=t.placement_deadline_s + _SCALE_GRACE_S)
         self.planner = Planner(
             self.world,
@@ -88,6 +105,28 @@ class Placement:
         self.decide = self.decider.decide
         self.move = self.decider.move
         self.stats = self.decider.stats
+
+    def quota_changed(self) -> None:
+        """A tenant's quota changed: try the jobs waiting at a quota, and degraded jobs, again."""
+        self.world.epoch += 1
+        self.capacity_changed.set()
+        self.fleet.wake.set()
+
+    async def reject(self, e: ev.JobAccepted, reason: str) -> None:
+        """``job.rejected`` for ``e``'s job (its compute budget): stored once, whoever retries."""
+        await self.publisher.publish(
+            ev.JobRejected(event_id=ev.event_id_for(e.job_id, s.JOB_REJECTED), job_id=e.job_id, reason=reason)
+        )
+
+    async def follow_quotas(self, timeout: float = 60) -> asyncio.Task[None]:
+        """Bind the ``QUOTAS`` bucket and apply its values (returns once the stored ones are),
+        then keep following it until ``rt.stop``."""
+        info = await self.rt.js.stream_info(s.PLACEMENTS.name)
+        await self.tenants.bind(self.rt.js, replicas=info.config.num_replicas or 1)
+        ready = asyncio.Event()
+        task = asyncio.create_task(self.tenants.follow(ready, self.rt.stop))
+        await asyncio.wait_for(ready.wait(), timeout)
+        return task
 
     async def follow_drains(self, timeout: float = 60) -> object:
         return await self.drains.follow(self.rt.js, timeout)
