@@ -17,7 +17,10 @@ released) reads only the ``tenant`` and ``event_id`` of each event (:class:`Rela
   retries it; an event that does not decode (no ``event_id``, a tenant that is not one
   subject token) is dead-lettered to ``deadletter.gateway``.
 
-Any number of gateway instances share the durable (each batch goes to one of them).
+A batch's copies are stored in PLACEMENTS' order. Any number of gateway instances share the
+durable (each batch goes to one of them); with several, two batches may be relayed at once
+and interleave, so a tenant orders a job's decisions by their ``revision``, as every reader
+of PLACEMENTS may have to after a redelivery.
 """
 
 from __future__ import annotations
