@@ -72,7 +72,7 @@ EX_CONFIG = 78
 SERVICES_ROLE = "services"
 """The nats.conf user every service connects as."""
 
-_VIOLATION = re.compile(r"permissions violation for (publish|subscription) to \W*([^\s\"']+)", re.IGNORECASE)
+_VIOLATION = re.compile(r"permissions violation for (publish|subscription) to\s+[\"']?([^\s\"']+)", re.IGNORECASE)
 
 
 class Refused(Exception):
