@@ -14,6 +14,7 @@ from services.runtime.app import Runtime, background, run
 from services.runtime.backoff import sleep_unless
 from services.runtime.micro import Endpoint
 from services.runtime.publisher import Publisher
+from services.runtime.streams import ensure_consumer
 
 
 async def main(rt: Runtime) -> None:
@@ -30,7 +31,9 @@ async def main(rt: Runtime) -> None:
     async with contextlib.AsyncExitStack() as stack:  # stopped in reverse: endpoints first
         background(stack, rt.stop, drop_idle_subscriptions())
         background(stack, rt.stop, admission.run(rt.stop))
-        # each tenant job's placement events, copied into TENANT_PLACEMENTS (§8.4, §8.6)
+        # each tenant job's placement events, copied into TENANT_PLACEMENTS (§8.4, §8.6); its
+        # durable declared before the micro service names it in its metadata
+        await ensure_consumer(rt.js, s.TENANT_RELAY)
         background(stack, rt.stop, Relay(rt.js).consumer().run(rt.stop))
         await states.start(rt.js)
         stack.push_async_callback(states.stop)
