@@ -14,6 +14,7 @@ import asyncio
 import contextlib
 import json
 from collections.abc import AsyncIterator, Awaitable, Callable
+from typing import Any
 
 import nats
 import nats.errors
@@ -23,6 +24,7 @@ from nats.aio.client import Client
 from schemas import events as ev
 from schemas import subjects as s
 from services.devstack import NatsServer
+from services.gateway.handlers import job_id_for
 from services.runtime.credentials import Role
 from tests.support.events import decided
 from tests.support.permissions import EVENTS, REQUESTS, SENTINEL, WATCHED, concrete
@@ -40,7 +42,10 @@ JS_WRITE = {
     f"$JS.API.STREAM.UPDATE.{s.JOBS.name}",
     f"$JS.API.CONSUMER.DELETE.{s.JOBS.name}.{s.INTAKE_JOBS.durable}",
 }
-EVERYTHING = REQUESTS | EVENTS | JS_READ | JS_WRITE
+TENANT_REQUESTS = {s.tenant_request_subject(subject) for subject in s.TENANT_REQUESTS}
+"""Where the services serve tenants (§8.4): only an import reaches them. No user of the scheduler's
+account may publish there (it could forge the tenant's Nats-Request-Info); ``services`` serve them."""
+EVERYTHING = REQUESTS | EVENTS | JS_READ | JS_WRITE | TENANT_REQUESTS
 
 # what each role may publish / subscribe to, among EVERYTHING
 PUBLISH: dict[Role, set[str]] = {
@@ -50,7 +55,7 @@ PUBLISH: dict[Role, set[str]] = {
     "monitor": JS_READ,
 }
 SUBSCRIBE: dict[Role, set[str]] = {
-    "services": REQUESTS | EVENTS | {"$SRV.PING"},
+    "services": REQUESTS | EVENTS | {"$SRV.PING"} | TENANT_REQUESTS,
     "manager": WATCHED,
     "node": set(),
     "monitor": set(),
@@ -237,3 +242,66 @@ async def test_anonymous_clients_get_the_manager_role_only(services: Spawn, nats
         await asyncio.wait_for(both_denied.wait(), 5)  # the server's permission violations
     finally:
         await anon.close()
+
+
+# --- tenants (§8.4): whose request it is comes from the server, never from the client ------------
+# The isolation of tenants' jobs from one another: tests/integration/test_tenants.py.
+
+
+async def last_submitted(nc: Client) -> dict[str, Any]:
+    """The last ``job.submitted`` stored (the tests submit one job at a time)."""
+    msg = await nc.jetstream().get_last_msg(s.JOBS.name, s.JOB_SUBMITTED)
+    body: dict[str, Any] = json.loads(msg.data or b"{}")
+    return body
+
+
+async def test_a_forged_request_info_header_changes_no_jobs_tenant(
+    nc: Client, services: Spawn, connect_as: Connect
+) -> None:
+    await services("gateway")
+    manager, _ = await connect_as("manager")
+    acme, _ = await connect_as("acme")
+    body = b'{"name": "forged", "request_id": "k1"}'
+    # inside the scheduler's account the header is the client's own: never read, the job is default's
+    claims_acme = {s.REQUEST_INFO_HEADER: json.dumps({"acc": "ACME"})}
+    reply = await manager.request(s.JOB_SUBMIT, body, headers=claims_acme, timeout=5)
+    assert json.loads(reply.data)["job_id"] == job_id_for("k1")
+    stored_job = await last_submitted(nc)
+    assert (stored_job["job_id"], stored_job.get("tenant", s.DEFAULT_TENANT)) == (job_id_for("k1"), s.DEFAULT_TENANT)
+    # across accounts the server stamps the header itself: ACME's claim to be GLOBEX is overwritten
+    claims_globex = {s.REQUEST_INFO_HEADER: json.dumps({"acc": "GLOBEX"})}
+    reply = await acme.request(s.JOB_SUBMIT, body, headers=claims_globex, timeout=5)
+    assert json.loads(reply.data)["job_id"] == job_id_for("k1", "acme")
+    stored_job = await last_submitted(nc)
+    assert (stored_job["job_id"], stored_job["tenant"]) == (job_id_for("k1", "acme"), "acme")
+
+
+async def test_no_user_of_the_scheduler_account_reaches_the_tenants_subjects(
+    nc: Client, services: Spawn, connect_as: Connect
+) -> None:
+    """``sched.tenant.*`` trusts Nats-Request-Info: a manager publishing there could forge any tenant
+    (every role: ``test_each_role_publishes_exactly_its_subjects``)."""
+    await services("gateway")
+    manager, v = await connect_as("manager")
+    forged = {s.REQUEST_INFO_HEADER: json.dumps({"acc": "ACME"})}
+    subject = s.tenant_request_subject(s.JOB_SUBMIT)
+    await manager.publish(subject, b'{"name": "forged"}', reply="_INBOX.nowhere", headers=forged)
+    assert denial(subject) in await v.next()
+    assert await settle(manager, v) == []
+    assert await stored(nc, s.JOBS) == 0
+
+
+async def test_quota_set_is_the_operators_alone(nc: Client, services: Spawn, connect_as: Connect) -> None:
+    await services("placement")
+    body = json.dumps({"tenant": "acme", "quota": {"cpu": 64}}).encode()
+    # served (admin, the operators' full access, sets it)...
+    reply = await nc.request(s.QUOTA_SET, body, timeout=5)
+    assert json.loads(reply.data)["tenant"] == "acme"
+    # ...but a tenant's account does not import it: nobody answers there
+    acme, _ = await connect_as("acme")
+    with pytest.raises(nats.errors.NoRespondersError):
+        await acme.request(s.QUOTA_SET, body, timeout=5)
+    # and the Cluster Manager may not send it
+    manager, v = await connect_as("manager")
+    await manager.publish(s.QUOTA_SET, body, reply="_INBOX.nowhere")
+    assert denial(s.QUOTA_SET) in await v.next()
