@@ -314,3 +314,15 @@ class TestTheQuotaBook:
         assert not book.put("acme", Quota(cpu=16))  # the watch brings back what quota.set applied: no change
         assert book.put("acme", None)
         assert book.of("acme") == (Quota(cpu=8), "config")
+
+
+async def test_quota_set_through_a_tenant_import_is_refused() -> None:
+    from types import SimpleNamespace
+
+    from services.placement.tenants import Tenants
+
+    t = Tenants(q.QuotaBook(), q.Accounts(), FakeClock(), lambda: None)
+    msg = SimpleNamespace(subject=s.tenant_request_subject(s.QUOTA_SET), data=b'{"tenant": "acme", "quota": {}}')
+    with pytest.raises(RequestError) as e:
+        await t.set(msg)  # type: ignore[arg-type]
+    assert e.value.code == 403
