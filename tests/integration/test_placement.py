@@ -74,6 +74,7 @@ async def test_deadline_expiry_publishes_an_explained_failure(nc: Client, servic
         "distance": 0,
         "spread_by": 0,
         "spread": 0,
+        "quota": 0,
     }
 
 
