@@ -47,6 +47,8 @@ REQUEST_SUBJECTS: tuple[str, ...] = (
 )
 
 # --- reply inboxes (nats-py ``inbox_prefix``, nats.ws ``inboxPrefix``, nats CLI ``--inbox-prefix``) ---
+DEFAULT_INBOX_PREFIX = "_INBOX"
+"""The clients' default, kept by the ``manager`` (the stock nats CLI without credentials) and tenants."""
 SERVICES_INBOX_PREFIX = "_INBOX_services"
 """The services' replies arrive under ``_INBOX_services.>``, the only inboxes their user may read
 (nats.conf): no other role can read a service's replies, nor a service another role's."""

@@ -96,7 +96,7 @@ class Target:
     @property
     def inbox_prefix(self) -> str:
         """The user's reply inboxes: a role of nats.conf that may read its own only gets them."""
-        return s.ROLE_INBOX_PREFIXES.get(self.user or "", "_INBOX")
+        return s.ROLE_INBOX_PREFIXES.get(self.user or "", s.DEFAULT_INBOX_PREFIX)
 
     @classmethod
     def resolve(

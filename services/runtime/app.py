@@ -24,6 +24,7 @@ from nats.aio.client import Client
 from nats.js import JetStreamContext
 
 from schemas.subjects import (
+    DEFAULT_INBOX_PREFIX,
     JOB_LIFECYCLE,
     QUOTAS,
     ROLE_INBOX_PREFIXES,
@@ -109,7 +110,7 @@ def canonical_subject(subject: str) -> str:
     """A subject as nats-py reports it (lower-cased) made readable again: the upper-case tokens of
     ``$JS``/``$KV``/``$SRV`` subjects (API verbs, streams, buckets) restored, a reply inbox shown
     as its prefix's wildcard (``_INBOX_services.>``)."""
-    for prefix in (*ROLE_INBOX_PREFIXES.values(), "_INBOX"):
+    for prefix in (*ROLE_INBOX_PREFIXES.values(), DEFAULT_INBOX_PREFIX):
         if subject.lower().startswith(prefix.lower() + "."):
             return f"{prefix}.>"
     if not subject.startswith("$"):  # the scheduler's own subjects are lower-case

@@ -81,7 +81,7 @@ async def may_publish(client: Client, v: Violations) -> set[str]:
 
 async def may_subscribe(client: Client, v: Violations) -> set[str]:
     allowed = set()
-    inboxes = {"_INBOX.>", f"{s.CONSOLE_INBOX_PREFIX}.>", f"{s.SERVICES_INBOX_PREFIX}.>"}
+    inboxes = {f"{s.DEFAULT_INBOX_PREFIX}.>", f"{s.CONSOLE_INBOX_PREFIX}.>", f"{s.SERVICES_INBOX_PREFIX}.>"}
     for subject in sorted(EVERYTHING | {">", "job.>", "placement.>"} | inboxes):
         sub = await client.subscribe(subject)
         if not await v.settle(client):

@@ -109,9 +109,9 @@ class Violations:
 @pytest.mark.parametrize(
     ("role", "own", "others"),
     [
-        ("services", s.SERVICES_INBOX_PREFIX, ("_INBOX", s.CONSOLE_INBOX_PREFIX, s.MONITOR_INBOX_PREFIX)),
-        ("monitor", s.MONITOR_INBOX_PREFIX, ("_INBOX", s.SERVICES_INBOX_PREFIX, s.CONSOLE_INBOX_PREFIX)),
-        ("manager", "_INBOX", (s.SERVICES_INBOX_PREFIX, s.MONITOR_INBOX_PREFIX, s.CONSOLE_INBOX_PREFIX)),
+        ("services", s.SERVICES_INBOX_PREFIX, (s.DEFAULT_INBOX_PREFIX, s.CONSOLE_INBOX_PREFIX, s.MONITOR_INBOX_PREFIX)),
+        ("monitor", s.MONITOR_INBOX_PREFIX, (s.DEFAULT_INBOX_PREFIX, s.SERVICES_INBOX_PREFIX, s.CONSOLE_INBOX_PREFIX)),
+        ("manager", s.DEFAULT_INBOX_PREFIX, (s.SERVICES_INBOX_PREFIX, s.MONITOR_INBOX_PREFIX, s.CONSOLE_INBOX_PREFIX)),
     ],
 )
 async def test_each_role_reads_its_own_inboxes_only(

@@ -66,7 +66,11 @@ class TestContexts:
 class TestInboxes:
     @pytest.mark.parametrize(
         ("user", "prefix"),
-        [("monitor", s.MONITOR_INBOX_PREFIX), ("services", s.SERVICES_INBOX_PREFIX), ("manager", "_INBOX")],
+        [
+            ("monitor", s.MONITOR_INBOX_PREFIX),
+            ("services", s.SERVICES_INBOX_PREFIX),
+            ("manager", s.DEFAULT_INBOX_PREFIX),
+        ],
     )
     def test_a_role_with_inboxes_of_its_own_uses_them(self, user: str, prefix: str) -> None:
         assert Target("nats://x:1", user, "pw").inbox_prefix == prefix
