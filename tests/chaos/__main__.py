@@ -18,7 +18,7 @@ from nats.aio.client import Client
 
 from schemas import subjects as s
 from schemas.events import DeadLetter
-from tests.chaos import living, preemption, scaling
+from tests.chaos import living, preemption, scaling, tenants
 from tests.chaos.living import Injected
 from tests.chaos.load import Load
 from tests.support.invariants import check_live, read_stream
@@ -159,6 +159,9 @@ SCENARIOS: dict[str, Scenario] = {
     ),
     "placement killed -9 during preemptions": Scenario(
         _living(preemption.preempt_under_kills), living=True, nodes=preemption.NODES, preempts=True
+    ),
+    "two tenants under load, one at its quota; placement and metadata killed -9": Scenario(
+        _living(tenants.tenants_under_kills)  # the first-wave fleet; kills a third into the load
     ),
 }
 
