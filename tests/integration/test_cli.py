@@ -179,3 +179,23 @@ async def test_scale_and_plan_as_a_user_types_them(services: Spawn, nats_server:
     assert code == 0 and "would place" in out and out.count("sc-") >= 2, (out, err)
     code, out, err = await cli(nats_server, "plan", "--cpu", "4000")
     assert code == 0 and "would not fit" in out and "insufficient cpu" in out, (out, err)
+
+
+async def test_quota_set_get_and_usage_and_who_may_set_it(services: Spawn, nats_server: NatsServer) -> None:
+    await services("placement")
+    code, out, err = await cli(nats_server, "quota", "set", "acme", "--cpu", "8", "--jobs", "3")  # admin by default
+    assert code == 0, err
+    assert "tenant acme" in out and "quota.set" in out
+    code, out, err = await cli(nats_server, "quota", "acme", "--json")  # as the manager
+    assert code == 0, err
+    reply = json.loads(out)
+    assert reply["tenant"] == "acme" and reply["source"] == "runtime"
+    assert (reply["quota"]["cpu"], reply["quota"]["jobs"], reply["quota"]["gpu"]) == (8.0, 3, None)
+    code, out, err = await cli(nats_server, "usage", "acme")
+    assert code == 0, err
+    rows = {line.split()[0]: line.split(None, 1)[1].strip() for line in out.splitlines()[2:]}
+    assert rows["cpu"] == "0 of 8" and rows["jobs"] == "0 of 3" and rows["gpu"] == "0 (unlimited)"
+
+    code, _, err = await cli(nats_server, "quota", "set", "acme", "--cpu", "1", "--user", "manager")
+    assert code == 4
+    assert err.startswith(f'natsched: NATS user "manager" may not publish to {s.QUOTA_SET} ('), err
