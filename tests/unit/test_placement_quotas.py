@@ -326,3 +326,26 @@ async def test_quota_set_through_a_tenant_import_is_refused() -> None:
     with pytest.raises(RequestError) as e:
         await t.set(msg)  # type: ignore[arg-type]
     assert e.value.code == 403
+
+
+def test_the_budget_check_counts_what_the_tenant_used() -> None:
+    from services.placement.tenants import Tenants
+
+    accounts = q.Accounts()
+    accounts.decided(shared("old", 1, at=T0 - timedelta(hours=2)))  # 2 cores for 2 h by FakeClock's now (T0)
+    book = q.QuotaBook(config={"acme": Quota(cpu_hours=5)})
+    t = Tenants(book, accounts, FakeClock(), lambda: None)
+
+    def job(cpu: float, max_runtime_s: int | None) -> ev.JobAccepted:
+        spec = msgspec.structs.replace(
+            SMALL_SPEC, resources=Resources(cpu=cpu, memory_mb=1), max_runtime_s=max_runtime_s
+        )
+        return ev.JobAccepted(event_id="x", job_id="x", spec=spec, tenant="acme")
+
+    assert t.over_budget(job(1, 3600)) is None  # 4 + 1 <= 5
+    assert t.over_budget(job(2, 3600)) == (
+        "quota: tenant acme used 4 of 5 cpu_hours in the last 30 days; "
+        "this job may use 2 more (2 cpu x 1 replicas x 3600 s)"
+    )
+    assert t.over_budget(job(64, None)) is None  # no max_runtime_s: only once the budget is used up
+    assert t.over_budget(msgspec.structs.replace(job(64, 3600), tenant="globex")) is None
