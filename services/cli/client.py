@@ -185,6 +185,18 @@ _guards: weakref.WeakKeyDictionary[Client, Guard] = weakref.WeakKeyDictionary()
 """Each connection's watch on permission violations."""
 
 
+async def ensure_allowed(nc: Client) -> None:
+    """Raise the first permission NATS denied on ``nc`` so far as a :class:`CliError`
+    (:data:`EXIT_DENIED`). The server answers a ping after reporting what it denied before it,
+    but nats-py (2.16) writes a flush's PING straight to the socket, ahead of the subscriptions
+    and publications still in its buffer: the second flush's ping follows them."""
+    await nc.flush()
+    await nc.flush()
+    guard = _guards.get(nc)
+    if guard is not None and guard.refused.done():
+        raise CliError(guard.refused.result().message, EXIT_DENIED)
+
+
 def error_of(headers: Mapping[str, str] | None, data: bytes) -> CliError | None:
     """The ADR-32 error reply as a CliError, or None for a success."""
     if not headers or s.ERROR_CODE_HEADER not in headers:

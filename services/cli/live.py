@@ -16,7 +16,7 @@ from nats.aio.msg import Msg
 from schemas import events as ev
 from schemas import subjects as s
 from services.cli import render
-from services.cli.client import EXIT_UNREACHABLE, CliError
+from services.cli.client import EXIT_UNREACHABLE, CliError, ensure_allowed
 from services.cli.commands import pages
 from services.cli.output import Io
 from services.simnodes.fleet import Fleet
@@ -41,7 +41,7 @@ async def cmd_watch(a: argparse.Namespace, nc: Client, io: Io) -> None:
 
     subjects = WATCHED + ((s.NODE_STATUS_ALL, s.NODE_DRAINING_ALL) if a.nodes else ())
     subs = [await nc.subscribe(subject, cb=on_event) for subject in subjects]
-    await nc.flush()  # subscribed before history is read: nothing falls in between
+    await ensure_allowed(nc)  # subscribed before history is read (nothing falls in between), and allowed to
     seen: set[str] = set()
     shown = 0
     if a.job_id and a.history:
@@ -115,7 +115,7 @@ async def cmd_simulate_nodes(a: argparse.Namespace, nc: Client, io: Io) -> None:
             statuses = fleet.tick()
             for status in statuses:
                 await nc.publish(ev.subject_of(status), ev.encode(status))
-            await nc.flush()
+            await ensure_allowed(nc)
             rounds += 1
             if io.as_json:
                 io.json({"round": rounds, "nodes": len(statuses)})

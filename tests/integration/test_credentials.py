@@ -130,3 +130,20 @@ async def test_each_role_reads_its_own_inboxes_only(
         assert SENTINEL in await asyncio.wait_for(v.seen.get(), 5)
     finally:
         await client.close()
+
+
+@pytest.mark.parametrize(
+    ("role", "argv", "denied"),
+    [
+        ("monitor", ("watch",), f"subscribe to {s.JOB_SUBMITTED}"),
+        ("manager", ("simulate-nodes", "1", "--rounds", "1"), "publish to node.status."),
+    ],
+)
+async def test_the_cli_names_a_subscription_or_publication_it_may_not_make(
+    nats_server: NatsServer, tmp_path: Path, role: Role, argv: tuple[str, ...], denied: str
+) -> None:
+    args = ("--user", role, "--password", password(role), *argv)
+    proc = start("cli", nats_server.url, tmp_path, env={}, args=args)
+    assert await exit_code(proc) == EXIT_DENIED
+    (line,) = [x for x in proc.log_text().splitlines() if x.startswith("natsched: ")]
+    assert f'NATS user "{role}" may not {denied}' in line, line
