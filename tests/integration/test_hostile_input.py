@@ -216,6 +216,34 @@ def test_placement_plan_always_answers_per_contract(live: Live, payload: bytes) 
         assert ("decision" in body) != ("failure" in body), body
 
 
+quota_like = st.fixed_dictionaries(
+    {"tenant": st.one_of(st.text(max_size=80), st.sampled_from(["fuzz", "Acme", "a.b", "*", "default"]))},
+    optional={
+        "quota": st.one_of(
+            json_values,
+            st.dictionaries(
+                st.sampled_from(["cpu", "memory_mb", "gpu", "jobs", "instances", "cpu_hours", "x"]),
+                json_values,
+                max_size=4,
+            ),
+        ),
+        "extra": json_values,
+    },
+).map(lambda d: json.dumps(d).encode())
+
+
+@SETTINGS
+@given(payload=st.one_of(anything, quota_like, oversize))
+def test_quota_and_usage_requests_always_answer_per_contract(live: Live, payload: bytes) -> None:
+    body = answer(live, s.QUOTA_SET, payload, (400, 413))
+    if body is not None:
+        assert body["source"] == "runtime" and isinstance(body["quota"], dict)
+    for subject in (s.QUOTA_GET, s.TENANT_USAGE):
+        body = answer(live, subject, payload, (400, 404, 413))
+        if body is not None:
+            assert isinstance(body["tenant"], str) and isinstance(body["quota"], dict)
+
+
 def test_after_the_fuzzing_the_system_still_places_jobs(live: Live) -> None:
     async def go() -> dict[str, Any]:
         nc = live.nc
