@@ -70,7 +70,7 @@ REQUEST_INFO_HEADER = "Nats-Request-Info"
 """Stamped by nats-server on a request crossing accounts: JSON whose ``acc`` is the caller's account."""
 TENANT_REQUEST_PREFIX = "sched.tenant"
 """A tenant account imports ``sched.tenant.<request>`` under the plain name ``<request>``; only an
-import reaches these subjects (no user of NATSCHED but ``services`` may publish them), so the
+import reaches these subjects (no user of NATSCHED may publish them; ``services`` subscribe), so the
 ``Nats-Request-Info`` header on them is the server's, never a client's."""
 
 TENANT_REQUESTS: tuple[str, ...] = (
@@ -307,6 +307,14 @@ JOB_LIFECYCLE = BucketSpec(
 )
 """Per-job lifecycle record (``schemas.lifecycle``: end state, release flag, deadline, instances),
 keyed by job id; written by teardown only, read by the provisioner."""
+
+SNAPSHOTS = BucketSpec(
+    name="SNAPSHOTS",
+    description="Compact snapshots of state rebuilt from streams (object store; two slots per owner)",
+)
+"""Object store (stream ``OBJ_SNAPSHOTS``): ``<owner>.a`` / ``<owner>.b``, written alternately by
+``services.runtime.snapshots`` (placement's ledger, the gateway's view, ...), so a restart
+folds a snapshot plus the tail after it instead of all history."""
 
 QUOTAS = BucketSpec(
     name="QUOTAS",

@@ -125,6 +125,35 @@ class AdmissionConf(_Conf, kw_only=True):
     """How often the gateway reads that backlog from the consumers."""
 
 
+class RetentionConf(_Conf, kw_only=True):
+    """How long history is kept (issue #21): bounded disk and memory, restarts from snapshots.
+
+    Live state never depends on these windows: every service that rebuilds state from a
+    stream starts from its snapshot (``SNAPSHOTS``), written at least every ``snapshot_every_s``,
+    and a live job's facts are in it however old they are."""
+
+    events_max_age_s: PositiveS = 7 * 86400.0
+    """Events of JOBS, PLACEMENTS, CLUSTERS, TENANT_PLACEMENTS and DEADLETTER older than this
+    leave the streams (stream ``max_age``). At least ``timeouts.idempotency_window_s``."""
+    stream_max_bytes: Annotated[int, Meta(ge=-1)] = 2 * 1024**3
+    """Each of those streams' size cap (-1: none), with discard ``new``: a full stream refuses
+    new events loudly (503 on submit) rather than silently dropping old ones."""
+    snapshot_every_s: PositiveS = 60.0
+    """A service that rebuilds state from streams writes its snapshot at least this often (when
+    anything changed), so its restart replays at most this much tail."""
+    snapshot_every_events: Annotated[int, Meta(ge=1)] = 100_000
+    """... and also after this many events folded since the last one."""
+    ended_keep_s: PositiveS = 3600.0
+    """In-memory views (the gateway's job states, teardown's records) keep an ended job this long
+    (answering 409 "already ended"), then forget it (404 after that, as metadata may say more)."""
+    jobs_keep_s: PositiveS = 30 * 86400.0
+    """PostgreSQL keeps an ended job (record, history, events) this long after it ended."""
+    node_history_keep_s: PositiveS = 86400.0
+    """PostgreSQL keeps node status history (downsampled) this long; current state is kept always."""
+    cleanup_every_s: PositiveS = 300.0
+    """How often PostgreSQL retention runs (in batches)."""
+
+
 class Config(_Conf, kw_only=True):
     technologies: list[Technology]
     defaults: Defaults = Defaults()
@@ -135,6 +164,7 @@ class Config(_Conf, kw_only=True):
     aws: AwsConf = AwsConf()
     lifecycle: LifecycleConf = LifecycleConf()
     admission: AdmissionConf = AdmissionConf()
+    retention: RetentionConf = RetentionConf()
     tenants: dict[Tenant, Quota] = {}
     """``[tenants.<name>]``: each tenant's quota (§8.4; keys as ``schemas.replies.Quota``'s, absent is
     unlimited). A run-time ``quota.set`` replaces a tenant's for as long as it stands."""
