@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import uuid
 
 import structlog
 
@@ -87,6 +88,10 @@ class Decider:
         self._moves: dict[str, _Request] = {}
         """Re-placements queued and not yet taken into a batch, by job id."""
         self._wake = asyncio.Event()
+        self.instance = uuid.uuid4().hex[:12]
+        """This instance's part of every message id it commits (see :func:`attempt_ids`)."""
+        self.attempts = 0
+        """Chains published so far: the other part."""
 
     async def decide(self, p: Pending, *, final: bool = False) -> str:
         """Queue ``p`` for the decider; returns "decided", "failed", "already" or "pending".
@@ -290,7 +295,10 @@ class Decider:
                 todo = later
                 continue
             base = max(self.tail, self.ledger.applied_seq)
-            results = await self.chain.publish_chain([out for _, out in chain], base, atomic=self.atomic)
+            self.attempts += 1
+            events = [out for _, out in chain]
+            ids = attempt_ids(events, f"{self.instance}.{self.attempts}")
+            results = await self.chain.publish_chain(events, base, atomic=self.atomic, msg_ids=ids)
             self.stats["commits"] += 1
             redo: dict[int, _Request] = {}
             outcome: dict[int, str] = {}
@@ -333,6 +341,18 @@ class Decider:
             prio = res.decision.priority if res is not None and res.decision is not None else 0
             return (0, -prio, 0 if r.replicas is None else 1, r.job_id)
         return (1, -r.pending.event.spec.priority, r.pending.order, "")
+
+
+def attempt_ids(events: list[Stored], attempt: str) -> list[str]:
+    """The ``Nats-Msg-Id`` of each message of one chain: its event id and the attempt.
+
+    Two instances deciding the same job (one stalled past ack_wait) build events with the same
+    deterministic ``event_id``; were that the message id, the other's copy could satisfy our
+    chain's ``Nats-Expected-Last-Msg-Id`` and let a message decided on a stale ledger through.
+    Unique per attempt, only our own previous message satisfies it; a re-publish of the same
+    attempt (same ids) is still deduplicated by the stream. Consumers deduplicate by the payload's
+    ``event_id``, which is unchanged."""
+    return [f"{e.event_id}~{attempt}" for e in events]
 
 
 def _outcome(r: _Request, out: Stored) -> str:

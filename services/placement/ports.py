@@ -28,11 +28,17 @@ class Chain(Protocol):
     """The PLACEMENTS stream as the decider sees it."""
 
     async def publish_chain(
-        self, events: Sequence[ev.Event], expected_last_seq: int, *, atomic: bool = False
+        self,
+        events: Sequence[ev.Event],
+        expected_last_seq: int,
+        *,
+        atomic: bool = False,
+        msg_ids: Sequence[str] | None = None,
     ) -> list[Ack | Exception]:
         """As :meth:`services.runtime.publisher.Publisher.publish_chain`: each message's ack or
         error (``WrongLastSequence`` for a refusal), stored in order right after
-        ``expected_last_seq`` and nothing from the first refused one on."""
+        ``expected_last_seq`` and nothing from the first refused one on; ``msg_ids`` are the
+        messages' ``Nats-Msg-Id`` (unique to this attempt), which the chain's checks name."""
         ...
 
     async def last_seq(self) -> int:

@@ -68,7 +68,7 @@ class WrongLastSequence(PublishError):
 
 
 class Publisher:
-    """Publishes events to JetStream with ``Nats-Msg-Id`` = ``event_id``.
+    """Publishes events to JetStream with ``Nats-Msg-Id`` = ``event_id`` (a chain may name its own).
 
     ``publish`` waits for the stream's ack (on the same inbox: cheaper than nats-py's
     ``js.publish``, which builds a PubAck dataclass from ``json.loads``). ``publish_many`` pipelines the publishes
@@ -105,7 +105,12 @@ class Publisher:
         return [r for r in results if isinstance(r, Ack)]
 
     async def publish_chain(
-        self, events: Sequence[ev.Event], expected_last_seq: int, *, atomic: bool = False
+        self,
+        events: Sequence[ev.Event],
+        expected_last_seq: int,
+        *,
+        atomic: bool = False,
+        msg_ids: Sequence[str] | None = None,
     ) -> list[Ack | Exception]:
         """Store ``events`` in order right after ``expected_last_seq``, or from the first refused one
         on nothing; returns each message's ack or error (:class:`WrongLastSequence` for a refusal).
@@ -120,9 +125,18 @@ class Publisher:
         whole or not at all (its commit's ack carries the last sequence); for replicated streams,
         where the server may stop answering publishes after refusing a ``Nats-Expected-Last-Msg-Id``
         (docs/OPERATIONS.md, services/placement/README.md). It costs more: the server stages each
-        batch in files it syncs (figures in services/placement/README.md)."""
+        batch in files it syncs (figures in services/placement/README.md).
+
+        ``msg_ids``: each message's ``Nats-Msg-Id`` (default: its ``event_id``), which the
+        pipelined chain's ``Nats-Expected-Last-Msg-Id`` names too. A caller whose chains may
+        race another writer's copy of the same event (placement: two instances deciding one
+        job) passes ids unique to its attempt, so the other copy can never satisfy our check;
+        the ``event_id`` in the payload stays the consumers' idempotency key."""
+        ids = [e.event_id for e in events] if msg_ids is None else list(msg_ids)
+        if len(ids) != len(events):
+            raise ValueError(f"{len(ids)} message ids for {len(events)} events")
         if not atomic:
-            return await self._pipeline(events, expected_last_seq)
+            return await self._pipeline(events, expected_last_seq, ids)
         if not 0 < len(events) <= MAX_ATOMIC_BATCH:
             raise ValueError(f"a chain has 1 to {MAX_ATOMIC_BATCH} events, not {len(events)}")
         await self._subscribe()
@@ -132,7 +146,7 @@ class Publisher:
         self._pending[reply] = fut
         last = len(events) - 1
         for i, e in enumerate(events):
-            headers = {s.MSG_ID_HEADER: e.event_id, s.BATCH_ID_HEADER: batch, s.BATCH_SEQUENCE_HEADER: str(i + 1)}
+            headers = {s.MSG_ID_HEADER: ids[i], s.BATCH_ID_HEADER: batch, s.BATCH_SEQUENCE_HEADER: str(i + 1)}
             if i == 0:
                 headers[s.EXPECTED_LAST_SEQ_HEADER] = str(expected_last_seq)
             if i == last:
@@ -158,7 +172,9 @@ class Publisher:
             self._batch_prefix = uuid.uuid4().hex + "-"
             await direct.subscribe(self._nc, self._prefix + "*", self._on_reply)
 
-    async def _pipeline(self, events: Sequence[ev.Event], expected: int | None = None) -> list[Ack | Exception]:
+    async def _pipeline(
+        self, events: Sequence[ev.Event], expected: int | None = None, msg_ids: Sequence[str] | None = None
+    ) -> list[Ack | Exception]:
         await self._subscribe()
         loop = asyncio.get_running_loop()
         replies: list[str] = []
@@ -170,11 +186,14 @@ class Publisher:
             self._pending[reply] = fut
             replies.append(reply)
             futures.append(fut)
-            headers = {s.MSG_ID_HEADER: e.event_id} if e.event_id else {}
+            msg_id = e.event_id if msg_ids is None else msg_ids[i]
+            headers = {s.MSG_ID_HEADER: msg_id} if msg_id else {}
             if expected is not None:
                 headers[s.EXPECTED_LAST_SEQ_HEADER] = str(expected + i)
                 if i:
-                    headers[s.EXPECTED_LAST_MSG_ID_HEADER] = events[i - 1].event_id
+                    headers[s.EXPECTED_LAST_MSG_ID_HEADER] = (
+                        events[i - 1].event_id if msg_ids is None else msg_ids[i - 1]
+                    )
             await self._nc.publish(ev.commit_subject_of(e), ev.encode(e), reply=reply, headers=headers or None)
         if futures:
             await asyncio.wait(futures, timeout=self._timeout)

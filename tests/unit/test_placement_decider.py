@@ -47,7 +47,10 @@ class FakePlacements:
 
     def __init__(self, ledger: Ledger, lag: float = 0.005) -> None:
         self.messages: list[ev.Event] = []
+        self.msg_ids: list[str] = []
+        """Each stored message's ``Nats-Msg-Id``."""
         self.ids: dict[str, int] = {}
+        """Message id -> sequence (the server's duplicate window)."""
         self.slip_in: dict[int, list[ev.Event]] = {}
         """Foreign messages stored just before message *i* of the next chain (another instance got in first)."""
         self.fail_at: dict[int, Exception] = {}
@@ -59,9 +62,11 @@ class FakePlacements:
         self._ledger = ledger
         self._feed: asyncio.Queue[tuple[int, bytes]] = asyncio.Queue()
 
-    def store(self, e: ev.Event) -> int:
+    def store(self, e: ev.Event, msg_id: str = "") -> int:
+        """Store ``e`` with ``msg_id`` (default: its event id, as a foreign writer's plain publish)."""
         self.messages.append(e)
-        seq = self.ids[e.event_id] = len(self.messages)
+        self.msg_ids.append(msg_id or e.event_id)
+        seq = self.ids[msg_id or e.event_id] = len(self.messages)
         self._feed.put_nowait((seq, ev.encode(e)))
         return seq
 
@@ -73,9 +78,15 @@ class FakePlacements:
             self._ledger.apply(seq, data)
 
     async def publish_chain(
-        self, events: Sequence[ev.Event], expected_last_seq: int, *, atomic: bool = False
+        self,
+        events: Sequence[ev.Event],
+        expected_last_seq: int,
+        *,
+        atomic: bool = False,
+        msg_ids: Sequence[str] | None = None,
     ) -> list[Ack | Exception]:
         await asyncio.sleep(0)  # a round trip
+        ids = [e.event_id for e in events] if msg_ids is None else list(msg_ids)
         self.bases.append(expected_last_seq)
         slip, self.slip_in = self.slip_in, {}
         fail, self.fail_at = self.fail_at, {}
@@ -85,11 +96,11 @@ class FakePlacements:
             last = len(self.messages)
             if expected_last_seq != last:
                 return [WrongLastSequence(400, 10071, f"wrong last sequence: {last}")] * len(events)
-            if any(e.event_id in self.ids for e in events):
+            if any(i in self.ids for i in ids):
                 return [WrongLastSequence(400, 10201, "atomic publish batch contains duplicate message id")] * len(
                     events
                 )
-            return [Ack(stream="PLACEMENTS", seq=self.store(e)) for e in events]
+            return [Ack(stream="PLACEMENTS", seq=self.store(e, i)) for e, i in zip(events, ids, strict=True)]
         out: list[Ack | Exception] = []
         for i, e in enumerate(events):
             for f in slip.get(i, ()):
@@ -99,15 +110,16 @@ class FakePlacements:
                 out.append(fail[i])
             elif expected_last_seq + i != last:
                 out.append(WrongLastSequence(400, 10071, f"wrong last sequence: {last}"))
-            elif e.event_id in self.ids:
-                out.append(Ack(stream="PLACEMENTS", seq=self.ids[e.event_id], duplicate=True))
-            elif i and self.messages[-1].event_id != events[i - 1].event_id:
-                out.append(
-                    WrongLastSequence(400, WRONG_LAST_MSG_ID, f"wrong last msg ID: {self.messages[-1].event_id}")
-                )
+            elif ids[i] in self.ids:
+                out.append(Ack(stream="PLACEMENTS", seq=self.ids[ids[i]], duplicate=True))
+            elif i and self.msg_ids[-1] != ids[i - 1]:
+                out.append(WrongLastSequence(400, WRONG_LAST_MSG_ID, f"wrong last msg ID: {self.msg_ids[-1]}"))
             else:
-                out.append(Ack(stream="PLACEMENTS", seq=self.store(e)))
+                out.append(Ack(stream="PLACEMENTS", seq=self.store(e, ids[i])))
         return out
+
+    def job_ids(self) -> list[str]:
+        return [getattr(e, "job_id", "") for e in self.messages]
 
     async def last_seq(self) -> int:
         self.asked += 1
@@ -237,7 +249,7 @@ class TestARefusedChainIsUndoneCaughtUpAndRedecided:
         assert rig.stream.bases == [0, 2]  # the redo waited for the ledger to reach the foreign decision
         assert outcomes == {"j1": "decided", "j2": "decided", "j3": "pending"}
         assert rig.decider.stats["conflicts"] == 2
-        assert [e.job_id for e in rig.stream.messages] == ["j1", "f", "j2"]
+        assert rig.stream.job_ids() == ["j1", "f", "j2"]
         assert not rig.world.released & set(JOBS)  # an undone decision leaves no "released" mark behind
         rig.assert_consistent()
 
@@ -264,13 +276,15 @@ class TestARefusedChainIsUndoneCaughtUpAndRedecided:
         rig.assert_consistent()
 
     async def test_an_atomic_batch_refused_for_a_duplicate_asks_the_stream(self, rig: Rig) -> None:
-        """The stream holds j2's decision at the sequence our chain expects (our acks ran ahead of
-        the follower), but the ledger has not applied it yet: the batch passes the sequence
-        check and is refused (10201) for j2's message id, without saying where the stream is.
-        So the decider asks it, catches up, finds j2 decided, and decides the others again."""
+        """The stream holds one of this attempt's messages already (a re-publish of the same
+        attempt, e.g. after a lost ack: same message ids) at the sequence the chain expects, and
+        the ledger has not applied it yet: the batch passes the sequence check and is refused
+        (10201) without saying where the stream is. So the decider asks it, catches up, finds j2
+        decided, and decides the others again."""
         rig.decider.atomic = True
+        rig.decider.instance = "me"
         rig.stream.lag = 0.3  # the follower is surely behind when the batch is decided
-        rig.stream.store(foreign("j2", "a"))
+        rig.stream.store(foreign("j2", "a"), msg_id=f"{foreign('j2', 'a').event_id}~me.1")
         rig.decider.tail = 1
 
         outcomes = await rig.decide(*three_jobs())
@@ -281,11 +295,28 @@ class TestARefusedChainIsUndoneCaughtUpAndRedecided:
         assert rig.world.reservations["j2"].node_ids == ("a",)  # the stream's decision, not ours
         rig.assert_consistent()
 
+    @pytest.mark.parametrize("atomic", [False, True])
+    async def test_another_instances_copy_not_yet_followed_is_refused_by_sequence(self, rig: Rig, atomic: bool) -> None:
+        """Another instance stored j2 and the follower lags: our chain expects the ledger's
+        sequence, so it is refused from its first message on (our message ids never match the
+        other copy's), and j2 is found decided after the catch-up."""
+        rig.decider.atomic = atomic
+        rig.stream.lag = 0.1
+        rig.stream.store(foreign("j2", "a"))
+
+        outcomes = await rig.decide(*three_jobs())
+
+        assert rig.stream.bases == [0, 1]
+        assert outcomes == {"j1": "decided", "j2": "already", "j3": "decided"}
+        assert sum(isinstance(e, ev.PlacementDecided) and e.job_id == "j2" for e in rig.stream.messages) == 1
+        rig.assert_consistent()
+
 
 class TestADuplicate:
     async def test_is_undone_and_not_booked_twice(self, rig: Rig) -> None:
-        """Another instance decided j2 on node a, stored before our chain: j1 is refused by sequence,
-        j2 is acked as a duplicate (decided before), j3 refused; j2 keeps the stream's decision."""
+        """Another instance decided j2 on node a, stored before our chain: the whole chain is
+        refused (by sequence, then by last message id), caught up and redone; j2 keeps the
+        stream's decision."""
         rig.stream.slip_in = {0: [foreign("j2", "a")]}
 
         outcomes = await rig.decide(*three_jobs())
@@ -296,16 +327,34 @@ class TestADuplicate:
         assert rig.booked_locally() == {"a": 4, "b": 2}
         rig.assert_consistent()
 
-    @pytest.mark.xfail(strict=True, reason="known hole, see services/placement/README.md (Known limits)")
     async def test_of_a_refused_message_does_not_let_the_next_one_through(self, rig: Rig) -> None:
-        """Another instance's decision for j2 slips in right after our j1. Our j2 is refused by
-        sequence, but j3 expects exactly that sequence and, as last message id, j2's, which the
-        foreign copy carries: j3 is stored though decided with our j2 on b, not theirs on a."""
+        """Another instance's decision for j2 slips in right after our j1 (it held j2 past
+        ack_wait). Our j2 is refused by sequence; j3 finds exactly the sequence it expects, but
+        its expected last message id is our j2's attempt id, which the foreign copy (same event
+        id, its own attempt) does not carry: j3 is refused too, and decided again on the caught-up
+        ledger. Before message ids were unique per attempt, j3 was stored here."""
         rig.stream.slip_in = {1: [foreign("j2", "a")]}
 
-        await rig.decide(*three_jobs())
+        outcomes = await rig.decide(*three_jobs())
 
+        assert outcomes == {"j1": "decided", "j2": "already", "j3": "decided"}
+        assert rig.stream.job_ids() == ["j1", "j2", "j3"]
+        assert rig.world.reservations["j2"].node_ids == ("a",)
+        assert rig.decider.stats["conflicts"] == 2
         rig.assert_consistent()
+
+    async def test_message_ids_are_unique_per_attempt_and_keep_the_event_id(self, rig: Rig) -> None:
+        rig.stream.slip_in = {0: [foreign("f", "a")]}
+
+        await rig.decide(job("j1"))
+
+        ours = [
+            (m, e)
+            for m, e in zip(rig.stream.msg_ids, rig.stream.messages, strict=True)
+            if getattr(e, "job_id", "") == "j1"
+        ]
+        assert [m for m, _ in ours] == [f"{ours[0][1].event_id}~{rig.decider.instance}.2"]  # attempt 1 was refused
+        assert ours[0][1].event_id == ev.event_id_for("j1", s.PLACEMENT_DECIDED)
 
 
 class TestOtherOutcomes:
@@ -397,7 +446,7 @@ class TestARePlacement:
 
         assert rig.stream.bases == [0, 1, 2]  # j1's first decision, the refused move, the redo
         assert rig.decider.stats["conflicts"] == 1
-        assert [e.job_id for e in rig.stream.messages] == ["j1", "f", "j1"]
+        assert rig.stream.job_ids() == ["j1", "f", "j1"]
         assert rig.world.reservations["j1"].revision == 2
         rig.assert_consistent()
 
@@ -466,7 +515,7 @@ class TestAScale:
         await rig.ledger.catch_up(len(rig.stream.messages), timeout=5)
 
         assert rig.decider.stats["conflicts"] == 1
-        assert [e.job_id for e in rig.stream.messages] == ["j1", "f", "j1"]
+        assert rig.stream.job_ids() == ["j1", "f", "j1"]
         second = rig.stream.messages[-1]
         assert isinstance(second, ev.PlacementDecided) and second.revision == 2
         assert second.changes == [ev.Change(replica=1, from_=None, to="a", reason="scale")]

@@ -390,7 +390,9 @@ class _Stream:
         self.refuse = refuse
         self.stored: list[ev.Event] = []
 
-    async def publish_chain(self, events: Any, expected_last_seq: int, *, atomic: bool = False) -> list[Any]:
+    async def publish_chain(
+        self, events: Any, expected_last_seq: int, *, atomic: bool = False, msg_ids: Any = None
+    ) -> list[Any]:
         from services.runtime.publisher import Ack, WrongLastSequence
 
         if self.refuse:
