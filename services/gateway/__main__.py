@@ -7,13 +7,14 @@ import contextlib
 from schemas import subjects as s
 from services.gateway.admission import Admission
 from services.gateway.handlers import MAX_BODY, Decisions, Gateway
-from services.gateway.lifecycle import JobStates, Lifecycle
+from services.gateway.lifecycle import SNAPSHOT_OWNER, SNAPSHOT_VERSION, JobStates, Lifecycle
 from services.gateway.relay import Relay
 from services.gateway.scale import Scaler
 from services.runtime.app import Runtime, background, run
 from services.runtime.backoff import sleep_unless
 from services.runtime.micro import Endpoint
 from services.runtime.publisher import Publisher
+from services.runtime.snapshots import Snapshots
 from services.runtime.streams import ensure_consumer
 
 
@@ -27,7 +28,7 @@ async def main(rt: Runtime) -> None:
             await decisions.drop_idle()
         await decisions.drop_idle()
 
-    states = JobStates()
+    states = JobStates(rt.config.retention.ended_keep_s)
     async with contextlib.AsyncExitStack() as stack:  # stopped in reverse: endpoints first
         background(stack, rt.stop, drop_idle_subscriptions())
         background(stack, rt.stop, admission.run(rt.stop))
@@ -35,8 +36,13 @@ async def main(rt: Runtime) -> None:
         # durable declared before the micro service names it in its metadata
         await ensure_consumer(rt.js, s.TENANT_RELAY)
         background(stack, rt.stop, Relay(rt.js).consumer().run(rt.stop))
-        await states.start(rt.js)
+        # the job-state view: from its snapshot plus the tail, forgetting ended jobs after the
+        # window; the maintainer saves it once more at a clean stop (before the unsubscribe)
+        snaps = await Snapshots.open(rt.js, SNAPSHOT_OWNER, SNAPSHOT_VERSION, rt.settings.stream_replicas)
+        await states.start(rt.js, snaps)
         stack.push_async_callback(states.stop)
+        sync_timeout = rt.config.lifecycle.state_sync_timeout_s
+        background(stack, rt.stop, states.maintain(rt.js, snaps, rt.config.retention, rt.stop, sync_timeout))
         lifecycle = Lifecycle(rt.js, Publisher(rt.js), states, rt.config.lifecycle.state_sync_timeout_s)
         scaler = Scaler(lifecycle, rt.config.limits.max_replicas)
         svc = await stack.enter_async_context(

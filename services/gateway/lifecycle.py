@@ -30,12 +30,29 @@ The state becomes ``cancelled`` (and, authoritatively, any end state) when teard
 Tenants (§8.4): the view also knows each job's tenant (from ``job.submitted``). A request from
 a tenant's account about another tenant's job is answered 404 exactly as for an unknown job
 (:func:`visible`); inside the scheduler's account (tenant ``default``) every job is visible.
+
+Bounded (issue #21): an ended job is forgotten ``retention.ended_keep_s`` after it ended (its end
+time is the ``at`` of the event that ended it, so forgetting is a pure function of the events and
+the clock); a cancel or complete of it is then answered 404 like an unknown job, with a message
+saying so (``job.get`` still answers from metadata). The view is saved to ``SNAPSHOTS`` (owner
+``gateway-view``: :class:`ViewSnapshot` plus the last sequence folded per stream) when due and at
+a clean stop; at start it is loaded and each stream followed from the sequence after it, so a
+restart folds only the tail. No valid snapshot, or a stream whose first sequence is beyond the
+snapshot's (its events aged out): a warning and a full replay, as before.
+
+Several gateway instances save the same owner's snapshot: each is a fold of the same streams
+(and the same forgetting rule), so any valid one is a correct starting point; two saves of the
+same generation race harmlessly (one of two equally valid snapshots wins, and ``load`` takes the
+highest generation of the two slots, which at worst means a slightly longer tail).
 """
 
 from __future__ import annotations
 
 import asyncio
+import heapq
+import time
 from collections.abc import Awaitable, Callable
+from datetime import datetime
 
 import msgspec
 import nats.js.errors
@@ -48,9 +65,12 @@ from schemas import events as ev
 from schemas import subjects as s
 from schemas.replies import CompleteRequest, JobRef, SubmitReply
 from schemas.states import CANCELLING, TERMINAL_STATES, next_state
+from services.runtime.backoff import sleep_unless
+from services.runtime.config import RetentionConf
 from services.runtime.delivery import stream_sequence
 from services.runtime.micro import RequestError
 from services.runtime.publisher import Publisher
+from services.runtime.snapshots import Loaded, Snapshots, due
 from services.runtime.tenancy import tenant_of
 
 log = structlog.get_logger()
@@ -69,6 +89,7 @@ class _Fact(msgspec.Struct):
     outcome: str | None = None
     reason: str | None = None
     tenant: str = s.DEFAULT_TENANT
+    at: datetime | None = None
 
 
 def visible(owner: str, caller: str) -> bool:
@@ -77,6 +98,25 @@ def visible(owner: str, caller: str) -> bool:
     return caller == s.DEFAULT_TENANT or caller == owner
 
 
+SNAPSHOT_OWNER = "gateway-view"
+SNAPSHOT_VERSION = 1
+
+
+class ViewSnapshot(msgspec.Struct, kw_only=True):
+    """The view as saved in ``SNAPSHOTS`` (msgpack); the stream sequences are in the envelope."""
+
+    version: int = SNAPSHOT_VERSION
+    states: dict[str, str] = {}
+    tenants: dict[str, str] = {}
+    ended: dict[str, float] = {}
+    """When each ended job ended (epoch seconds): it is forgotten ``ended_keep_s`` later."""
+    horizon: float = 0.0
+    """The ``now`` of the last :meth:`JobStates.forget`: a job that ended ``ended_keep_s`` before it
+    is not created again by a late event (a forgotten job stays forgotten)."""
+
+
+_snapshot_encode = msgspec.msgpack.Encoder().encode
+_snapshot_decoder = msgspec.msgpack.Decoder(ViewSnapshot)
 _fact_decoder = msgspec.json.Decoder(_Fact)
 _ref_decoder = msgspec.json.Decoder(JobRef)
 _complete_decoder = msgspec.json.Decoder(CompleteRequest)
@@ -84,33 +124,74 @@ _enc = msgspec.json.Encoder()
 
 
 class JobStates:
-    """Every job's state, folded from the streams (:func:`schemas.states.next_state`, in arrival
-    order); ``sync`` waits until it is current.
+    """Every live job's state (and ended ones for ``keep_s``), folded from the streams
+    (:func:`schemas.states.next_state`, in arrival order); ``sync`` waits until it is current.
 
     Folding runs for every event of three streams, so it takes no lock and builds no
     metadata per message: a waiter in ``sync`` is checked only when there is one.
+    Memory: live jobs plus those ended within ``keep_s`` (:meth:`forget`).
     """
 
-    def __init__(self) -> None:
+    def __init__(self, keep_s: float = RetentionConf().ended_keep_s, clock: Callable[[], float] = time.time) -> None:
+        self.keep_s = keep_s
+        self._clock = clock
         self.states: dict[str, str] = {}
         self.tenants: dict[str, str] = {}
         """The tenant of each job not of tenant ``default`` (the others are not stored)."""
+        self.ended: dict[str, float] = {}
+        """When each ended job in ``states`` ended (epoch seconds)."""
+        self._ends: list[tuple[float, str]] = []
+        """``ended`` as a heap, earliest first (:meth:`forget` pops, never scans)."""
+        self.horizon = 0.0
         self.applied: dict[str, int] = dict.fromkeys(VIEW_SUBJECTS, 0)
+        self.folded = 0
+        """Events folded by this process (since start or the last ``snapshot``'s count reset)."""
+        self.replayed = 0
+        """Events folded by this process since it started: the tail after the snapshot, or everything."""
+        self.restored: Loaded | None = None
+        """The snapshot this view started from (None: a full replay)."""
         self._waiters: list[tuple[dict[str, int], asyncio.Future[None]]] = []
         self._subs: list[object] = []
 
+    # --- the fold (pure over the events and the clock) --------------------------------------
     def apply(self, data: bytes) -> None:
         try:
             f = _fact_decoder.decode(data)
-        except msgspec.DecodeError:
+        except (msgspec.DecodeError, msgspec.ValidationError):
             return
         if not f.job_id:
             return
+        current = self.states.get(f.job_id)
+        new = next_state(current, f.type, outcome=f.outcome, reason=f.reason)
+        if current is None and new is not None and new in TERMINAL_STATES:
+            at = f.at.timestamp() if f.at is not None else self._clock()
+            if at + self.keep_s <= self.horizon:
+                return  # a late event of a job already forgotten: it stays forgotten
         if f.tenant != s.DEFAULT_TENANT:
             self.tenants[f.job_id] = f.tenant
-        new = next_state(self.states.get(f.job_id), f.type, outcome=f.outcome, reason=f.reason)
         if new is not None:
-            self.states[f.job_id] = new
+            self._set(f.job_id, new, f.at.timestamp() if f.at is not None else None)
+
+    def _set(self, job_id: str, state: str, at: float | None) -> None:
+        self.states[job_id] = state
+        if state in TERMINAL_STATES and job_id not in self.ended:
+            end = at if at is not None else self._clock()
+            self.ended[job_id] = end
+            heapq.heappush(self._ends, (end, job_id))
+
+    def forget(self, now: float) -> int:
+        """Drop the jobs that ended ``keep_s`` or more before ``now``; how many were dropped."""
+        self.horizon = max(self.horizon, now)
+        cutoff = self.horizon - self.keep_s
+        dropped = 0
+        while self._ends and self._ends[0][0] <= cutoff:
+            _, job_id = heapq.heappop(self._ends)
+            if self.states.get(job_id) in TERMINAL_STATES:
+                del self.states[job_id]
+                self.tenants.pop(job_id, None)
+                self.ended.pop(job_id, None)
+                dropped += 1
+        return dropped
 
     def tenant(self, job_id: str) -> str:
         return self.tenants.get(job_id, s.DEFAULT_TENANT)
@@ -119,11 +200,32 @@ class JobStates:
         """Apply our own publish at once (the stream will deliver it again; folding is idempotent)."""
         new = next_state(self.states.get(job_id), event_type, outcome=outcome)
         if new is not None:
-            self.states[job_id] = new
+            self._set(job_id, new, None)
 
+    # --- snapshots ---------------------------------------------------------------------------
+    def snapshot(self) -> bytes:
+        """The view's :class:`ViewSnapshot` (msgpack); save it with ``applied`` as the sequences."""
+        return _snapshot_encode(
+            ViewSnapshot(states=self.states, tenants=self.tenants, ended=self.ended, horizon=self.horizon)
+        )
+
+    def restore(self, body: bytes, seqs: dict[str, int]) -> None:
+        """Start from a snapshot: its view, and each stream applied up to its sequence.
+        Raises ``msgspec.DecodeError``/``ValidationError`` (or ValueError) on a body it cannot use."""
+        snap = _snapshot_decoder.decode(body)
+        if snap.version != SNAPSHOT_VERSION:
+            raise ValueError(f"view snapshot version {snap.version}")
+        self.states, self.tenants, self.ended, self.horizon = snap.states, snap.tenants, snap.ended, snap.horizon
+        self._ends = [(at, job_id) for job_id, at in self.ended.items()]
+        heapq.heapify(self._ends)
+        self.applied = {stream: int(seqs.get(stream, 0)) for stream in VIEW_SUBJECTS}
+
+    # --- following the streams -----------------------------------------------------------------
     def _folder(self, stream: str) -> Callable[[Msg], Awaitable[None]]:
         async def on_msg(msg: Msg) -> None:
             self.apply(msg.data)
+            self.folded += 1
+            self.replayed += 1
             seq = stream_sequence(msg.reply)
             if seq > self.applied[stream]:
                 self.applied[stream] = seq
@@ -140,17 +242,112 @@ class JobStates:
             if not fut.done() and self._current(targets):
                 fut.set_result(None)
 
-    async def start(self, js: JetStreamContext) -> None:
+    async def _load(self, js: JetStreamContext, snaps: Snapshots) -> Loaded | None:
+        """The snapshot to start from, restored into the view; None (view left empty) for a full replay."""
+        try:
+            loaded = await snaps.load()
+        except Exception as e:
+            log.warning("view snapshot not loaded; replaying the streams from their start", error=repr(e))
+            return None
+        if loaded is None:
+            log.info("no view snapshot; replaying the streams from their start")
+            return None
+        for stream in VIEW_SUBJECTS:
+            seq = int(loaded.seqs.get(stream, 0))
+            state = (await js.stream_info(stream)).state
+            if state.first_seq > seq + 1 or state.last_seq < seq:
+                log.warning(
+                    "view snapshot older than the stream's first event (aged out) or ahead of the stream;"
+                    " replaying the streams from their start",
+                    stream=stream,
+                    snapshot_seq=seq,
+                    first_seq=state.first_seq,
+                    last_seq=state.last_seq,
+                )
+                return None
+        try:
+            self.restore(loaded.body, loaded.seqs)
+        except (msgspec.DecodeError, msgspec.ValidationError, ValueError) as e:
+            log.warning("view snapshot unusable; replaying the streams from their start", error=repr(e))
+            return None  # restore assigns nothing before the body is decoded and checked
+        return loaded
+
+    async def start(self, js: JetStreamContext, snaps: Snapshots | None = None) -> None:
+        """Follow the streams: from the snapshot's sequences when ``snaps`` has a usable one, else from the start."""
+        self.restored = await self._load(js, snaps) if snaps is not None else None
         for stream, subjects in VIEW_SUBJECTS.items():
+            config = js_api.ConsumerConfig(filter_subjects=list(subjects))
+            policy = js_api.DeliverPolicy.ALL
+            if self.restored is not None:
+                policy = js_api.DeliverPolicy.BY_START_SEQUENCE
+                config.opt_start_seq = self.applied[stream] + 1
             sub = await js.subscribe(
                 subjects[0],
                 stream=stream,
                 ordered_consumer=True,
                 cb=self._folder(stream),
-                deliver_policy=js_api.DeliverPolicy.ALL,
-                config=js_api.ConsumerConfig(filter_subjects=list(subjects)),
+                deliver_policy=policy,
+                config=config,
             )
             self._subs.append(sub)
+        log.info(
+            "job state view following",
+            from_snapshot=self.restored is not None,
+            seqs=dict(self.applied),
+            jobs=len(self.states),
+        )
+
+    async def maintain(
+        self, js: JetStreamContext, snaps: Snapshots, conf: RetentionConf, stop: asyncio.Event, sync_timeout: float
+    ) -> None:
+        """Until ``stop``: forget ended jobs past the window (once the view has caught up with the
+        streams as they were at start, so a lagging stream cannot re-create a forgotten job) and
+        save the snapshot when due; save once more at the end."""
+        caught_up = False
+        saved_at = time.monotonic()
+        tick = min(conf.snapshot_every_s, max(conf.ended_keep_s / 4, 0.05), 1.0)
+        while not await sleep_unless(stop, tick):
+            if not caught_up:
+                try:
+                    await self.sync(js, sync_timeout)
+                except Exception as e:
+                    log.debug("view not caught up yet", error=repr(e))
+                    continue
+                caught_up = True
+                log.info("job state view caught up", replayed=self.replayed, jobs=len(self.states))
+            if dropped := self.forget(self._clock()):
+                log.debug("ended jobs forgotten", count=dropped, jobs=len(self.states))
+            if due(self.folded, saved_at, time.monotonic(), conf.snapshot_every_s, conf.snapshot_every_events):
+                await self.save(js, snaps)
+                saved_at = time.monotonic()
+        if caught_up and self.folded:
+            await self.save(js, snaps)
+
+    async def save(self, js: JetStreamContext, snaps: Snapshots) -> None:
+        """Save the view and the sequences it folded (errors logged: the next save tries again).
+
+        A stream whose folded subjects are all applied is saved at its last sequence of any
+        subject, not just the last folded one: a restart then starts after events the view does
+        not fold (CLUSTERS folds one rare subject), and such events aging out is no reason for a
+        full replay. The stream's last sequence is read before the folded subjects' ones, so
+        every folded event up to it is among those checked."""
+        try:
+            lasts = {stream: int((await js.stream_info(stream)).state.last_seq or 0) for stream in VIEW_SUBJECTS}
+            targets = await _last_sequences(js)
+        except Exception as e:
+            log.debug("stream ends not read; saving the folded sequences", error=repr(e))
+            lasts, targets = {}, {}
+        seqs = dict(self.applied)
+        for stream, last in lasts.items():
+            if seqs[stream] >= targets.get(stream, last):
+                seqs[stream] = max(seqs[stream], last)
+        body, folded = self.snapshot(), self.folded
+        try:
+            await snaps.save(body, seqs)
+        except Exception as e:
+            log.warning("view snapshot not saved", error=repr(e))
+            return
+        self.folded -= folded
 
     async def stop(self) -> None:
         for sub in self._subs:
@@ -205,7 +402,7 @@ class Lifecycle:
             raise RequestError(503, "job state is not available right now; retry", job_id=job_id) from e
         state = self.states.states.get(job_id)
         if state is None or not visible(self.states.tenant(job_id), tenant):
-            raise RequestError(404, f"unknown job {job_id}", job_id=job_id)
+            raise RequestError(404, unknown_job(job_id, self.states.keep_s), job_id=job_id)
         return state
 
     async def _publish(self, event: ev.JobEvent) -> None:
@@ -255,8 +452,25 @@ class Lifecycle:
         return _reply(req.job_id, req.outcome)
 
 
+def unknown_job(job_id: str, keep_s: float) -> str:
+    """The 404 message: the gateway cannot tell a job it never knew from one it forgot."""
+    return (
+        f"unknown job {job_id} (the gateway forgets jobs that ended more than {keep_s:g} s ago;"
+        " job.get may still know it)"
+    )
+
+
 def _reply(job_id: str, state: str) -> bytes:
     return _enc.encode(SubmitReply(job_id=job_id, state=state))  # type: ignore[arg-type]
 
 
-__all__ = ["VIEW_SUBJECTS", "JobStates", "Lifecycle", "visible"]
+__all__ = [
+    "SNAPSHOT_OWNER",
+    "SNAPSHOT_VERSION",
+    "VIEW_SUBJECTS",
+    "JobStates",
+    "Lifecycle",
+    "ViewSnapshot",
+    "unknown_job",
+    "visible",
+]
