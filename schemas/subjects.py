@@ -174,6 +174,10 @@ class StreamSpec(msgspec.Struct, frozen=True, kw_only=True):
     duplicate_window_s: float = 120.0
     max_age_s: float = 0.0
     """0 keeps messages until the stream's other limits apply."""
+    max_bytes: int = -1
+    """The stream's size cap (-1: none); see ``discard_new``."""
+    discard_new: bool = False
+    """At a limit, refuse new messages (an error to the publisher) instead of dropping the oldest."""
     capture: tuple[str, ...] = ()
     """What the stream listens on, when it differs from the subjects it stores (see COMMIT_PREFIX)."""
     transform: tuple[str, str] | None = None

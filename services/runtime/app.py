@@ -234,7 +234,9 @@ async def start_runtime(name: str, settings: Settings | None = None, config: Con
     try:
         js = nc.jetstream(timeout=10)
         window = config.timeouts.idempotency_window_s
-        await guard.check(ensure_streams(js, replicas=settings.stream_replicas, duplicate_window_s=window))
+        await guard.check(
+            ensure_streams(js, replicas=settings.stream_replicas, duplicate_window_s=window, retention=config.retention)
+        )
     except BaseException:
         with contextlib.suppress(Exception):
             await nc.close()

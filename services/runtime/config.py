@@ -135,7 +135,7 @@ class RetentionConf(_Conf, kw_only=True):
     events_max_age_s: PositiveS = 7 * 86400.0
     """Events of JOBS, PLACEMENTS, CLUSTERS, TENANT_PLACEMENTS and DEADLETTER older than this
     leave the streams (stream ``max_age``). At least ``timeouts.idempotency_window_s``."""
-    stream_max_bytes: Annotated[int, Meta(ge=-1)] = 2 * 1024**3
+    stream_max_bytes: Annotated[int, Meta(ge=-1)] = 1024**3
     """Each of those streams' size cap (-1: none), with discard ``new``: a full stream refuses
     new events loudly (503 on submit) rather than silently dropping old ones."""
     snapshot_every_s: PositiveS = 60.0

@@ -19,6 +19,7 @@ from nats.js.errors import NotFoundError
 
 from schemas import subjects as s
 from services.runtime.backoff import delay
+from services.runtime.config import RetentionConf
 
 log = structlog.get_logger()
 
@@ -37,9 +38,59 @@ def stream_config(spec: s.StreamSpec, replicas: int = 1) -> js_api.StreamConfig:
         max_msgs_per_subject=spec.max_msgs_per_subject,
         duplicate_window=spec.duplicate_window_s,
         max_age=spec.max_age_s,
+        max_bytes=spec.max_bytes,
+        discard=js_api.DiscardPolicy.NEW if spec.discard_new else js_api.DiscardPolicy.OLD,
         num_replicas=replicas,
         allow_direct=True,
         allow_atomic=spec.atomic or None,
+    )
+
+
+NO_STORAGE = 10047
+"""JetStream's error code for "insufficient storage resources available"."""
+
+
+class StorageExceeded(RuntimeError):
+    """The streams' ``max_bytes`` (reserved up front by nats-server) exceed its ``max_file_store``."""
+
+
+RETAINED: frozenset[str] = frozenset(
+    spec.name for spec in (s.JOBS, s.PLACEMENTS, s.CLUSTERS, s.TENANT_PLACEMENTS, s.DEADLETTERS)
+)
+"""The event streams given ``[retention]``'s age and size limits (discard new). NODES gets the age
+only (one message per subject: its size is bounded by the fleet); KV buckets and the SNAPSHOTS
+object store get neither (live records live there)."""
+
+
+def retained(spec: s.StreamSpec, retention: RetentionConf | None) -> s.StreamSpec:
+    """``spec`` with the limits ``retention`` gives it (unchanged when ``retention`` is None).
+
+    Events streams (:data:`RETAINED`): ``max_age`` = ``events_max_age_s``, ``max_bytes`` =
+    ``stream_max_bytes`` (-1: none) and discard ``new``, so a full stream refuses a publish with an
+    error instead of dropping its oldest facts (which may be a live job's). NODES: ``max_age`` only (a
+    node silent that long is long lost; its last drain fact goes with it). The duplicate window is
+    clamped to ``max_age`` (nats-server refuses a larger one), with a warning: a retried submit is then
+    deduplicated for ``events_max_age_s`` only."""
+    if retention is None or (spec.name not in RETAINED and spec.name != s.NODES.name):
+        return spec
+    max_age = retention.events_max_age_s
+    window = spec.duplicate_window_s
+    if window > max_age:
+        log.warning(
+            "duplicate window clamped to the stream's max_age",
+            stream=spec.name,
+            duplicate_window_s=window,
+            events_max_age_s=max_age,
+        )
+        window = max_age
+    if spec.name == s.NODES.name:
+        return msgspec.structs.replace(spec, max_age_s=max_age, duplicate_window_s=window)
+    return msgspec.structs.replace(
+        spec,
+        max_age_s=max_age,
+        max_bytes=retention.stream_max_bytes,
+        discard_new=True,
+        duplicate_window_s=window,
     )
 
 
@@ -53,14 +104,20 @@ async def ensure_streams(
     *,
     replicas: int = 1,
     duplicate_window_s: float | None = None,
+    retention: RetentionConf | None = None,
     provisioned: Iterable[s.ConsumerSpec] = PROVISIONED,
 ) -> None:
     """Create or update every stream, then the ``provisioned`` durables on those streams
-    (idempotent; safe when several services start at once)."""
+    (idempotent; safe when several services start at once).
+
+    ``retention`` (the config's ``[retention]``) sets the streams' age and size limits (see
+    :func:`retained`); an existing stream is updated to them (``update_stream``, as for every other
+    field), so limits reach a stream created before they existed. None leaves the specs' own."""
     streams = tuple(streams)
     for spec in streams:
         if duplicate_window_s is not None and spec.name == s.JOBS.name:
             spec = msgspec.structs.replace(spec, duplicate_window_s=duplicate_window_s)
+        spec = retained(spec, retention)
         cfg = stream_config(spec, replicas)
         for attempt in range(5):
             try:
@@ -72,6 +129,12 @@ async def ensure_streams(
                     await js.update_stream(cfg)
                 break
             except nats.js.errors.APIError as e:  # a concurrent create: look again
+                if e.err_code == NO_STORAGE:
+                    raise StorageExceeded(
+                        f"stream {spec.name}: max_bytes {spec.max_bytes} does not fit in the server's JetStream "
+                        "storage (every stream's max_bytes is reserved up front): lower [retention] "
+                        "stream_max_bytes or raise max_file_store in nats.conf"
+                    ) from e
                 if attempt == 4:
                     raise
                 log.debug("stream declare raced", stream=spec.name, error=str(e))
