@@ -275,6 +275,7 @@ class JobStates:
     async def start(self, js: JetStreamContext, snaps: Snapshots | None = None) -> None:
         """Follow the streams: from the snapshot's sequences when ``snaps`` has a usable one, else from the start."""
         self.restored = await self._load(js, snaps) if snaps is not None else None
+        restored_jobs, start_seqs = len(self.states), dict(self.applied)
         for stream, subjects in VIEW_SUBJECTS.items():
             config = js_api.ConsumerConfig(filter_subjects=list(subjects))
             policy = js_api.DeliverPolicy.ALL
@@ -293,8 +294,8 @@ class JobStates:
         log.info(
             "job state view following",
             from_snapshot=self.restored is not None,
-            seqs=dict(self.applied),
-            jobs=len(self.states),
+            after_seqs=start_seqs,
+            restored_jobs=restored_jobs,
         )
 
     async def maintain(
