@@ -1,14 +1,14 @@
 """``python -m services.placement``: node table and ledger first, then decisions.
 
-Start-up order: the node snapshot, the drain facts, the ledger replay (no job is decided
-before the ledger has caught up with PLACEMENTS), the tenants' run-time quotas (bucket
+Start-up order: the node snapshot, the drain facts, the ledger (its snapshot, then the tail of
+PLACEMENTS; no job is decided before the ledger has caught up with the stream), the tenants' run-time quotas (bucket
 ``QUOTAS``, then followed), then the micro service with its ``node.drain`` /
 ``node.undrain`` / ``placement.plan`` / ``quota.*`` / ``tenant.usage`` endpoints (so
 ``$SRV.PING.placement`` answers only once they do: a ping is the readiness signal tests and
 operators wait on), then the decider, the retry loop, the fleet
 loop (lost and drained nodes, degraded jobs) and the scale consumer, and last the job
 consumer. On SIGTERM the stack unwinds in reverse: the consumers stop fetching, the loops
-end, the decider commits what is queued, the endpoints stop.
+end, the decider commits what is queued, the ledger's snapshot is saved, the endpoints stop.
 """
 
 from __future__ import annotations
@@ -55,6 +55,8 @@ async def main(rt: Runtime) -> None:
             rt.log.info("placement stats", **p.stats)
 
         stack.push_async_callback(log_stats)
+        stack.push_async_callback(p.final_snapshot)  # after the decider has committed what was queued
+        background(stack, rt.stop, p.snapshot_loop())
         background(stack, rt.stop, p.decider_loop())
         background(stack, rt.stop, p.retry_loop())
         background(stack, rt.stop, p.fleet_loop())

@@ -12,7 +12,10 @@ applies each event to the ledger:
   decision (cancelled while pending) is remembered in ``ended`` and never booked.
 
 ``applied_seq`` is the stream sequence of the last event applied; :meth:`Ledger.catch_up`
-waits until it reaches a given sequence (the decider's conflict path, and start-up).
+waits until it reaches a given sequence (the decider's conflict path, and start-up). At
+start the ledger is loaded from its snapshot (:mod:`services.placement.snapshot`) when there is
+one and followed from the sequence after it. Ended jobs (released, failed) are remembered for
+``retention.ended_keep_s``, then forgotten (:meth:`Ledger.forget`).
 """
 
 from __future__ import annotations
@@ -61,6 +64,11 @@ class Ledger:
         """Each tenant's usage (§8.4), from the same events in the same order."""
         self.applied_seq = 0
         """The last PLACEMENTS sequence applied to the ledger."""
+        self.ended_at: dict[str, float] = {}
+        """Jobs that ended (released, or failed: never live again) -> when (epoch seconds of the
+        event's ``at``), in arrival order: what :meth:`forget` drops once past the keep window."""
+        self.folded = 0
+        """Events applied since this process started (from its snapshot, or from the start)."""
         self._advanced = asyncio.Event()
 
     def apply(self, seq: int, data: bytes) -> None:
@@ -68,6 +76,7 @@ class Ledger:
         if seq > self.applied_seq:
             self.applied_seq = seq
             self._advanced.set()
+        self.folded += 1
         try:
             event = _ledger_decoder.decode(data)
         except msgspec.DecodeError:
@@ -82,6 +91,8 @@ class Ledger:
                     self.freed()
             case ev.PlacementFailed():
                 self.decided.add(event.job_id)
+                if event.job_id not in self.accounts.live:  # settled for good: forgotten after the window
+                    self._ended(event.job_id, event.at.timestamp())
             case ev.PlacementDegraded():
                 self.world.note_degraded(event.job_id, event.revision)
             case ev.PlacementReleased():
@@ -93,6 +104,30 @@ class Ledger:
                 self.dedicated.pop(event.job_id, None)
                 if self.world.release(event.job_id):
                     self.capacity_changed.set()
+                self._ended(event.job_id, event.at.timestamp())
+
+    def _ended(self, job_id: str, at: float) -> None:
+        self.ended_at.pop(job_id, None)  # re-inserted: the dict stays in arrival order
+        self.ended_at[job_id] = at
+
+    def forget(self, before: float) -> int:
+        """Forget the jobs that ended before ``before`` (epoch seconds; ``ended_keep_s`` ago):
+        every map keyed by job is then bounded by the live jobs plus those of the window.
+        Returns how many. A job is forgotten only long after its release, when nothing of it
+        can still arrive (its decisions are stored before its release, and a redelivered
+        ``job.accepted`` is acked within ``ack_wait``)."""
+        gone = []
+        for job_id, at in self.ended_at.items():
+            if at >= before:
+                break  # arrival order is close to time order: the rest go on a later pass
+            gone.append(job_id)
+        for job_id in gone:
+            del self.ended_at[job_id]
+            self.decided.discard(job_id)
+            self.ended.discard(job_id)
+            self.accounts.gone.discard(job_id)
+            self.world.forget(job_id)
+        return len(gone)
 
     def freed(self) -> None:
         """A booking shrank (``job.scale``): pending and degraded jobs may fit now."""
@@ -125,17 +160,28 @@ class Ledger:
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(self._advanced.wait(), left)
 
-    async def follow(self, js: JetStreamContext, last_seq: int, timeout: float = 300) -> object:
-        """Follow PLACEMENTS from its start; returns the subscription once the ledger has
-        applied the stream up to ``last_seq`` (its last sequence when the service started)."""
+    async def follow(self, js: JetStreamContext, last_seq: int, timeout: float = 300, *, start: int = 1) -> object:
+        """Follow PLACEMENTS from sequence ``start`` (its beginning, or the one after a
+        snapshot's); returns the subscription once the ledger has applied the stream up to
+        ``last_seq`` (its last sequence when the service started)."""
+        policy = js_api.DeliverPolicy.ALL if start <= 1 else js_api.DeliverPolicy.BY_START_SEQUENCE
         sub = await js.subscribe(
             "",
             stream=s.PLACEMENTS.name,
             ordered_consumer=True,
             cb=self.on_message,
-            deliver_policy=js_api.DeliverPolicy.ALL,
-            config=js_api.ConsumerConfig(filter_subjects=list(s.PLACEMENTS.subjects)),
+            deliver_policy=policy,
+            config=js_api.ConsumerConfig(
+                filter_subjects=list(s.PLACEMENTS.subjects), opt_start_seq=start if start > 1 else None
+            ),
         )
         await self.catch_up(last_seq, timeout=timeout)
-        log.info("ledger rebuilt", reservations=len(self.world.reservations), decided=len(self.decided), seq=last_seq)
+        log.info(
+            "ledger rebuilt",
+            reservations=len(self.world.reservations),
+            decided=len(self.decided),
+            seq=last_seq,
+            start=start,
+            folded=self.folded,
+        )
         return sub

@@ -243,6 +243,12 @@ class Accounts:
         self._forget(cur.tenant, job_id)
         return True
 
+    def restore(self, job_id: str, tenant: str, revision: int, share: Share, since: float) -> None:
+        """A live job's span as loaded from a snapshot (see :mod:`services.placement.snapshot`)."""
+        self.live[job_id] = _Live(tenant, revision, share, since)
+        self.totals[tenant] = self.totals.get(tenant, NOTHING) + share
+        self.jobs_of.setdefault(tenant, set()).add(job_id)
+
     def _forget(self, tenant: str, job_id: str) -> None:
         jobs = self.jobs_of.get(tenant, set())
         jobs.discard(job_id)

@@ -212,6 +212,24 @@ class World(NodeTable):
         if shadow is not None:
             self.apply_decided(shadow)
 
+    def settled(self) -> bool:
+        """No local decision is in flight: every reservation is a stored revision's (a snapshot
+        may be taken)."""
+        return not self._tentative
+
+    def restore(self, r: Reservation) -> None:
+        """Book ``r`` as loaded from a snapshot (its job's highest stored revision, with the
+        missing replicas' reasons carried from earlier revisions)."""
+        prev = self.reservations.get(r.job_id)
+        if prev is not None:
+            self._unbook(prev)
+        self._book(r)
+
+    def forget(self, job_id: str) -> None:
+        """Drop what is remembered of an ended job (its release), once past the keep window."""
+        self.released.discard(job_id)
+        self.degraded.pop(job_id, None)
+
     def note_degraded(self, job_id: str, revision: int) -> None:
         if job_id not in self.released and revision > self.degraded.get(job_id, 0):
             self.degraded[job_id] = revision
