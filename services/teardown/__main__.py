@@ -22,7 +22,7 @@ async def main(rt: Runtime) -> None:
     store = LifecycleStore(await lifecycle_bucket(rt.js, rt.settings.stream_replicas))
     async with contextlib.AsyncExitStack() as stack:  # stopped in reverse: endpoints, then EC2
         ec2 = await stack.enter_async_context(Ec2.open(rt.settings, rt.config.aws))
-        td = Teardown(store, ec2, Publisher(rt.js), rt.config.lifecycle)
+        td = Teardown(store, ec2, Publisher(rt.js), rt.config.lifecycle, retention=rt.config.retention)
         await stack.enter_async_context(
             rt.micro_service(
                 "Ends jobs exactly once: terminates instances, releases reservations, expiry, orphan reaper", SPECS
@@ -44,7 +44,12 @@ async def main(rt: Runtime) -> None:
             for spec in SPECS
         ]
         rt.log.info("started", endpoint=rt.settings.aws_endpoint_url or "aws")
-        await asyncio.gather(*(c.run(rt.stop) for c in consumers), td.expiry_loop(rt.stop), td.reaper_loop(rt.stop))
+        await asyncio.gather(
+            *(c.run(rt.stop) for c in consumers),
+            td.expiry_loop(rt.stop),
+            td.reaper_loop(rt.stop),
+            td.retention_loop(rt.stop),
+        )
 
 
 if __name__ == "__main__":

@@ -12,7 +12,7 @@ from __future__ import annotations
 
 from collections.abc import Mapping
 from dataclasses import dataclass
-from datetime import datetime, timedelta
+from datetime import UTC, datetime, timedelta
 
 import msgspec
 
@@ -184,6 +184,22 @@ def mark_released(rec: JobLifecycle | None, job_id: str) -> JobLifecycle:
     r.released = True
     r.deadline = None
     return r
+
+
+def retired_at(rec: JobLifecycle | None) -> datetime | None:
+    """When a record may start counting towards being forgotten: its end, once the job is also
+    released (a record without ``ended_at`` predates it: at once). None while it must be kept."""
+    if rec is None or rec.end is None or not rec.released:
+        return None
+    return rec.ended_at or datetime.min.replace(tzinfo=UTC)
+
+
+def forgettable(retired: Mapping[str, tuple[datetime, int]], now: datetime, keep_s: float) -> list[tuple[str, int]]:
+    """The ``(job_id, revision)`` of the records ended and released ``keep_s`` or more before
+    ``now`` (``retired``: job id -> (:func:`retired_at`, revision)), oldest first."""
+    cutoff = now - timedelta(seconds=keep_s)
+    old = [(at, job_id, rev) for job_id, (at, rev) in retired.items() if at <= cutoff]
+    return [(job_id, rev) for _, job_id, rev in sorted(old)]
 
 
 def due(deadlines: Mapping[str, datetime], now: datetime) -> list[str]:

@@ -12,7 +12,14 @@
   KV watcher keeps them in memory and ``job.expired`` is published when one passes.
 - Reaper: lists live instances carrying the project tag; one whose job is unknown (since
   launch) or ended more than ``orphan_grace_s`` ago is terminated and reported with a
-  ``cluster.torn_down`` whose ``reason`` starts with ``orphan:``.
+  ``cluster.torn_down`` whose ``reason`` starts with ``orphan:``. A job whose record was
+  forgotten (below) is unknown: its instance goes once it is ``orphan_grace_s`` old.
+- Retention (issue #21): the same KV watcher keeps, per record of an ended and released job, when
+  it ended and its revision; every ``min(retention.cleanup_every_s, retention.ended_keep_s)`` the
+  records ended ``ended_keep_s`` ago are deleted (batched, each only at the revision seen) and
+  delete markers older than ``ended_keep_s`` purged. So the bucket, a restart's replay of it and
+  the in-memory maps hold live jobs plus about two windows. While a marker stands, a late event
+  of that job is dropped (:class:`services.teardown.store.Forgotten`) instead of writing a new record.
 """
 
 from __future__ import annotations
@@ -20,7 +27,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 from collections.abc import Callable
-from dataclasses import KW_ONLY, dataclass
+from dataclasses import KW_ONLY, dataclass, field
 from datetime import UTC, datetime
 
 import msgspec
@@ -31,13 +38,13 @@ from schemas import events as ev
 from schemas import subjects as s
 from schemas.lifecycle import JobLifecycle
 from services.cloud.ec2 import Ec2
-from services.cloud.records import record_changes
+from services.cloud.records import record_entries
 from services.runtime.backoff import sleep_unless
-from services.runtime.config import LifecycleConf
+from services.runtime.config import LifecycleConf, RetentionConf
 from services.runtime.delivery import Delivery
 from services.runtime.publisher import Publisher
 from services.teardown import domain
-from services.teardown.store import LifecycleStore
+from services.teardown.store import Forgotten, LifecycleStore
 
 log = structlog.get_logger()
 
@@ -56,14 +63,21 @@ class Teardown:
     conf: LifecycleConf
     _: KW_ONLY
     now: Callable[[], datetime] = _utcnow
+    retention: RetentionConf = field(default_factory=RetentionConf)
+    retired: dict[str, tuple[datetime, int]] = field(default_factory=dict)
+    """Records of ended and released jobs: job id -> (ended at, revision), from the KV watcher."""
 
     # --- events -------------------------------------------------------------
     async def on_event(self, event: domain.TeardownEvent, _: Delivery | None = None) -> None:
         if domain.nothing_to_track(event):
             return
         now = self.now()
-        rec, effect = await self.store.mutate(event.job_id, lambda r: domain.apply(r, event, now))
         blog = log.bind(job_id=event.job_id, event_id=event.event_id, type=ev.subject_of(event))
+        try:
+            rec, effect = await self.store.mutate(event.job_id, lambda r: domain.apply(r, event, now))
+        except Forgotten:
+            blog.debug("event of a forgotten job (ended and released long ago): nothing to do")
+            return
         match effect:
             case domain.Release():
                 await self._release(rec, effect, blog)
@@ -112,14 +126,18 @@ class Teardown:
                 await watcher.stop()  # type: ignore[no-untyped-call]
 
     async def _follow_deadlines(self, watcher: KeyValue.KeyWatcher, deadlines: dict[str, datetime]) -> None:
-        async for change in record_changes(watcher):
+        async for change in record_entries(watcher):
             if change is None:
                 continue  # "caught up" marker
-            job_id, rec = change
+            job_id, rec, revision = change
             if rec is not None and rec.deadline is not None and rec.end is None:
                 deadlines[job_id] = rec.deadline
             else:
                 deadlines.pop(job_id, None)
+            if (at := domain.retired_at(rec)) is not None:
+                self.retired[job_id] = (at, revision)
+            else:
+                self.retired.pop(job_id, None)
 
     async def _expire(self, job_id: str, deadlines: dict[str, datetime]) -> None:
         rec, _ = await self.store.get(job_id)
@@ -137,6 +155,29 @@ class Teardown:
             return
         deadlines.pop(job_id, None)
         log.info("expired", job_id=job_id, max_runtime_s=rec.max_runtime_s)
+
+    # --- retention --------------------------------------------------------------
+    async def retention_loop(self, stop: asyncio.Event) -> None:
+        """Forget old records until ``stop`` (needs :meth:`expiry_loop`'s watcher to fill ``retired``)."""
+        every = min(self.retention.cleanup_every_s, self.retention.ended_keep_s)
+        while not await sleep_unless(stop, every):
+            try:
+                await self.forget_once()
+            except Exception as e:
+                log.warning("forgetting ended jobs' records failed; will retry", error=repr(e))
+
+    async def forget_once(self) -> int:
+        """Delete the records ended and released ``ended_keep_s`` ago, then purge old delete markers."""
+        keep = self.retention.ended_keep_s
+        old = domain.forgettable(self.retired, self.now(), keep)
+        deleted = await self.store.forget(old) if old else 0
+        for job_id, rev in old:
+            if self.retired.get(job_id, (None, -1))[1] == rev:
+                del self.retired[job_id]  # the watcher says so too, unless it was written meanwhile
+        await self.store.purge_markers(keep)
+        if old:
+            log.info("ended jobs' records forgotten", deleted=deleted, due=len(old), kept=len(self.retired))
+        return deleted
 
     # --- orphan reaper --------------------------------------------------------
     async def reaper_loop(self, stop: asyncio.Event) -> None:

@@ -1,17 +1,35 @@
-"""Teardown writes the ``JOB_LIFECYCLE`` KV records (the only writer): compare-and-set on the revision."""
+"""Teardown writes the ``JOB_LIFECYCLE`` KV records (the only writer): compare-and-set on the revision.
+
+It also bounds the bucket (issue #21): :meth:`LifecycleStore.forget` deletes records of jobs ended
+and released long enough ago (each expecting the revision it was seen at, so a record written
+in between, or deleted by another teardown instance, is left alone), and
+:meth:`LifecycleStore.purge_markers` removes the delete markers once they are old.
+"""
 
 from __future__ import annotations
 
-from collections.abc import Callable
+import asyncio
+from collections.abc import Callable, Sequence
 from typing import TypeVar
 
 import nats.js.errors
+import structlog
 from nats.js.kv import KeyValue
 
 from schemas.lifecycle import JobLifecycle, decode_record, encode_record
 from services.cloud.records import JobRecords
 
 T = TypeVar("T")
+
+log = structlog.get_logger()
+
+DELETE_BATCH = 128
+"""Deletes in flight at once when forgetting records."""
+
+
+class Forgotten(Exception):
+    """The job's record was deleted (ended and released ``ended_keep_s`` ago): an event for it is
+    a late redelivery, with nothing left to do; recording it would bring a stale record back."""
 
 
 class LifecycleStore(JobRecords):
@@ -25,9 +43,12 @@ class LifecycleStore(JobRecords):
         self, job_id: str, fn: Callable[[JobLifecycle | None], tuple[JobLifecycle, T]], attempts: int = 50
     ) -> tuple[JobLifecycle, T]:
         """Apply ``fn`` to the current record and store the result unless someone wrote in between
-        (then read again and re-apply). ``fn`` is pure, so re-applying is safe."""
+        (then read again and re-apply). ``fn`` is pure, so re-applying is safe. Raises
+        :class:`Forgotten` when the record was deleted (its delete marker stands)."""
         for _ in range(attempts):
-            rec, rev = await self.get(job_id)
+            rec, rev, deleted = await self.read(job_id)
+            if deleted:
+                raise Forgotten(job_id)
             new, out = fn(rec)
             if rec is not None and encode_record(new) == encode_record(rec):
                 return new, out  # nothing changed: no write
@@ -38,5 +59,27 @@ class LifecycleStore(JobRecords):
             return new, out
         raise RuntimeError(f"lifecycle record of {job_id} kept changing under us")
 
+    async def forget(self, records: Sequence[tuple[str, int]]) -> int:
+        """Delete each ``(job_id, revision)`` unless it changed since (or is already gone), in
+        batches of :data:`DELETE_BATCH`; how many were deleted."""
 
-__all__ = ["LifecycleStore", "decode_record"]
+        async def delete(job_id: str, revision: int) -> bool:
+            try:
+                await self.kv.delete(job_id, last=revision)
+            except nats.js.errors.Error as e:  # wrong last sequence: written or deleted meanwhile
+                log.debug("lifecycle record not deleted", job_id=job_id, revision=revision, error=repr(e))
+                return False
+            return True
+
+        deleted = 0
+        for i in range(0, len(records), DELETE_BATCH):
+            batch = records[i : i + DELETE_BATCH]
+            deleted += sum(await asyncio.gather(*(delete(job_id, rev) for job_id, rev in batch)))
+        return deleted
+
+    async def purge_markers(self, older_than_s: float) -> None:
+        """Remove the delete markers older than ``older_than_s`` (and what is left under their keys)."""
+        await self.kv.purge_deletes(olderthan=max(1, int(older_than_s)))
+
+
+__all__ = ["Forgotten", "LifecycleStore", "decode_record"]
