@@ -254,7 +254,11 @@ class JobStates:
             return None
         for stream in VIEW_SUBJECTS:
             seq = int(loaded.seqs.get(stream, 0))
-            state = (await js.stream_info(stream)).state
+            try:
+                state = (await js.stream_info(stream)).state
+            except Exception as e:
+                log.warning("stream not readable; replaying the streams from their start", stream=stream, error=repr(e))
+                return None
             if state.first_seq > seq + 1 or state.last_seq < seq:
                 log.warning(
                     "view snapshot older than the stream's first event (aged out) or ahead of the stream;"

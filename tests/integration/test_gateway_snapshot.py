@@ -16,12 +16,17 @@ from nats.aio.client import Client
 
 from schemas import subjects as s
 from services.devstack.procs import ServiceProcess
+from services.runtime.streams import ensure_streams
 from tests.support.servers import Spawn
 from tests.support.waiting import eventually
 
 pytestmark = pytest.mark.integration
 
 KEEP_S = 30
+AGED_OUT = (
+    "view snapshot older than the stream's first event (aged out) or ahead of the stream;"
+    " replaying the streams from their start"
+)
 
 
 def write_config(tmp_path: Path) -> dict[str, str]:
@@ -108,3 +113,47 @@ async def test_a_restarted_gateway_folds_only_the_tail_and_forgets_old_ended_job
     await eventually(caught_up, timeout=10, what="the restarted view caught up")
     # the tail only: the three submits (and the cancels this test made since), never the 303 before
     assert int(logged(second, "job state view caught up")["replayed"]) <= len(tail) + 4  # type: ignore[call-overload]
+
+
+async def start_and_stop_with_a_snapshot(services: Spawn, env: dict[str, str]) -> None:
+    """A gateway that replays what is stored, catches up, and saves its snapshot at a clean stop."""
+    (gateway,) = await services("gateway", env=env)
+
+    async def caught_up() -> bool:
+        return "job state view caught up" in gateway.log_text()
+
+    await eventually(caught_up, timeout=10, what="the view caught up")
+    gateway.stop()
+    assert logged(gateway, "snapshot saved")["owner"] == "gateway-view"
+
+
+async def test_a_damaged_snapshot_means_a_full_replay(services: Spawn, nc: Client, tmp_path: Path) -> None:
+    env = write_config(tmp_path)
+    await ensure_streams(nc.jetstream())
+    for job_id in ("live-a", "live-b"):
+        await publish(nc, s.JOB_SUBMITTED, job_id, datetime.now(UTC))
+    await start_and_stop_with_a_snapshot(services, env)
+    store = await nc.jetstream().object_store(s.SNAPSHOTS.name)
+    for slot in ("a", "b"):
+        await store.put(f"gateway-view.{slot}", b"\x00damaged")
+    (gateway,) = await services("gateway", env=env)
+    assert logged(gateway, "job state view following")["from_snapshot"] is False
+    assert [await cancel(nc, j) for j in ("live-a", "live-b")] == [(200, "cancelling")] * 2
+
+
+async def test_a_snapshot_older_than_the_streams_first_event_means_a_full_replay(
+    services: Spawn, nc: Client, tmp_path: Path
+) -> None:
+    env = write_config(tmp_path)
+    await ensure_streams(nc.jetstream())
+    await publish(nc, s.JOB_SUBMITTED, "before", datetime.now(UTC))
+    await start_and_stop_with_a_snapshot(services, env)
+    for job_id in ("aged-out", "kept"):
+        await publish(nc, s.JOB_SUBMITTED, job_id, datetime.now(UTC))
+    js = nc.jetstream()
+    kept = (await js.get_last_msg(s.JOBS.name, s.JOB_SUBMITTED)).seq
+    await js.purge_stream(s.JOBS.name, seq=kept)  # as max_age would: everything before "kept" is gone
+    (gateway,) = await services("gateway", env=env)
+    assert logged(gateway, AGED_OUT)["stream"] == s.JOBS.name
+    assert logged(gateway, "job state view following")["from_snapshot"] is False
+    assert await cancel(nc, "kept") == (200, "cancelling")
