@@ -16,6 +16,7 @@ from services.metadata.adapters import Database, is_unavailable
 from services.metadata.paging import Budget
 from services.metadata.projector import DECODERS, Projector
 from services.metadata.queries import Queries
+from services.metadata.retention import Retention
 from services.metadata.views import DEFAULT_CACHE_JOBS
 from services.runtime.app import Runtime, run, tune_gc
 from services.runtime.batch import BatchConsumer
@@ -60,7 +61,12 @@ async def main(rt: Runtime) -> None:
                 batch=str(batch),
             )
         )
-        queries = Queries(db, rt.config.timeouts.node_ttl_s, Budget.for_max_payload(rt.nc.max_payload))
+        queries = Queries(
+            db,
+            rt.config.timeouts.node_ttl_s,
+            Budget.for_max_payload(rt.nc.max_payload),
+            jobs_keep_s=rt.config.retention.jobs_keep_s,
+        )
         await svc.add_endpoints(queries.endpoints(), max_body=64 * 1024)
         if not await db.migrate_until_ready(rt.stop):
             return
@@ -80,8 +86,9 @@ async def main(rt: Runtime) -> None:
             )
             for spec in s.METADATA_CONSUMERS
         ]
+        retention = Retention(db, rt.config.retention, projector.cache.discard)
         rt.log.info("started", batch=batch, cache_jobs=projector.cache.capacity)
-        await asyncio.gather(*(c.run(rt.stop) for c in consumers))
+        await asyncio.gather(*(c.run(rt.stop) for c in consumers), retention.run(rt.stop))
 
 
 if __name__ == "__main__":

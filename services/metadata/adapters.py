@@ -10,12 +10,13 @@ types: :mod:`~services.metadata.sql_jobs` (jobs, events), :mod:`~services.metada
 from __future__ import annotations
 
 import asyncio
-from collections.abc import AsyncIterator, Sequence
+from collections.abc import AsyncIterator, Callable, Sequence
 from contextlib import asynccontextmanager
 from datetime import datetime
 from typing import Any
 
 import asyncpg
+import msgspec
 import structlog
 
 from services.metadata import migrations
@@ -52,10 +53,35 @@ def is_unavailable(e: BaseException) -> bool:
 
 _WRITE_GROUP = f"""
 WITH ins AS ({jobs.insert_jobs("$1")}), upd AS ({jobs.update_jobs("$2")}),
-     node AS ({nodes.UPSERT_NODES.format(param="$3")}), drain AS ({nodes.UPSERT_DRAINS.format(param="$4")})
+     node AS ({nodes.UPSERT_NODES.format(param="$3")}), drain AS ({nodes.UPSERT_DRAINS.format(param="$4")}),
+     hist AS ({nodes.INSERT_HISTORY.format(param="$3")})
 SELECT job_id FROM ins UNION ALL SELECT job_id FROM upd
 """
-"""One round trip per group: new job rows, cached job rows under their token, node statuses and drains."""
+"""One round trip per group: new job rows, cached job rows under their token, node statuses (current
+state and downsampled history) and drains."""
+
+
+RETENTION_LOCK = 0x6E61747372657465  # "natsrete": one metadata instance sweeps at a time
+
+
+class Swept(msgspec.Struct, kw_only=True):
+    """What one retention round deleted."""
+
+    jobs: int = 0
+    job_events: int = 0
+    history: int = 0
+    node_facts: int = 0
+
+
+async def _delete_all(conn: asyncpg.Connection, sql: str, before: datetime, batch: int) -> int:
+    """Run a batched ``DELETE`` (``$1`` cut-off, ``$2`` batch) until a batch deletes less than ``batch``."""
+    total = 0
+    while True:
+        status = await conn.execute(sql, before, batch)
+        n = int(status.split()[-1])
+        total += n
+        if n < batch:
+            return total
 
 
 class Tx:
@@ -181,6 +207,34 @@ class Database:
         async with self._conn() as conn, conn.transaction():
             yield Tx(conn)
 
+    # --- retention (issue #21): one instance at a time, batches of their own transaction each ---
+    async def sweep(
+        self, jobs_before: datetime, nodes_before: datetime, batch: int, forget: Callable[[list[str]], None]
+    ) -> Swept | None:
+        """Delete, in batches of ``batch`` rows per statement, jobs ended before ``jobs_before`` (with their
+        events), node history and node facts older than ``nodes_before``; ``forget`` is told each batch of
+        job ids deleted. None if another instance holds the retention lock (it is sweeping)."""
+        if not self.ready:
+            raise Unavailable("schema not migrated yet")
+        async with self._conn() as conn:
+            if not await conn.fetchval("SELECT pg_try_advisory_lock($1)", RETENTION_LOCK):
+                return None
+            try:
+                swept = Swept()
+                while True:
+                    rows = await conn.fetch(jobs.DELETE_ENDED_JOBS, jobs_before, batch)
+                    if rows:
+                        forget([r[0] for r in rows])
+                        swept.jobs += len(rows)
+                        swept.job_events += int(rows[0][1])
+                    if len(rows) < batch:
+                        break
+                swept.history = await _delete_all(conn, nodes.DELETE_HISTORY, nodes_before, batch)
+                swept.node_facts = await _delete_all(conn, jobs.DELETE_NODE_FACTS, nodes_before, batch)
+                return swept
+            finally:
+                await conn.execute("SELECT pg_advisory_unlock($1)", RETENTION_LOCK)
+
     # --- queries (each bounded by query_timeout, so a hung database answers 503 in time) ---
     async def _query(self, sql: str, *args: Any) -> list[Any]:
         if not self.ready:
@@ -253,6 +307,7 @@ __all__ = [
     "NodeRow",
     "NodeSummaryRow",
     "StoredJob",
+    "Swept",
     "Tx",
     "Unavailable",
     "is_unavailable",

@@ -1,6 +1,8 @@
 """A group of batches prepared for one transaction of the projection, without I/O: the event rows
 (each event once, whichever batch brought it), the jobs' views merged with their new events and the
-rows they are written as, and the latest node statuses and drain facts."""
+rows they are written as, and the latest node statuses and drain facts. A node status is not an
+event row (one per status grew without bound, issue #21): the newest of each node in the group
+updates ``nodes`` and, downsampled, ``node_history``."""
 
 from __future__ import annotations
 
@@ -87,7 +89,10 @@ async def _record(g: Group, latest: nodes.Latest) -> None:
             body = msg.data.decode()
             if isinstance(event, ev.JobEvent):
                 key, job_id, node_id = event.event_id, event.job_id, None
-            elif isinstance(event, ev.NodeStatus | ev.NodeDraining):
+            elif isinstance(event, ev.NodeStatus):
+                latest.add(event, msg.data)  # current state and downsampled history, not a row of events
+                continue
+            elif isinstance(event, ev.NodeDraining):
                 key, job_id, node_id = nodes.node_event_key(event), None, event.node_id
                 latest.add(event, msg.data)
             else:  # pragma: no cover - the decoders yield nothing else

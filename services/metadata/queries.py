@@ -36,6 +36,7 @@ from schemas.replies import (
 from services.metadata import cursors, domain, nodes
 from services.metadata.adapters import Database, EventPosition, NodeListRow, NodeSummaryRow, is_unavailable
 from services.metadata.paging import Budget, Page
+from services.metadata.retention import forgotten_message
 from services.metadata.views import fold_bodies
 from services.runtime.micro import Endpoint, RequestError
 from services.runtime.tenancy import tenant_of
@@ -62,9 +63,10 @@ _FOLD_CHUNK = 100
 """Jobs whose events are read and folded at a time while a ``job.list`` page is filled."""
 
 
-def _unknown_job(job_id: str) -> RequestError:
-    """The 404 of a job that does not exist, or that the caller may not see (the same, on purpose)."""
-    return RequestError(404, f"unknown job {job_id}", field="job_id", job_id=job_id)
+def _unknown_job(job_id: str, jobs_keep_s: float | None) -> RequestError:
+    """The 404 of a job that does not exist, that the caller may not see (the same, on purpose), or
+    that retention forgot (``jobs_keep_s`` after it ended)."""
+    return RequestError(404, forgotten_message(job_id, jobs_keep_s), field="job_id", job_id=job_id)
 
 
 def _cursor(decode: Callable[[str], T], cursor: str | None) -> T | None:
@@ -78,8 +80,12 @@ class Queries:
     """``job.get``, ``job.list``, ``job.events``, ``node.list``; list replies are pages bounded by
     ``budget`` (see :mod:`services.metadata.paging`)."""
 
-    def __init__(self, db: Database, node_ttl_s: float, budget: Budget | None = None) -> None:
+    def __init__(
+        self, db: Database, node_ttl_s: float, budget: Budget | None = None, *, jobs_keep_s: float | None = None
+    ) -> None:
         self._db = db
+        self._jobs_keep_s = jobs_keep_s
+        """Retention's window (None: the 404 says "unknown job" only)."""
         self._node_ttl_s = node_ttl_s
         self._budget = budget or Budget.for_max_payload(1024 * 1024)
 
@@ -89,7 +95,7 @@ class Queries:
         view = fold_bodies([(ref.job_id, body) for body in await self._db.job_events(ref.job_id)]).get(ref.job_id)
         record = domain.to_record(view) if view is not None and domain.visible(view.tenant, caller) else None
         if record is None:
-            raise _unknown_job(ref.job_id)
+            raise _unknown_job(ref.job_id, self._jobs_keep_s)
         body = _enc.encode(record)
         if len(body) > self._budget.item_bytes:
             raise RequestError(413, f"the record of job {ref.job_id} is {len(body)} bytes, more than a reply can carry")
@@ -124,10 +130,10 @@ class Queries:
         req = _events_req.decode(msg.data)
         after = _cursor(cursors.decode_event_cursor, req.after)
         if caller != s.DEFAULT_TENANT and not domain.visible(await self._db.job_tenant(req.job_id) or "", caller):
-            raise _unknown_job(req.job_id)
+            raise _unknown_job(req.job_id, self._jobs_keep_s)
         rows = await self._db.job_events_page(req.job_id, after, req.limit + 1)
         if not rows and after is None:
-            raise _unknown_job(req.job_id)
+            raise _unknown_job(req.job_id, self._jobs_keep_s)
         page = Page(self._budget, req.limit)
         last: EventPosition | None = None
         for row in rows[: req.limit]:

@@ -8,6 +8,8 @@ from datetime import UTC, datetime
 
 import msgspec
 
+from schemas.states import TERMINAL_STATES
+
 EVENT_COLUMNS = ("event_key", "type", "job_id", "node_id", "at", "stream", "stream_seq", "body")
 EventRecord = tuple[str, str, str | None, str | None, datetime, str, int, str]
 """A row of ``events`` in :data:`EVENT_COLUMNS` order (``body``: the event's JSON exactly as published)."""
@@ -128,3 +130,31 @@ ORDER BY at, stream_seq, event_key LIMIT $5
 """
 MAX_SEQ = 2**63 - 1
 MIN_TIME = datetime(1, 1, 1, tzinfo=UTC)
+
+
+# --- retention (issue #21) ----------------------------------------------------
+ENDED = "(state IS NULL OR state IN ({}))".format(", ".join(f"'{st}'" for st in sorted(TERMINAL_STATES)))
+"""Jobs retention may forget once their last event is old enough: ended (a terminal state) or orphans
+(no state: events of a job forgotten before they arrived). Literally the predicate of the partial index
+``jobs_ended`` (migration 0008), so the planner uses it."""
+
+DELETE_ENDED_JOBS = f"""
+WITH gone AS (
+    DELETE FROM jobs WHERE job_id IN (
+        SELECT job_id FROM jobs WHERE {ENDED} AND updated_at < $1 ORDER BY updated_at LIMIT $2 FOR UPDATE SKIP LOCKED
+    )
+    RETURNING job_id
+), ev AS (
+    DELETE FROM events e USING gone WHERE e.job_id = gone.job_id RETURNING 1
+)
+SELECT job_id, (SELECT count(*) FROM ev) FROM gone
+"""
+"""One batch (``$2`` jobs at most) of jobs ended before ``$1``, with their events (history, placements,
+instances and reservations all live in those two tables); rows: (job_id, events deleted in all)."""
+
+DELETE_NODE_FACTS = """
+DELETE FROM events WHERE ctid = ANY(ARRAY(
+    SELECT ctid FROM events WHERE job_id IS NULL AND at < $1 ORDER BY at LIMIT $2
+))
+"""
+"""One batch of node facts (drain facts; statuses recorded before migration 0008) older than ``$1``."""

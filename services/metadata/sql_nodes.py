@@ -18,6 +18,32 @@ UPSERT_NODES = """
 array of :class:`NodeRow`."""
 
 
+HISTORY_EVERY_S = 60
+"""Node status history keeps at most one row per node per this many seconds (issue #21)."""
+
+INSERT_HISTORY = f"""
+    INSERT INTO node_history (node_id, at, state, status)
+    SELECT r.node_id, r.at, r.state, r.status
+    FROM json_to_recordset({{param}}::json) AS r(node_id text, state text, at timestamptz, status text)
+    LEFT JOIN LATERAL (
+        SELECT h.at, h.state, h.status FROM node_history h WHERE h.node_id = r.node_id ORDER BY h.at DESC LIMIT 1
+    ) last ON true
+    WHERE last.at IS NULL
+       OR (r.at >= last.at + interval '{HISTORY_EVERY_S} seconds'
+           AND (r.state <> last.state
+                OR (r.status::jsonb - 'at' - 'event_id') <> (last.status::jsonb - 'at' - 'event_id')))
+    ON CONFLICT (node_id, at) DO NOTHING
+"""
+"""Downsampled history: a node's status (the newest of a group, :class:`NodeRow`) becomes a row only if
+the node has none yet, or its last row is at least :data:`HISTORY_EVERY_S` older and something but the
+time changed (state, figures, labels). Bounded by nodes x keep / minute, whatever the status rate."""
+
+DELETE_HISTORY = """
+DELETE FROM node_history WHERE ctid = ANY(ARRAY(SELECT ctid FROM node_history WHERE at < $1 ORDER BY at LIMIT $2))
+"""
+"""One batch of history older than ``$1`` (at most ``$2`` rows)."""
+
+
 UPSERT_DRAINS = """
     INSERT INTO node_drains (node_id, draining, at, reason)
     SELECT * FROM json_to_recordset({param}::json) AS r(node_id text, draining boolean, at timestamptz, reason text)

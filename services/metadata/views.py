@@ -81,6 +81,11 @@ class ViewCache:
         if len(self._entries) > self.capacity:
             self._entries.popitem(last=False)
 
+    def discard(self, job_ids: Sequence[str]) -> None:
+        """Forget these jobs (deleted by retention)."""
+        for job_id in job_ids:
+            self._entries.pop(job_id, None)
+
     def __len__(self) -> int:
         return len(self._entries)
 

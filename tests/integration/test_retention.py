@@ -5,17 +5,26 @@ bounded (node history downsampled, ended jobs forgotten after ``jobs_keep_s``, l
 from __future__ import annotations
 
 import json
+from collections.abc import AsyncIterator, Sequence
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
+import asyncpg
 import pytest
 from nats.aio.client import Client
 from nats.js import api as js_api
 from nats.js.errors import APIError
 
+from schemas import events as ev
 from schemas import subjects as s
+from services.metadata.adapters import RETENTION_LOCK, Database
+from services.metadata.projector import Projector
+from services.metadata.retention import Retention
 from services.runtime.config import RetentionConf, load_config
+from services.runtime.delivery import Delivery
 from services.runtime.streams import ensure_streams
-from tests.support.api import DEMO
+from tests.support.api import DEMO, all_jobs, request, start_metadata
+from tests.support.events import lifecycle, node_status, publish
 from tests.support.servers import Spawn
 from tests.support.waiting import eventually
 
@@ -113,3 +122,166 @@ async def test_submit_into_a_full_stream_answers_503(nc: Client, services: Spawn
     last = headers[-1]
     assert last is not None and last.get(s.ERROR_CODE_HEADER) == "503", answers[-1]
     assert len(answers) > 1  # some were stored before the stream was full
+
+
+# --- PostgreSQL bounded ----------------------------------------------------------
+T0 = datetime(2025, 6, 1, tzinfo=UTC)
+_seq = iter(range(1, 10**9))
+
+
+def items(events: Sequence[ev.Event]) -> list[tuple[ev.Event, Delivery]]:
+    """Events as a consumer hands them over: decoded, with their JetStream delivery."""
+    from nats.aio.msg import Msg
+
+    out: list[tuple[ev.Event, Delivery]] = []
+    for e in events:
+        n = next(_seq)
+        stream = s.NODES.name if isinstance(e, ev.NodeStatus) else s.JOBS.name
+        msg = Msg(_client=None, subject=ev.subject_of(e), reply=f"$JS.ACK.{stream}.metadata.1.{n}.{n}.0.0")  # type: ignore[arg-type]
+        msg.data = ev.encode(e)
+        out.append((e, Delivery(msg)))
+    return out
+
+
+def ended(job_id: str, at: datetime) -> list[ev.JobEvent]:
+    """A shared job placed at ``at``, then cancelled (requested and released) a minute later."""
+    return [
+        *lifecycle(job_id, at),
+        ev.JobCancelRequested(
+            event_id=f"{job_id}:job.cancel_requested", job_id=job_id, at=at + timedelta(minutes=1), reason="test"
+        ),
+        ev.PlacementReleased(
+            event_id=f"{job_id}:placement.released", job_id=job_id, at=at + timedelta(minutes=1, seconds=1)
+        ),
+    ]
+
+
+@pytest.fixture
+async def db(database_url: str) -> AsyncIterator[Database]:
+    d = Database(database_url)
+    await d.open()
+    await d.migrate()
+    try:
+        yield d
+    finally:
+        await d.close()
+
+
+async def count(database_url: str, sql: str, *args: object) -> int:
+    conn = await asyncpg.connect(database_url)
+    try:
+        return int(await conn.fetchval(sql, *args))
+    finally:
+        await conn.close()
+
+
+async def test_node_history_is_downsampled_under_a_burst(db: Database, database_url: str) -> None:
+    p = Projector(db)
+    try:
+        # 10 minutes of a status a second from n1 (figures changing every time), 50 per batch
+        burst = [node_status("n1", T0 + timedelta(seconds=i), cpu_free=float(i % 8)) for i in range(600)]
+        for i in range(0, len(burst), 50):
+            await p.project(items(burst[i : i + 50]))
+        # then 10 minutes of the same figures every second from n2: one row, nothing changed
+        same = [node_status("n2", T0 + timedelta(seconds=i)) for i in range(600)]
+        for i in range(0, len(same), 50):
+            await p.project(items(same[i : i + 50]))
+    finally:
+        await p.close()
+    n1 = await count(database_url, "SELECT count(*) FROM node_history WHERE node_id = 'n1'")
+    assert 1 <= n1 <= 11  # at most one a minute (and the first)
+    assert await count(database_url, "SELECT count(*) FROM node_history WHERE node_id = 'n2'") == 1
+    assert await count(database_url, "SELECT count(*) FROM events WHERE job_id IS NULL") == 0  # no row per status
+    latest = await count(
+        database_url, "SELECT count(*) FROM nodes WHERE node_id = 'n1' AND at = $1", T0 + timedelta(seconds=599)
+    )
+    assert latest == 1  # current state: the newest status
+
+
+async def test_ended_jobs_are_forgotten_after_the_window_and_live_ones_kept(db: Database, database_url: str) -> None:
+    p = Projector(db)
+    try:
+        old_ended = [f"old-{i}" for i in range(5)]
+        for job_id in old_ended:
+            await p.project(items(ended(job_id, T0)))
+        await p.project(items(lifecycle("live", T0)))  # placed long ago, still running
+        await p.project(items(ended("recent", T0 + timedelta(days=9))))
+        await p.project(items([node_status("n1", T0)]))  # one history row each (a group keeps its newest)
+        await p.project(items([node_status("n1", T0 + timedelta(days=9), cpu_free=1.0)]))
+        assert p.cache.get("old-0") is not None
+        conf = RetentionConf(jobs_keep_s=5 * 86400.0, node_history_keep_s=86400.0, cleanup_every_s=1.0)
+        now = T0 + timedelta(days=10)
+        retention = Retention(db, conf, p.cache.discard, batch=2, clock=lambda: now)  # three batches of jobs
+        swept = await retention.once()
+        assert swept is not None
+        assert (swept.jobs, swept.job_events, swept.history) == (5, 25, 1)
+        assert p.cache.get("old-0") is None  # forgotten by this instance's cache too
+        for job_id in old_ended:
+            assert await count(database_url, "SELECT count(*) FROM jobs WHERE job_id = $1", job_id) == 0
+            assert await count(database_url, "SELECT count(*) FROM events WHERE job_id = $1", job_id) == 0
+        for job_id, n in (("live", 3), ("recent", 5)):
+            assert await count(database_url, "SELECT count(*) FROM jobs WHERE job_id = $1", job_id) == 1
+            assert await count(database_url, "SELECT count(*) FROM events WHERE job_id = $1", job_id) == n
+        assert await count(database_url, "SELECT count(*) FROM nodes") == 1  # current state is never deleted
+        again = await retention.once()
+        assert again is not None and (again.jobs, again.history) == (0, 0)
+    finally:
+        await p.close()
+
+
+async def test_one_instance_sweeps_at_a_time(db: Database, database_url: str) -> None:
+    conf = RetentionConf()
+    retention = Retention(db, conf, lambda ids: None)
+    holder = await asyncpg.connect(database_url)
+    try:
+        assert await holder.fetchval("SELECT pg_try_advisory_lock($1)", RETENTION_LOCK)
+        assert await retention.once() is None  # another instance is sweeping
+        await holder.execute("SELECT pg_advisory_unlock($1)", RETENTION_LOCK)
+        assert await retention.once() is not None
+    finally:
+        await holder.close()
+
+
+async def test_the_ended_jobs_query_uses_its_index(db: Database, database_url: str) -> None:
+    from services.metadata import sql_jobs
+
+    conn = await asyncpg.connect(database_url)
+    try:
+        await conn.execute("SET enable_seqscan = off")
+        plan = "\n".join(
+            r[0]
+            for r in await conn.fetch(
+                f"EXPLAIN SELECT job_id FROM jobs WHERE {sql_jobs.ENDED} AND updated_at < $1 "
+                "ORDER BY updated_at LIMIT 1000",
+                T0,
+            )
+        )
+    finally:
+        await conn.close()
+    assert "jobs_ended" in plan, plan
+
+
+async def test_a_forgotten_job_answers_404_and_the_listing_keeps_the_rest(
+    nc: Client, services: Spawn, database_url: str, tmp_path: Path
+) -> None:
+    path = retention_toml(tmp_path, jobs_keep_s=86400, cleanup_every_s=0.2)
+    await start_metadata(nc, services, database_url, SCHEDULER_CONFIG=str(path))
+    js = nc.jetstream()
+    now = datetime.now(UTC)
+    await publish(js, ended("gone", now - timedelta(days=3)))  # ended three days ago: forgotten
+    await publish(js, lifecycle("running", now - timedelta(days=3)))  # live, however old
+    await publish(js, ended("fresh", now - timedelta(hours=1)))  # ended inside the window
+
+    async def forgotten() -> bool:
+        return (await request(nc, s.JOB_GET, {"job_id": "gone"}))[0] == 404 and (
+            await request(nc, s.JOB_GET, {"job_id": "fresh"})
+        )[0] == 200
+
+    await eventually(forgotten, timeout=30, what="the old ended job forgotten")
+    for subject in (s.JOB_GET, s.JOB_EVENTS):
+        code, body = await request(nc, subject, {"job_id": "gone"})
+        assert code == 404
+        assert body["error"]["message"] == "unknown job gone, or one that ended more than 1 day ago and was forgotten"
+    code, rec = await request(nc, s.JOB_GET, {"job_id": "running"})
+    assert code == 200 and rec["state"] == "placed"
+    assert sorted(await all_jobs(nc, limit=100)) == ["fresh", "running"]
