@@ -4,7 +4,7 @@ VENV   ?= .venv
 PY     := $(VENV)/bin/python
 STAMP  := $(VENV)/.installed-$(shell $(PYTHON) -c 'import hashlib,sys;print(hashlib.sha1(open("pyproject.toml","rb").read()).hexdigest()[:12])' 2>/dev/null)
 
-.PHONY: run test lint unit integration e2e bench chaos cluster venv clean schemas
+.PHONY: run test lint unit integration e2e bench chaos soak cluster venv clean schemas
 
 venv: $(STAMP)
 
@@ -44,6 +44,10 @@ bench: venv          ## benchmarks; results in bench-results/ (JSON, markdown, P
 
 chaos: venv          ## fault scenarios under load, checked by the invariant checker; table in bench-results/chaos.md; ROWS="living" (or words of row names) runs only those rows
 	$(PY) -m tests.chaos $(ROWS)
+
+soak: venv           ## an accelerated month (issue #21): JOBS=1000000 RATE=300 EVERY=100000 (hours; docs/OPERATIONS.md "Soak"); bench-results/soak.md, .png, .json
+	$(PY) -m pip install -q -e '.[dev,bench]'
+	$(PY) -m tests.soak --jobs $(or $(JOBS),1000000) --rate $(or $(RATE),300) --every $(or $(EVERY),100000)
 
 schemas: venv        ## regenerate the JSON Schemas of the wire contract in schemas/json/ (checked by a unit test)
 	$(PY) -m schemas.jsonschema
