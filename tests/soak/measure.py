@@ -146,19 +146,23 @@ def markdown(samples: Sequence[Sample], preamble: str) -> str:
     kinds = [k for k in PROCESSES if any(k in x.rss_mb for x in samples)]
     kinds += sorted({k for x in samples for k in x.rss_mb} - set(kinds))
     head = (
-        ["jobs", "elapsed (s)", "jobs/s"]
+        ["jobs", "elapsed (s)", "submitted/s", "decided/s"]
         + [f"RSS {k} (MB)" for k in kinds]
         + ["JetStream store (MB)", "PostgreSQL db (MB)"]
         + [f"ready after kill -9: {n} (s)" for n in RESTARTED]
-        + ["retries", "errors"]
+        + ["decided / failed", "retries", "errors"]
     )
     out = [preamble, "", "| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
+    prev: Sample | None = None
     for x in samples:
-        cells = [f"{x.jobs:,}", f"{x.elapsed_s:.0f}", f"{x.rate:.0f}"]
+        dt = x.elapsed_s - (prev.elapsed_s if prev else 0.0)
+        done = x.decided + x.failed + x.rejected - (prev.decided + prev.failed + prev.rejected if prev else 0)
+        cells = [f"{x.jobs:,}", f"{x.elapsed_s:.0f}", f"{x.rate:.0f}", f"{done / dt:.0f}" if dt > 0 else "0"]
+        prev = x
         cells += [f"{x.rss_mb[k]:.0f}" if k in x.rss_mb else "—" for k in kinds]
         cells += [_mb(x.js_store_bytes), _mb(x.pg_bytes)]
         cells += [_s(x.restart_s.get(n)) for n in RESTARTED]
-        cells += [str(x.retries), str(x.errors)]
+        cells += [f"{x.decided:,} / {x.failed:,}", str(x.retries), str(x.errors)]
         out.append("| " + " | ".join(cells) + " |")
     out += ["", *bars(samples)]
     return "\n".join(out)
