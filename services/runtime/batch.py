@@ -109,6 +109,7 @@ class BatchConsumer(Consumer[T]):
             fetching = None if stop.is_set() else asyncio.create_task(psub.fetch(self.batch, self.fetch_timeout))
             self._prefetch = fetching
             if msgs:
+                self._watch_retention()
                 await self._dispatch(msgs, stop)
         if self._tasks:  # finish (and ack) what was fetched
             await asyncio.gather(*self._tasks, return_exceptions=True)

@@ -18,6 +18,7 @@ transaction) and acks the batch after it returns; see its docstring for its outc
 from __future__ import annotations
 
 import asyncio
+import time
 from collections.abc import Awaitable, Callable
 from dataclasses import KW_ONLY, dataclass, field
 from typing import Generic, TypeVar
@@ -32,11 +33,14 @@ from schemas import subjects as s
 from services.runtime.backoff import delay
 from services.runtime.delivery import Delivery, Poison, outcome, quietly, retry_delay
 from services.runtime.puller import Puller
-from services.runtime.streams import ensure_consumer
+from services.runtime.streams import aged_out_unread, ensure_consumer
 
 log = structlog.get_logger()
 
 T = TypeVar("T")
+
+RETENTION_CHECK_S = 60.0
+"""How often a consumer asks whether events left its stream before it read them."""
 
 
 Handler = Callable[[T, Delivery], Awaitable[None]]
@@ -60,9 +64,35 @@ class Consumer(Generic[T]):
     in_order: bool = False
     skip: Callable[[T], bool] | None = None
     _log: structlog.stdlib.BoundLogger = field(init=False, repr=False)
+    _next_retention_check: float = field(default=0.0, init=False, repr=False)
+    _checking: asyncio.Task[None] | None = field(default=None, init=False, repr=False)
+    aged_out: int = field(default=0, init=False)
+    """Events that left the stream before this consumer read them (:func:`aged_out_unread`)."""
 
     def __post_init__(self) -> None:
         self._log = log.bind(consumer=self.spec.durable, stream=self.spec.stream)
+
+    def _watch_retention(self) -> None:
+        """Once a minute, in the background: did events leave the stream (retention) before this
+        durable read them? Logged as an error each time the count grows: it lags past the window."""
+        now = time.monotonic()
+        if now < self._next_retention_check or (self._checking is not None and not self._checking.done()):
+            return
+        self._next_retention_check = now + RETENTION_CHECK_S
+        self._checking = asyncio.create_task(self._check_retention())
+
+    async def _check_retention(self) -> None:
+        try:
+            lost = await aged_out_unread(self.js, self.spec)
+        except Exception as e:  # a check, never a reason to stop consuming
+            self._log.debug("retention check failed", error=repr(e))
+            return
+        if lost > self.aged_out:
+            self._log.error(
+                "events left the stream (retention) before this consumer read them: it lags past the window",
+                aged_out=lost,
+            )
+        self.aged_out = max(self.aged_out, lost)
 
     async def run(self, stop: asyncio.Event) -> None:
         await ensure_consumer(self.js, self.spec)
@@ -82,6 +112,7 @@ class Consumer(Generic[T]):
                 await self._fetch_failed(e, failures)
                 continue
             failures = 0
+            self._watch_retention()
             await self._dispatch(msgs, stop)
         await puller.stop()
         self._log.info("stopped consuming")

@@ -57,7 +57,7 @@ class StorageExceeded(RuntimeError):
 RETAINED: frozenset[str] = frozenset(
     spec.name for spec in (s.JOBS, s.PLACEMENTS, s.CLUSTERS, s.TENANT_PLACEMENTS, s.DEADLETTERS)
 )
-"""The event streams given ``[retention]``'s age and size limits (discard new). NODES gets the age
+"""The event streams given ``[retention]``'s age and size limits (discard old). NODES gets the age
 only (one message per subject: its size is bounded by the fleet); KV buckets and the SNAPSHOTS
 object store get neither (live records live there)."""
 
@@ -66,8 +66,12 @@ def retained(spec: s.StreamSpec, retention: RetentionConf | None) -> s.StreamSpe
     """``spec`` with the limits ``retention`` gives it (unchanged when ``retention`` is None).
 
     Events streams (:data:`RETAINED`): ``max_age`` = ``events_max_age_s``, ``max_bytes`` =
-    ``stream_max_bytes`` (-1: none) and discard ``new``, so a full stream refuses a publish with an
-    error instead of dropping its oldest facts (which may be a live job's). NODES: ``max_age`` only (a
+    ``stream_max_bytes`` (-1: none), discard ``old``: the system keeps running at any rate (a full
+    stream refusing new events would stop every submit, the failure this retention exists to end).
+    No live job's fact is lost with its event: every service that folds a stream starts from its
+    snapshot (SNAPSHOTS) or keeps the fact in a bucket or PostgreSQL, so only a durable consumer
+    lagging past the window can miss an event, and that is reported loudly
+    (:func:`aged_out_unread`, checked by every consumer loop). NODES: ``max_age`` only (a
     node silent that long is long lost; its last drain fact goes with it). The duplicate window is
     clamped to ``max_age`` (nats-server refuses a larger one), with a warning: a retried submit is then
     deduplicated for ``events_max_age_s`` only."""
@@ -89,9 +93,22 @@ def retained(spec: s.StreamSpec, retention: RetentionConf | None) -> s.StreamSpe
         spec,
         max_age_s=max_age,
         max_bytes=retention.stream_max_bytes,
-        discard_new=True,
+        discard_new=False,
         duplicate_window_s=window,
     )
+
+
+async def aged_out_unread(js: JetStreamContext, spec: s.ConsumerSpec) -> int:
+    """How many sequences left the stream (age or size limit) above the durable's ack floor while
+    it still had messages to read: events it may never see (0 when it is caught up or none left).
+    The server moves a caught-up consumer's ack floor past the subjects it does not read, so a
+    consumer of rare subjects is not reported for the others aging out."""
+    ci = await js.consumer_info(spec.stream, spec.durable)
+    if not (ci.num_pending or ci.num_ack_pending):
+        return 0
+    first = (await js.stream_info(spec.stream)).state.first_seq
+    floor = ci.ack_floor.stream_seq if ci.ack_floor is not None else 0
+    return max(0, first - 1 - (floor or 0))
 
 
 PROVISIONED: tuple[s.ConsumerSpec, ...] = (s.CLUSTER_MANAGER,)

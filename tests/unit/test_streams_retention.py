@@ -13,13 +13,13 @@ EVENT_STREAMS = (s.JOBS, s.PLACEMENTS, s.CLUSTERS, s.TENANT_PLACEMENTS, s.DEADLE
 
 
 @pytest.mark.parametrize("spec", EVENT_STREAMS, ids=lambda spec: spec.name)
-def test_event_streams_get_age_size_and_discard_new(spec: s.StreamSpec) -> None:
+def test_event_streams_get_age_size_and_discard_old(spec: s.StreamSpec) -> None:
     r = RetentionConf(events_max_age_s=3600.0 * 48, stream_max_bytes=5000)
     got = retained(spec, r)
-    assert (got.max_age_s, got.max_bytes, got.discard_new) == (r.events_max_age_s, 5000, True)
+    assert (got.max_age_s, got.max_bytes, got.discard_new) == (r.events_max_age_s, 5000, False)
     cfg = stream_config(got)
     assert cfg.max_age == r.events_max_age_s and cfg.max_bytes == 5000
-    assert cfg.discard == js_api.DiscardPolicy.NEW
+    assert cfg.discard == js_api.DiscardPolicy.OLD
 
 
 def test_nodes_gets_the_age_only() -> None:
