@@ -32,6 +32,7 @@ BENCHES = [
     "plan",
     "console",
     "policies",
+    "lifecycle",
 ]
 OUT = Path("bench-results")
 

@@ -11,18 +11,24 @@ subscription from above (it includes one plan round trip). The fleet's achieved 
 NODES stream's growth in sequence numbers.
 
 Knobs: BENCH_IDLE_S (60), BENCH_IDLE_FLEETS ("10000:5,100000:10" as nodes:interval),
-BENCH_IDLE_SIM_PROCS (fleet processes for fleets over 50,000 nodes: 2), BENCH_PROBE_EVERY_S (1).
+BENCH_IDLE_SIM_PROCS (fleet processes for fleets over 50,000 nodes: 2), BENCH_PROBE_EVERY_S (1),
+BENCH_PROBE_TIMEOUT_S (10: a probe unanswered that long counts as an error, the view at least
+that far behind).
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import os
+import re
 import time
 import uuid
+from collections import Counter
 from typing import Any
 
 import msgspec
+import nats.errors
 from nats.aio.client import Client
 
 from schemas import events as ev
@@ -41,9 +47,12 @@ FLEETS = [
 ]
 SIM_PROCS = int(os.environ.get("BENCH_IDLE_SIM_PROCS", "2"))
 PROBE_EVERY_S = float(os.environ.get("BENCH_PROBE_EVERY_S", "1"))
+PROBE_TIMEOUT_S = float(os.environ.get("BENCH_PROBE_TIMEOUT_S", "10"))
+CATCH_UP_S = 60.0
 PROBE_NODE = "lagprobe"
 _plan = msgspec.json.Decoder(r.PlanReply)
 _enc = msgspec.json.Encoder()
+_CLIENT = re.compile(r'"v[^"]*:python3:([^"]+)"')
 
 
 def shares(cpu: dict[str, float], seconds: float) -> dict[str, float]:
@@ -104,6 +113,17 @@ async def probe_lag(nc: Client, timeout: float = 30.0) -> float:
     raise TimeoutError(f"placement never saw the probe status in {timeout} s")
 
 
+def slow_consumers(sysm: System) -> dict[str, int]:
+    """How often nats-server cut each client off as a slow consumer so far, from its log."""
+    out: Counter[str] = Counter()
+    with contextlib.suppress(OSError), open(sysm.tmp / "nats-server.log", errors="replace") as f:
+        for line in f:
+            if "Slow Consumer Detected" in line:
+                m = _CLIENT.search(line)
+                out[m.group(1) if m else "?"] += 1
+    return dict(out)
+
+
 async def measure(nodes: int, interval: float) -> dict[str, Any]:
     procs = SIM_PROCS if nodes > 50_000 else 1
     async with system(sim_nodes=nodes, sim_interval=interval, sim_fleets=procs) as (sysm, nc):
@@ -111,8 +131,12 @@ async def measure(nodes: int, interval: float) -> dict[str, Any]:
         t = time.perf_counter()
         await wait_for_nodes(js, nodes, timeout=300)
         up_s = time.perf_counter() - t
-        await probe_lag(nc, timeout=120)  # placement has caught up with the first burst
-        return await _window(sysm, nc, nodes, interval, procs, up_s)
+        try:  # placement has caught up with the first burst (or is not going to)
+            caught_up: float | None = round(await probe_lag(nc, timeout=CATCH_UP_S), 1)
+        except (nats.errors.Error, TimeoutError, RuntimeError):
+            caught_up = None
+        out = await _window(sysm, nc, nodes, interval, procs, up_s)
+        return {**out, "placement_caught_up_s": caught_up}
 
 
 async def _window(sysm: System, nc: Client, nodes: int, interval: float, procs: int, up_s: float) -> dict[str, Any]:
@@ -123,8 +147,8 @@ async def _window(sysm: System, nc: Client, nodes: int, interval: float, procs: 
     errors: list[str] = []
     while (now := time.perf_counter()) - t0 < IDLE_S:
         try:
-            lags.append(await probe_lag(nc))
-        except (TimeoutError, RuntimeError) as e:
+            lags.append(await probe_lag(nc, timeout=PROBE_TIMEOUT_S))
+        except (nats.errors.Error, TimeoutError, RuntimeError) as e:  # e.g. placement cut off as a slow consumer
             errors.append(repr(e))
         # the next probe at its own time, not a sleep standing in for an event
         await asyncio.sleep(max(0.0, PROBE_EVERY_S - (time.perf_counter() - now)))
@@ -141,12 +165,17 @@ async def _window(sysm: System, nc: Client, nodes: int, interval: float, procs: 
         "cpu_pct_of_core": shares(cpu, seconds),
         "placement_view_lag": quantiles(lags),
         "probe_errors": errors,
+        "slow_consumers": slow_consumers(sysm),
         "steal_pct": steal.pct(),
     }
 
 
 async def run() -> dict[str, Any]:
     return {"idle_s": IDLE_S, "fleets": [await measure(n, i) for n, i in FLEETS]}
+
+
+def _errors(e: dict[str, int]) -> str:
+    return ", ".join(f"{k}: {v}" for k, v in e.items()) or "0"
 
 
 def markdown(res: dict[str, Any]) -> str:
@@ -175,7 +204,9 @@ def markdown(res: dict[str, Any]) -> str:
                 for q in (f["placement_view_lag"] for f in fleets)
             ),
         ],
-        ["probe errors", *(len(f["probe_errors"]) for f in fleets)],
+        ["probe errors (no answer in time)", *(len(f["probe_errors"]) for f in fleets)],
+        ["placement caught up with the first burst after s", *(f["placement_caught_up_s"] for f in fleets)],
+        ["cut off as slow consumers", *(_errors(f["slow_consumers"]) for f in fleets)],
         ["steal %", *(f["steal_pct"] for f in fleets)],
     ]
     return "\n".join(
