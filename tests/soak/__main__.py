@@ -44,7 +44,8 @@ log = structlog.get_logger("soak")
 
 SOAK_TOML = Path(__file__).with_name("soak.toml")
 OUT = Path("bench-results")
-READY_TIMEOUT_S = 60.0
+READY_TIMEOUT_S = 600.0
+"""A restart not answering PING by then is shown as —; meanwhile the next measurement waits for it."""
 
 
 async def _pg_bytes(url: str) -> int:
