@@ -45,7 +45,7 @@ log = structlog.get_logger("soak")
 SOAK_TOML = Path(__file__).with_name("soak.toml")
 OUT = Path("bench-results")
 READY_TIMEOUT_S = 600.0
-"""A restart not answering PING by then is shown as —; meanwhile the next measurement waits for it."""
+"""A restart not answering PING by then is shown as — in the table (the soak goes on)."""
 
 
 async def _pg_bytes(url: str) -> int:
