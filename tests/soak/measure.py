@@ -53,6 +53,10 @@ class Sample(msgspec.Struct, kw_only=True):
     """Submits retried (503 while a backlog drains, no responders while the gateway restarts, timeouts)."""
     errors: int = 0
     """Jobs given up after every retry, and cancels/completes answered with an unexpected error."""
+    checked_jobs: int = 0
+    """Decided jobs whose whole history the streams held, checked by the invariant checker."""
+    violations: dict[str, list[str]] = {}
+    """The checker's findings (at most 20 of each kind); empty: green."""
 
 
 def label(cmdline: Sequence[str]) -> str | None:
@@ -150,7 +154,7 @@ def markdown(samples: Sequence[Sample], preamble: str) -> str:
         + [f"RSS {k} (MB)" for k in kinds]
         + ["JetStream store (MB)", "PostgreSQL db (MB)"]
         + [f"ready after kill -9: {n} (s)" for n in RESTARTED]
-        + ["decided / failed", "retries", "errors"]
+        + ["decided / failed", "retries", "errors", "checked / violations"]
     )
     out = [preamble, "", "| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
     prev: Sample | None = None
@@ -163,6 +167,7 @@ def markdown(samples: Sequence[Sample], preamble: str) -> str:
         cells += [_mb(x.js_store_bytes), _mb(x.pg_bytes)]
         cells += [_s(x.restart_s.get(n)) for n in RESTARTED]
         cells += [f"{x.decided:,} / {x.failed:,}", str(x.retries), str(x.errors)]
+        cells += [f"{x.checked_jobs:,} / {sum(len(v) for v in x.violations.values())}"]
         out.append("| " + " | ".join(cells) + " |")
     out += ["", *bars(samples)]
     return "\n".join(out)
