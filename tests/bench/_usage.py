@@ -8,6 +8,7 @@ benchmark's own process, so both are added here under ``moto`` and ``client``.
 from __future__ import annotations
 
 import contextlib
+import os
 import resource
 from typing import Any
 
@@ -38,3 +39,21 @@ def delta(a: dict[str, float], b: dict[str, float]) -> dict[str, float]:
 
 def is_fleet(label: str) -> bool:
     return label.startswith(FLEET)
+
+
+def machine_busy_s() -> float:
+    """CPU seconds all cores spent busy since boot (user, nice, system, irq, softirq; neither idle,
+    iowait nor steal), from /proc/stat: minus our processes' CPU, what others ran meanwhile."""
+    try:
+        with open("/proc/stat") as f:
+            fields = [int(x) for x in f.readline().split()[1:8]]
+    except (OSError, ValueError):
+        return 0.0
+    user, nice, system, _idle, _iowait, irq, softirq = fields
+    return (user + nice + system + irq + softirq) / os.sysconf("SC_CLK_TCK")
+
+
+def others_pct(busy_s: float, ours: dict[str, float], seconds: float) -> float:
+    """% of one core used by processes outside the measured system (e.g. other benchmarks or test
+    runs sharing the machine) over ``seconds``: the machine's busy time minus ``ours``."""
+    return round(max(0.0, 100 * (busy_s - sum(ours.values())) / max(seconds, 1e-9)), 1)

@@ -36,7 +36,7 @@ from schemas import replies as r
 from schemas import subjects as s
 from tests.bench._machine import Steal
 from tests.bench._table import table
-from tests.bench._usage import cpu_seconds, delta, is_fleet
+from tests.bench._usage import cpu_seconds, delta, is_fleet, machine_busy_s, others_pct
 from tests.support.replay import wait_for_nodes
 from tests.support.system import System, system
 
@@ -142,7 +142,7 @@ async def measure(nodes: int, interval: float) -> dict[str, Any]:
 async def _window(sysm: System, nc: Client, nodes: int, interval: float, procs: int, up_s: float) -> dict[str, Any]:
     js = nc.jetstream(timeout=30)
     seq0 = (await js.stream_info(s.NODES.name)).state.last_seq
-    steal, before, t0 = Steal(), cpu_seconds(sysm), time.perf_counter()
+    steal, before, t0, busy0 = Steal(), cpu_seconds(sysm), time.perf_counter(), machine_busy_s()
     lags: list[float] = []
     errors: list[str] = []
     while (now := time.perf_counter()) - t0 < IDLE_S:
@@ -154,6 +154,7 @@ async def _window(sysm: System, nc: Client, nodes: int, interval: float, procs: 
         await asyncio.sleep(max(0.0, PROBE_EVERY_S - (time.perf_counter() - now)))
     seconds = time.perf_counter() - t0
     cpu = delta(before, cpu_seconds(sysm))
+    others = others_pct(machine_busy_s() - busy0, cpu, seconds)
     seq1 = (await js.stream_info(s.NODES.name)).state.last_seq
     return {
         "nodes": nodes,
@@ -167,6 +168,7 @@ async def _window(sysm: System, nc: Client, nodes: int, interval: float, procs: 
         "probe_errors": errors,
         "slow_consumers": slow_consumers(sysm),
         "steal_pct": steal.pct(),
+        "others_pct_of_core": others,
     }
 
 
@@ -208,6 +210,7 @@ def markdown(res: dict[str, Any]) -> str:
         ["placement caught up with the first burst after s", *(f["placement_caught_up_s"] for f in fleets)],
         ["cut off as slow consumers", *(_errors(f["slow_consumers"]) for f in fleets)],
         ["steal %", *(f["steal_pct"] for f in fleets)],
+        ["others (outside this system) % of a core", *(f.get("others_pct_of_core", "") for f in fleets)],
     ]
     return "\n".join(
         [
