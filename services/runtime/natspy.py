@@ -21,18 +21,25 @@ What to re-verify before raising the pin (then set :data:`PINNED` to the new ver
   future never completes when the server answers with an error (``publisher.py``); ``fetch``
   waits for the whole batch once a first message arrived (``puller.py``); ``nats.micro``
   counts only exceptions a handler raises as errors (``micro.py``); with
-  ``max_reconnect_attempts=-1`` the first ``connect`` retries forever (``app.py``).
+  ``max_reconnect_attempts=-1`` the first ``connect`` retries forever (``app.py``);
+  ``KeyValue.purge_deletes`` never stops the watcher it opens, whose subscription then keeps
+  receiving every update of the bucket into a full queue (memory grows for as long as the
+  process lives, 64 MB of pending messages per call): :func:`purge_kv_deletes` is its copy that
+  stops it, reading ``KeyValue._js``, ``._stream`` and ``._pre``
+  (``tests/integration/test_teardown_retention.py`` purges markers through it).
 """
 
 from __future__ import annotations
 
 import importlib.metadata
 from collections.abc import Awaitable, Callable
+from datetime import UTC, datetime
 from typing import Any
 
 from nats.aio.client import Client
 from nats.aio.msg import Msg
 from nats.js import JetStreamContext
+from nats.js.kv import KV_DEL, KV_PURGE, KeyValue
 from nats.micro.request import Request
 from nats.micro.service import Service
 
@@ -113,3 +120,27 @@ def add_processing_time(endpoint: object, elapsed_ns: int) -> None:
     ep: Any = endpoint
     ep._processing_time += elapsed_ns
     ep._average_processing_time = ep._processing_time // max(1, ep._num_requests)
+
+
+async def purge_kv_deletes(kv: KeyValue, older_than_s: float) -> int:
+    """Remove the bucket's delete and purge markers older than ``older_than_s`` (a younger one is
+    kept, as nats-py's ``purge_deletes`` does), stopping the watcher that found them; how many."""
+    watcher = await kv.watchall()
+    markers = []
+    try:
+        async for entry in watcher:
+            if entry is None:
+                break
+            if entry.operation in (KV_DEL, KV_PURGE):
+                markers.append(entry)
+    finally:
+        await watcher.stop()  # type: ignore[no-untyped-call]
+    store: Any = kv
+    now = datetime.now(UTC)
+    purged = 0
+    for entry in markers:
+        if entry.created is not None and (now - entry.created).total_seconds() < older_than_s:
+            continue
+        await store._js.purge_stream(store._stream, subject=f"{store._pre}{entry.key}", keep=0)
+        purged += 1
+    return purged

@@ -18,6 +18,7 @@ from nats.js.kv import KeyValue
 
 from schemas.lifecycle import JobLifecycle, decode_record, encode_record
 from services.cloud.records import JobRecords
+from services.runtime import natspy
 
 T = TypeVar("T")
 
@@ -79,7 +80,7 @@ class LifecycleStore(JobRecords):
 
     async def purge_markers(self, older_than_s: float) -> None:
         """Remove the delete markers older than ``older_than_s`` (and what is left under their keys)."""
-        await self.kv.purge_deletes(olderthan=max(1, int(older_than_s)))
+        await natspy.purge_kv_deletes(self.kv, older_than_s)
 
 
 __all__ = ["Forgotten", "LifecycleStore", "decode_record"]

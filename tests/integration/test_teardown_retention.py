@@ -19,6 +19,9 @@ from schemas import events as ev
 from schemas import subjects as s
 from schemas.lifecycle import JobLifecycle
 from services.cloud.records import JobRecords, lifecycle_bucket
+from services.devstack import NatsServer
+from services.devstack._util import http_json
+from services.runtime import natspy
 from tests.support.config import aws_env, write_config
 from tests.support.events import Events
 from tests.support.servers import Spawn
@@ -78,3 +81,22 @@ async def test_ended_records_are_forgotten_after_the_window_and_restarts_read_on
     finally:
         follower.cancel()
     assert await stored_records(nc) == 1
+
+
+async def test_purging_markers_leaves_no_watcher_behind(nc: Client, nats_server: NatsServer) -> None:
+    """nats-py 2.16's ``purge_deletes`` leaves its watcher subscribed, receiving every later update
+    (teardown grew to 960 MB in a soak): ours stops it, and purges only markers old enough."""
+    kv = await lifecycle_bucket(nc.jetstream())
+    for i in range(3):
+        await kv.put(f"job-{i}", b"{}")
+        await kv.delete(f"job-{i}")
+
+    def subscriptions() -> int:
+        connz = http_json(f"{nats_server.monitor_url}/connz?subs=1", timeout=5.0) or {}
+        return sum(int(c.get("subscriptions", 0)) for c in connz.get("connections", []))
+
+    before = subscriptions()
+    assert await natspy.purge_kv_deletes(kv, older_than_s=3600) == 0  # too young: kept
+    assert await natspy.purge_kv_deletes(kv, older_than_s=0) == 3
+    assert subscriptions() == before
+    assert (await kv.status()).values == 0  # markers and values gone
