@@ -19,6 +19,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import os
+import signal
 import sys
 import time
 from collections.abc import Iterable
@@ -233,6 +234,9 @@ def main() -> int:
     a = p.parse_args()
     if min(a.jobs, a.every, a.nodes) < 1 or a.rate <= 0 or a.sim_interval <= 0:
         p.error("--jobs, --every, --nodes, --rate and --sim-interval must be positive")
+    # SIGTERM as Ctrl-C: the run unwinds and stops every process it started (the default handler
+    # would leave them running, orphaned)
+    signal.signal(signal.SIGTERM, signal.default_int_handler)
     return asyncio.run(run(a.jobs, a.rate, a.every, a.nodes, a.sim_interval))
 
 
