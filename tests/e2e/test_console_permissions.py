@@ -5,7 +5,6 @@ page is told to use (config.json) is one the console user may use."""
 
 from __future__ import annotations
 
-import asyncio
 from collections.abc import AsyncIterator, Awaitable, Callable
 
 import nats
@@ -17,7 +16,7 @@ from services.console.config import page_config
 from services.devstack import NatsServer
 from services.runtime.config import Timeouts
 from services.runtime.credentials import password
-from tests.support.permissions import EVENTS, REQUESTS, SENTINEL, WATCHED, concrete
+from tests.support.permissions import EVENTS, REQUESTS, WATCHED, Violations, concrete
 
 pytestmark = pytest.mark.integration
 
@@ -33,23 +32,6 @@ JETSTREAM = {
 EVERYTHING = REQUESTS | EVENTS | COMMITS | JETSTREAM | {"$SRV.PING", "$SRV.STATS"}
 
 QUERIES = {s.JOB_GET, s.JOB_LIST, s.JOB_EVENTS, s.NODE_LIST}
-
-
-class Violations:
-    def __init__(self) -> None:
-        self.queue: asyncio.Queue[str] = asyncio.Queue()
-
-    async def cb(self, e: Exception) -> None:
-        self.queue.put_nowait(str(e).lower())
-
-    async def settle(self, client: Client) -> list[str]:
-        """The violations caused by what the client sent so far: those before the sentinel's own."""
-        await client.publish(SENTINEL, b"")
-        seen = []
-        while f'"{SENTINEL}"' not in (e := await asyncio.wait_for(self.queue.get(), 10)):
-            assert "permissions violation" in e, e
-            seen.append(e)
-        return seen
 
 
 Connect = Callable[..., Awaitable[tuple[Client, Violations]]]

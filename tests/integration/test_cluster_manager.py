@@ -6,7 +6,6 @@ read another's, publish an event or delete a stream."""
 
 from __future__ import annotations
 
-import asyncio
 import json
 from collections.abc import AsyncIterator, Awaitable, Callable
 
@@ -23,32 +22,13 @@ from services.devstack import NatsServer
 from services.runtime.streams import consumer_config, ensure_streams, same_consumer
 from tests.support.api import job
 from tests.support.events import node
-from tests.support.permissions import SENTINEL
+from tests.support.permissions import Violations
 from tests.support.servers import Spawn, nats_auth
 
 pytestmark = pytest.mark.integration
 
 PLACEMENTS = s.PLACEMENTS.name
 DURABLE = s.CLUSTER_MANAGER.durable
-
-
-class Violations:
-    """The permission violations the server reports to a client, in order."""
-
-    def __init__(self) -> None:
-        self.queue: asyncio.Queue[str] = asyncio.Queue()
-
-    async def cb(self, e: Exception) -> None:
-        self.queue.put_nowait(str(e).lower())
-
-    async def settle(self, client: Client) -> list[str]:
-        """The violations of what ``client`` sent so far: those before the sentinel's own."""
-        await client.publish(SENTINEL, b"")
-        seen = []
-        while f'"{SENTINEL}"' not in (e := await asyncio.wait_for(self.queue.get(), 10)):
-            assert "permissions violation" in e, e
-            seen.append(e)
-        return seen
 
 
 Connect = Callable[[], Awaitable[tuple[Client, Violations]]]

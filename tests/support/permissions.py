@@ -5,6 +5,10 @@ arrived."""
 
 from __future__ import annotations
 
+import asyncio
+
+from nats.aio.client import Client
+
 from schemas import subjects as s
 
 PROBE = "probe"
@@ -23,3 +27,22 @@ EVENTS = {concrete(subject) for stream in s.STREAMS if stream is not s.TENANT_PL
 the relay writes, through its capture subject)."""
 WATCHED = {concrete(subject) for stream in (s.JOBS, s.PLACEMENTS, s.CLUSTERS, s.NODES) for subject in stream.subjects}
 """The events of the four streams a read-only watcher (the manager, the console) may subscribe to."""
+
+
+class Violations:
+    """The permission violations the server reports to a client (its ``error_cb``), in order."""
+
+    def __init__(self) -> None:
+        self.queue: asyncio.Queue[str] = asyncio.Queue()
+
+    async def cb(self, e: Exception) -> None:
+        self.queue.put_nowait(str(e).lower())
+
+    async def settle(self, client: Client) -> list[str]:
+        """The violations of what ``client`` sent so far: those before the sentinel's own."""
+        await client.publish(SENTINEL, b"")
+        seen = []
+        while f'"{SENTINEL}"' not in (e := await asyncio.wait_for(self.queue.get(), 10)):
+            assert "permissions violation" in e, e
+            seen.append(e)
+        return seen
