@@ -319,6 +319,10 @@ SNAPSHOTS = BucketSpec(
 """Object store (stream ``OBJ_SNAPSHOTS``): ``<owner>.a`` / ``<owner>.b``, written alternately by
 ``services.runtime.snapshots`` (placement's ledger, the gateway's view, ...), so a restart
 folds a snapshot plus the tail after it instead of all history."""
+SNAPSHOT_META = f"$O.{SNAPSHOTS.name}.M.>"
+"""nats-server's object store: a snapshot's meta (``M.<base64url(name)>``), published after its chunks."""
+SNAPSHOT_CHUNKS = f"$O.{SNAPSHOTS.name}.C.>"
+"""... and its chunks (``C.<nuid>``), published first: a crash between the two leaves the slot as it was."""
 
 QUOTAS = BucketSpec(
     name="QUOTAS",
@@ -450,12 +454,13 @@ def tenant_cluster_manager(tenant: str) -> ConsumerSpec:
 METADATA_DURABLE = "metadata"
 
 
-def _metadata_consumer(stream: StreamSpec, projects: str) -> ConsumerSpec:
-    """The metadata durable on ``stream``: every subject of it, ``projects`` said in its description."""
+def _metadata_consumer(stream: StreamSpec, projects: str, subjects: tuple[str, ...] = ()) -> ConsumerSpec:
+    """The metadata durable on ``stream``: ``subjects`` (default every subject of it), ``projects`` said
+    in its description."""
     return ConsumerSpec(
         stream=stream.name,
         durable=METADATA_DURABLE,
-        filter_subjects=stream.subjects,
+        filter_subjects=subjects or stream.subjects,
         description=f"metadata: projects {projects} into PostgreSQL",
         max_deliver=-1,
         max_ack_pending=50_000,
@@ -465,7 +470,10 @@ def _metadata_consumer(stream: StreamSpec, projects: str) -> ConsumerSpec:
 METADATA_JOBS = _metadata_consumer(JOBS, "job lifecycle events")
 METADATA_PLACEMENTS = _metadata_consumer(PLACEMENTS, "placement decisions and releases")
 METADATA_CLUSTERS = _metadata_consumer(CLUSTERS, "dedicated-cluster events")
-METADATA_NODES = _metadata_consumer(NODES, "node status")
+METADATA_NODES = _metadata_consumer(NODES, "node drain facts", (NODE_DRAINING_ALL,))
+"""Drain facts only (rare, never to be lost). Statuses are state: metadata takes them on a core
+subscription and writes them coalesced (``services/metadata/fleet.py``, issue #23). A durable created
+with the former filter (both subjects) is updated to this one when metadata starts."""
 METADATA_CONSUMERS: tuple[ConsumerSpec, ...] = (METADATA_JOBS, METADATA_PLACEMENTS, METADATA_CLUSTERS, METADATA_NODES)
 
 

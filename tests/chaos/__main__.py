@@ -18,7 +18,7 @@ from nats.aio.client import Client
 
 from schemas import subjects as s
 from schemas.events import DeadLetter
-from tests.chaos import living, preemption, scaling, tenants
+from tests.chaos import living, preemption, scaling, snapshots, tenants
 from tests.chaos.living import Injected
 from tests.chaos.load import Load
 from tests.support.invariants import check_live, read_stream
@@ -139,6 +139,8 @@ class Scenario:
     nodes: int | None = None
     """The fleet's size when not the default (``NODES``, ``LIVING_NODES``)."""
     preempts: bool = False
+    settings: Mapping[str, float] | None = None
+    """Settings of ``defaults.toml`` for this row (living-fleet rows: ``living.SETTINGS``)."""
     """The row is red unless some replica was preempted (else it proved nothing about preemption)."""
 
 
@@ -163,6 +165,9 @@ SCENARIOS: dict[str, Scenario] = {
     "two tenants under load, one at its quota; placement and metadata killed -9": Scenario(
         _living(tenants.tenants_under_kills)  # the first-wave fleet; kills a third into the load
     ),
+    "placement killed -9 right after a snapshot and mid-snapshot": Scenario(
+        _living(snapshots.kill_around_snapshots), settings=snapshots.SETTINGS
+    ),
 }
 
 
@@ -176,7 +181,7 @@ async def run_scenario(name: str, sc: Scenario) -> dict[str, Any]:
         env={"LOG_LEVEL": "info"},
         nats_servers=sc.nats_servers,
         sim_fleets=living.FLEETS if sc.living else 1,
-        settings=living.SETTINGS if sc.living else None,
+        settings=sc.settings or (living.SETTINGS if sc.living else None),
     ) as (sysm, nc):
         load = Load(nc, rate=RATE, replicas=2 if sc.living else 1)
         if sc.living:
