@@ -154,6 +154,16 @@ class RetentionConf(_Conf, kw_only=True):
     """How often PostgreSQL retention runs (in batches)."""
 
 
+class MetadataConf(_Conf, kw_only=True):
+    """The metadata service (PostgreSQL projection and queries)."""
+
+    node_flush_s: PositiveS = 10.0
+    """Node statuses are coalesced in memory (the newest per node) and written to PostgreSQL this
+    often, one row per node per flush whatever the reporting rate (issue #23): ``node.list``'s
+    figures may be this much behind a node's last report (its staleness threshold is
+    ``timeouts.node_ttl_s`` plus this). Placement's own view is unaffected."""
+
+
 class Config(_Conf, kw_only=True):
     technologies: list[Technology]
     defaults: Defaults = Defaults()
@@ -165,6 +175,7 @@ class Config(_Conf, kw_only=True):
     lifecycle: LifecycleConf = LifecycleConf()
     admission: AdmissionConf = AdmissionConf()
     retention: RetentionConf = RetentionConf()
+    metadata: MetadataConf = MetadataConf()
     tenants: dict[Tenant, Quota] = {}
     """``[tenants.<name>]``: each tenant's quota (§8.4; keys as ``schemas.replies.Quota``'s, absent is
     unlimited). A run-time ``quota.set`` replaces a tenant's for as long as it stands."""
