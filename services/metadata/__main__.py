@@ -1,8 +1,9 @@
 """``python -m services.metadata`` (env ``DATABASE_URL``; ``METADATA_BATCH`` messages per fetch;
 ``METADATA_CACHE_JOBS`` job views kept in memory).
 
-The composition root: the database adapter, the query endpoints (answering 503 until
-the database is reachable and migrated), then one batch consumer per projected stream.
+The composition root: the database adapter, the node statuses' subscription (coalesced, flushed every
+``[metadata] node_flush_s``), the query endpoints (answering 503 until the database is reachable and
+migrated), then one batch consumer per projected stream.
 """
 
 from __future__ import annotations
@@ -12,7 +13,8 @@ import contextlib
 import os
 
 from schemas import subjects as s
-from services.metadata.adapters import Database, is_unavailable
+from services.metadata.adapters import Database, FleetWriter, is_unavailable
+from services.metadata.fleet import Fleet
 from services.metadata.paging import Budget
 from services.metadata.projector import DECODERS, Projector
 from services.metadata.queries import Queries
@@ -54,6 +56,10 @@ async def main(rt: Runtime) -> None:
     async with contextlib.AsyncExitStack() as stack:  # stopped in reverse: endpoints, projector, database
         await db.open()
         stack.push_async_callback(db.close)
+        writer = FleetWriter(db)
+        stack.push_async_callback(writer.close)
+        fleet = Fleet(writer, rt.config.metadata.node_flush_s)
+        await fleet.subscribe(rt.nc)  # before the queries answer: a status sent after that is seen
         svc = await stack.enter_async_context(
             rt.micro_service(
                 "Projection of every event into PostgreSQL; job and node queries",
@@ -66,6 +72,7 @@ async def main(rt: Runtime) -> None:
             rt.config.timeouts.node_ttl_s,
             Budget.for_max_payload(rt.nc.max_payload),
             jobs_keep_s=rt.config.retention.jobs_keep_s,
+            node_flush_s=rt.config.metadata.node_flush_s,
         )
         await svc.add_endpoints(queries.endpoints(), max_body=64 * 1024)
         if not await db.migrate_until_ready(rt.stop):
@@ -87,8 +94,10 @@ async def main(rt: Runtime) -> None:
             for spec in s.METADATA_CONSUMERS
         ]
         retention = Retention(db, rt.config.retention, projector.cache.discard)
-        rt.log.info("started", batch=batch, cache_jobs=projector.cache.capacity)
-        await asyncio.gather(*(c.run(rt.stop) for c in consumers), retention.run(rt.stop))
+        rt.log.info(
+            "started", batch=batch, cache_jobs=projector.cache.capacity, node_flush_s=rt.config.metadata.node_flush_s
+        )
+        await asyncio.gather(*(c.run(rt.stop) for c in consumers), retention.run(rt.stop), fleet.run(rt.stop))
 
 
 if __name__ == "__main__":

@@ -53,15 +53,15 @@ def is_unavailable(e: BaseException) -> bool:
 
 _WRITE_GROUP = f"""
 WITH ins AS ({jobs.insert_jobs("$1")}), upd AS ({jobs.update_jobs("$2")}),
-     node AS ({nodes.UPSERT_NODES.format(param="$3")}), drain AS ({nodes.UPSERT_DRAINS.format(param="$4")}),
-     hist AS ({nodes.INSERT_HISTORY.format(param="$3")})
+     drain AS ({nodes.UPSERT_DRAINS.format(param="$3")})
 SELECT job_id FROM ins UNION ALL SELECT job_id FROM upd
 """
-"""One round trip per group: new job rows, cached job rows under their token, node statuses (current
-state and downsampled history) and drains."""
+"""One round trip per group: new job rows, cached job rows under their token, and drains (node statuses
+are not projected: :class:`FleetWriter` writes them)."""
 
 
 RETENTION_LOCK = 0x6E61747372657465  # "natsrete": one metadata instance sweeps at a time
+FLEET_LOCK = 0x6E617473666C6565  # "natsflee": one metadata instance writes node statuses (FleetWriter)
 
 
 class Swept(msgspec.Struct, kw_only=True):
@@ -105,18 +105,13 @@ class Tx:
         await self._conn.execute(jobs.INSERT_STAGED_EVENTS)
 
     async def write_group(
-        self,
-        inserts: Sequence[JobWrite],
-        updates: Sequence[JobWrite],
-        statuses: Sequence[NodeRow],
-        drains: Sequence[DrainRow] = (),
+        self, inserts: Sequence[JobWrite], updates: Sequence[JobWrite], drains: Sequence[DrainRow] = ()
     ) -> set[str]:
         """One round trip: insert new job rows (in the given order: the listing order), update cached ones
-        where their token is still ``expected``, keep each node's newest status and drain fact. The job
-        ids written."""
-        by_node = sorted(statuses, key=lambda r: r.node_id), sorted(drains, key=lambda r: r.node_id)
+        where their token is still ``expected``, keep each node's newest drain fact. The job ids written."""
+        by_node = sorted(drains, key=lambda r: r.node_id)
         recs = await self._conn.fetch(
-            _WRITE_GROUP, jobs.json_rows(inserts), jobs.json_rows(updates), *(jobs.json_rows(r) for r in by_node)
+            _WRITE_GROUP, jobs.json_rows(inserts), jobs.json_rows(updates), jobs.json_rows(by_node)
         )
         return {r[0] for r in recs}
 
@@ -175,6 +170,11 @@ class Database:
             raise Unavailable("database pool is not open")
         async with self._pool.acquire(timeout=timeout or self._command_timeout) as conn:
             yield conn
+
+    async def connect(self) -> asyncpg.Connection:
+        """A connection of its own, outside the pool (for a session lock; the caller closes it)."""
+        conn: asyncpg.Connection = await asyncpg.connect(self._dsn, command_timeout=self._command_timeout)
+        return conn
 
     async def migrate(self) -> list[int]:
         """Apply pending migrations (advisory lock: safe with concurrent instances)."""
@@ -297,11 +297,63 @@ class Database:
         return [NodeSummaryRow(*r) for r in rows]
 
 
+class FleetWriter:
+    """Writes the fleet's coalesced statuses (:mod:`services.metadata.fleet`) on a connection of its own
+    that holds :data:`FLEET_LOCK` (a session advisory lock) while this
+    instance is the writer: every metadata instance receives every status, exactly one writes them
+    (the others find the lock held and drop theirs). The lock goes with the connection: an instance
+    that dies or loses PostgreSQL hands it over, and another takes it at its next flush."""
+
+    def __init__(self, db: Database) -> None:
+        self._db = db
+        self._conn: asyncpg.Connection | None = None
+        self.writer = False
+        """Whether this instance holds the lock (as of its last flush)."""
+
+    async def write(self, statuses: Sequence[NodeRow], history: Sequence[NodeRow]) -> set[str] | None:
+        """In one statement: each node's newest status (``statuses``) and, of ``history``, the rows the
+        SQL guard lets in; the node ids given a history row. None when another instance is the writer.
+        An outage closes the connection (and so gives the lock up) and raises; a refused statement
+        raises and keeps both."""
+        if not self._db.ready:
+            raise Unavailable("schema not migrated yet")
+        try:
+            conn = self._conn
+            if conn is None or conn.is_closed():
+                conn = self._conn = await self._db.connect()
+                self.writer = False
+            if not self.writer:
+                self.writer = bool(await conn.fetchval("SELECT pg_try_advisory_lock($1)", FLEET_LOCK))
+                if not self.writer:
+                    return None
+                log.info("fleet: this instance writes node statuses")
+            rows = sorted(statuses, key=lambda r: r.node_id), sorted(history, key=lambda r: r.node_id)
+            recs = await conn.fetch(nodes.FLUSH_NODES, *(jobs.json_rows(r) for r in rows))
+            return {r[0] for r in recs}
+        except asyncpg.PostgresError as e:  # a refused statement leaves the connection (and lock) usable
+            if is_unavailable(e):
+                await self.close()
+            raise
+        except BaseException:
+            await self.close()
+            raise
+
+    async def close(self) -> None:
+        """Close the connection (releasing the lock, if held)."""
+        conn, self._conn, self.writer = self._conn, None, False
+        if conn is not None and not conn.is_closed():
+            try:
+                await asyncio.wait_for(conn.close(), 5)
+            except Exception:
+                conn.terminate()
+
+
 __all__ = [
     "Database",
     "EventPageRow",
     "EventPosition",
     "EventRecord",
+    "FleetWriter",
     "JobWrite",
     "NodeListRow",
     "NodeRow",

@@ -1,8 +1,8 @@
 """A group of batches prepared for one transaction of the projection, without I/O: the event rows
 (each event once, whichever batch brought it), the jobs' views merged with their new events and the
-rows they are written as, and the latest node statuses and drain facts. A node status is not an
-event row (one per status grew without bound, issue #21): the newest of each node in the group
-updates ``nodes`` and, downsampled, ``node_history``."""
+rows they are written as, and the latest drain facts. Node statuses are not projected here: they
+are state, coalesced and flushed by :mod:`services.metadata.fleet` (issue #23), and the NODES durable
+reads drain facts only (one that still brings a status, configured before, has it skipped)."""
 
 from __future__ import annotations
 
@@ -14,7 +14,7 @@ import msgspec
 from schemas import events as ev
 from schemas import subjects as s
 from services.metadata import domain, nodes
-from services.metadata.adapters import EventRecord, JobWrite, NodeRow
+from services.metadata.adapters import EventRecord, JobWrite
 from services.metadata.sql_nodes import DrainRow
 from services.metadata.views import Cached, job_write
 from services.runtime.delivery import Delivery, stream_sequence
@@ -51,7 +51,6 @@ class Group(msgspec.Struct, kw_only=True):
     updates: list[JobWrite] = msgspec.field(default_factory=list)
     results: dict[str, Cached] = msgspec.field(default_factory=dict)
     """The view and token of each written job, as they will be once committed."""
-    nodes: list[NodeRow] = msgspec.field(default_factory=list)
     drains: list[DrainRow] = msgspec.field(default_factory=list)
 
 
@@ -73,14 +72,13 @@ async def prepare(batches: list[Batch], base: Callable[[str], Cached | None]) ->
         row = job_write(view, known.version if known is not None else None)
         (g.inserts if known is None else g.updates).append(row)
         g.results[job_id] = Cached(view=view, version=row.version)
-    g.nodes = latest.status_rows()
     g.drains = latest.drain_rows()
     return g
 
 
 async def _record(g: Group, latest: nodes.Latest) -> None:
     """Each event of the group's batches once: its row in ``g.events``, a job's in ``g.by_job``, a
-    node's status or drain fact into ``latest``."""
+    node's drain fact into ``latest`` (a status is skipped: :mod:`services.metadata.fleet` has it)."""
     seen: set[str] = set()
     for b in g.batches:
         await asyncio.sleep(0)
@@ -90,11 +88,10 @@ async def _record(g: Group, latest: nodes.Latest) -> None:
             if isinstance(event, ev.JobEvent):
                 key, job_id, node_id = event.event_id, event.job_id, None
             elif isinstance(event, ev.NodeStatus):
-                latest.add(event, msg.data)  # current state and downsampled history, not a row of events
-                continue
+                continue  # state, not an event: services.metadata.fleet writes it
             elif isinstance(event, ev.NodeDraining):
                 key, job_id, node_id = nodes.node_event_key(event), None, event.node_id
-                latest.add(event, msg.data)
+                latest.add(event)
             else:  # pragma: no cover - the decoders yield nothing else
                 raise TypeError(f"cannot project {type(event).__name__}")
             if key in seen:

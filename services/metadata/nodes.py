@@ -1,15 +1,13 @@
-"""The node side of the projection (pure): keys of node facts, each node's newest status and drain
-fact in a group, activity, label filters."""
+"""The node side of the projection (pure): keys of node facts, each node's newest drain fact in a group,
+activity, label filters. (Statuses: :mod:`services.metadata.fleet`.)"""
 
 from __future__ import annotations
 
 from datetime import datetime, timedelta
 
-import msgspec
-
 from schemas import events as ev
 from schemas import subjects as s
-from services.metadata.sql_nodes import DrainRow, NodeRow
+from services.metadata.sql_nodes import DrainRow
 
 
 def node_event_key(fact: ev.NodeStatus | ev.NodeDraining) -> str:
@@ -23,27 +21,15 @@ def node_event_key(fact: ev.NodeStatus | ev.NodeDraining) -> str:
 
 
 class Latest:
-    """The newest status and the newest drain fact of each node among a group's events (by ``at``)."""
+    """The newest drain fact of each node among a group's events (by ``at``)."""
 
     def __init__(self) -> None:
-        self._statuses: dict[str, tuple[ev.NodeStatus, bytes]] = {}
         self._drains: dict[str, ev.NodeDraining] = {}
 
-    def add(self, fact: ev.NodeStatus | ev.NodeDraining, raw: bytes) -> None:
-        if isinstance(fact, ev.NodeStatus):
-            cur = self._statuses.get(fact.node_id)
-            if cur is None or fact.at > cur[0].at:
-                self._statuses[fact.node_id] = (fact, raw)
-        else:
-            old = self._drains.get(fact.node_id)
-            if old is None or fact.at > old.at:
-                self._drains[fact.node_id] = fact
-
-    def status_rows(self) -> list[NodeRow]:
-        return [
-            NodeRow(node_id=n.node_id, state=n.state, at=n.at, status=msgspec.Raw(raw))
-            for n, raw in self._statuses.values()
-        ]
+    def add(self, fact: ev.NodeDraining) -> None:
+        old = self._drains.get(fact.node_id)
+        if old is None or fact.at > old.at:
+            self._drains[fact.node_id] = fact
 
     def drain_rows(self) -> list[DrainRow]:
         return [

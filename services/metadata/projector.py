@@ -4,7 +4,8 @@ The projection (:class:`Projector`) writes the batches of all four consumers in 
 transaction at a time: record the events (their key makes a redelivery a no-op), merge
 them into the jobs' views (kept in memory, checked against the row's write token) with the
 pure :func:`services.metadata.domain.merge`, write the jobs rows (state, reservations) and the node
-statuses; the consumer acks after the commit. The next group is prepared while one is written.
+drain facts; the consumer acks after the commit. The next group is prepared while one is written.
+Node statuses are not projected here: :mod:`services.metadata.fleet` coalesces and flushes them.
 """
 
 from __future__ import annotations
@@ -177,7 +178,7 @@ class Projector:
         async with self._db.transaction() as tx:
             if g.events:
                 await tx.insert_events(g.events, seen_before=seen_before)
-            written = await tx.write_group(g.inserts, g.updates, g.nodes, g.drains)
+            written = await tx.write_group(g.inserts, g.updates, g.drains)
             conflicts = [r.job_id for rows in (g.inserts, g.updates) for r in rows if r.job_id not in written]
             if conflicts:
                 self.stats["conflicts"] += len(conflicts)

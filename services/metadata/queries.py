@@ -81,12 +81,20 @@ class Queries:
     ``budget`` (see :mod:`services.metadata.paging`)."""
 
     def __init__(
-        self, db: Database, node_ttl_s: float, budget: Budget | None = None, *, jobs_keep_s: float | None = None
+        self,
+        db: Database,
+        node_ttl_s: float,
+        budget: Budget | None = None,
+        *,
+        jobs_keep_s: float | None = None,
+        node_flush_s: float = 0.0,
     ) -> None:
         self._db = db
         self._jobs_keep_s = jobs_keep_s
         """Retention's window (None: the 404 says "unknown job" only)."""
-        self._node_ttl_s = node_ttl_s
+        self._node_ttl_s = node_ttl_s + node_flush_s
+        """A node is inactive once its stored status is older than the TTL plus the flush period: the
+        stored one may be up to ``node_flush_s`` behind its last report (:mod:`services.metadata.fleet`)."""
         self._budget = budget or Budget.for_max_payload(1024 * 1024)
 
     async def job_get(self, msg: Msg) -> bytes:

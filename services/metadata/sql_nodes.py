@@ -1,4 +1,5 @@
-"""The nodes' rows and SQL: each node's newest status, ``node.list`` pages and its summary."""
+"""The nodes' rows and SQL: each node's newest status (written by :mod:`services.metadata.fleet`),
+``node.list`` pages and its summary."""
 
 from __future__ import annotations
 
@@ -34,9 +35,19 @@ INSERT_HISTORY = f"""
                 OR (r.status::jsonb - 'at' - 'event_id') <> (last.status::jsonb - 'at' - 'event_id')))
     ON CONFLICT (node_id, at) DO NOTHING
 """
-"""Downsampled history: a node's status (the newest of a group, :class:`NodeRow`) becomes a row only if
+"""Downsampled history: a node's status (the newest of a flush, :class:`NodeRow`) becomes a row only if
 the node has none yet, or its last row is at least :data:`HISTORY_EVERY_S` older and something but the
-time changed (state, figures, labels). Bounded by nodes x keep / minute, whatever the status rate."""
+time changed (state, figures, labels). Bounded by nodes x keep / minute, whatever the status rate. The
+flush sends only the nodes its memory says are due (``fleet.HistoryMarks``); this guard settles the
+rest (a restart, another instance's rows)."""
+
+FLUSH_NODES = f"""
+WITH node AS ({UPSERT_NODES.format(param="$1")}),
+     hist AS ({INSERT_HISTORY.format(param="$2")} RETURNING node_id)
+SELECT node_id FROM hist
+"""
+"""One flush of the fleet: ``$1`` every node's newest status (current rows), ``$2`` those due for a
+history row; returns the node ids given one."""
 
 DELETE_HISTORY = """
 DELETE FROM node_history WHERE ctid = ANY(ARRAY(SELECT ctid FROM node_history WHERE at < $1 ORDER BY at LIMIT $2))

@@ -17,7 +17,8 @@ from nats.js import api as js_api
 
 from schemas import events as ev
 from schemas import subjects as s
-from services.metadata.adapters import RETENTION_LOCK, Database
+from services.metadata.adapters import RETENTION_LOCK, Database, FleetWriter
+from services.metadata.fleet import Fleet
 from services.metadata.projector import Projector
 from services.metadata.retention import Retention
 from services.runtime.config import RetentionConf
@@ -166,19 +167,25 @@ async def count(database_url: str, sql: str, *args: object) -> int:
         await conn.close()
 
 
+async def flushed(fleet: Fleet, statuses: Sequence[ev.NodeStatus], every: int = 1) -> None:
+    """Hand ``statuses`` to ``fleet`` as the subscription does, flushing after each ``every`` of them."""
+    for i, status in enumerate(statuses, 1):
+        fleet.store.put(s.node_status_subject(status.node_id).encode(), b"", ev.encode(status))
+        if i % every == 0 or i == len(statuses):
+            await fleet.flush()
+
+
 async def test_node_history_is_downsampled_under_a_burst(db: Database, database_url: str) -> None:
-    p = Projector(db)
+    writer = FleetWriter(db)
+    fleet = Fleet(writer, flush_s=10.0)
     try:
-        # 10 minutes of a status a second from n1 (figures changing every time), 50 per batch
+        # 10 minutes of a status a second from n1 (figures changing every time), a flush every 50
         burst = [node_status("n1", T0 + timedelta(seconds=i), cpu_free=float(i % 8)) for i in range(600)]
-        for i in range(0, len(burst), 50):
-            await p.project(items(burst[i : i + 50]))
+        await flushed(fleet, burst, every=50)
         # then 10 minutes of the same figures every second from n2: one row, nothing changed
-        same = [node_status("n2", T0 + timedelta(seconds=i)) for i in range(600)]
-        for i in range(0, len(same), 50):
-            await p.project(items(same[i : i + 50]))
+        await flushed(fleet, [node_status("n2", T0 + timedelta(seconds=i)) for i in range(600)], every=50)
     finally:
-        await p.close()
+        await writer.close()
     n1 = await count(database_url, "SELECT count(*) FROM node_history WHERE node_id = 'n1'")
     assert 1 <= n1 <= 11  # at most one a minute (and the first)
     assert await count(database_url, "SELECT count(*) FROM node_history WHERE node_id = 'n2'") == 1
@@ -197,8 +204,11 @@ async def test_ended_jobs_are_forgotten_after_the_window_and_live_ones_kept(db: 
             await p.project(items(ended(job_id, T0)))
         await p.project(items(lifecycle("live", T0)))  # placed long ago, still running
         await p.project(items(ended("recent", T0 + timedelta(days=9))))
-        await p.project(items([node_status("n1", T0)]))  # one history row each (a group keeps its newest)
-        await p.project(items([node_status("n1", T0 + timedelta(days=9), cpu_free=1.0)]))
+        writer = FleetWriter(db)
+        fleet = Fleet(writer, flush_s=10.0)
+        await flushed(fleet, [node_status("n1", T0)])  # one history row each (a flush keeps its newest)
+        await flushed(fleet, [node_status("n1", T0 + timedelta(days=9), cpu_free=1.0)])
+        await writer.close()
         assert p.cache.get("old-0") is not None
         conf = RetentionConf(jobs_keep_s=5 * 86400.0, node_history_keep_s=86400.0, cleanup_every_s=1.0)
         now = T0 + timedelta(days=10)

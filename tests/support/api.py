@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+from pathlib import Path
 from typing import Any
 
 from nats.aio.client import Client
@@ -57,9 +58,13 @@ async def all_jobs(nc: Client, limit: int, state: str | None = None) -> list[str
             return ids
 
 
+METADATA_TOML = Path(__file__).with_name("metadata.toml")
+"""The ``SCHEDULER_CONFIG`` :func:`start_metadata` uses unless given one: node statuses flushed every 0.2 s."""
+
+
 async def start_metadata(nc: Client, services: Spawn, database_url: str, **env: str) -> None:
     """Start the metadata service and wait until its queries answer (503 until the schema is migrated)."""
-    await services("metadata", env={"DATABASE_URL": database_url, **env})
+    await services("metadata", env={"DATABASE_URL": database_url, "SCHEDULER_CONFIG": str(METADATA_TOML), **env})
 
     async def ready() -> bool:
         return (await request(nc, s.JOB_LIST, {"limit": 1}))[0] == 200

@@ -63,13 +63,16 @@ def _items(events: list[ev.Event]) -> list[tuple[ev.Event, Delivery]]:
     return out
 
 
-async def test_node_statuses_are_not_event_rows_but_the_newest_per_node_is_written() -> None:
+async def test_node_statuses_are_not_event_rows_nor_projected() -> None:
+    """Statuses are state (issue #23): services.metadata.fleet writes them; one that still comes
+    through the NODES durable is skipped, and a drain fact is kept."""
     statuses: list[ev.Event] = [node_status("n1", T0 + timedelta(seconds=i)) for i in range(5)]
-    events: list[ev.Event] = [*statuses, *lifecycle("j1", T0)]
+    drain = ev.NodeDraining(event_id="d1", node_id="n1", at=T0, draining=True)
+    events: list[ev.Event] = [*statuses, drain, *lifecycle("j1", T0)]
     batch = Batch(items=_items(events), done=asyncio.get_running_loop().create_future())
     g = await prepare([batch], lambda job_id: None)
-    assert {r[0] for r in g.events} == {e.event_id for e in lifecycle("j1", T0)}  # job events only
-    assert [(r.node_id, r.at) for r in g.nodes] == [("n1", T0 + timedelta(seconds=4))]
+    assert {r[0] for r in g.events} == {"d1", *(e.event_id for e in lifecycle("j1", T0))}  # no status
+    assert [(r.node_id, r.draining) for r in g.drains] == [("n1", True)]
 
 
 def test_the_view_cache_forgets_deleted_jobs() -> None:
