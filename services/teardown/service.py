@@ -134,6 +134,8 @@ class Teardown:
                 deadlines[job_id] = rec.deadline
             else:
                 deadlines.pop(job_id, None)
+            if rec is None:
+                self.store.discard(job_id)  # deleted (by us or another instance): bounded with the bucket
             if (at := domain.retired_at(rec)) is not None:
                 self.retired[job_id] = (at, revision)
             else:

@@ -39,6 +39,11 @@ class LifecycleStore(JobRecords):
     def __init__(self, kv: KeyValue) -> None:
         super().__init__(kv)
         self.kv = kv
+        self.known: dict[str, tuple[JobLifecycle, int]] = {}
+        """Records as this instance last wrote them, with their revision: the next change of the job
+        is written against it without reading first (issue #23: one KV round trip per event, not two).
+        One that is stale (another instance wrote or deleted it) fails the compare-and-set and is read
+        again. Bounded like the bucket: dropped when the record is deleted (:meth:`forget`, :meth:`discard`)."""
 
     async def mutate(
         self, job_id: str, fn: Callable[[JobLifecycle | None], tuple[JobLifecycle, T]], attempts: int = 50
@@ -46,19 +51,34 @@ class LifecycleStore(JobRecords):
         """Apply ``fn`` to the current record and store the result unless someone wrote in between
         (then read again and re-apply). ``fn`` is pure, so re-applying is safe. Raises
         :class:`Forgotten` when the record was deleted (its delete marker stands)."""
-        for _ in range(attempts):
-            rec, rev, deleted = await self.read(job_id)
-            if deleted:
-                raise Forgotten(job_id)
+        rec: JobLifecycle | None
+        for attempt in range(attempts):
+            known = self.known.get(job_id) if attempt == 0 else None
+            if known is not None:
+                rec, rev = known
+            else:
+                rec, rev, deleted = await self.read(job_id)
+                if deleted:
+                    self.known.pop(job_id, None)
+                    raise Forgotten(job_id)
             new, out = fn(rec)
-            if rec is not None and encode_record(new) == encode_record(rec):
+            encoded = encode_record(new)
+            if rec is not None and encoded == encode_record(rec):
+                if known is not None:
+                    continue  # judged on what we wrote last: confirm on the stored record
                 return new, out  # nothing changed: no write
             try:
-                await self.kv.update(job_id, encode_record(new), last=rev)
+                revision = await self.kv.update(job_id, encoded, last=rev)
             except nats.js.errors.KeyWrongLastSequenceError:
+                self.known.pop(job_id, None)
                 continue
+            self.known[job_id] = (new, revision)
             return new, out
         raise RuntimeError(f"lifecycle record of {job_id} kept changing under us")
+
+    def discard(self, job_id: str) -> None:
+        """Forget what we wrote of a record another instance deleted (seen by a watcher)."""
+        self.known.pop(job_id, None)
 
     async def forget(self, records: Sequence[tuple[str, int]]) -> int:
         """Delete each ``(job_id, revision)`` unless it changed since (or is already gone), in
@@ -73,6 +93,8 @@ class LifecycleStore(JobRecords):
             return True
 
         deleted = 0
+        for job_id, _ in records:
+            self.known.pop(job_id, None)  # deleted or changed meanwhile: read it if it comes up again
         for i in range(0, len(records), DELETE_BATCH):
             batch = records[i : i + DELETE_BATCH]
             deleted += sum(await asyncio.gather(*(delete(job_id, rev) for job_id, rev in batch)))
