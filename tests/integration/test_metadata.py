@@ -15,7 +15,7 @@ from nats.aio.client import Client
 from schemas import events as ev
 from schemas import subjects as s
 from services.metadata.adapters import Database
-from tests.support.api import all_jobs, request, start_metadata
+from tests.support.api import all_jobs, nodes_listed, request, start_metadata
 from tests.support.events import SPEC, lifecycle, node_status, publish
 from tests.support.servers import Spawn
 from tests.support.waiting import eventually
@@ -74,9 +74,13 @@ async def test_node_list_shows_last_status_and_reservations(nc: Client, services
     js = nc.jetstream()
     await start_metadata(nc, services, database_url)
     now = datetime.now(UTC)
-    # statuses of n1 arrive newest first: the older one must not win
-    await publish(js, [node_status("n1", now, cpu_free=5.0), node_status("n2", now - timedelta(minutes=5))])
+    # statuses of n1 arrive newest first: the older one must not win (statuses are written every
+    # node_flush_s, the last to arrive in a period counts; across periods the newest by its time)
+    await publish(js, [node_status("n1", now, cpu_free=5.0)])
+    await nodes_listed(nc, "n1")
     await publish(js, [node_status("n1", now - timedelta(seconds=1), cpu_free=1.0)])
+    await publish(js, [node_status("n2", now - timedelta(minutes=5))])
+    await nodes_listed(nc, "n2")  # arrived after n1's older status: that one was flushed too
     await publish(js, lifecycle("job-b", now))
     await publish(js, lifecycle("job-c", now, nodes=("n1", "n3")))
 

@@ -11,7 +11,7 @@ from nats.aio.client import Client
 
 from schemas import events as ev
 from schemas import subjects as s
-from tests.support.api import request, start_metadata
+from tests.support.api import nodes_listed, request, start_metadata
 from tests.support.events import lifecycle, node_status, publish, spec_revision
 from tests.support.servers import Spawn
 from tests.support.waiting import eventually
@@ -35,6 +35,7 @@ async def test_revisions_in_any_order_degraded_and_reservations(nc: Client, serv
     await start_metadata(nc, services, database_url)
     now = datetime.now(UTC)
     await publish(js, [node_status(n, now) for n in ("n1", "n2", "n3")])
+    await nodes_listed(nc, "n1", "n2", "n3")
     first = lifecycle("job-r", now)  # revision 1: replicas on n1 and n2
     lost = ev.Change(replica=1, from_="n2", to=None, reason="node_lost")
     r2 = spec_revision("job-r", 2, {0: "n1"}, at=now + timedelta(seconds=1), changes=[lost])
@@ -89,6 +90,7 @@ async def test_drained_nodes_are_listed_draining(nc: Client, services: Spawn, da
     now = datetime.now(UTC)
     agent_drains = ev.NodeStatus(**{**_builtins(node_status("d3", now)), "state": "draining"})
     await publish(js, [node_status("d1", now), node_status("d2", now), agent_drains])
+    await nodes_listed(nc, "d1", "d2", "d3")
 
     def drain(node_id: str, draining: bool, at: datetime) -> ev.NodeDraining:
         return ev.NodeDraining(

@@ -70,3 +70,13 @@ async def start_metadata(nc: Client, services: Spawn, database_url: str, **env: 
         return (await request(nc, s.JOB_LIST, {"limit": 1}))[0] == 200
 
     await eventually(ready, what="metadata queries answer")
+
+
+async def nodes_listed(nc: Client, *node_ids: str) -> None:
+    """Wait until ``node.list`` holds ``node_ids`` (metadata writes statuses every ``node_flush_s``)."""
+
+    async def listed() -> bool:
+        code, body = await request(nc, s.NODE_LIST, {"limit": 5000})
+        return code == 200 and set(node_ids) <= {n["node_id"] for n in body["nodes"]}
+
+    await eventually(listed, what=f"nodes {', '.join(node_ids)} listed")
