@@ -98,11 +98,20 @@ def retained(spec: s.StreamSpec, retention: RetentionConf | None) -> s.StreamSpe
     )
 
 
+LAST_PER_SUBJECT: frozenset[str] = frozenset(spec.name for spec in s.STREAMS if spec.max_msgs_per_subject > 0)
+"""Streams keeping the last message(s) of each subject (NODES): one replaced there is superseded by its
+subject's newer message, not lost, and the sequences other subjects' replacements free do not say a
+durable reading some subjects only (metadata's, drain facts) missed anything."""
+
+
 async def aged_out_unread(js: JetStreamContext, spec: s.ConsumerSpec) -> int:
     """How many sequences left the stream (age or size limit) above the durable's ack floor while
-    it still had messages to read: events it may never see (0 when it is caught up or none left).
-    The server moves a caught-up consumer's ack floor past the subjects it does not read, so a
-    consumer of rare subjects is not reported for the others aging out."""
+    it still had messages to read: events it may never see (0 when it is caught up or none left,
+    and for the streams of :data:`LAST_PER_SUBJECT`). The server moves a caught-up consumer's ack
+    floor past the subjects it does not read, so a consumer of rare subjects is not reported for
+    the others aging out."""
+    if spec.stream in LAST_PER_SUBJECT:
+        return 0
     ci = await js.consumer_info(spec.stream, spec.durable)
     if not (ci.num_pending or ci.num_ack_pending):
         return 0
