@@ -10,6 +10,7 @@ from datetime import UTC, datetime, timedelta
 import asyncpg
 import msgspec
 import pytest
+from nats.aio.msg import Msg
 
 from schemas import events as ev
 from schemas import subjects as s
@@ -24,7 +25,8 @@ from services.metadata.fleet import (
     history_due,
     signature,
 )
-from services.metadata.sql_nodes import HISTORY_EVERY_S, NodeRow
+from services.metadata.queries import Queries
+from services.metadata.sql_nodes import HISTORY_EVERY_S, NodeListRow, NodeRow, NodeSummaryRow
 from tests.support.events import node_status
 
 T0 = datetime(2025, 6, 1, tzinfo=UTC)
@@ -203,3 +205,31 @@ async def test_a_row_postgresql_refuses_is_dropped_alone() -> None:
     assert await fleet.flush() == 7  # offered: the refused one is dropped, the others written
     written = sorted(r.node_id for rows, _ in w.calls for r in rows)
     assert written == ["n0", "n1", "n2", "n4", "n5", "n6"]
+
+
+class StaleBefore:
+    """The node queries of a database, recording the staleness threshold they were given."""
+
+    def __init__(self) -> None:
+        self.seen: list[datetime] = []
+
+    async def node_page(
+        self, after: str, state: object, labels: object, stale_before: datetime, limit: int
+    ) -> list[NodeListRow]:
+        self.seen.append(stale_before)
+        return []
+
+    async def node_summary(self, state: object, labels: object, stale_before: datetime) -> list[NodeSummaryRow]:
+        self.seen.append(stale_before)
+        return []
+
+
+@pytest.mark.parametrize("summary", [False, True])
+async def test_a_node_is_inactive_after_the_ttl_plus_the_flush_period(summary: bool) -> None:
+    db = StaleBefore()
+    queries = Queries(db, node_ttl_s=15.0, node_flush_s=10.0)  # type: ignore[arg-type]
+    before = datetime.now(UTC)
+    await queries.node_list(Msg(None, subject=s.NODE_LIST, data=msgspec.json.encode({"summary": summary})))  # type: ignore[arg-type]
+    after = datetime.now(UTC)
+    (stale_before,) = db.seen
+    assert before - timedelta(seconds=25) <= stale_before <= after - timedelta(seconds=25)
