@@ -23,7 +23,7 @@ from __future__ import annotations
 import asyncio
 from collections.abc import Iterable, Sequence
 from datetime import UTC, datetime
-from typing import Any, Protocol
+from typing import Protocol
 
 import asyncpg
 import msgspec
@@ -205,20 +205,15 @@ class Fleet:
         self.flush_s = flush_s
         self.store = Coalescer()
         self.marks = marks or HistoryMarks()
-        self._sub: Any = None
         self.stats = {"flushes": 0, "rows": 0, "history": 0, "bad": 0, "dropped": 0, "failed": 0}
         """Flushes written, node rows and history rows sent, bad payloads, rows dropped (another
         instance writes), flushes failed."""
 
     async def subscribe(self, nc: Client) -> None:
-        """Start receiving statuses (flushed, so the server routes them to us once this returns)."""
-        self._sub = await direct.subscribe(nc, s.NODE_STATUS_ALL, self.store.put)
+        """Start receiving statuses (flushed, so the server routes them to us once this returns). The
+        subscription lasts as long as the connection (drained at stop)."""
+        await direct.subscribe(nc, s.NODE_STATUS_ALL, self.store.put)
         await nc.flush()
-
-    async def unsubscribe(self, nc: Client) -> None:
-        if self._sub is not None:
-            sub, self._sub = self._sub, None
-            await direct.unsubscribe(nc, sub)
 
     async def flush(self) -> int | None:
         """Write what arrived since the last flush; the number of nodes written, None if another instance
