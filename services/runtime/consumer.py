@@ -46,6 +46,14 @@ RETENTION_CHECK_S = 60.0
 Handler = Callable[[T, Delivery], Awaitable[None]]
 
 
+def by_key(work: list[tuple[T, Delivery]], key: Callable[[T], str]) -> list[list[tuple[T, Delivery]]]:
+    """The batch's events split by ``key``, each part in stream order (parts in order of first appearance)."""
+    parts: dict[str, list[tuple[T, Delivery]]] = {}
+    for item in work:
+        parts.setdefault(key(item[0]), []).append(item)
+    return list(parts.values())
+
+
 @dataclass
 class Consumer(Generic[T]):
     """Runs ``handler`` for each message of a durable pull consumer until ``stop``.
@@ -62,6 +70,9 @@ class Consumer(Generic[T]):
     batch: int = 256
     fetch_timeout: float = 1.0
     in_order: bool = False
+    order_key: Callable[[T], str] | None = None
+    """With ``in_order``: only events of the same key (e.g. a job id) keep stream order; those of
+    different keys in a batch are handled concurrently (a job's events in order, jobs in parallel)."""
     skip: Callable[[T], bool] | None = None
     _log: structlog.stdlib.BoundLogger = field(init=False, repr=False)
     _next_retention_check: float = field(default=0.0, init=False, repr=False)
@@ -127,11 +138,17 @@ class Consumer(Generic[T]):
                 await d.ack()
             else:
                 work.append((event, d))
-        if self.in_order or len(work) == 1:
+        if len(work) <= 1 or (self.in_order and self.order_key is None):
             for event, d in work:
                 await self._process(event, d)
-        elif work:
+        elif self.in_order and self.order_key is not None:
+            await asyncio.gather(*(self._in_turn(chain) for chain in by_key(work, self.order_key)))
+        else:
             await asyncio.gather(*(self._process(event, d) for event, d in work))
+
+    async def _in_turn(self, chain: list[tuple[T, Delivery]]) -> None:
+        for event, d in chain:
+            await self._process(event, d)
 
     async def _decoded(self, msgs: list[Msg]) -> list[tuple[T, Delivery]]:
         """Each message decoded with its delivery; an undecodable one is dead-lettered at once

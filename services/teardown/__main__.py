@@ -11,11 +11,15 @@ from services.cloud.records import lifecycle_bucket
 from services.runtime.app import Runtime, run
 from services.runtime.consumer import Consumer
 from services.runtime.publisher import Publisher
-from services.teardown.domain import nothing_to_track
+from services.teardown.domain import TeardownEvent, nothing_to_track
 from services.teardown.service import Teardown, decoder
 from services.teardown.store import LifecycleStore
 
 SPECS = (s.TEARDOWN_JOBS, s.TEARDOWN_PLACEMENTS, s.TEARDOWN_CLUSTERS)
+
+
+def job_of(event: TeardownEvent) -> str:
+    return event.job_id
 
 
 async def main(rt: Runtime) -> None:
@@ -28,8 +32,10 @@ async def main(rt: Runtime) -> None:
                 "Ends jobs exactly once: terminates instances, releases reservations, expiry, orphan reaper", SPECS
             )
         )
-        # JOBS in stream order, so a job's accepted is recorded before its end trigger (batched
-        # fetches all the same: one pull request per message cost more than the handling).
+        # JOBS in stream order per job, so a job's accepted is recorded before its end trigger;
+        # different jobs of a batch in parallel (each event waits on KV round trips: one job at a
+        # time left teardown behind at 150 jobs/s on a busy machine). Batched fetches all the
+        # same: one pull request per message cost more than the handling.
         consumers = [
             Consumer(
                 rt.js,
@@ -39,6 +45,7 @@ async def main(rt: Runtime) -> None:
                 service="teardown",
                 batch=64,
                 in_order=spec is s.TEARDOWN_JOBS,
+                order_key=job_of,
                 skip=nothing_to_track,
             )
             for spec in SPECS

@@ -22,6 +22,7 @@ from services.runtime.consumer import Consumer
 from services.runtime.delivery import Delivery
 from services.runtime.streams import ensure_streams
 from tests.support.events import small_submitted, submissions_consumer
+from tests.support.waiting import eventually
 
 pytestmark = pytest.mark.integration
 
@@ -131,6 +132,45 @@ async def test_skipped_events_are_acked_without_running_the_handler(nc: Client) 
         await nc.flush()
         info = await nc.jetstream().consumer_info(CONSUMER.stream, CONSUMER.durable)
         assert (info.num_ack_pending, info.num_pending) == (0, 0)  # the skipped ones were acked too
+    finally:
+        stop.set()
+        await asyncio.wait_for(task, 10)
+
+
+async def test_in_order_by_key_keeps_each_keys_order_and_runs_keys_side_by_side(nc: Client) -> None:
+    """``in_order`` with ``order_key``: the first event of key ``even`` waits until every event of
+    key ``odd`` was handled, which can only happen if the keys run side by side; each key's
+    events are still handled in stream order."""
+    await ensure_streams(nc.jetstream())
+    stop = asyncio.Event()
+    handled: dict[str, list[int]] = {"even": [], "odd": []}
+    odd_done = asyncio.Event()
+
+    def parity(e: ev.JobSubmitted) -> str:
+        return "odd" if int(e.job_id[1:]) % 2 else "even"
+
+    async def on(event: ev.JobSubmitted, _: Delivery) -> None:
+        n = int(event.job_id[1:])
+        if n == 0:
+            await asyncio.wait_for(odd_done.wait(), 10)
+        await asyncio.sleep(0)  # let the other key in between
+        handled[parity(event)].append(n)
+        if len(handled["odd"]) == 10:
+            odd_done.set()
+
+    consumer = Consumer(
+        nc.jetstream(), CONSUMER, decoder, on, service="test", batch=64, in_order=True, order_key=parity
+    )
+    for i in range(20):
+        await publish(nc, i)
+    task = asyncio.create_task(consumer.run(stop))
+    try:
+
+        async def all_handled() -> bool:
+            return len(handled["even"]) + len(handled["odd"]) == 20
+
+        await eventually(all_handled, timeout=20, what="every event handled")
+        assert handled == {"even": list(range(0, 20, 2)), "odd": list(range(1, 20, 2))}
     finally:
         stop.set()
         await asyncio.wait_for(task, 10)
