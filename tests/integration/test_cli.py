@@ -12,6 +12,7 @@ from nats.aio.client import Client
 from schemas import subjects as s
 from services.cli.main import run
 from services.devstack import NatsServer
+from tests.support.api import METADATA_TOML
 from tests.support.cli import Output
 from tests.support.servers import Spawn
 from tests.support.waiting import eventually
@@ -106,7 +107,9 @@ async def test_wrong_credentials_are_named(nats_server: NatsServer) -> None:
 
 
 async def test_submit_get_list_nodes_cancel(services: Spawn, nats_server: NatsServer, database_url: str) -> None:
-    await services("gateway", "intake", "placement", "metadata", env={"DATABASE_URL": database_url})
+    # metadata writes node statuses every node_flush_s: 0.2 s here, not the default 10 s
+    env = {"DATABASE_URL": database_url, "SCHEDULER_CONFIG": str(METADATA_TOML)}
+    await services("gateway", "intake", "placement", "metadata", env=env)
     assert (await cli(nats_server, "simulate-nodes", "6", "--rounds", "1"))[0] == 0
     code, out, err = await cli(nats_server, "submit", "--name", "tour", "--wait")
     assert code == 0 and s.PLACEMENT_DECIDED in out, err  # the one-line summary
@@ -122,8 +125,15 @@ async def test_submit_get_list_nodes_cancel(services: Spawn, nats_server: NatsSe
     assert code == 0 and f"job        {job_id}" in out and "placed" in out
     code, out, _ = await cli(nats_server, "list")
     assert code == 0 and out.splitlines()[0].split()[:3] == ["JOB", "NAME", "STATE"] and job_id in out
-    code, out, err = await cli(nats_server, "nodes")
-    assert code == 0 and len(out.splitlines()) == 1 + 6
+    listing: tuple[int, str, str] = (0, "", "")
+
+    async def six_listed() -> bool:
+        nonlocal listing
+        listing = await cli(nats_server, "nodes")
+        return listing[0] == 0 and len(listing[1].splitlines()) == 1 + 6
+
+    await eventually(six_listed, timeout=20, what="the six nodes listed (written every node_flush_s)")
+    code, out, err = listing
     assert err.startswith("6 node(s): ") and "active capacity cpu" in err  # the summary, on stderr
     code, out, err = await cli(nats_server, "nodes", "--all", "--limit", "4")
     assert code == 0 and len(out.splitlines()) == 1 + 6 and "6 node(s) shown" in err  # two pages, one header
