@@ -12,6 +12,7 @@ import pytest
 from nats.aio.client import Client
 
 from services.devstack import Moto, NatsServer, Postgres, ServiceProcess, database_url_from_env, spawn_service
+from services.metadata.adapters import Database
 from services.runtime.credentials import apply_server_defaults, client_environ
 
 # the shared helpers assert too: rewrite their asserts as in test modules (before they are imported)
@@ -83,6 +84,18 @@ def moto_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Moto]:
 def ec2_endpoint(moto_server: Moto) -> str:
     moto_server.reset()
     return moto_server.endpoint_url
+
+
+@pytest.fixture
+async def db(database_url: str) -> AsyncIterator[Database]:
+    """The metadata service's database adapter on a fresh, migrated database (no service running)."""
+    d = Database(database_url)
+    await d.open()
+    await d.migrate()
+    try:
+        yield d
+    finally:
+        await d.close()
 
 
 @pytest.fixture

@@ -5,7 +5,7 @@ at a time writes."""
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator, Sequence
+from collections.abc import Sequence
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
@@ -93,17 +93,6 @@ async def test_statuses_reach_node_list_drains_still_project_and_the_durable_rea
     assert code == 200
     assert body["summary"]["total"] == 2 and body["summary"]["states"]["active"] == 1
     assert body["summary"]["states"]["draining"] == 1
-
-
-@pytest.fixture
-async def db(database_url: str) -> AsyncIterator[Database]:
-    d = Database(database_url)
-    await d.open()
-    await d.migrate()
-    try:
-        yield d
-    finally:
-        await d.close()
 
 
 def report(fleet: Fleet, statuses: Sequence[ev.NodeStatus]) -> None:

@@ -7,7 +7,7 @@ from __future__ import annotations
 import asyncio
 import itertools
 import json
-from collections.abc import AsyncIterator, Sequence
+from collections.abc import Sequence
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
@@ -46,17 +46,6 @@ def cancelled(job_id: str, at: datetime) -> list[ev.JobEvent]:
         ev.JobCancelRequested(event_id=f"{job_id}:job.cancel_requested", job_id=job_id, at=at, reason="test"),
         ev.PlacementReleased(event_id=f"{job_id}:placement.released", job_id=job_id, at=at + timedelta(seconds=1)),
     ]
-
-
-@pytest.fixture
-async def db(database_url: str) -> AsyncIterator[Database]:
-    d = Database(database_url)
-    await d.open()
-    await d.migrate()
-    try:
-        yield d
-    finally:
-        await d.close()
 
 
 async def rows(database_url: str) -> dict[str, dict[str, Any]]:

@@ -6,7 +6,7 @@ bounded (node history downsampled, ended jobs forgotten after ``jobs_keep_s``, l
 from __future__ import annotations
 
 import json
-from collections.abc import AsyncIterator, Sequence
+from collections.abc import Sequence
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
@@ -146,17 +146,6 @@ def ended(job_id: str, at: datetime) -> list[ev.JobEvent]:
             event_id=f"{job_id}:placement.released", job_id=job_id, at=at + timedelta(minutes=1, seconds=1)
         ),
     ]
-
-
-@pytest.fixture
-async def db(database_url: str) -> AsyncIterator[Database]:
-    d = Database(database_url)
-    await d.open()
-    await d.migrate()
-    try:
-        yield d
-    finally:
-        await d.close()
 
 
 async def count(database_url: str, sql: str, *args: object) -> int:
