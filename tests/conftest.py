@@ -20,6 +20,7 @@ pytest.register_assert_rewrite("tests.support")
 
 from tests.support.config import DEDICATED_PATH, aws_env, write_config  # noqa: E402
 from tests.support.events import Events  # noqa: E402
+from tests.support.instances import Instances  # noqa: E402
 from tests.support.servers import REPO, Spawn, create_database, nats_auth, wait_for_services  # noqa: E402
 
 # nats.conf reads every user's password from the environment: nats-servers started by the tests inherit
@@ -84,6 +85,16 @@ def moto_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Moto]:
 def ec2_endpoint(moto_server: Moto) -> str:
     moto_server.reset()
     return moto_server.endpoint_url
+
+
+@pytest.fixture
+async def instances(nats_server: NatsServer) -> AsyncIterator[Instances]:
+    """In-process placement instances (``await instances.start()``), stopped at the end."""
+    i = Instances(nats_server.url)
+    try:
+        yield i
+    finally:
+        await i.close()
 
 
 @pytest.fixture

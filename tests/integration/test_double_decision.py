@@ -17,7 +17,7 @@ import asyncio
 import json
 import os
 import signal
-from collections.abc import AsyncIterator, Callable, Sequence
+from collections.abc import Callable, Sequence
 from datetime import UTC, datetime
 from pathlib import Path
 
@@ -32,13 +32,11 @@ from services.placement import decider as decider_module
 from services.placement.decider import Pending
 from services.placement.ports import PlacementsStream
 from services.placement.service import Placement
-from services.runtime.app import Runtime, start_runtime
-from services.runtime.config import load_config, load_settings
-from services.runtime.credentials import client_environ
 from services.runtime.publisher import Ack
 from tests.support.api import job
 from tests.support.config import config
 from tests.support.events import free_node, node
+from tests.support.instances import Instances
 from tests.support.invariants import Report, check_live, read_events
 from tests.support.servers import Spawn
 
@@ -80,34 +78,6 @@ class StallAfterFirst:
 
     async def last_seq(self) -> int:
         return await self.inner.last_seq()
-
-
-class Instances:
-    def __init__(self, url: str) -> None:
-        self.url = url
-        self.runtimes: list[Runtime] = []
-        self.tasks: list[asyncio.Task[None]] = []
-
-    async def start(self) -> Placement:
-        settings = load_settings({"NATS_URL": self.url, "LOG_LEVEL": "warning", **client_environ()})
-        rt = await start_runtime("placement", settings, load_config())
-        self.runtimes.append(rt)
-        p = Placement(rt)
-        await p.follow_nodes()
-        await p.replay_ledger()
-        self.tasks.append(asyncio.create_task(p.decider_loop()))
-        return p
-
-
-@pytest.fixture
-async def instances(nats_server) -> AsyncIterator[Instances]:  # type: ignore[no-untyped-def]
-    i = Instances(nats_server.url)
-    yield i
-    for rt in i.runtimes:
-        rt.stop.set()
-    await asyncio.gather(*i.tasks, return_exceptions=True)
-    for rt in i.runtimes:
-        await rt.nc.close()
 
 
 def pending(job_id: str, order: int) -> Pending:

@@ -5,7 +5,6 @@ double-book; a corrupt snapshot falls back to a full replay, still correct."""
 from __future__ import annotations
 
 import asyncio
-from collections.abc import AsyncIterator
 from datetime import UTC, datetime
 
 import pytest
@@ -17,52 +16,14 @@ from schemas.jobs import Defaults, decode_job_request, normalise
 from services.placement import snapshot as snap
 from services.placement.decider import Pending
 from services.placement.service import Placement
-from services.runtime.app import Runtime, start_runtime
-from services.runtime.config import load_config, load_settings
-from services.runtime.credentials import client_environ
 from services.runtime.publisher import Publisher
 from tests.support.events import node
+from tests.support.instances import Instances
 from tests.support.invariants import check_live
 
 pytestmark = pytest.mark.integration
 
 SPEC = normalise(decode_job_request(b'{"name": "x", "resources": {"cpu": 1, "memory_mb": 256}}'), Defaults())
-
-
-class Instances:
-    """In-process placement instances, each with its own connection, stopped at the end."""
-
-    def __init__(self, url: str) -> None:
-        self.url = url
-        self.runtimes: list[Runtime] = []
-        self.tasks: list[asyncio.Task[None]] = []
-
-    async def start(self) -> Placement:
-        settings = load_settings({"NATS_URL": self.url, "LOG_LEVEL": "warning", **client_environ()})
-        rt = await start_runtime("placement", settings, load_config())
-        self.runtimes.append(rt)
-        p = Placement(rt)
-        await p.follow_nodes()
-        await p.replay_ledger()
-        self.tasks.append(asyncio.create_task(p.decider_loop()))
-        return p
-
-    async def stop(self, p: Placement) -> None:
-        p.rt.stop.set()
-        await asyncio.gather(*self.tasks, return_exceptions=True)
-        await p.rt.nc.close()
-
-
-@pytest.fixture
-async def instances(nats_server) -> AsyncIterator[Instances]:  # type: ignore[no-untyped-def]
-    i = Instances(nats_server.url)
-    yield i
-    for rt in i.runtimes:
-        rt.stop.set()
-    await asyncio.gather(*i.tasks, return_exceptions=True)
-    for rt in i.runtimes:
-        if not rt.nc.is_closed:
-            await rt.nc.close()
 
 
 async def decide(p: Placement, *job_ids: str) -> list[str]:
