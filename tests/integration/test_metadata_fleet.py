@@ -10,7 +10,6 @@ from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
-import asyncpg
 import msgspec
 import pytest
 from nats.aio.client import Client
@@ -24,7 +23,7 @@ from services.metadata.sql_nodes import HISTORY_EVERY_S
 from services.runtime.streams import ensure_consumer, ensure_streams
 from tests.support.api import request, start_metadata
 from tests.support.events import node_status
-from tests.support.servers import Spawn
+from tests.support.servers import Spawn, count
 from tests.support.waiting import eventually
 
 pytestmark = pytest.mark.integration
@@ -35,14 +34,6 @@ EVERY = timedelta(seconds=HISTORY_EVERY_S)
 
 def filters(c: js_api.ConsumerConfig) -> set[str]:
     return set(c.filter_subjects or ()) | ({c.filter_subject} if c.filter_subject else set())
-
-
-async def count(database_url: str, sql: str, *args: object) -> int:
-    conn = await asyncpg.connect(database_url)
-    try:
-        return int(await conn.fetchval(sql, *args))
-    finally:
-        await conn.close()
 
 
 async def test_statuses_reach_node_list_drains_still_project_and_the_durable_reads_drains_only(

@@ -26,7 +26,7 @@ from services.runtime.delivery import Delivery
 from services.runtime.streams import aged_out_unread, ensure_consumer, ensure_streams
 from tests.support.api import DEMO, all_jobs, request, start_metadata
 from tests.support.events import lifecycle, node_status, publish
-from tests.support.servers import Spawn
+from tests.support.servers import Spawn, count
 from tests.support.waiting import eventually
 
 pytestmark = pytest.mark.integration
@@ -146,14 +146,6 @@ def ended(job_id: str, at: datetime) -> list[ev.JobEvent]:
             event_id=f"{job_id}:placement.released", job_id=job_id, at=at + timedelta(minutes=1, seconds=1)
         ),
     ]
-
-
-async def count(database_url: str, sql: str, *args: object) -> int:
-    conn = await asyncpg.connect(database_url)
-    try:
-        return int(await conn.fetchval(sql, *args))
-    finally:
-        await conn.close()
 
 
 async def flushed(fleet: Fleet, statuses: Sequence[ev.NodeStatus], every: int = 1) -> None:

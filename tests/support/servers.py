@@ -56,3 +56,14 @@ async def create_database(admin_url: str, name: str) -> str:
     finally:
         await admin.close()
     return f"{admin_url.rpartition('/')[0]}/{name}"
+
+
+async def count(database_url: str, sql: str, *args: object) -> int:
+    """The integer a one-value query (``SELECT count(*) ...``) answers on ``database_url``."""
+    import asyncpg
+
+    conn = await asyncpg.connect(database_url)
+    try:
+        return int(await conn.fetchval(sql, *args))
+    finally:
+        await conn.close()
