@@ -15,7 +15,10 @@ applies each event to the ledger:
 waits until it reaches a given sequence (the decider's conflict path, and start-up). At
 start the ledger is loaded from its snapshot (:mod:`services.placement.snapshot`) when there is
 one and followed from the sequence after it. Ended jobs (released, failed) are remembered for
-``retention.ended_keep_s``, then forgotten (:meth:`Ledger.forget`).
+``retention.ended_keep_s``, then forgotten (:meth:`Ledger.forget`), except a job released before
+any decision: its ``job.accepted`` may still be on its way (placement behind on JOBS, or down), so
+it is remembered until the stream can no longer hold that (``retention.events_max_age_s``) or the
+``placement.failed`` answering it is stored.
 """
 
 from __future__ import annotations
@@ -67,6 +70,9 @@ class Ledger:
         self.ended_at: dict[str, float] = {}
         """Jobs that ended (released, or failed: never live again) -> when (epoch seconds of the
         event's ``at``), in arrival order: what :meth:`forget` drops once past the keep window."""
+        self.awaited: dict[str, float] = {}
+        """Jobs of ``ended`` past the keep window whose ``job.accepted`` has not been answered yet
+        -> when they ended, in arrival order: kept until the stream can no longer deliver it."""
         self.folded = 0
         """Events applied since this process started (from its snapshot, or from the start)."""
         self._advanced = asyncio.Event()
@@ -91,6 +97,7 @@ class Ledger:
                     self.freed()
             case ev.PlacementFailed():
                 self.decided.add(event.job_id)
+                self.awaited.pop(event.job_id, None)  # answered: forgotten with the window from now on
                 if event.job_id not in self.accounts.live:  # settled for good: forgotten after the window
                     self._ended(event.job_id, event.at.timestamp())
             case ev.PlacementDegraded():
@@ -110,24 +117,39 @@ class Ledger:
         self.ended_at.pop(job_id, None)  # re-inserted: the dict stays in arrival order
         self.ended_at[job_id] = at
 
-    def forget(self, before: float) -> int:
+    def forget(self, before: float, awaited_before: float) -> int:
         """Forget the jobs that ended before ``before`` (epoch seconds; ``ended_keep_s`` ago):
         every map keyed by job is then bounded by the live jobs plus those of the window.
-        Returns how many. A job is forgotten only long after its release, when nothing of it
-        can still arrive (its decisions are stored before its release, and a redelivered
-        ``job.accepted`` is acked within ``ack_wait``)."""
-        gone = []
+        Returns how many. A decided job is forgotten only long after its release, when nothing of
+        it can still arrive (its decisions are stored before its release, and a redelivered
+        ``job.accepted`` is acked within ``ack_wait``). A job released before any decision is not:
+        its first ``job.accepted`` may arrive any time later (placement behind on JOBS, or down),
+        and deciding it then would book a reservation nobody releases. It moves to ``awaited``
+        until its ``placement.failed`` is stored, or until ``awaited_before`` (the oldest event
+        JOBS still holds: ``events_max_age_s`` ago), after which nothing can deliver it."""
+        gone: list[tuple[str, float]] = []
         for job_id, at in self.ended_at.items():
             if at >= before:
                 break  # arrival order is close to time order: the rest go on a later pass
-            gone.append(job_id)
-        for job_id in gone:
+            gone.append((job_id, at))
+        forgotten = []
+        for job_id, at in gone:
             del self.ended_at[job_id]
+            if job_id in self.ended and job_id not in self.decided:
+                self.awaited[job_id] = at
+            else:
+                forgotten.append(job_id)
+        for job_id, at in self.awaited.items():
+            if at >= awaited_before:
+                break
+            forgotten.append(job_id)
+        for job_id in forgotten:
+            self.awaited.pop(job_id, None)
             self.decided.discard(job_id)
             self.ended.discard(job_id)
             self.accounts.gone.discard(job_id)
             self.world.forget(job_id)
-        return len(gone)
+        return len(forgotten)
 
     def freed(self) -> None:
         """A booking shrank (``job.scale``): pending and degraded jobs may fit now."""

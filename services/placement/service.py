@@ -213,7 +213,8 @@ class Placement:
                 await asyncio.wait_for(self.rt.stop.wait(), every)
             if self.rt.stop.is_set():
                 break  # the last save is ``final_snapshot``'s, once the decider is done
-            self.ledger.forget(time.time() - r.ended_keep_s)
+            now_s = time.time()
+            self.ledger.forget(now_s - r.ended_keep_s, now_s - r.events_max_age_s - r.ended_keep_s)
             now = time.monotonic()
             if due(
                 self.ledger.folded - self._saved_folded,

@@ -15,7 +15,8 @@ O(history). What it holds:
 - the settled and ended jobs still inside ``retention.ended_keep_s`` (``decided``, ``ended``,
   the world's ``released``, the accounts' ``gone``, with when they ended), so that a decision
   of a released job found in the tail is ignored as on a full replay: a snapshot never
-  resurrects a released reservation;
+  resurrects a released reservation; and the jobs released before any decision whose
+  ``job.accepted`` is still unanswered (``awaited``), so a restart never places them;
 - the latest ``placement.degraded`` revision of each live job.
 
 :func:`capture` must be called with no local decision in flight (``World.settled``): every
@@ -69,6 +70,9 @@ class LedgerBody(msgspec.Struct, kw_only=True, frozen=True):
     gone: list[str] = []
     ended_at: dict[str, float] = {}
     """In arrival order (``Ledger.forget`` relies on it)."""
+    awaited: dict[str, float] = {}
+    """Released before any decision and past the window, ``job.accepted`` still unanswered
+    (``Ledger.awaited``), in arrival order. Absent from older bodies of this format: empty."""
 
 
 _encoder = msgspec.msgpack.Encoder()
@@ -111,6 +115,7 @@ def capture(ledger: Ledger) -> LedgerBody:
         released=sorted(world.released),
         gone=sorted(acc.gone),
         ended_at=dict(ledger.ended_at),
+        awaited=dict(ledger.awaited),
     )
 
 
@@ -144,4 +149,5 @@ def restore(body: LedgerBody, ledger: Ledger) -> None:
     ledger.decided.update(body.decided)
     ledger.ended.update(body.ended)
     ledger.ended_at.update(body.ended_at)
+    ledger.awaited.update(body.awaited)
     world.epoch += 1

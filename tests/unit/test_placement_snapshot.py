@@ -97,6 +97,7 @@ def view(ledger: Ledger) -> dict[str, Any]:
         "decided": ledger.decided,
         "ended": ledger.ended,
         "ended_at": list(ledger.ended_at.items()),
+        "awaited": list(ledger.awaited.items()),
         "dedicated": {j: d.revision for j, d in ledger.dedicated.items()},
         "live": {j: (x.tenant, x.revision, x.share, x.since) for j, x in acc.live.items()},
         "totals": acc.totals,
@@ -172,7 +173,7 @@ def test_ended_jobs_are_forgotten_after_the_window_and_live_ones_kept() -> None:
         ],
     )
 
-    assert ledger.forget((early + timedelta(hours=1)).timestamp()) == 2
+    assert ledger.forget((early + timedelta(hours=1)).timestamp(), early.timestamp()) == 2
 
     assert ledger.decided == {"new", "live"}
     assert ledger.world.released == {"new"} and ledger.accounts.gone == {"new"}
@@ -180,3 +181,43 @@ def test_ended_jobs_are_forgotten_after_the_window_and_live_ones_kept() -> None:
     assert set(ledger.world.reservations) == {"live"}
     body = snap.capture(ledger)
     assert body.decided == ["live", "new"] and body.released == ["new"]
+
+
+def test_a_job_released_before_any_decision_is_remembered_until_its_accepted_is_answered() -> None:
+    """Placement far behind on JOBS (or down): the job's cancel was released long before its
+    ``job.accepted`` arrives. The keep window must not forget it, or placement would book a
+    reservation nobody releases (the 1,000,000-job soak's ``revised_after_release``)."""
+    ended, later = T0, T0 + timedelta(hours=2)
+    ledger = fold(fresh(), [ev.PlacementReleased(event_id="p:r", job_id="p", at=ended)])
+
+    assert ledger.forget(later.timestamp(), ended.timestamp()) == 0  # past the window: awaited
+    assert "p" in ledger.ended and list(ledger.awaited) == ["p"] and not ledger.ended_at
+    resumed = restarted([ev.PlacementReleased(event_id="p:r", job_id="p", at=ended)])
+    resumed.forget(later.timestamp(), ended.timestamp())
+    assert view(snap_round_trip(resumed)) == view(resumed)
+
+    failed = ev.PlacementFailed(
+        event_id="p:f", job_id="p", reason="job ended before it was placed", excluded=ev.Excluded(), at=later
+    )
+    fold(ledger, [failed], first_seq=2)  # answered: forgotten with the window from now on
+    assert not ledger.awaited and list(ledger.ended_at) == ["p"]
+    assert ledger.forget((later + timedelta(hours=2)).timestamp(), ended.timestamp()) == 1
+    assert "p" not in ledger.ended and "p" not in ledger.decided
+
+
+def test_an_awaited_job_is_forgotten_once_the_stream_can_no_longer_deliver_its_accepted() -> None:
+    ended = T0
+    ledger = fold(fresh(), [ev.PlacementReleased(event_id="p:r", job_id="p", at=ended)])
+    ledger.forget((ended + timedelta(hours=2)).timestamp(), ended.timestamp())
+
+    assert ledger.forget((ended + timedelta(hours=2)).timestamp(), (ended + timedelta(seconds=1)).timestamp()) == 1
+    assert not ledger.awaited and "p" not in ledger.ended and "p" not in ledger.world.released
+
+
+def snap_round_trip(ledger: Ledger) -> Ledger:
+    body = snap.decode(snap.encode(snap.capture(ledger)))
+    assert body is not None
+    out = fresh()
+    snap.restore(body, out)
+    out.applied_seq = ledger.applied_seq
+    return out
