@@ -45,7 +45,10 @@ class Sample(msgspec.Struct, kw_only=True):
     pg_bytes: int
     """``pg_database_size`` of the scheduler's database."""
     restart_s: dict[str, float | None]
-    """kill -9 to the restarted instance answering ``$SRV.PING.<name>`` (None: not within the timeout)."""
+    """kill -9 to the restarted instance answering ``$SRV.PING.<name>``: the median of
+    ``restart_tries`` (None: the median try not within the timeout)."""
+    restart_tries: dict[str, list[float | None]] = {}
+    """Every try of each service, in order (one try is noisy on a shared 2-core machine)."""
     decided: int = 0
     failed: int = 0
     rejected: int = 0

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from schemas import events as ev
 from schemas import subjects as s
-from tests.soak.__main__ import checkable
+from tests.soak.__main__ import checkable, median_try
 from tests.soak.load import ending, spec
 from tests.soak.measure import Sample, label, markdown, ratio, sum_rss
 from tests.support.events import decided, small_submitted
@@ -80,3 +80,10 @@ def test_jobs_whose_submit_aged_out_or_still_in_flight_are_left_out_of_the_check
         ("PlacementDecided", "new"),
         ("JobCancelRequested", "new"),
     ]
+
+
+def test_the_restart_figure_is_the_median_try_and_a_try_never_ready_counts_as_slowest() -> None:
+    assert median_try([3.1, 0.9, 1.2]) == 1.2
+    assert median_try([None, 0.9, 1.2]) == 1.2
+    assert median_try([None, None, 1.2]) is None
+    assert median_try([]) is None
