@@ -78,7 +78,7 @@ async def main(rt: Runtime) -> None:
         if not await db.migrate_until_ready(rt.stop):
             return
         tune_gc()
-        projector = Projector(db, cache_jobs())
+        projector = Projector(db, cache_jobs(), write_every_s=rt.config.metadata.write_every_s)
         stack.push_async_callback(projector.close)
         consumers = [
             BatchConsumer(
@@ -95,7 +95,11 @@ async def main(rt: Runtime) -> None:
         ]
         retention = Retention(db, rt.config.retention, projector.cache.discard)
         rt.log.info(
-            "started", batch=batch, cache_jobs=projector.cache.capacity, node_flush_s=rt.config.metadata.node_flush_s
+            "started",
+            batch=batch,
+            cache_jobs=projector.cache.capacity,
+            node_flush_s=rt.config.metadata.node_flush_s,
+            write_every_s=rt.config.metadata.write_every_s,
         )
         await asyncio.gather(*(c.run(rt.stop) for c in consumers), retention.run(rt.stop), fleet.run(rt.stop))
 

@@ -42,8 +42,9 @@ class Projector:
     """The batch handler of every metadata consumer: a pipeline of one transaction at a time.
 
     :meth:`project` queues a batch and waits for its commit. A single runner takes every batch
-    queued (from all four consumers) as one group, *prepares* it in Python (event rows, merged
-    views, reservation rows) and writes it in one transaction; while that transaction runs in
+    queued (from all four consumers) as one group, at most one group per ``write_every_s``,
+    *prepares* it in Python (event rows, merged views, reservation rows) and writes it in one
+    transaction; while that transaction runs in
     PostgreSQL, the next group is prepared, so Python and PostgreSQL work at the same time.
 
     Views are kept in a :class:`ViewCache`, so a job's row is not read back to merge new events:
@@ -56,8 +57,12 @@ class Projector:
     that a poison message is only ever blamed on its own batch (whose consumer then isolates it).
     """
 
-    def __init__(self, db: Database, cache_jobs: int = DEFAULT_CACHE_JOBS) -> None:
+    def __init__(self, db: Database, cache_jobs: int = DEFAULT_CACHE_JOBS, *, write_every_s: float = 0.0) -> None:
         self._db = db
+        self._every = write_every_s
+        """At most one group taken per this period: batches arriving meanwhile wait and are
+        written together (one transaction, one row write per job for all its new events)."""
+        self._due = 0.0
         self.cache = ViewCache(cache_jobs)
         self._queue: list[Batch] = []
         self._wake = asyncio.Event()
@@ -86,6 +91,7 @@ class Projector:
 
     # --- the pipeline ---------------------------------------------------------
     async def _run(self) -> None:
+        loop = asyncio.get_running_loop()
         writing: asyncio.Task[None] | None = None
         written: Group | None = None
         prepared: Group | None = None
@@ -93,22 +99,29 @@ class Projector:
             if writing is None and prepared is not None:  # start the next write first, then prepare
                 self._inflight = prepared.results
                 written, prepared = prepared, None
-                writing = asyncio.get_running_loop().create_task(self._write(written))
+                writing = loop.create_task(self._write(written))
                 await asyncio.sleep(0)  # let it send its first statement before we hold the loop
+            left = 0.0  # > 0: batches are queued, to be taken that much later
             if prepared is None and self._queue:
-                prepared = await self._prepare_or_fail(self._take())
-                continue
+                left = self._due - loop.time()
+                if left <= 0:
+                    self._due = loop.time() + self._every
+                    prepared = await self._prepare_or_fail(self._take())
+                    continue
             if writing is None:
-                self._wake.clear()
-                await self._wake.wait()
+                if left > 0:
+                    await asyncio.sleep(left)  # more batches gather meanwhile: one bigger group
+                else:
+                    self._wake.clear()
+                    await self._wake.wait()
                 continue
-            if prepared is None:  # wait for the write, or for batches to prepare meanwhile
+            if prepared is None and left <= 0:  # nothing queued: wait for the write, or for batches
                 self._wake.clear()
                 wake = asyncio.ensure_future(self._wake.wait())
                 await asyncio.wait((writing, wake), return_when=asyncio.FIRST_COMPLETED)
                 wake.cancel()
             else:
-                await asyncio.wait((writing,))
+                await asyncio.wait((writing,), timeout=left if prepared is None else None)
             if writing.done():
                 assert written is not None
                 ok = self._finish(written, writing)

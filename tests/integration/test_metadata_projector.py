@@ -191,3 +191,37 @@ async def test_a_group_prepared_on_a_failed_write_is_prepared_again(
         assert p.stats["conflicts"] == 0
     finally:
         await p.close()
+
+
+class _Timed:
+    """The database, noting when each transaction starts (on the event loop's clock)."""
+
+    def __init__(self, db: Database) -> None:
+        self.db = db
+        self.starts: list[float] = []
+
+    def transaction(self) -> Any:
+        self.starts.append(asyncio.get_running_loop().time())
+        return self.db.transaction()
+
+
+async def test_writes_are_paced_to_one_transaction_per_period_and_what_queues_meanwhile_goes_together(
+    db: Database, database_url: str
+) -> None:
+    every = 0.3
+    timed = _Timed(db)
+    p = Projector(timed, write_every_s=every)  # type: ignore[arg-type]
+    try:
+        events: list[ev.JobEvent] = []
+        for j in ("p1", "p2", "p3"):  # one after another: each waits for the period to pass
+            events += lifecycle(j, T0)
+            await p.project(items(lifecycle(j, T0)))
+        gaps = [b - a for a, b in itertools.pairwise(timed.starts)]
+        assert len(timed.starts) == 3 and min(gaps) >= every - 0.02, gaps
+
+        late = [cancelled(j, T0 + timedelta(seconds=3)) for j in ("p1", "p2", "p3")]
+        await asyncio.gather(*(p.project(items(x)) for x in late))  # queued within one period: one write
+        assert len(timed.starts) == 4 and p.stats["groups"] == 4
+        assert await rows(database_url) == expected(events + [e for x in late for e in x])
+    finally:
+        await p.close()
