@@ -146,7 +146,7 @@ def replan(
     return Replan(
         [ev.Assignment(replica=r, node_id=n) for r, n in sorted(after.items())],
         changes,
-        candidates if room else list(d.candidates),  # a shrink places nothing: the ranking stands
+        candidates,  # a shrink places nothing, so it ranks nothing (and the ledger's snapshot keeps no ranking)
         sorted(still),
         failure,
         new,
