@@ -44,8 +44,8 @@ class Projector:
     :meth:`project` queues a batch and waits for its commit. A single runner takes every batch
     queued (from all four consumers) as one group, at most one group per ``write_every_s``,
     *prepares* it in Python (event rows, merged views, reservation rows) and writes it in one
-    transaction; while that transaction runs in
-    PostgreSQL, the next group is prepared, so Python and PostgreSQL work at the same time.
+    transaction; while that transaction runs in PostgreSQL, the next group is prepared, so Python
+    and PostgreSQL work at the same time.
 
     Views are kept in a :class:`ViewCache`, so a job's row is not read back to merge new events:
     a cached job is updated ``WHERE version = <its cached token>`` with a fresh token, a job not
