@@ -45,7 +45,7 @@ bench: venv          ## benchmarks; results in bench-results/ (JSON, markdown, P
 chaos: venv          ## fault scenarios under load, checked by the invariant checker; table in bench-results/chaos.md; ROWS="living" (or words of row names) runs only those rows
 	$(PY) -m tests.chaos $(ROWS)
 
-soak: venv           ## an accelerated month (issue #21): JOBS=1000000 RATE=175 EVERY=100000 (about 1 h 45 min on 2 cores; docs/OPERATIONS.md "Soak"); bench-results/soak.md, .png, .json
+soak: venv           ## an accelerated month (issue #21): JOBS=1000000 RATE=175 EVERY=100000 (about 1 h 40 min on 2 cores; docs/OPERATIONS.md "Soak"); bench-results/soak.md, .png, .json
 	$(PY) -m pip install -q -e '.[dev,bench]'
 	$(PY) -m tests.soak --jobs $(or $(JOBS),1000000) --rate $(or $(RATE),175) --every $(or $(EVERY),100000)
 
