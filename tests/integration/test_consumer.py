@@ -20,7 +20,8 @@ from schemas import subjects as s
 from services.devstack import NatsServer
 from services.runtime.consumer import Consumer
 from services.runtime.delivery import Delivery
-from services.runtime.streams import ensure_streams
+from services.runtime.puller import Puller
+from services.runtime.streams import ensure_consumer, ensure_streams
 from tests.support.events import small_submitted, submissions_consumer
 from tests.support.waiting import eventually
 
@@ -138,11 +139,14 @@ async def test_skipped_events_are_acked_without_running_the_handler(nc: Client) 
 
 
 async def test_in_order_by_key_keeps_each_keys_order_and_runs_keys_side_by_side(nc: Client) -> None:
-    """``in_order`` with ``order_key``: the first event of key ``even`` waits until every event of
-    key ``odd`` was handled, which can only happen if the keys run side by side; each key's
-    events are still handled in stream order."""
+    """``in_order`` with ``order_key``, on one fetched batch of 20: the first event of key ``even``
+    waits until every event of key ``odd`` was handled, which can only happen if the keys run side
+    by side; each key's events are still handled in stream order, and all 20 are acked.
+
+    The batch is fetched by the test (a fetch returns as soon as its first message is buffered, so
+    the consumer's own first batch may hold fewer than 20, and keys only run side by side within a
+    batch) and handed to the consumer's dispatch, which is what its loop does with every batch."""
     await ensure_streams(nc.jetstream())
-    stop = asyncio.Event()
     handled: dict[str, list[int]] = {"even": [], "odd": []}
     odd_done = asyncio.Event()
 
@@ -158,19 +162,26 @@ async def test_in_order_by_key_keeps_each_keys_order_and_runs_keys_side_by_side(
         if len(handled["odd"]) == 10:
             odd_done.set()
 
-    consumer = Consumer(
-        nc.jetstream(), CONSUMER, decoder, on, service="test", batch=64, in_order=True, order_key=parity
-    )
+    js = nc.jetstream()
+    consumer = Consumer(js, CONSUMER, decoder, on, service="test", batch=64, in_order=True, order_key=parity)
     for i in range(20):
         await publish(nc, i)
-    task = asyncio.create_task(consumer.run(stop))
+    await ensure_consumer(js, CONSUMER)
+    puller = Puller(js, CONSUMER.stream, CONSUMER.durable, max_messages=64)
+    await puller.start()
+    batch: list[Msg] = []
     try:
-
-        async def all_handled() -> bool:
-            return len(handled["even"]) + len(handled["odd"]) == 20
-
-        await eventually(all_handled, timeout=20, what="every event handled")
-        assert handled == {"even": list(range(0, 20, 2)), "odd": list(range(1, 20, 2))}
+        while len(batch) < 20:
+            got = await puller.fetch(64, timeout=10)
+            assert got, f"only {len(batch)} of 20 events delivered"
+            batch += got
+        await asyncio.wait_for(consumer._dispatch(batch, asyncio.Event()), 20)
     finally:
-        stop.set()
-        await asyncio.wait_for(task, 10)
+        await puller.stop()
+    assert handled == {"even": list(range(0, 20, 2)), "odd": list(range(1, 20, 2))}
+
+    async def all_acked() -> bool:
+        info = await js.consumer_info(CONSUMER.stream, CONSUMER.durable)
+        return info.num_ack_pending == 0 and info.num_pending == 0
+
+    await eventually(all_acked, timeout=10, what="all 20 acked")
