@@ -124,8 +124,7 @@ def decode_into(out: Decoded, payloads: Iterable[bytes]) -> None:
         old = statuses.get(status.node_id)
         if old is not None and old.row.at >= status.at:
             continue
-        row = NodeRow(node_id=status.node_id, state=status.state, at=status.at, status=msgspec.Raw(ev.encode(status)))
-        statuses[status.node_id] = Status(row=row, sig=signature(status))
+        statuses[status.node_id] = Status(row=NodeRow.of(status), sig=signature(status))
 
 
 class Mark(msgspec.Struct):

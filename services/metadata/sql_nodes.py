@@ -7,16 +7,22 @@ from datetime import datetime
 
 import msgspec
 
+from schemas.events import NodeStatus, encode
 from services.metadata.sql_jobs import rows_enc
 
 UPSERT_NODES = """
-    INSERT INTO nodes (node_id, state, at, status)
-    SELECT * FROM json_to_recordset({param}::json) AS r(node_id text, state text, at timestamptz, status text)
-    ON CONFLICT (node_id) DO UPDATE SET state = EXCLUDED.state, at = EXCLUDED.at, status = EXCLUDED.status
+    INSERT INTO nodes (node_id, state, at, status, cpu_cores, cpu_free, memory_mb, memory_free_mb, gpus, labels)
+    SELECT * FROM json_to_recordset({param}::json) AS r(
+        node_id text, state text, at timestamptz, status text,
+        cpu_cores float8, cpu_free float8, memory_mb bigint, memory_free_mb bigint, gpus bigint, labels jsonb)
+    ON CONFLICT (node_id) DO UPDATE SET state = EXCLUDED.state, at = EXCLUDED.at, status = EXCLUDED.status,
+        cpu_cores = EXCLUDED.cpu_cores, cpu_free = EXCLUDED.cpu_free, memory_mb = EXCLUDED.memory_mb,
+        memory_free_mb = EXCLUDED.memory_free_mb, gpus = EXCLUDED.gpus, labels = EXCLUDED.labels
     WHERE nodes.at < EXCLUDED.at
 """
 """Keep each node's newest status (by its ``at``, whatever the arrival order); ``{param}``: a JSON
-array of :class:`NodeRow`."""
+array of :class:`NodeRow`. The figures come as typed fields, not parsed out of ``status`` by
+PostgreSQL (migration 0009: that was four fifths of its CPU at idle)."""
 
 
 HISTORY_EVERY_S = 60
@@ -71,11 +77,34 @@ class DrainRow(msgspec.Struct, frozen=True):
     reason: str | None
 
 
-class NodeRow(msgspec.Struct, frozen=True):
+class NodeRow(msgspec.Struct, frozen=True, kw_only=True):
+    """A node's newest status (``status``: its JSON) and the figures ``node.list`` filters and sums."""
+
     node_id: str
     state: str
     at: datetime
     status: msgspec.Raw
+    cpu_cores: float
+    cpu_free: float
+    memory_mb: int
+    memory_free_mb: int
+    gpus: int
+    labels: dict[str, str]
+
+    @classmethod
+    def of(cls, status: NodeStatus) -> NodeRow:
+        return cls(
+            node_id=status.node_id,
+            state=status.state,
+            at=status.at,
+            status=msgspec.Raw(encode(status)),
+            cpu_cores=status.cpu_cores,
+            cpu_free=status.cpu_free,
+            memory_mb=status.memory_mb,
+            memory_free_mb=status.memory_free_mb,
+            gpus=status.gpus,
+            labels=status.labels,
+        )
 
 
 class NodeListRow(msgspec.Struct, frozen=True, kw_only=True):

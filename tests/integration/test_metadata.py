@@ -177,7 +177,7 @@ async def test_migrations_are_applied_once_when_instances_start_together(databas
         await db.open()
     try:
         applied = await asyncio.gather(*(db.migrate() for db in dbs))
-        assert sorted(len(a) for a in applied) == [0, 0, 8]
+        assert sorted(len(a) for a in applied) == [0, 0, 9]
         async with await _connect(database_url) as conn:
             rows = await conn.fetch("SELECT version, name FROM schema_migrations ORDER BY version")
         assert [(r["version"], r["name"]) for r in rows] == [
@@ -189,6 +189,7 @@ async def test_migrations_are_applied_once_when_instances_start_together(databas
             (6, "node_drains"),
             (7, "job_tenants"),
             (8, "retention"),
+            (9, "node_columns_written"),
         ]
         assert await dbs[0].migrate() == []
     finally:
