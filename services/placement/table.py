@@ -102,7 +102,7 @@ class NodeTable:
     drained: set[str] = field(default_factory=set)
     """Nodes drained by a ``node.draining`` fact (known or not yet heard of)."""
     epoch: int = 0
-    """Incremented by every change of capacity (a status, a drain, a release)."""
+    """Incremented by every change of capacity (a status saying something new, a drain, a release)."""
     _buckets: dict[tuple[str, bool], Bucket] = field(default_factory=dict)
     _live: OrderedDict[str, None] = field(default_factory=OrderedDict)
     """Indexed nodes, least recently seen first (statuses arrive in clock order)."""
@@ -152,6 +152,12 @@ class NodeTable:
             same_buckets = False
         else:
             old = node.status
+            if node.key is not None and not node.lost and _same_content(old, status):
+                node.status = status  # fresh: only its time and liveness change, not capacity
+                node.seen = now
+                self._live.move_to_end(nid)
+                self._heard.move_to_end(nid)
+                return
             same_buckets = (
                 old.state == status.state
                 and old.technologies == status.technologies
@@ -278,6 +284,21 @@ class NodeTable:
         node.key = key
         if key is None:
             self._live.pop(nid, None)
+
+
+def _same_content(a: NodeStatus, b: NodeStatus) -> bool:
+    """Whether two statuses of a node say the same but for their time and ``event_id``."""
+    return (
+        a.cpu_free == b.cpu_free
+        and a.memory_free_mb == b.memory_free_mb
+        and a.state == b.state
+        and a.cpu_cores == b.cpu_cores
+        and a.memory_mb == b.memory_mb
+        and a.gpus == b.gpus
+        and a.technologies == b.technologies
+        and a.labels == b.labels
+        and a.location == b.location
+    )
 
 
 def _cell(status: NodeStatus) -> Cell | None:
