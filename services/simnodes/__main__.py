@@ -1,4 +1,4 @@
-"""``python -m services.simnodes [--count N] [--interval S] [--prefix P] [--offset K]``: publish a simulated
+"""``python -m services.simnodes [--count N] [--interval S] [--prefix P] [--offset K] [--churn C]``: publish a simulated
 fleet's status. A second fleet with its own ``--prefix`` or ``--offset``, stopped with Ctrl-C, is a way to lose
 nodes by hand (they fall silent: lost after ``timeouts.node_lost_s``)."""
 
@@ -18,7 +18,9 @@ from services.runtime.log import configure
 from services.simnodes.fleet import Fleet, per_slice
 
 
-async def publish_forever(count: int, interval: float, seed: int, prefix: str = "node", offset: int = 0) -> None:
+async def publish_forever(
+    count: int, interval: float, seed: int, prefix: str = "node", offset: int = 0, churn: float = 1.0
+) -> None:
     settings = load_settings()
     log = configure("simnodes", settings.log_format, settings.log_level)
     async with contextlib.AsyncExitStack() as stack:
@@ -28,8 +30,8 @@ async def publish_forever(count: int, interval: float, seed: int, prefix: str = 
         loop = asyncio.get_running_loop()
         for sig in (signal.SIGTERM, signal.SIGINT):
             loop.add_signal_handler(sig, stop.set)
-        fleet = Fleet(count, seed, prefix, offset)
-        log.info("publishing node status", nodes=count, interval_s=interval)
+        fleet = Fleet(count, seed, prefix, offset, churn)
+        log.info("publishing node status", nodes=count, interval_s=interval, churn=churn)
         # The whole fleet at once first (placement knows every node at start-up), then spread
         # evenly over each interval: a fleet reporting in one burst every few seconds would
         # stall its consumers periodically, which no real, unsynchronised fleet does.
@@ -56,8 +58,14 @@ def main() -> None:
     parser.add_argument("--seed", type=int, default=42)
     parser.add_argument("--prefix", default="node", help="node ids are <prefix>-000, ... (several fleets side by side)")
     parser.add_argument("--offset", type=int, default=0, help="number the nodes from this one (default 0)")
+    parser.add_argument(
+        "--churn",
+        type=float,
+        default=float(os.environ.get("SIM_CHURN", "1")),
+        help="chance that a node's free figures changed since its last report (default 1: always)",
+    )
     a = parser.parse_args()
-    asyncio.run(publish_forever(a.count, a.interval, a.seed, a.prefix, a.offset))
+    asyncio.run(publish_forever(a.count, a.interval, a.seed, a.prefix, a.offset, a.churn))
 
 
 if __name__ == "__main__":

@@ -23,8 +23,12 @@ class Fleet:
     """``count`` nodes with varied technologies, sizes, labels and a few inactive ones, numbered
     from ``offset`` (``<prefix>-<offset>``, ...): fleets with other prefixes or offsets run side by side."""
 
-    def __init__(self, count: int, seed: int = 42, prefix: str = "node", offset: int = 0) -> None:
+    def __init__(self, count: int, seed: int = 42, prefix: str = "node", offset: int = 0, churn: float = 1.0) -> None:
         self._rng = random.Random(seed)
+        self.churn = churn
+        """The chance that a node's background load changed since its last report (1: every report
+        says new free figures; 0: an idle node repeats itself, as agents reporting allocatable do)."""
+        self._used: list[float | None] = [None] * count
         rng = self._rng
         where = random.Random(seed + 1)  # locations from their own stream: sizes etc. stay as they were
         self.base: list[NodeStatus] = []
@@ -52,9 +56,12 @@ class Fleet:
         return len(self.base)
 
     def status(self, i: int) -> NodeStatus:
-        """A fresh status of node ``i``: background load varies a little from report to report."""
+        """A fresh status of node ``i``: background load varies a little from report to report
+        (with chance ``churn``; otherwise the node reports the same figures as last time)."""
         b = self.base[i]
-        used = self._rng.uniform(0.0, 0.3)
+        used = self._used[i]
+        if used is None or self.churn >= 1.0 or self._rng.random() < self.churn:
+            used = self._used[i] = self._rng.uniform(0.0, 0.3)
         return NodeStatus(
             node_id=b.node_id,
             state=b.state,

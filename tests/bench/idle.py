@@ -10,7 +10,9 @@ satisfies; the time from publishing to that answer bounds the lag of placement's
 subscription from above (it includes one plan round trip). The fleet's achieved rate is the
 NODES stream's growth in sequence numbers.
 
-Knobs: BENCH_IDLE_S (60), BENCH_IDLE_FLEETS ("10000:5,100000:10" as nodes:interval),
+Knobs: BENCH_IDLE_S (60), BENCH_IDLE_FLEETS ("10000:5,100000:10" as nodes:interval[:churn], churn
+being the chance that a node's free figures changed since its last report, 1 by default: see
+``services.simnodes.fleet.Fleet``),
 BENCH_IDLE_SIM_PROCS (fleet processes for fleets over 50,000 nodes: 2), BENCH_PROBE_EVERY_S (1),
 BENCH_PROBE_TIMEOUT_S (10: a probe unanswered that long counts as an error, the view at least
 that far behind).
@@ -42,8 +44,8 @@ from tests.support.system import System, system
 
 IDLE_S = float(os.environ.get("BENCH_IDLE_S", "60"))
 FLEETS = [
-    (int(n), float(i))
-    for n, i in (x.split(":") for x in os.environ.get("BENCH_IDLE_FLEETS", "10000:5,100000:10").split(","))
+    (int(f[0]), float(f[1]), float(f[2]) if len(f) > 2 else 1.0)
+    for f in (x.split(":") for x in os.environ.get("BENCH_IDLE_FLEETS", "10000:5,100000:10").split(","))
 ]
 SIM_PROCS = int(os.environ.get("BENCH_IDLE_SIM_PROCS", "2"))
 PROBE_EVERY_S = float(os.environ.get("BENCH_PROBE_EVERY_S", "1"))
@@ -124,9 +126,10 @@ def slow_consumers(sysm: System) -> dict[str, int]:
     return dict(out)
 
 
-async def measure(nodes: int, interval: float) -> dict[str, Any]:
+async def measure(nodes: int, interval: float, churn: float = 1.0) -> dict[str, Any]:
     procs = SIM_PROCS if nodes > 50_000 else 1
-    async with system(sim_nodes=nodes, sim_interval=interval, sim_fleets=procs) as (sysm, nc):
+    env = {"SIM_CHURN": str(churn)}
+    async with system(sim_nodes=nodes, sim_interval=interval, sim_fleets=procs, env=env) as (sysm, nc):
         js = nc.jetstream(timeout=30)
         t = time.perf_counter()
         await wait_for_nodes(js, nodes, timeout=300)
@@ -136,7 +139,7 @@ async def measure(nodes: int, interval: float) -> dict[str, Any]:
         except (nats.errors.Error, TimeoutError, RuntimeError):
             caught_up = None
         out = await _window(sysm, nc, nodes, interval, procs, up_s)
-        return {**out, "placement_caught_up_s": caught_up}
+        return {**out, "churn": churn, "placement_caught_up_s": caught_up}
 
 
 async def _window(sysm: System, nc: Client, nodes: int, interval: float, procs: int, up_s: float) -> dict[str, Any]:
@@ -173,7 +176,7 @@ async def _window(sysm: System, nc: Client, nodes: int, interval: float, procs: 
 
 
 async def run() -> dict[str, Any]:
-    return {"idle_s": IDLE_S, "fleets": [await measure(n, i) for n, i in FLEETS]}
+    return {"idle_s": IDLE_S, "fleets": [await measure(n, i, c) for n, i, c in FLEETS]}
 
 
 def _errors(e: dict[str, int]) -> str:
@@ -182,7 +185,10 @@ def _errors(e: dict[str, int]) -> str:
 
 def markdown(res: dict[str, Any]) -> str:
     fleets = res["fleets"]
-    heads = [f"{f['nodes']:,} nodes / {f['interval_s']:g} s" for f in fleets]
+    heads = [
+        f"{f['nodes']:,} nodes / {f['interval_s']:g} s" + (f", churn {f['churn']:g}" if f.get("churn", 1) != 1 else "")
+        for f in fleets
+    ]
     procs = sorted(
         {k for f in fleets for k in f["cpu_pct_of_core"]}
         - {"total", "total_without_fleet", "total_without_fleet_and_moto"}

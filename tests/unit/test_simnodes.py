@@ -31,3 +31,16 @@ def test_a_second_fleet_with_an_offset_has_other_node_ids() -> None:
     assert [n.node_id for n in second.base] == [f"node-{i:03d}" for i in range(50, 55)]
     assert not {n.node_id for n in first.base} & {n.node_id for n in second.base}
     assert Fleet(2, offset=998).base[1].node_id == "node-999"
+
+
+def test_churn_says_how_often_a_node_reports_new_free_figures() -> None:
+    def changed(churn: float) -> int:
+        fleet = Fleet(200, seed=5, churn=churn)
+        first = fleet.tick()
+        second = fleet.tick()
+        return sum((a.cpu_free, a.memory_free_mb) != (b.cpu_free, b.memory_free_mb) for a, b in zip(first, second))
+
+    assert changed(0.0) == 0
+    assert 5 <= changed(0.1) <= 40  # 20 expected of 200
+    assert changed(1.0) >= 190  # a fresh draw each time (equal only by chance)
+    assert [s.cpu_free for s in Fleet(30, seed=9).tick()] == [s.cpu_free for s in Fleet(30, seed=9, churn=1.0).tick()]
