@@ -14,6 +14,7 @@ from nats.aio.msg import Msg
 
 from schemas import events as ev
 from schemas import subjects as s
+from services.metadata import fleet as fleet_module
 from services.metadata.fleet import (
     Coalescer,
     Decoded,
@@ -194,6 +195,35 @@ async def test_another_writer_means_ours_are_dropped_and_an_outage_keeps_them() 
         ("n1", T0 + timedelta(seconds=1)),
         ("n2", T0 + timedelta(seconds=2)),
     ]
+
+
+async def test_a_big_flush_is_written_in_chunks_and_an_outage_keeps_only_what_was_not_written(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    monkeypatch.setattr(fleet_module, "WRITE_CHUNK", 2)
+    w = FakeWriter()
+    fleet = Fleet(w, flush_s=0.01)
+    for i in range(5):
+        put(fleet.store, node_status(f"n{i}", T0))
+    assert await fleet.flush(spread=True) == 5
+    assert [len(rows) for rows, _ in w.calls] == [2, 2, 1] and fleet.marks.flushes == 1
+    assert fleet.stats["flushes"] == 1 and fleet.stats["rows"] == 5
+
+    class OutageAtSecond(FakeWriter):
+        async def write(self, statuses: Sequence[NodeRow], history: Sequence[NodeRow]) -> set[str] | None:
+            self.outage = len(self.calls) == 1
+            return await super().write(statuses, history)
+
+    w = OutageAtSecond()
+    fleet = Fleet(w, flush_s=0.01)
+    for i in range(5):
+        put(fleet.store, node_status(f"n{i}", T0))
+    with pytest.raises(OSError):
+        await fleet.flush()
+    first = {r.node_id for r in w.calls[0][0]}
+    assert len(first) == 2 and sorted(k.decode() for k in fleet.store.take()) == sorted(
+        subject(f"n{i}").decode() for i in range(5) if f"n{i}" not in first
+    )
 
 
 async def test_a_row_postgresql_refuses_is_dropped_alone() -> None:
