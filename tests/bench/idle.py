@@ -51,6 +51,8 @@ SIM_PROCS = int(os.environ.get("BENCH_IDLE_SIM_PROCS", "2"))
 PROBE_EVERY_S = float(os.environ.get("BENCH_PROBE_EVERY_S", "1"))
 PROBE_TIMEOUT_S = float(os.environ.get("BENCH_PROBE_TIMEOUT_S", "10"))
 CATCH_UP_S = 60.0
+SETTLED_PROBES = 3
+SETTLED_MS = 250.0
 PROBE_NODE = "lagprobe"
 _plan = msgspec.json.Decoder(r.PlanReply)
 _enc = msgspec.json.Encoder()
@@ -115,6 +117,25 @@ async def probe_lag(nc: Client, timeout: float = 30.0) -> float:
     raise TimeoutError(f"placement never saw the probe status in {timeout} s")
 
 
+async def catch_up(nc: Client) -> float | None:
+    """Seconds until placement has caught up with the fleet's first burst (every node at once, from
+    each fleet process): until :data:`SETTLED_PROBES` probes in a row answer within
+    :data:`SETTLED_MS` (one answered probe only says that the burst of the fleet process whose
+    statuses came first is absorbed); None if not within ``CATCH_UP_S``."""
+    t0 = time.perf_counter()
+    settled = 0
+    while settled < SETTLED_PROBES:
+        left = CATCH_UP_S - (time.perf_counter() - t0)
+        if left <= 0:
+            return None
+        try:
+            lag = await probe_lag(nc, timeout=left)
+        except (nats.errors.Error, TimeoutError, RuntimeError):
+            return None
+        settled = settled + 1 if lag * 1000 <= SETTLED_MS else 0
+    return round(time.perf_counter() - t0, 1)
+
+
 def slow_consumers(sysm: System) -> dict[str, int]:
     """How often nats-server cut each client off as a slow consumer so far, from its log."""
     out: Counter[str] = Counter()
@@ -134,10 +155,7 @@ async def measure(nodes: int, interval: float, churn: float = 1.0) -> dict[str, 
         t = time.perf_counter()
         await wait_for_nodes(js, nodes, timeout=300)
         up_s = time.perf_counter() - t
-        try:  # placement has caught up with the first burst (or is not going to)
-            caught_up: float | None = round(await probe_lag(nc, timeout=CATCH_UP_S), 1)
-        except (nats.errors.Error, TimeoutError, RuntimeError):
-            caught_up = None
+        caught_up = await catch_up(nc)
         out = await _window(sysm, nc, nodes, interval, procs, up_s)
         return {**out, "churn": churn, "placement_caught_up_s": caught_up}
 
@@ -148,9 +166,12 @@ async def _window(sysm: System, nc: Client, nodes: int, interval: float, procs: 
     steal, before, t0, busy0 = Steal(), cpu_seconds(sysm), time.perf_counter(), machine_busy_s()
     lags: list[float] = []
     errors: list[str] = []
+    slow: list[tuple[float, float]] = []
     while (now := time.perf_counter()) - t0 < IDLE_S:
         try:
             lags.append(await probe_lag(nc, timeout=PROBE_TIMEOUT_S))
+            if lags[-1] > 0.1:
+                slow.append((round(now - t0, 1), round(1000 * lags[-1])))
         except (nats.errors.Error, TimeoutError, RuntimeError) as e:  # e.g. placement cut off as a slow consumer
             errors.append(repr(e))
         # the next probe at its own time, not a sleep standing in for an event
@@ -168,6 +189,7 @@ async def _window(sysm: System, nc: Client, nodes: int, interval: float, procs: 
         "statuses_per_s": {"offered": round(nodes / interval), "stored": round((seq1 - seq0) / seconds)},
         "cpu_pct_of_core": shares(cpu, seconds),
         "placement_view_lag": quantiles(lags),
+        "slow_probes": slow,  # (seconds into the window, lag ms) of each probe over 100 ms
         "probe_errors": errors,
         "slow_consumers": slow_consumers(sysm),
         "steal_pct": steal.pct(),
@@ -213,7 +235,14 @@ def markdown(res: dict[str, Any]) -> str:
             ),
         ],
         ["probe errors (no answer in time)", *(len(f["probe_errors"]) for f in fleets)],
-        ["placement caught up with the first burst after s", *(f["placement_caught_up_s"] for f in fleets)],
+        [
+            "probes over 100 ms (s into the window: ms)",
+            *(", ".join(f"{a:g}: {b}" for a, b in f.get("slow_probes", [])) or "none" for f in fleets),
+        ],
+        [
+            "placement caught up with the first burst after s (3 probes in a row within 250 ms)",
+            *(f["placement_caught_up_s"] for f in fleets),
+        ],
         ["cut off as slow consumers", *(_errors(f["slow_consumers"]) for f in fleets)],
         ["steal %", *(f["steal_pct"] for f in fleets)],
         ["others (outside this system) % of a core", *(f.get("others_pct_of_core", "") for f in fleets)],
