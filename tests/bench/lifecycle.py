@@ -20,7 +20,8 @@ sustained), CPU µs per lifecycle by process (the fleet generator, moto and this
 included) and the machine's steal. After the last step every open job is ended at once, and
 the invariant checker runs over the streams once all are released.
 
-Knobs: BENCH_NODES (10000), BENCH_NODE_INTERVAL_S (5), BENCH_RATES ("250,500,750,1000,1250"),
+Knobs: BENCH_NODES (10000), BENCH_NODE_INTERVAL_S (5), BENCH_SIM_PROCS (fleet processes: 2 over
+50,000 nodes, else 1), BENCH_RATES ("250,500,750,1000,1250"),
 BENCH_WARM_S (65), BENCH_STEP_S (60), BENCH_END_S ("10,60"), BENCH_DEDICATED_EVERY (200),
 BENCH_DRAIN_S (180), BENCH_SEED (23).
 """
@@ -54,6 +55,7 @@ from tests.support.system import system
 
 NODES = int(os.environ.get("BENCH_NODES", "10000"))
 NODE_INTERVAL_S = float(os.environ.get("BENCH_NODE_INTERVAL_S", "5"))
+SIM_PROCS = int(os.environ.get("BENCH_SIM_PROCS", "2" if NODES > 50_000 else "1"))
 RATES = [int(x) for x in os.environ.get("BENCH_RATES", "250,500,750,1000,1250").split(",")]
 WARM_S = float(os.environ.get("BENCH_WARM_S", "65"))
 STEP_S = float(os.environ.get("BENCH_STEP_S", "60"))
@@ -315,13 +317,14 @@ async def run() -> dict[str, Any]:
     result: dict[str, Any] = {
         "nodes": NODES,
         "node_interval_s": NODE_INTERVAL_S,
+        "fleet_processes": SIM_PROCS,
         "warm_s": WARM_S,
         "step_s": STEP_S,
         "end_s": [END_MIN_S, END_MAX_S],
         "dedicated_every": DEDICATED_EVERY,
         "steps": [],
     }
-    async with system(sim_nodes=NODES, sim_interval=NODE_INTERVAL_S) as (sysm, nc):
+    async with system(sim_nodes=NODES, sim_interval=NODE_INTERVAL_S, sim_fleets=SIM_PROCS) as (sysm, nc):
         js = nc.jetstream(timeout=30)
         await wait_for_nodes(js, NODES, timeout=180)
         await warm_up(nc)
