@@ -5,7 +5,8 @@ matters. Statuses come on a core subscription to ``node.status.*`` handed over s
 the read loop (:mod:`services.runtime.direct`, as placement takes them): the route keeps the
 newest raw payload per subject in a dict, no decoding, O(1), bounded by the number of nodes.
 Every ``[metadata] node_flush_s`` the dict is swapped out, each payload decoded once, and the
-whole fleet written in one statement (:class:`~services.metadata.adapters.FleetWriter`): each
+whole fleet written, :data:`WRITE_CHUNK` nodes a statement spread over half the period
+(:class:`~services.metadata.adapters.FleetWriter`): each
 node's current row (``nodes``, newest ``at`` wins) and, for the nodes :class:`HistoryMarks` says
 are due, a downsampled ``node_history`` row. So PostgreSQL writes one row per node per flush,
 whatever the reporting rate, and a history row only when a node changed and its last one is at
