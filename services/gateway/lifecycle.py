@@ -49,10 +49,12 @@ highest generation of the two slots, which at worst means a slightly longer tail
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import heapq
 import time
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Iterable
 from datetime import datetime
+from typing import Any
 
 import msgspec
 import nats.js.errors
@@ -151,7 +153,8 @@ class JobStates:
         self.restored: Loaded | None = None
         """The snapshot this view started from (None: a full replay)."""
         self._waiters: list[tuple[dict[str, int], asyncio.Future[None]]] = []
-        self._subs: list[object] = []
+        self._subs: dict[str, Any] = {}
+        """Per stream, the ordered consumer's subscription folding it (nats-py's PushSubscription)."""
 
     # --- the fold (pure over the events and the clock) --------------------------------------
     def apply(self, data: bytes) -> None:
@@ -294,7 +297,7 @@ class JobStates:
                 deliver_policy=policy,
                 config=config,
             )
-            self._subs.append(sub)
+            self._subs[stream] = sub
         log.info(
             "job state view following",
             from_snapshot=self.restored is not None,
@@ -338,7 +341,7 @@ class JobStates:
         every folded event up to it is among those checked."""
         try:
             lasts = {stream: int((await js.stream_info(stream)).state.last_seq or 0) for stream in VIEW_SUBJECTS}
-            targets = await _last_sequences(js)
+            targets = await self._targets(js)
         except Exception as e:
             log.debug("stream ends not read; saving the folded sequences", error=repr(e))
             lasts, targets = {}, {}
@@ -355,15 +358,15 @@ class JobStates:
         self.folded -= folded
 
     async def stop(self) -> None:
-        for sub in self._subs:
+        for sub in self._subs.values():
             try:
-                await sub.unsubscribe()  # type: ignore[attr-defined]
+                await sub.unsubscribe()
             except Exception as e:
                 log.debug("unsubscribe failed", error=repr(e))
 
     async def sync(self, js: JetStreamContext, timeout: float) -> None:
         """Wait until every event stored before this call has been folded in."""
-        targets = await _last_sequences(js)
+        targets = await self._targets(js)
         if self._current(targets):
             return
         waiter = (targets, asyncio.get_running_loop().create_future())
@@ -373,10 +376,32 @@ class JobStates:
         finally:
             self._waiters.remove(waiter)
 
+    async def _targets(self, js: JetStreamContext) -> dict[str, int]:
+        """Per stream, a sequence such that every folded event stored before this call is at or below it.
 
-async def _last_sequences(js: JetStreamContext) -> dict[str, int]:
+        Asked of the stream's own ordered consumer (``CONSUMER.INFO``: its last delivered sequence,
+        and how many matching messages it has not delivered yet): when none is pending, that last
+        delivered sequence. One small request per stream, where the last message of each folded
+        subject (``STREAM.MSG.GET``, body and all, base64 in JSON) was eight per ``job.cancel`` or
+        ``job.complete``. A stream whose consumer has some pending, or does not answer (being
+        recreated after a gap), falls back to those messages' sequences."""
+
+        async def target(stream: str) -> int:
+            sub = self._subs.get(stream)
+            if sub is not None:
+                with contextlib.suppress(Exception):
+                    info = await sub.consumer_info()
+                    if not info.num_pending:
+                        return int(info.delivered.stream_seq or 0) if info.delivered else 0
+            return (await _last_sequences(js, (stream,)))[stream]
+
+        seqs = await asyncio.gather(*(target(stream) for stream in VIEW_SUBJECTS))
+        return dict(zip(VIEW_SUBJECTS, seqs, strict=True))
+
+
+async def _last_sequences(js: JetStreamContext, streams: Iterable[str] = VIEW_SUBJECTS) -> dict[str, int]:
     """Per stream, the sequence of the last stored message of any folded subject."""
-    pairs = [(stream, subject) for stream, subjects in VIEW_SUBJECTS.items() for subject in subjects]
+    pairs = [(stream, subject) for stream in streams for subject in VIEW_SUBJECTS[stream]]
 
     async def last(stream: str, subject: str) -> int:
         try:
@@ -385,7 +410,7 @@ async def _last_sequences(js: JetStreamContext) -> dict[str, int]:
             return 0
 
     seqs = await asyncio.gather(*(last(stream, subject) for stream, subject in pairs))
-    out = dict.fromkeys(VIEW_SUBJECTS, 0)
+    out = dict.fromkeys(streams, 0)
     for (stream, _), seq in zip(pairs, seqs, strict=True):
         out[stream] = max(out[stream], seq)
     return out

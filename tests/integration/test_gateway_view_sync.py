@@ -1,0 +1,47 @@
+"""The gateway's job state view against a real nats-server: ``sync`` returns only once every
+event stored before it is folded (read-your-writes for ``job.cancel``/``job.complete``), and
+asks each stream's ordered consumer where it is instead of reading the last message of every
+folded subject (issue #23: eight ``STREAM.MSG.GET`` per request before)."""
+
+from __future__ import annotations
+
+import pytest
+from nats.aio.client import Client
+from nats.aio.msg import Msg
+
+from schemas import events as ev
+from schemas import subjects as s
+from services.gateway.lifecycle import JobStates
+from services.runtime.streams import ensure_streams
+from tests.support.events import small_submitted
+
+pytestmark = pytest.mark.integration
+
+
+async def test_sync_sees_every_event_stored_before_it_with_one_small_request_per_stream(nc: Client) -> None:
+    js = nc.jetstream()
+    await ensure_streams(js)
+    states = JobStates()
+    await states.start(js)
+    msg_gets: list[str] = []
+
+    async def count(msg: Msg) -> None:
+        msg_gets.append(msg.subject)
+
+    watch = await nc.subscribe("$JS.API.STREAM.MSG.GET.>", cb=count)
+    try:
+        for i in range(30):
+            e = small_submitted(f"sync-{i}")
+            await js.publish(s.JOB_SUBMITTED, ev.encode(e), headers={s.MSG_ID_HEADER: e.event_id})
+            if i % 3 == 2:
+                end = ev.JobCompleted(event_id=f"c-{i}", job_id=e.job_id, outcome="succeeded")
+                await js.publish(s.JOB_COMPLETED, ev.encode(end))
+            await states.sync(js, timeout=10)
+            assert e.job_id in states.states  # the event stored just before is folded
+            if i % 3 == 2:
+                assert states.states[e.job_id] == "succeeded"
+        await nc.flush()
+        assert len(msg_gets) < 30  # the fallback only while a consumer had something pending
+    finally:
+        await watch.unsubscribe()
+        await states.stop()
