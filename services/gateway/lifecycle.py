@@ -54,7 +54,7 @@ import heapq
 import time
 from collections.abc import Awaitable, Callable, Iterable
 from datetime import datetime
-from typing import Any
+from typing import Any, NamedTuple
 
 import msgspec
 import nats.js.errors
@@ -69,7 +69,6 @@ from schemas.replies import CompleteRequest, JobRef, SubmitReply
 from schemas.states import CANCELLING, TERMINAL_STATES, next_state
 from services.runtime.backoff import sleep_unless
 from services.runtime.config import RetentionConf
-from services.runtime.delivery import stream_sequence
 from services.runtime.micro import RequestError
 from services.runtime.publisher import Publisher
 from services.runtime.snapshots import Loaded, Snapshots, due
@@ -125,6 +124,15 @@ _complete_decoder = msgspec.json.Decoder(CompleteRequest)
 _enc = msgspec.json.Encoder()
 
 
+class Target(NamedTuple):
+    """How far :meth:`JobStates.sync` waits on one stream: folded up to stream sequence ``seq``, and,
+    unless ``consumer`` is None, up to consumer sequence ``delivered`` of that ordered consumer."""
+
+    seq: int
+    consumer: str | None
+    delivered: int
+
+
 class JobStates:
     """Every live job's state (and ended ones for ``keep_s``), folded from the streams
     (:func:`schemas.states.next_state`, in arrival order); ``sync`` waits until it is current.
@@ -152,7 +160,9 @@ class JobStates:
         """Events folded by this process since it started: the tail after the snapshot, or everything."""
         self.restored: Loaded | None = None
         """The snapshot this view started from (None: a full replay)."""
-        self._waiters: list[tuple[dict[str, int], asyncio.Future[None]]] = []
+        self._waiters: list[tuple[dict[str, Target], asyncio.Future[None]]] = []
+        self.position: dict[str, tuple[str, int]] = {}
+        """Per stream, the ordered consumer that delivered the last folded event and its consumer sequence."""
         self._subs: dict[str, Any] = {}
         """Per stream, the ordered consumer's subscription folding it (nats-py's PushSubscription)."""
 
@@ -229,16 +239,26 @@ class JobStates:
             self.apply(msg.data)
             self.folded += 1
             self.replayed += 1
-            seq = stream_sequence(msg.reply)
+            tokens = msg.reply.split(".")  # ADR-15: $JS.ACK.<stream>.<consumer>.<n>.<sseq>.<cseq>... (9 or 12)
+            at = 3 if len(tokens) == 9 else 5
+            seq = int(tokens[at + 2])
             if seq > self.applied[stream]:
                 self.applied[stream] = seq
+            self.position[stream] = (tokens[at], int(tokens[at + 3]))
             if self._waiters:
                 self._wake()
 
         return on_msg
 
-    def _current(self, targets: dict[str, int]) -> bool:
-        return all(self.applied[n] >= t for n, t in targets.items())
+    def _current(self, targets: dict[str, Target]) -> bool:
+        for stream, (seq, consumer, delivered) in targets.items():
+            if self.applied[stream] < seq:
+                return False
+            if consumer is not None:
+                name, applied = self.position.get(stream, ("", 0))
+                if name != consumer or applied < delivered:
+                    return False
+        return True
 
     def _wake(self) -> None:
         for targets, fut in self._waiters:
@@ -341,7 +361,7 @@ class JobStates:
         every folded event up to it is among those checked."""
         try:
             lasts = {stream: int((await js.stream_info(stream)).state.last_seq or 0) for stream in VIEW_SUBJECTS}
-            targets = await self._targets(js)
+            targets = await _last_sequences(js)
         except Exception as e:
             log.debug("stream ends not read; saving the folded sequences", error=repr(e))
             lasts, targets = {}, {}
@@ -376,24 +396,26 @@ class JobStates:
         finally:
             self._waiters.remove(waiter)
 
-    async def _targets(self, js: JetStreamContext) -> dict[str, int]:
-        """Per stream, a sequence such that every folded event stored before this call is at or below it.
+    async def _targets(self, js: JetStreamContext) -> dict[str, Target]:
+        """Per stream, how far the view must have folded for every event stored before this call to be in.
 
-        Asked of the stream's own ordered consumer (``CONSUMER.INFO``: its last delivered sequence,
-        and how many matching messages it has not delivered yet): when none is pending, that last
-        delivered sequence. One small request per stream, where the last message of each folded
-        subject (``STREAM.MSG.GET``, body and all, base64 in JSON) was eight per ``job.cancel`` or
-        ``job.complete``. A stream whose consumer has some pending, or does not answer (being
-        recreated after a gap), falls back to those messages' sequences."""
+        Asked of the stream's own ordered consumer (``CONSUMER.INFO``): when it has nothing pending,
+        the view is current once it has folded what that consumer delivered, up to its consumer
+        sequence (its *stream* sequence may be past the last delivered event: a filtered consumer
+        moves it over the subjects it skips). One small request per stream, where the last message
+        of each folded subject (``STREAM.MSG.GET``, body and all, base64 in JSON) was eight per
+        ``job.cancel`` or ``job.complete``. A stream whose consumer has something pending or does
+        not answer (being recreated after a gap) falls back to those messages' stream sequences."""
 
-        async def target(stream: str) -> int:
+        async def target(stream: str) -> Target:
             sub = self._subs.get(stream)
             if sub is not None:
                 with contextlib.suppress(Exception):
                     info = await sub.consumer_info()
                     if not info.num_pending:
-                        return int(info.delivered.stream_seq or 0) if info.delivered else 0
-            return (await _last_sequences(js, (stream,)))[stream]
+                        delivered = int(info.delivered.consumer_seq or 0) if info.delivered else 0
+                        return Target(0, info.name, delivered) if delivered else Target(0, None, 0)
+            return Target((await _last_sequences(js, (stream,)))[stream], None, 0)
 
         seqs = await asyncio.gather(*(target(stream) for stream in VIEW_SUBJECTS))
         return dict(zip(VIEW_SUBJECTS, seqs, strict=True))
