@@ -11,8 +11,9 @@ delivered to the gateway at all; nor are a job's later revisions, ``placement.de
 (``degraded`` is live too: cancel and complete work as for a placed job) and
 ``cluster.instance_replaced``.
 
-Read-your-writes: before answering, :meth:`JobStates.sync` reads the last sequence of each
-folded subject and waits until the view has applied at least that far (bounded by
+Read-your-writes: before answering, :meth:`JobStates.sync` asks each stream's ordered consumer
+how many events it delivered (the last sequence of each folded subject while it still has some
+pending) and waits until the view has folded at least that far (bounded by
 ``lifecycle.state_sync_timeout_s``, else 503). So a job whose ``job.submit`` was answered
 is known to every gateway instance, and a cancel right after a submit never gets a 404.
 
