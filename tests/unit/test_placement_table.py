@@ -9,23 +9,15 @@ import msgspec
 
 from schemas.events import NodeStatus
 from services.placement.state import World
+from tests.support.events import node_status
 
 TTL = 15.0
 
 
 def status(node_id: str, cpu: float = 4.0, *, state: str = "active", at: int = 0) -> NodeStatus:
-    return NodeStatus(
-        event_id=f"{node_id}-{at}",
-        at=datetime(2026, 11, 30, tzinfo=UTC) + timedelta(seconds=at),
-        node_id=node_id,
-        state=state,  # type: ignore[arg-type]
-        technologies=["docker"],
-        cpu_cores=8.0,
-        cpu_free=cpu,
-        memory_mb=8192,
-        memory_free_mb=4096,
-        labels={"zone": "a"},
-    )
+    """``node_id``'s status reported ``at`` seconds into the day, with ``cpu`` free."""
+    st = node_status(node_id, datetime(2026, 11, 30, tzinfo=UTC) + timedelta(seconds=at), cpu_free=cpu)
+    return msgspec.structs.replace(st, state=state, event_id=f"{node_id}-{at}")
 
 
 def keys(w: World) -> list[tuple[float, int, str]]:
@@ -43,7 +35,7 @@ def test_a_repeated_status_refreshes_liveness_only() -> None:
     assert w.epoch == epoch and keys(w) == before
     assert w.nodes["a"].status.at == status("a", at=10).at and w.nodes["a"].seen == 10.0
     assert w.expire(1.0 + TTL, TTL) == 1  # b is stale, a is not (its repeat counted as a report)
-    assert keys(w) == [(-4.0, -4096, "a")]
+    assert keys(w) == [(-4.0, -16000, "a")]
 
 
 def test_a_status_saying_something_new_moves_the_node_and_counts_as_a_change() -> None:
