@@ -70,6 +70,7 @@ from schemas.replies import CompleteRequest, JobRef, SubmitReply
 from schemas.states import CANCELLING, TERMINAL_STATES, next_state
 from services.runtime.backoff import sleep_unless
 from services.runtime.config import RetentionConf
+from services.runtime.delivery import delivery_position
 from services.runtime.micro import RequestError
 from services.runtime.publisher import Publisher
 from services.runtime.snapshots import Loaded, Snapshots, due
@@ -240,12 +241,10 @@ class JobStates:
             self.apply(msg.data)
             self.folded += 1
             self.replayed += 1
-            tokens = msg.reply.split(".")  # ADR-15: $JS.ACK.<stream>.<consumer>.<n>.<sseq>.<cseq>... (9 or 12)
-            at = 3 if len(tokens) == 9 else 5
-            seq = int(tokens[at + 2])
+            seq, consumer, delivered = delivery_position(msg.reply)
             if seq > self.applied[stream]:
                 self.applied[stream] = seq
-            self.position[stream] = (tokens[at], int(tokens[at + 3]))
+            self.position[stream] = (consumer, delivered)
             if self._waiters:
                 self._wake()
 

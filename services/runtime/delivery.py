@@ -127,3 +127,11 @@ def stream_sequence(reply: str) -> int:
     message), for loops that read every message of a stream."""
     tokens = reply.split(".")
     return int(tokens[5] if len(tokens) == 9 else tokens[7])
+
+
+def delivery_position(reply: str) -> tuple[int, str, int]:
+    """``(stream sequence, consumer, consumer sequence)`` of a JetStream delivery, read from its ack
+    subject like :func:`stream_sequence` (``...<consumer>.<delivered>.<sseq>.<cseq>...``)."""
+    tokens = reply.split(".")
+    at = 3 if len(tokens) == 9 else 5
+    return int(tokens[at + 2]), tokens[at], int(tokens[at + 3])

@@ -4,7 +4,16 @@ from __future__ import annotations
 
 import pytest
 
-from services.runtime.delivery import ACK, HOLD, Outcome, Poison, outcome, retry_delay, stream_sequence
+from services.runtime.delivery import (
+    ACK,
+    HOLD,
+    Outcome,
+    Poison,
+    delivery_position,
+    outcome,
+    retry_delay,
+    stream_sequence,
+)
 
 OOPS = RuntimeError("db down")
 
@@ -68,3 +77,16 @@ def test_retry_delay_doubles_from_half_a_second_to_thirty(num_delivered: int, se
 )
 def test_stream_sequence_reads_the_ack_subject(reply: str, seq: int) -> None:
     assert stream_sequence(reply) == seq
+
+
+@pytest.mark.parametrize(
+    ("reply", "position"),
+    [
+        ("$JS.ACK.JOBS.intake.1.42.7.1700000000000000000.0", (42, "intake", 7)),
+        ("$JS.ACK.hub.ACCHASH.JOBS.intake.3.99.12.1700000000000000000.5.token", (99, "intake", 12)),
+    ],
+)
+def test_delivery_position_reads_stream_sequence_consumer_and_consumer_sequence(
+    reply: str, position: tuple[int, str, int]
+) -> None:
+    assert delivery_position(reply) == position
