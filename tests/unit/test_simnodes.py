@@ -38,7 +38,8 @@ def test_churn_says_how_often_a_node_reports_new_free_figures() -> None:
         fleet = Fleet(200, seed=5, churn=churn)
         first = fleet.tick()
         second = fleet.tick()
-        return sum((a.cpu_free, a.memory_free_mb) != (b.cpu_free, b.memory_free_mb) for a, b in zip(first, second))
+        pairs = zip(first, second, strict=True)
+        return sum((a.cpu_free, a.memory_free_mb) != (b.cpu_free, b.memory_free_mb) for a, b in pairs)
 
     assert changed(0.0) == 0
     assert 5 <= changed(0.1) <= 40  # 20 expected of 200
