@@ -13,6 +13,7 @@ from collections.abc import Iterator
 from dataclasses import dataclass, field
 from typing import TypeVar
 
+import msgspec
 from sortedcontainers import SortedList  # type: ignore[import-untyped]
 
 from schemas.events import NodeStatus
@@ -287,18 +288,9 @@ class NodeTable:
 
 
 def _same_content(a: NodeStatus, b: NodeStatus) -> bool:
-    """Whether two statuses of a node say the same but for their time and ``event_id``."""
-    return (
-        a.cpu_free == b.cpu_free
-        and a.memory_free_mb == b.memory_free_mb
-        and a.state == b.state
-        and a.cpu_cores == b.cpu_cores
-        and a.memory_mb == b.memory_mb
-        and a.gpus == b.gpus
-        and a.technologies == b.technologies
-        and a.labels == b.labels
-        and a.location == b.location
-    )
+    """Whether two statuses of a node say the same but for their time and ``event_id`` (every other
+    field of :class:`NodeStatus` compared, including any added later)."""
+    return msgspec.structs.replace(a, at=b.at, event_id=b.event_id) == b
 
 
 def _cell(status: NodeStatus) -> Cell | None:
