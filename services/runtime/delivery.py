@@ -125,8 +125,7 @@ def stream_sequence(reply: str) -> int:
     ``$JS.ACK.<stream>.<consumer>.<delivered>.<sseq>...``, or the 12-token form with domain and
     account hash) without building nats-py's ``Msg.metadata`` (a dataclass and a datetime per
     message), for loops that read every message of a stream."""
-    tokens = reply.split(".")
-    return int(tokens[5] if len(tokens) == 9 else tokens[7])
+    return delivery_position(reply)[0]
 
 
 def delivery_position(reply: str) -> tuple[int, str, int]:
